@@ -1,0 +1,48 @@
+"""Build the C core (csrc/) into the extension vmm._core with cffi in API mode.
+
+Everything is in pyproject.toml except the extension itself; here we only check, before
+compiling, that a C compiler and the Linux KVM headers exist, so a missing toolchain is one
+clear sentence instead of a page of compiler output.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _compiler():
+    cc = os.environ.get("CC") or (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc) or shutil.which("cc") or shutil.which("gcc")
+
+
+def _check_toolchain():
+    cc = _compiler()
+    if not cc:
+        sys.exit("error: vmm needs a C compiler to build its core (csrc/); "
+                 "install one, e.g. `apt-get install build-essential`")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write("#include <linux/kvm.h>\n#include <Python.h>\nint main(void){return KVM_API_VERSION;}\n")
+        inc = sysconfig.get_paths()["include"]
+        r = subprocess.run([cc, "-I", inc, "-c", src, "-o", os.path.join(tmp, "probe.o")],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            missing = "linux/kvm.h" if "kvm.h" in r.stderr else "Python.h" if "Python.h" in r.stderr else None
+            hint = {
+                "linux/kvm.h": "the Linux kernel headers (`apt-get install linux-libc-dev`)",
+                "Python.h": "the Python development headers (`apt-get install python3-dev`)",
+            }.get(missing, "a working C toolchain")
+            sys.exit(f"error: cannot compile the vmm C core with {cc}: it needs {hint}.\n{r.stderr.strip()}")
+
+
+if any(a in sys.argv for a in ("build_ext", "build", "install", "develop", "bdist_wheel", "editable_wheel")):
+    _check_toolchain()
+
+setup(cffi_modules=["csrc/build_core.py:ffibuilder"])

@@ -1,0 +1,4 @@
+from .research_cli import main
+
+if __name__ == "__main__":
+    main()

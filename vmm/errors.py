@@ -1,0 +1,17 @@
+"""The exceptions vmm raises. Every message names the bad value and, where one exists, the fix."""
+
+
+class VmmError(Exception):
+    """Base of every error vmm raises on purpose."""
+
+
+class ConfigError(VmmError, ValueError):
+    """Bad input from the caller: a missing file, not a kernel, too little memory, ..."""
+
+
+class EngineUnavailable(VmmError):
+    """The requested engine cannot run on this host (no /dev/kvm, no qemu-system-x86_64)."""
+
+
+class GuestError(VmmError):
+    """The guest or the engine failed while running (KVM internal error, triple fault, ...)."""
