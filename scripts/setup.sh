@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what vmm needs on a Debian 12 machine: apt packages (only the missing ones, so a
+# second run is quick) and the package itself, editable, with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  build-essential python3-dev linux-libc-dev   # the C core
+  qemu-system-x86 qemu-utils                    # the qemu engine
+  linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio xz-utils  # the guest kernel
+  musl-tools busybox-static                     # guest init and test guests
+  e2fsprogs erofs-utils                         # disks
+  passt socat                                   # networking
+  docker-registry skopeo umoci apache2-utils    # image tests and benchmarks
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+echo "setup: installing vmm (pip install -e .[test])" >&2
+$PY -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v -e "^WARNING: Location" -e "Running pip as the 'root'" >&2 || true
+$PY -c "import vmm._core" || { echo "setup: the C core did not build" >&2; exit 1; }

@@ -1,0 +1,1 @@
+"""OCI images: pull, store, turn into root disks (filled in below)."""
