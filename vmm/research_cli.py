@@ -79,7 +79,7 @@ def host_info() -> dict:
     except EngineUnavailable as e:
         info["auto_engine"] = {"engine": None, "reason": str(e)}
     info["qemu"] = engines.qemu_binary()
-    info["guest_kernel"] = kernel.describe()
+    info["guest_kernel"] = kernel.kernel_info()
     return info
 
 
@@ -116,7 +116,7 @@ def _info(args):
     print(f"qemu:         {info['qemu'] or 'not installed'}")
     gk = info["guest_kernel"]
     print(f"guest kernel: {gk.get('path') or 'not built'}"
-          + (f" ({gk['version']})" if gk.get("version") else "")
+          + (f" (Linux {gk['release']})" if gk.get("release") else "")
           + ("" if gk.get("built") else " - built on first `python -m vmm boot`"))
     return 0
 

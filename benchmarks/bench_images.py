@@ -1,0 +1,119 @@
+"""Images: pull of a ~200 MiB, 5-layer image from a local registry to a ready root disk,
+against `skopeo copy` + `umoci unpack` + `mkfs.ext4 -d` on the same image, same run.
+Targets (issue 5): ratio at most 1.0; a second pull of a cached image under 100 ms.
+
+    pytest benchmarks/bench_images.py --benchmark-only -s
+"""
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "images"))
+from regserver import REGISTRY_BIN, SKOPEO, Registry  # noqa: E402
+from oci_fixtures import Dir, File, Image, make_layer, write_layout  # noqa: E402
+
+TOOLS = [REGISTRY_BIN, SKOPEO, shutil.which("umoci"), shutil.which("mkfs.ext4")]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not all(TOOLS), reason="needs docker-registry, skopeo, umoci, mkfs.ext4")]
+LAYERS, FILES_PER_LAYER, FILE_SIZE = 5, 800, 52 * 1024      # 5 x 800 x 52 KiB ~ 203 MiB
+ROUNDS = 3
+
+
+def _file_content(rng):
+    # Half random, half repetitive: compresses roughly like binaries and text in real images.
+    random_part = rng.randbytes(FILE_SIZE // 2)
+    text = (b"lorem ipsum dolor sit amet %d\n" % rng.randrange(1 << 30)) * (FILE_SIZE // 60)
+    return (random_part + text)[:FILE_SIZE]
+
+
+def _layers():
+    rng = random.Random(5)
+    out = []
+    for n in range(LAYERS):
+        entries = [Dir(f"opt/pkg{n}")]
+        for d in range(8):
+            entries.append(Dir(f"opt/pkg{n}/d{d}"))
+            entries += [File(f"opt/pkg{n}/d{d}/f{i}", _file_content(rng))
+                        for i in range(FILES_PER_LAYER // 8)]
+        entries = [Dir("opt")] + entries if n == 0 else entries
+        out.append(make_layer(entries, "gzip"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bench_image(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-images")
+    reg = Registry(root / "registry")
+    try:
+        write_layout(root / "layout", [Image(_layers(), cmd=["/bin/sh"])])
+        reg.push(root / "layout", "bench/big:1")
+        yield reg, f"{reg.host}/bench/big:1", root
+    finally:
+        reg.stop()
+
+
+def _baseline(ref, work):
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    subprocess.run([SKOPEO, "--insecure-policy", "copy", "-q", "--src-tls-verify=false",
+                    f"docker://{ref}", f"oci:{work / 'oci'}:big"], check=True, capture_output=True)
+    subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{work / 'oci'}:big", str(work / "bundle")],
+                   check=True, capture_output=True)
+    rootfs = work / "bundle" / "rootfs"
+    used = int(subprocess.run(["du", "-sb", str(rootfs)], check=True, capture_output=True,
+                              text=True).stdout.split()[0])
+    size_mib = used * 3 // 2 // (1 << 20) + 64
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(rootfs), str(work / "disk.ext4"), f"{size_mib}M"],
+                   check=True, capture_output=True)
+
+
+def _ours(ref, home):
+    import vmm.images as images
+    os.environ["MSB_HOME"] = str(home)
+    images.pull(ref, insecure=True, progress=False)
+    return images.root_disk(ref)
+
+
+def test_cold_pull_baseline(benchmark, compare, bench_image):
+    _, ref, root = bench_image
+    work = root / "baseline"
+    benchmark.pedantic(_baseline, args=(ref, work), rounds=ROUNDS, iterations=1)
+    compare(benchmark, "image pull to root disk", "baseline", "skopeo+umoci+mkfs.ext4")
+
+
+def test_cold_pull_ours(benchmark, compare, bench_image, monkeypatch):
+    _, ref, root = bench_image
+    homes = []
+
+    def fresh_home():
+        home = Path(tempfile.mkdtemp(dir=root, prefix="home-"))
+        homes.append(home)
+        return (ref, home), {}
+
+    monkeypatch.setenv("MSB_HOME", str(root / "unused"))
+    benchmark.pedantic(_ours, setup=fresh_home, rounds=ROUNDS, iterations=1)
+    compare(benchmark, "image pull to root disk", "ours", "vmm.images pull+root_disk",
+            target="ratio <= 1.0")
+    disk = Path(homes[-1]) / "images" / "disks"
+    assert any(p.suffix == ".erofs" for p in disk.iterdir())
+    for h in homes:
+        shutil.rmtree(h, ignore_errors=True)
+
+
+def test_cached_pull(benchmark, compare, bench_image, monkeypatch, tmp_path):
+    _, ref, _ = bench_image
+    monkeypatch.setenv("MSB_HOME", str(tmp_path / "home"))
+    _ours(ref, tmp_path / "home")                    # warm the store and the disk cache
+    t0 = time.perf_counter()
+    benchmark.pedantic(_ours, args=(ref, tmp_path / "home"), rounds=20, iterations=1)
+    compare(benchmark, "image second pull (cached)", "ours", "pull+root_disk, warm store",
+            target="< 100 ms")
+    assert benchmark.stats.stats.median < 0.1, "a cached pull should take under 100 ms"
+    assert time.perf_counter() - t0 < 30

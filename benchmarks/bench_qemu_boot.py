@@ -1,0 +1,100 @@
+"""QEMU engine: boot of the project's kernel + test initramfs to the READY line, against
+plain qemu-system-x86_64 with the same kernel, initrd and command line, in the same run.
+
+Target (issue 2): ratio at most 1.1 (our engine adds little over QEMU itself).
+
+    pytest benchmarks/bench_qemu_boot.py --benchmark-only
+"""
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+import vmm
+from vmm import kernel
+
+pytestmark = pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
+                                reason="qemu-system-x86_64 is not installed")
+ROUNDS = 10
+READY = b"READY"
+
+
+@pytest.fixture(scope="module")
+def guest():
+    return str(kernel.guest_kernel()), str(kernel.test_initramfs())
+
+
+def _boot_ours(kernel_path, initrd):
+    """Machine() to the READY line, then to the VM's end. Returns seconds to READY."""
+    seen = threading.Event()
+    buf = bytearray()
+
+    def on_console(data):
+        buf.extend(data)
+        if READY in buf:
+            seen.set()
+
+    t0 = time.perf_counter()
+    with vmm.Machine(kernel_path, initrd=initrd, engine="qemu", console=on_console) as m:
+        m.start()
+        if not seen.wait(60):
+            raise AssertionError(f"no READY from the qemu engine: {m.console[-500:]!r}")
+        t_ready = time.perf_counter() - t0
+        status = m.wait(30)
+        assert status is not None and status.kind == "shutdown", status
+    return t_ready
+
+
+def plain_qemu_argv(kernel_path, initrd, memory_mib=128, cpus=1):
+    """The platform note's microvm command line, nothing of ours attached."""
+    return [
+        "qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off",
+        "-accel", "tcg", "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mib),
+        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
+        "-kernel", kernel_path, "-initrd", initrd,
+        "-append", "console=ttyS0 reboot=t panic=-1",
+    ]
+
+
+def _boot_plain(kernel_path, initrd):
+    t0 = time.perf_counter()
+    p = subprocess.Popen(plain_qemu_argv(kernel_path, initrd), stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    buf = b""
+    t_ready = None
+    try:
+        while True:
+            chunk = os.read(p.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            if t_ready is None and READY in buf:
+                t_ready = time.perf_counter() - t0
+        assert p.wait(30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+    assert t_ready is not None, f"no READY from plain QEMU: {buf[-500:]!r}"
+    return t_ready
+
+
+def _bench(benchmark, fn, guest):
+    samples = []
+    benchmark.pedantic(lambda: samples.append(fn(*guest)), rounds=ROUNDS, iterations=1,
+                       warmup_rounds=1)
+    benchmark.extra_info["to_ready_median_ms"] = round(sorted(samples)[len(samples) // 2] * 1e3, 2)
+
+
+def test_qemu_engine_boot_to_ready(benchmark, compare, guest):
+    _bench(benchmark, _boot_ours, guest)
+    compare(benchmark, "qemu boot to READY+exit", "ours", "vmm qemu engine", "target <= 1.1")
+
+
+def test_plain_qemu_boot_to_ready(benchmark, compare, guest):
+    _bench(benchmark, _boot_plain, guest)
+    compare(benchmark, "qemu boot to READY+exit", "baseline", "plain qemu-system-x86_64 microvm")

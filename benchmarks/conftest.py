@@ -1,0 +1,46 @@
+"""Benchmarks compare the project against a named baseline measured in the same run, and
+report ratios (ours / baseline), never absolute pass/fail times.
+
+A benchmark records its role with `compare(benchmark, group, role)`; at the end of the
+session every group with both an "ours" and a "baseline" median prints its ratio, and
+`--benchmark-json` output carries the same numbers in extra_info.
+"""
+import statistics
+
+import pytest
+
+_MEDIANS = {}  # group -> {role: (median_s, label)}
+
+
+def record(group: str, role: str, label: str, median_s: float, target: str = ""):
+    _MEDIANS.setdefault(group, {})[role] = (median_s, label, target)
+
+
+@pytest.fixture
+def compare(request):
+    """compare(benchmark, group, role, label, target="ratio <= 1.1") after benchmark.pedantic()."""
+    def _compare(benchmark, group, role, label, target=""):
+        median = benchmark.stats.stats.median
+        benchmark.extra_info.update(group=group, role=role, label=label, target=target)
+        record(group, role, label, median, target)
+    return _compare
+
+
+def median_of(samples):
+    return statistics.median(samples)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _MEDIANS:
+        return
+    tr = terminalreporter
+    tr.section("ratios against baselines (same run; ours / baseline, lower is better)")
+    for group, roles in sorted(_MEDIANS.items()):
+        if "ours" in roles and "baseline" in roles:
+            ours, ol, target = roles["ours"]
+            base, bl, _ = roles["baseline"]
+            tr.write_line(f"{group:<34} {ours * 1e3:10.2f} ms {ol:<28} vs {base * 1e3:10.2f} ms "
+                          f"{bl:<32} ratio {ours / base:6.3f}  {target}")
+        else:
+            for role, (med, label, target) in roles.items():
+                tr.write_line(f"{group:<34} {med * 1e3:10.2f} ms {label} ({role}) {target}")
