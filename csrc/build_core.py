@@ -2,7 +2,8 @@
 
 The Python-visible C interface is declared once, in core_api.h, between the markers
 `/* cffi-begin */` and `/* cffi-end */`: that slice is what cffi parses (it cannot take
-the preprocessor), and the whole header is what the C files include, so the two can't drift.
+the preprocessor), and the whole header is what the C files include, so the two can't drift. Functions written
+in Python and called from C are marked `/* python-callback */` there (see _cdef).
 """
 import glob
 import os
@@ -19,7 +20,10 @@ def _cdef():
     m = re.search(r"/\* cffi-begin \*/(.*)/\* cffi-end \*/", text, re.S)
     if not m:
         raise RuntimeError("csrc/core_api.h has no cffi-begin/cffi-end block")
-    return m.group(1)
+    # A declaration marked `/* python-callback */` is a plain prototype to the C compiler
+    # and a function implemented in Python to cffi ("Python+C" makes it callable from
+    # every C file of the core, not only the generated module).
+    return m.group(1).replace("/* python-callback */", 'extern "Python+C"')
 
 
 def _sources():

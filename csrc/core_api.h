@@ -1,5 +1,11 @@
 /* The C core's interface to Python (vmm._core). Only what sits between the cffi markers is
- * visible to Python; keep it plain C declarations (no macros, no includes). */
+ * visible to Python; keep it plain C declarations (no macros, no includes).
+ *
+ * Lifecycle of a VM:  vmm_vm_create -> [vmm_vm_add_python_device]* -> vmm_vm_load_kernel
+ *   -> vmm_vm_start -> vmm_vm_wait / vmm_vm_stop / vmm_vm_serial_input -> vmm_vm_destroy.
+ * Functions that can fail return 0 (or a pointer) on success and -1 (or NULL) on failure
+ * with a one-line message in err[errlen]. Every call is thread-safe against the vCPU
+ * threads; vmm_vm_destroy must be the last call on a VM. */
 #ifndef VMM_CORE_API_H
 #define VMM_CORE_API_H
 #include <stdint.h>
@@ -7,6 +13,124 @@
 
 /* cffi-begin */
 const char *vmm_core_version(void);
+
+/* --- /dev/kvm probe ---------------------------------------------------------------- */
+struct vmm_kvm_cap {
+    char name[32];     /* e.g. "IRQCHIP" (KVM_CAP_IRQCHIP) */
+    int required;      /* 1 if vmm_vm_create refuses to run without it */
+    int value;         /* KVM_CHECK_EXTENSION result (0 = absent) */
+};
+
+struct vmm_kvm_info {
+    int api_version;   /* KVM_GET_API_VERSION; must be 12 */
+    int vcpu_mmap_size;
+    int ncaps;
+    struct vmm_kvm_cap caps[24];
+};
+
+/* 0 if /dev/kvm is usable (every required capability present), else -1 and err names the
+ * first problem. info is filled as far as the probe got. */
+int vmm_kvm_probe(struct vmm_kvm_info *info, char *err, size_t errlen);
+
+/* --- a VM -------------------------------------------------------------------------- */
+struct vmm_vm;
+
+struct vmm_vm_config {
+    uint32_t cpus;          /* 1..64 */
+    uint64_t memory_bytes;  /* guest RAM; above 3 GiB the rest is mapped from 4 GiB up */
+    int hugepages;          /* back RAM with MAP_HUGETLB (2 MiB pages) */
+    int console_fd;         /* serial output is written here (the core dup()s it and closes
+                               its copy when the last vCPU thread ends); -1 = discard */
+};
+
+enum vmm_exit_kind {
+    VMM_EXIT_RUNNING = 0,   /* not ended (yet) */
+    VMM_EXIT_SHUTDOWN = 1,  /* the guest reset (i8042 0xFE) or powered off */
+    VMM_EXIT_HOST_STOP = 2, /* vmm_vm_stop() */
+    VMM_EXIT_ERROR = 3      /* KVM error, emulation failure, triple fault, failed entry */
+};
+
+struct vmm_exit_info {
+    int kind;               /* enum vmm_exit_kind */
+    int code;               /* KVM exit reason for errors, else 0 */
+    char message[1024];     /* what happened; for errors with the vCPU's registers */
+};
+
+/* Exit counts by reason (cumulative over all vCPUs). */
+struct vmm_exit_stats {
+    uint64_t io;
+    uint64_t mmio;
+    uint64_t hlt;
+    uint64_t shutdown;
+    uint64_t internal_error;
+    uint64_t fail_entry;
+    uint64_t system_event;
+    uint64_t intr;
+    uint64_t other;
+    uint64_t unclaimed_io;
+    uint64_t unclaimed_mmio;
+};
+
+/* CLOCK_MONOTONIC ns; 0 = not reached. */
+struct vmm_timeline {
+    int64_t vm_created;
+    int64_t kernel_loaded;
+    int64_t first_vcpu_entry;
+    int64_t boot_timer;
+    int64_t exit;
+};
+
+struct vmm_e820_entry {
+    uint64_t addr;
+    uint64_t size;
+    uint32_t type;          /* 1 = RAM, 2 = reserved */
+};
+
+/* Where vmm_vm_load_kernel put things. */
+struct vmm_boot_info {
+    char kind[16];          /* "elf-pvh", "elf-64" or "bzimage" */
+    uint64_t entry;         /* guest-physical entry point */
+    uint64_t boot_arg;      /* zero page (rsi) or PVH start info (ebx) */
+    uint64_t kernel_end;
+    uint64_t initrd_addr;
+    uint64_t initrd_size;
+};
+
+struct vmm_vm *vmm_vm_create(const struct vmm_vm_config *cfg, char *err, size_t errlen);
+/* kernel: ELF vmlinux (PVH note -> 32-bit PVH entry, else 64-bit entry) or bzImage.
+ * initrd may be NULL. cmdline is passed as is. */
+int vmm_vm_load_kernel(struct vmm_vm *vm, const char *kernel, const char *initrd,
+                       const char *cmdline, char *err, size_t errlen);
+int vmm_vm_start(struct vmm_vm *vm, char *err, size_t errlen);
+/* 1 once every vCPU thread has ended, 0 after timeout_ms (-1 = no timeout). */
+int vmm_vm_wait(struct vmm_vm *vm, int timeout_ms);
+/* Ask the VM to end (host stop); returns at once; vmm_vm_wait tells when it has. */
+void vmm_vm_stop(struct vmm_vm *vm);
+void vmm_vm_exit_info(struct vmm_vm *vm, struct vmm_exit_info *out);
+void vmm_vm_stats(struct vmm_vm *vm, struct vmm_exit_stats *out);
+void vmm_vm_timeline(struct vmm_vm *vm, struct vmm_timeline *out);
+/* -1 if no kernel is loaded yet. */
+int vmm_vm_boot_info(struct vmm_vm *vm, struct vmm_boot_info *out);
+/* The e820 map the VMM gave the guest; returns the number of entries (<= max). */
+int vmm_vm_e820(struct vmm_vm *vm, struct vmm_e820_entry *out, int max);
+/* Queue bytes for the guest's serial console; returns how many fit in the RX FIFO. */
+int vmm_vm_serial_input(struct vmm_vm *vm, const uint8_t *data, size_t len);
+/* Stop (if running), join every thread, close every fd, unmap memory, free vm. */
+void vmm_vm_destroy(struct vmm_vm *vm);
+
+/* A port (is_mmio = 0) or MMIO range served by Python: accesses call
+ * vmm_python_device_access(handle, ...) on the vCPU thread. Only before vmm_vm_start. */
+int vmm_vm_add_python_device(struct vmm_vm *vm, int is_mmio, uint64_t base, uint64_t len,
+                             void *handle, char *err, size_t errlen);
+/* Implemented in Python (cffi extern "Python+C"): offset is relative to the range base;
+ * for a read, return the value (little-endian, size bytes); for a write, value holds it. */
+/* python-callback */ uint64_t vmm_python_device_access(void *handle, uint64_t offset, uint32_t size,
+                                                        int is_write, uint64_t value);
+
+/* Load kernel (+initrd, cmdline) into a scratch memory of memory_bytes without KVM:
+ * the same loader and checks as vmm_vm_load_kernel, for tests with hostile files. */
+int vmm_kernel_load_check(const char *kernel, const char *initrd, const char *cmdline,
+                          uint64_t memory_bytes, char *err, size_t errlen);
 /* cffi-end */
 
 #endif

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Union
 
 from .errors import ConfigError
 from . import engines as _engines
+from . import kernel_image
 
 # Process start, so a timeline can say how long Python and imports took before Machine().
 PROCESS_START_NS = None
@@ -166,6 +167,8 @@ def _validate(spec: MachineSpec) -> None:
         raise ConfigError(f"memory_mib must be at least 2, got {spec.memory_mib}")
     if len(spec.cmdline) > 2047:
         raise ConfigError(f"kernel command line is {len(spec.cmdline)} bytes; the limit is 2047")
+    # Not a kernel, or too little memory for it: say so before any engine starts.
+    kernel_image.check_memory(kernel_image.inspect(spec.kernel), spec.memory_mib)
 
 
 def _open_sink(console: ConsoleSink):

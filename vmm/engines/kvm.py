@@ -1,0 +1,310 @@
+"""The kvm engine: the C core (vmm._core) runs the VM; this wraps it in the Engine interface.
+
+The vCPUs run on the core's own threads; cffi releases the GIL for every C call, so Python
+never holds up a vCPU. The serial console reaches Python through a pipe: the core writes
+the guest's bytes to the write end, a reader thread here hands them to on_console, and the
+core closes its end when the last vCPU thread ends, so wait() returns with the whole
+console delivered.
+
+Python devices (tests, prototypes): a port or MMIO range whose accesses call a Python
+function on the vCPU thread, `fn(offset, size, is_write, value) -> value read`; pass them as
+spec.extra["python_devices"] = [PythonDevice(...), ...] or add_python_device() before start.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .._core import ffi, lib
+from ..errors import ConfigError, EngineUnavailable, GuestError
+from .base import Engine
+
+# The exact prefix every guest gets: console on the UART we emulate, reset through the
+# i8042 (our clean "shutdown"), and a panic resets at once instead of hanging.
+CMDLINE_PREFIX = "console=ttyS0 reboot=k panic=-1 "
+
+_KINDS = {lib.VMM_EXIT_SHUTDOWN: "shutdown", lib.VMM_EXIT_HOST_STOP: "host-stop",
+          lib.VMM_EXIT_ERROR: "error"}
+_ERRLEN = 1024
+
+
+def _err():
+    return ffi.new("char[]", _ERRLEN)
+
+
+def _msg(err) -> str:
+    return ffi.string(err).decode(errors="replace")
+
+
+def probe() -> dict:
+    """/dev/kvm's API version and capabilities:
+    {"ok", "api_version", "vcpu_mmap_size", "capabilities": {name: value}, "required": [...]},
+    plus "error" (one line) when the kvm engine cannot run on it."""
+    info = ffi.new("struct vmm_kvm_info *")
+    err = _err()
+    ok = lib.vmm_kvm_probe(info, err, _ERRLEN) == 0
+    caps = info.caps[0:info.ncaps]
+    out = {"ok": ok, "api_version": info.api_version, "vcpu_mmap_size": info.vcpu_mmap_size,
+           "capabilities": {ffi.string(c.name).decode(): c.value for c in caps},
+           "required": [ffi.string(c.name).decode() for c in caps if c.required]}
+    if not ok:
+        out["error"] = _msg(err)
+    return out
+
+
+def load_check(kernel, initrd=None, cmdline: str = "", memory_mib: int = 128) -> None:
+    """Run the C loader on a scratch memory (no KVM); raises ConfigError with its message."""
+    err = _err()
+    rc = lib.vmm_kernel_load_check(os.fsencode(kernel), os.fsencode(initrd) if initrd else ffi.NULL,
+                                   cmdline.encode(), memory_mib << 20, err, _ERRLEN)
+    if rc != 0:
+        raise ConfigError(_msg(err))
+
+
+# --- Python devices -------------------------------------------------------------------------
+
+@dataclass
+class PythonDevice:
+    """A port (mmio=False) or MMIO range served by fn(offset, size, is_write, value) -> int."""
+    base: int
+    length: int
+    fn: Callable[[int, int, bool, int], Optional[int]]
+    mmio: bool = True
+
+
+@ffi.def_extern()  # an exception prints its traceback; the guest then reads 0
+def vmm_python_device_access(handle, offset, size, is_write, value):
+    dev = ffi.from_handle(handle)
+    r = dev.fn(offset, size, bool(is_write), value)
+    return 0 if is_write or r is None else int(r) & ((1 << (8 * size)) - 1)
+
+
+# --- the engine --------------------------------------------------------------------------------
+
+def _read_struct(vm, ctype, getter):
+    out = ffi.new(ctype + " *")
+    getter(vm, out)
+    return {name: getattr(out, name) for name, _ in ffi.typeof(ctype).fields}
+
+
+class KvmEngine(Engine):
+    """One VM of the C core. Methods may be called from any thread: calls into the core
+    hold a reference (_ref) so close() never frees the VM under another thread."""
+    name = "kvm"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self._vm = None
+        self._cond = threading.Condition()
+        self._users = 0
+        self._closing = False
+        self._devices = list(spec.extra.get("python_devices", ()))
+        self._handles = []
+        self._reader = None
+        self._read_fd = None
+        self._status = None
+        self._final = None  # what the getters return once the VM is gone
+
+    @contextlib.contextmanager
+    def _ref(self):
+        with self._cond:
+            vm = None if self._closing else self._vm
+            if vm is not None:
+                self._users += 1
+        try:
+            yield vm
+        finally:
+            if vm is not None:
+                with self._cond:
+                    self._users -= 1
+                    self._cond.notify_all()
+
+    # -- set-up --------------------------------------------------------------------------
+    def add_python_device(self, dev: PythonDevice) -> None:
+        if self._vm is not None:
+            raise RuntimeError("add_python_device() must come before start()")
+        self._devices.append(dev)
+
+    @property
+    def cmdline(self) -> str:
+        return CMDLINE_PREFIX + self.spec.cmdline
+
+    def start(self, on_console):
+        if self._vm is not None or self._closing:
+            raise RuntimeError("KvmEngine.start() called twice or after close()")
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        self._read_fd = read_fd
+        try:
+            self._create(write_fd)
+        finally:
+            os.close(write_fd)  # the core holds its own dup; EOF comes when it closes that
+        self._reader = threading.Thread(target=self._read_console, args=(read_fd, on_console),
+                                        name="kvm-console", daemon=True)
+        self._reader.start()
+        err = _err()
+        if lib.vmm_vm_start(self._vm, err, _ERRLEN) != 0:
+            raise GuestError(f"cannot start the VM: {_msg(err)}")
+
+    def _create(self, console_fd):
+        spec = self.spec
+        cfg = ffi.new("struct vmm_vm_config *", {
+            "cpus": spec.cpus, "memory_bytes": spec.memory_mib << 20,
+            "hugepages": int(bool(spec.hugepages)), "console_fd": console_fd})
+        err = _err()
+        vm = lib.vmm_vm_create(cfg, err, _ERRLEN)
+        if vm == ffi.NULL:
+            message = _msg(err)
+            if "/dev/kvm" in message:
+                raise EngineUnavailable(message)
+            raise GuestError(f"cannot create the VM: {message}")
+        with self._cond:
+            self._vm = vm
+        for dev in self._devices:
+            handle = ffi.new_handle(dev)
+            self._handles.append(handle)  # must outlive the VM: C holds the pointer
+            if lib.vmm_vm_add_python_device(vm, int(dev.mmio), dev.base, dev.length, handle,
+                                            err, _ERRLEN) != 0:
+                raise ConfigError(_msg(err))
+        initrd = os.fsencode(spec.initrd) if spec.initrd else ffi.NULL
+        if lib.vmm_vm_load_kernel(vm, os.fsencode(spec.kernel), initrd, self.cmdline.encode(),
+                                  err, _ERRLEN) != 0:
+            raise ConfigError(_msg(err))
+
+    @staticmethod
+    def _read_console(fd, on_console):
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                on_console(data)
+            except Exception:
+                pass  # a broken sink must not stop the console from draining
+
+    # -- running -------------------------------------------------------------------------
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._status is None:
+            # Short slices keep Ctrl-C responsive; the GIL is released inside.
+            left = 0.25 if deadline is None else min(0.25, max(0.0, deadline - time.monotonic()))
+            with self._ref() as vm:
+                if vm is None:
+                    return self._status
+                if lib.vmm_vm_wait(vm, int(left * 1000)):
+                    self._finish(vm)
+                    break
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+        return self._status
+
+    def _finish(self, vm):
+        """The VM has ended: wait for the last console bytes, then record the exit."""
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join()  # the core closed its console fd with its last vCPU thread: EOF
+        self._record_status(vm)
+
+    def _record_status(self, vm):
+        info = ffi.new("struct vmm_exit_info *")
+        lib.vmm_vm_exit_info(vm, info)
+        if self._status is None and info.kind != lib.VMM_EXIT_RUNNING:
+            from ..machine import ExitStatus
+            self._status = ExitStatus(_KINDS.get(info.kind, "error"),
+                                      ffi.string(info.message).decode(errors="replace"), info.code)
+
+    def stop(self):
+        with self._ref() as vm:
+            if vm is not None:
+                lib.vmm_vm_stop(vm)
+
+    def console_input(self, data: bytes) -> None:
+        view = memoryview(bytes(data))
+        while view:
+            with self._ref() as vm:
+                if vm is None:
+                    raise RuntimeError("the VM is not running")
+                n = lib.vmm_vm_serial_input(vm, ffi.from_buffer(view), len(view))
+            view = view[n:]
+            if view and self.wait(0.01) is not None:
+                return  # the FIFO is full and the guest is gone: drop the rest
+
+    # -- observations ----------------------------------------------------------------------
+    def _observe(self, key, read, empty):
+        if self._final is not None:
+            return self._final[key]
+        with self._ref() as vm:
+            return read(vm) if vm is not None else empty
+
+    def timeline(self) -> dict:
+        return self._observe("timeline", self._timeline, {})
+
+    def exit_stats(self) -> dict:
+        return self._observe("exit_stats", self._exit_stats, {})
+
+    def e820(self) -> list:
+        """The memory map the VMM gave the guest: [(addr, size, type)], type 1 RAM, 2 reserved."""
+        return list(self._observe("e820", self._e820, []))
+
+    def boot_info(self) -> dict:
+        """Where the kernel went: kind, entry, boot_arg, kernel_end, initrd_addr, initrd_size."""
+        return self._observe("boot_info", self._boot_info, {})
+
+    @staticmethod
+    def _timeline(vm):
+        return {k: v for k, v in _read_struct(vm, "struct vmm_timeline", lib.vmm_vm_timeline).items() if v}
+
+    @staticmethod
+    def _exit_stats(vm):
+        return _read_struct(vm, "struct vmm_exit_stats", lib.vmm_vm_stats)
+
+    @staticmethod
+    def _e820(vm):
+        out = ffi.new("struct vmm_e820_entry[]", 16)
+        n = lib.vmm_vm_e820(vm, out, 16)
+        return [(e.addr, e.size, e.type) for e in out[0:n]]
+
+    @staticmethod
+    def _boot_info(vm):
+        b = ffi.new("struct vmm_boot_info *")
+        if lib.vmm_vm_boot_info(vm, b) != 0:
+            return {}
+        info = {name: getattr(b, name) for name, _ in ffi.typeof("struct vmm_boot_info").fields}
+        info["kind"] = ffi.string(b.kind).decode()
+        return info
+
+    # -- teardown --------------------------------------------------------------------------
+    def close(self):
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True  # no new references from here on
+            vm = self._vm
+        if vm is not None:
+            lib.vmm_vm_stop(vm)   # a waiter in another thread returns within its slice
+            with self._cond:
+                while self._users:
+                    self._cond.wait()
+            while not lib.vmm_vm_wait(vm, 100):
+                lib.vmm_vm_stop(vm)  # kick again: a kick can land just before a blocking call
+            self._record_status(vm)
+            self._final = {"timeline": self._timeline(vm), "exit_stats": self._exit_stats(vm),
+                           "e820": self._e820(vm), "boot_info": self._boot_info(vm)}
+            with self._cond:
+                self._vm = None
+            lib.vmm_vm_destroy(vm)  # joins the vCPU threads, closes fds, unmaps memory
+        else:
+            self._final = {"timeline": {}, "exit_stats": {}, "e820": [], "boot_info": {}}
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join()  # the core's console fd is closed by now: EOF
+            self._reader = None
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+            self._read_fd = None
+        self._handles.clear()
