@@ -51,7 +51,7 @@ def _boot_ours(kernel_path, initrd):
 def plain_qemu_argv(kernel_path, initrd, memory_mib=128, cpus=1):
     """The platform note's microvm command line, nothing of ours attached."""
     return [
-        "qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off",
+        "qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off",
         "-accel", "tcg", "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mib),
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
         "-kernel", kernel_path, "-initrd", initrd,

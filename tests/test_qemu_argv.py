@@ -1,0 +1,72 @@
+"""The qemu engine's command line (fast: nothing is started)."""
+import pytest
+
+from vmm.engines.qemu import qemu_argv, vhost_user_args
+from vmm.errors import ConfigError
+from vmm.machine import MachineSpec
+
+
+def _pairs(argv):
+    return [(argv[i], argv[i + 1]) for i in range(1, len(argv) - 1) if argv[i].startswith("-")]
+
+
+def test_argv_for_a_two_cpu_machine():
+    spec = MachineSpec(kernel="/k/vmlinux", initrd="/k/initrd.gz", cmdline="quiet x=1",
+                       cpus=2, memory_mib=192)
+    argv = qemu_argv(spec, "/usr/bin/qemu-system-x86_64", debugcon_fd=7)
+    pairs = _pairs(argv)
+    assert argv[0] == "/usr/bin/qemu-system-x86_64"
+    assert ("-smp", "2") in pairs and ("-m", "192") in pairs
+    assert ("-object", "memory-backend-memfd,id=mem,size=192M,share=on") in pairs
+    assert ("-accel", "tcg") in pairs
+    assert ("-kernel", "/k/vmlinux") in pairs and ("-initrd", "/k/initrd.gz") in pairs
+    assert ("-append", "console=ttyS0 reboot=t panic=-1 quiet x=1") in pairs
+    assert ("-chardev", "socket,id=dbg,fd=7") in pairs
+    assert ("-device", "isa-debugcon,iobase=0x440,chardev=dbg") in pairs
+    machine = dict(pairs)["-M"]
+    assert machine.startswith("microvm,") and "acpi=off" in machine and "memory-backend=mem" in machine
+    for flag in ("-nodefaults", "-no-user-config", "-no-reboot", "-nographic"):
+        assert flag in argv
+
+
+def test_no_initrd_no_initrd_flag():
+    argv = qemu_argv(MachineSpec(kernel="/k"), "qemu", debugcon_fd=3)
+    assert "-initrd" not in argv
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1"
+
+
+def test_vhost_user_devices_become_chardevs_and_devices():
+    args = vhost_user_args([
+        {"kind": "blk", "socket": "/run/blk.sock", "options": {"num-queues": 1}},
+        {"kind": "vsock", "socket": "/run/vsock.sock"},
+        {"kind": "net", "socket": "/run/net.sock"},
+    ])
+    assert args == [
+        "-chardev", "socket,id=vu0,path=/run/blk.sock",
+        "-device", "vhost-user-blk,chardev=vu0,num-queues=1",
+        "-chardev", "socket,id=vu1,path=/run/vsock.sock",
+        "-device", "vhost-user-vsock-device,chardev=vu1",
+        "-chardev", "socket,id=vu2,path=/run/net.sock",
+        "-netdev", "vhost-user,id=net2,chardev=vu2",
+        "-device", "virtio-net-device,netdev=net2",
+    ]
+
+
+@pytest.mark.parametrize("dev, message", [
+    ({"kind": "scsi", "socket": "/s"}, "unknown kind 'scsi'"),
+    ({"kind": "blk"}, "no socket path"),
+    ({"kind": "blk", "socket": "/a,b"}, "contains a comma"),
+])
+def test_bad_vhost_user_devices_are_named(dev, message):
+    with pytest.raises(ConfigError, match=message):
+        vhost_user_args([dev])
+
+
+def test_hugepages_back_guest_ram_with_hugetlb_memfd():
+    argv = qemu_argv(MachineSpec(kernel="/k", memory_mib=256, hugepages=True), "qemu", debugcon_fd=3)
+    assert "memory-backend-memfd,id=mem,size=256M,share=on,hugetlb=on,hugetlbsize=2M" in argv
+
+
+def test_extra_qemu_args_are_appended():
+    spec = MachineSpec(kernel="/k", extra={"qemu_args": ["-d", "guest_errors"]})
+    assert qemu_argv(spec, "qemu", debugcon_fd=3)[-2:] == ["-d", "guest_errors"]

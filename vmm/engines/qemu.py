@@ -1,0 +1,284 @@
+"""The qemu engine: QEMU's microvm machine with TCG runs the vCPUs.
+
+For hosts whose /dev/kvm is missing or is a software hypervisor (docs/platform.md).
+One qemu-system-x86_64 child per VM, driven entirely through its file descriptors:
+
+    stdin/stdout   the guest's serial console (ttyS0), via a stdio chardev
+    stderr         QEMU's own messages; the tail becomes the message of an "error" exit
+    socketpair     `-device isa-debugcon,iobase=0x440`: the guest's boot-timer byte (123)
+                   arrives here and is timestamped on arrival
+
+One I/O thread reads all three until QEMU closes them, then reaps the child and decides
+how the VM ended. Guest RAM is a shared memfd so that device backends can later attach
+over vhost-user (spec.extra["vhost_user"], see vhost_user_args()).
+
+exit_stats() stays {}: TCG executes guest code inside QEMU's own process, so there are
+no VM exits to count, and QEMU exposes no comparable counters.
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import threading
+import time
+from typing import Callable, List, Optional
+
+from ..errors import ConfigError, EngineUnavailable
+from ..machine import ExitStatus
+from . import qemu_binary
+from .base import Engine
+
+BOOT_TIMER_PORT = 0x440
+BOOT_TIMER_INIT_STARTED = 123
+# reboot=t: without ACPI the guest resets by triple fault, which -no-reboot turns into
+# QEMU exiting. panic=-1: a panicking guest resets at once instead of hanging.
+BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1"
+PANIC_MARKER = b"Kernel panic - not syncing"
+STDERR_TAIL = 4096
+STOP_GRACE_S = 2.0
+MAX_CPUS_TCG = 255
+
+# Device kinds spec.extra["vhost_user"] may name, and the QEMU device each becomes.
+VHOST_USER_DEVICES = {
+    "blk": "vhost-user-blk",
+    "vsock": "vhost-user-vsock-device",
+    "net": "virtio-net-device",
+}
+
+
+def qemu_argv(spec, binary: str, debugcon_fd: int) -> List[str]:
+    """The full qemu-system-x86_64 command line for spec."""
+    mem = spec.memory_mib
+    # rtc=on: without an RTC, Linux 6.1 polls for one for a full second at boot
+    # (mc146818_get_time, "Unable to read current time from RTC") and the guest's
+    # clock starts in 1970. With it the read is immediate and the date is right.
+    machine = ("microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,"
+               "memory-backend=mem")
+    argv = [
+        binary,
+        "-M", machine,
+        # virtio 1.0 over MMIO: vhost-user backends refuse legacy devices.
+        "-global", "virtio-mmio.force-legacy=false",
+        "-accel", "tcg",
+        "-cpu", "max",
+        "-smp", str(spec.cpus),
+        "-m", str(mem),
+        # Shared so a vhost-user backend can map guest RAM.
+        "-object", f"memory-backend-memfd,id=mem,size={mem}M,share=on"
+                   + (",hugetlb=on,hugetlbsize=2M" if spec.hugepages else ""),
+        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        "-chardev", "stdio,id=con,signal=off",
+        "-serial", "chardev:con",
+        "-chardev", f"socket,id=dbg,fd={debugcon_fd}",
+        "-device", f"isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=dbg",
+        "-kernel", spec.kernel,
+        "-append", f"{BASE_CMDLINE} {spec.cmdline}".strip(),
+    ]
+    if spec.initrd:
+        argv += ["-initrd", spec.initrd]
+    argv += vhost_user_args(spec.extra.get("vhost_user", ()))
+    argv += [str(a) for a in spec.extra.get("qemu_args", ())]
+    return argv
+
+
+def vhost_user_args(devices) -> List[str]:
+    """QEMU arguments attaching vhost-user device backends.
+
+    Each device is a dict: {"kind": "blk" | "vsock" | "net", "socket": path}, plus
+    optional "options" (a dict of extra -device properties, e.g. {"num-queues": 1}).
+    QEMU is the vhost-user client: the backend must be listening on the socket.
+    """
+    args: List[str] = []
+    for i, dev in enumerate(devices):
+        kind, path = dev.get("kind"), dev.get("socket")
+        if kind not in VHOST_USER_DEVICES:
+            raise ConfigError(f"vhost-user device {i}: unknown kind {kind!r}; "
+                             f"choose one of {', '.join(VHOST_USER_DEVICES)}")
+        if not path:
+            raise ConfigError(f"vhost-user device {i} ({kind}): no socket path")
+        if "," in str(path):
+            raise ConfigError(f"vhost-user device {i}: socket path {path!r} contains a comma")
+        chardev = f"vu{i}"
+        args += ["-chardev", f"socket,id={chardev},path={path}"]
+        props = "".join(f",{k}={v}" for k, v in dev.get("options", {}).items())
+        if kind == "net":
+            args += ["-netdev", f"vhost-user,id=net{i},chardev={chardev}",
+                     "-device", f"virtio-net-device,netdev=net{i}{props}"]
+        else:
+            args += ["-device", f"{VHOST_USER_DEVICES[kind]},chardev={chardev}{props}"]
+    return args
+
+
+class QemuEngine(Engine):
+    name = "qemu"
+    cmdline_prefix = BASE_CMDLINE + " "
+
+    @classmethod
+    def max_cpus(cls) -> int:
+        # microvm under TCG: beyond 255 QEMU wants x2APIC with a kernel irqchip (KVM only).
+        return MAX_CPUS_TCG
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self._proc: Optional[subprocess.Popen] = None
+        self._debugcon: Optional[socket.socket] = None
+        self._thread: Optional[threading.Thread] = None
+        self._done = threading.Event()
+        self._status: Optional[ExitStatus] = None
+        self._stop_requested = False
+        self._closed = False
+        self._times = {}
+        self._stderr = bytearray()
+        self._partial_line = bytearray()
+        self._panic_line: Optional[str] = None
+
+    # --- start -------------------------------------------------------------------------
+    def start(self, on_console: Callable[[bytes], None]) -> None:
+        if self._proc is not None or self._closed:
+            raise RuntimeError("QemuEngine.start() called twice or after close()")
+        binary = qemu_binary()
+        if binary is None:
+            raise EngineUnavailable("the qemu engine needs qemu-system-x86_64 "
+                                    "(apt-get install qemu-system-x86)")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._debugcon = ours
+        try:
+            argv = qemu_argv(self.spec, binary, theirs.fileno())
+            # A session of its own: a terminal's Ctrl-C reaches us, and we stop QEMU.
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),),
+                                          start_new_session=True)
+        finally:
+            theirs.close()  # QEMU has its own copy now (or never will)
+        self._times["vm_created"] = time.monotonic_ns()
+        self._thread = threading.Thread(target=self._io_loop, args=(on_console,),
+                                        name=f"qemu-io-{self._proc.pid}", daemon=True)
+        self._thread.start()
+
+    # --- the I/O thread ----------------------------------------------------------------
+    def _io_loop(self, on_console) -> None:
+        proc = self._proc
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(proc.stdout, selectors.EVENT_READ, "console")
+            sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+            sel.register(self._debugcon, selectors.EVENT_READ, "debugcon")
+            while sel.get_map():
+                for key, _ in sel.select():
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                        continue
+                    self._dispatch(key.data, data, on_console)
+        except Exception as e:  # keep going to the reap: the child must not leak
+            self._stderr += f"\n[vmm: console reader failed: {e!r}]".encode()
+            self._kill()
+        finally:
+            sel.close()
+            self._scan_for_panic(b"", at_eof=True)
+            rc = proc.wait()
+            self._times["exit"] = time.monotonic_ns()
+            self._status = self._classify(rc)
+            self._done.set()
+
+    def _dispatch(self, what: str, data: bytes, on_console) -> None:
+        now = time.monotonic_ns()
+        if what == "debugcon":
+            if BOOT_TIMER_INIT_STARTED in data:
+                self._times.setdefault("boot_timer", now)
+        elif what == "stderr":
+            self._stderr += data
+            del self._stderr[:-STDERR_TAIL]
+        else:
+            self._times.setdefault("first_console", now)
+            self._scan_for_panic(data)
+            try:
+                on_console(data)
+            except Exception:
+                pass  # a failing console sink must not take the VM's reader down
+
+    def _scan_for_panic(self, data: bytes, at_eof: bool = False) -> None:
+        """Remember the first whole line holding `Kernel panic`; lines may span reads."""
+        if self._panic_line is not None:
+            return
+        lines = (self._partial_line + data).split(b"\n")
+        # The last piece is unfinished unless QEMU is gone; keep it (bounded) for later.
+        self._partial_line = bytearray() if at_eof else bytearray(lines.pop()[-4096:])
+        for line in lines:
+            if PANIC_MARKER in line:
+                self._panic_line = line.decode(errors="replace").strip()
+                return
+
+    def _classify(self, rc: int) -> ExitStatus:
+        if self._panic_line is not None:
+            return ExitStatus("error", f"guest kernel panic: {self._panic_line}", rc)
+        if self._stop_requested:
+            return ExitStatus("host-stop", "stopped by the host", rc)
+        if rc == 0:
+            # -no-reboot: a guest reset (reboot=t) makes QEMU exit with status 0.
+            return ExitStatus("shutdown", "guest reset", rc)
+        tail = self._stderr.decode(errors="replace").strip()
+        how = f"exit status {rc}" if rc > 0 else f"signal {signal.Signals(-rc).name}"
+        return ExitStatus("error", f"qemu-system-x86_64 failed ({how}): {tail or 'no message'}", rc)
+
+    # --- the rest of the interface -------------------------------------------------------
+    def wait(self, timeout: Optional[float]):
+        if self._proc is None:
+            raise RuntimeError("QemuEngine.wait() before start()")
+        self._done.wait(timeout)
+        return self._status if self._done.is_set() else None
+
+    def stop(self) -> None:
+        """SIGTERM (QEMU exits cleanly), then SIGKILL if it lingers."""
+        if self._proc is None or self._done.is_set():
+            return
+        self._stop_requested = True
+        self._signal(signal.SIGTERM)
+        if not self._done.wait(STOP_GRACE_S):
+            self._kill()
+
+    def _kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig) -> None:
+        try:
+            self._proc.send_signal(sig)  # a no-op once the child is reaped
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._proc is not None:
+            if not self._done.is_set():
+                self._stop_requested = True
+                self._kill()
+            if self._thread is not None:
+                self._thread.join()
+            for f in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+            self._proc.wait()
+        if self._debugcon is not None:
+            self._debugcon.close()
+
+    def timeline(self) -> dict:
+        return dict(self._times)
+
+    def exit_stats(self) -> dict:
+        return {}  # TCG has no VM exits to count (see the module docstring)
+
+    def console_input(self, data: bytes) -> None:
+        if self._proc is None or self._done.is_set():
+            return
+        try:
+            self._proc.stdin.write(data)
+            self._proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # QEMU is going away; its exit status says why
