@@ -1,0 +1,342 @@
+/*
+ * PID-1 duties: the early mounts, the root file system (an overlay of the read-only image
+ * disk and the sandbox's writable disk, or a tmpfs upper layer), the switch into it,
+ * hostname, and the orderly end (kill everything, sync, unmount, reboot).
+ *
+ * Settings come from the kernel command line (the host's engine writes them), because
+ * they are needed before any host connection exists:
+ *
+ *   vmm.root=/dev/vda     image disk, mounted read-only ("none": stay in the initramfs)
+ *   vmm.rootfstype=auto   erofs | ext4 | auto (try erofs, then ext4)
+ *   vmm.data=/dev/vdb     writable disk, ext4 ("none", or a missing device: tmpfs upper)
+ *   vmm.port=1024         vsock port the agent listens on
+ *   vmm.hostname=sandbox  hostname
+ *   vmm.debug=1           log each step on the console
+ *
+ * The kernel does not pass dotted parameters to init, so they are read from /proc/cmdline.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <sys/io.h>
+#endif
+
+#include "agent.h"
+
+#define BOOT_TIMER_PORT 0x440
+#define BOOT_TIMER_INIT_STARTED 123
+#define DEFAULT_VSOCK_PORT 1024
+
+static int debug;
+static int old_root_fd = -1;
+static int vsock_port = DEFAULT_VSOCK_PORT;
+static int have_overlay;
+static char transport[128] = "vsock";
+
+void log_msg(const char *fmt, ...)
+{
+	char line[768];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n > sizeof(line) - 2)
+		n = (int)sizeof(line) - 2;
+	line[n++] = '\n';
+	ssize_t w = write(2, line, (size_t)n); /* one write: the line stays whole */
+	(void)w;
+}
+
+int pid1_vsock_port(void) { return vsock_port; }
+
+const char *pid1_transport(void) { return transport; }
+
+static void mark_init_started(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	/* The VMM's boot timer: the byte 123 on port 0x440 marks "init started". */
+	if (ioperm(BOOT_TIMER_PORT, 1, 1) == 0)
+		outb(BOOT_TIMER_INIT_STARTED, BOOT_TIMER_PORT);
+#endif
+}
+
+/* fds 0-2 must be open before any other fd is: a transport fd landing on 2 would get
+ * our log lines in its byte stream. Without a console, /dev/null stands in. */
+static void ensure_console(void)
+{
+	if (fcntl(2, F_GETFD) != -1)
+		return;
+	int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+	if (fd < 0)
+		fd = open("/dev/null", O_RDWR);
+	if (fd < 0)
+		return;
+	for (int i = 0; i < 3; i++)
+		dup2(fd, i);
+	if (fd > 2)
+		close(fd);
+}
+
+/* ---- the command line ------------------------------------------------------------------- */
+
+static char cmdline[4096];
+
+static void read_cmdline(void)
+{
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, cmdline, sizeof(cmdline) - 1) : 0;
+	if (fd >= 0)
+		close(fd);
+	cmdline[n > 0 ? n : 0] = 0;
+}
+
+/* The value of key= on the command line (the last one wins), or def. */
+static const char *param(const char *key, const char *def, char *out, size_t outlen)
+{
+	size_t klen = strlen(key);
+	const char *found = NULL;
+	size_t flen = 0;
+	for (const char *p = cmdline; *p;) {
+		while (*p == ' ' || *p == '\n')
+			p++;
+		const char *end = p + strcspn(p, " \n");
+		if ((size_t)(end - p) > klen && strncmp(p, key, klen) == 0 && p[klen] == '=') {
+			found = p + klen + 1;
+			flen = (size_t)(end - found);
+		}
+		p = end;
+	}
+	if (!found)
+		return def;
+	if (flen >= outlen)
+		flen = outlen - 1;
+	memcpy(out, found, flen);
+	out[flen] = 0;
+	return out;
+}
+
+/* ---- mounts ------------------------------------------------------------------------------ */
+
+static int do_mount(const char *src, const char *dst, const char *type, unsigned long flags,
+		    const char *data)
+{
+	mkdir(dst, 0755);
+	if (mount(src, dst, type, flags, data) == 0) {
+		if (debug)
+			log_msg("agent: mounted %s (%s) on %s", src, type ? type : "-", dst);
+		return 0;
+	}
+	int e = errno;
+	if (e != EBUSY) /* devtmpfs may be mounted by the kernel already */
+		log_msg("agent: mount %s (%s) on %s: %s", src, type ? type : "-", dst, strerror(e));
+	errno = e;
+	return -1;
+}
+
+static void early_mounts(void)
+{
+	do_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	ensure_console();
+	do_mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	do_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
+/* Disks may register a moment after init starts (like the kernel's rootwait): poll for
+ * the device node for up to DEVICE_WAIT_MS before giving up. */
+#define DEVICE_WAIT_MS 5000
+
+static int wait_for_device(const char *dev)
+{
+	struct stat st;
+	for (int waited = 0; waited < DEVICE_WAIT_MS; waited += 2) {
+		if (stat(dev, &st) == 0)
+			return 0;
+		struct timespec ts = {0, 2 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	return stat(dev, &st);
+}
+
+static int mount_image(const char *dev, const char *type)
+{
+	if (wait_for_device(dev) < 0) {
+		log_msg("agent: image disk %s did not appear", dev);
+		return -1;
+	}
+	if (strcmp(type, "auto") != 0)
+		return do_mount(dev, "/mnt/image", type, MS_RDONLY, NULL);
+	if (mount(dev, "/mnt/image", "erofs", MS_RDONLY, NULL) == 0)
+		return 0;
+	return do_mount(dev, "/mnt/image", "ext4", MS_RDONLY, NULL);
+}
+
+static int mount_data(const char *dev)
+{
+	int use_disk = strcmp(dev, "none") != 0;
+	if (use_disk && wait_for_device(dev) < 0) {
+		log_msg("agent: writable disk %s is missing; changes stay in memory", dev);
+		use_disk = 0;
+	}
+	if (use_disk ? do_mount(dev, "/mnt/data", "ext4", MS_NOATIME, NULL)
+		     : do_mount("tmpfs", "/mnt/data", "tmpfs", 0, "mode=0755"))
+		return -1;
+	mkdir("/mnt/data/upper", 0755);
+	mkdir("/mnt/data/work", 0755);
+	return 0;
+}
+
+/* Move the overlay to / (rootfs cannot be pivot_root'ed away, hence MS_MOVE + chroot),
+ * taking /dev, /proc and /sys along. The old root stays reachable through a CLOEXEC fd
+ * so shutdown can unmount the disks cleanly. */
+static int switch_root(void)
+{
+	static const char *const moved[] = {"/dev", "/proc", "/sys"};
+	char dst[64];
+	for (size_t i = 0; i < sizeof(moved) / sizeof(moved[0]); i++) {
+		snprintf(dst, sizeof(dst), "/mnt/root%s", moved[i]);
+		mkdir(dst, 0755);
+		if (mount(moved[i], dst, NULL, MS_MOVE, NULL) < 0)
+			log_msg("agent: moving %s: %s", moved[i], strerror(errno));
+	}
+	old_root_fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (chdir("/mnt/root") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 ||
+	    chroot(".") < 0 || chdir("/") < 0) {
+		log_msg("agent: switching root: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int setup_root(void)
+{
+	char root[256], type[32], data[256];
+	const char *dev = param("vmm.root", "/dev/vda", root, sizeof(root));
+	if (strcmp(dev, "none") == 0)
+		return 0; /* serve from the initramfs itself (tests, rescue) */
+	mkdir("/mnt", 0755); /* the initramfs holds only /init, /dev, /proc and /sys */
+	mkdir("/mnt/image", 0755);
+	if (mount_image(dev, param("vmm.rootfstype", "auto", type, sizeof(type))) < 0)
+		return -1;
+	if (mount_data(param("vmm.data", "/dev/vdb", data, sizeof(data))) < 0)
+		return -1;
+	if (do_mount("overlay", "/mnt/root", "overlay", 0,
+		     "lowerdir=/mnt/image,upperdir=/mnt/data/upper,workdir=/mnt/data/work") < 0)
+		return -1;
+	have_overlay = 1;
+	return switch_root();
+}
+
+static void later_mounts(void)
+{
+	do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
+	do_mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	do_mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+}
+
+static void loopback_up(void)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	struct ifreq ifr = {0};
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+	if (ioctl(fd, SIOCGIFFLAGS, &ifr) == 0) {
+		ifr.ifr_flags |= IFF_UP;
+		ioctl(fd, SIOCSIFFLAGS, &ifr);
+	}
+	close(fd);
+}
+
+void pid1_setup(void)
+{
+	mark_init_started();
+	early_mounts();
+	read_cmdline();
+	char buf[256];
+	debug = param("vmm.debug", NULL, buf, sizeof(buf)) != NULL;
+	const char *port = param("vmm.port", NULL, buf, sizeof(buf));
+	if (port)
+		vsock_port = atoi(port);
+	param("vmm.transport", "vsock", transport, sizeof(transport));
+	if (setup_root() < 0) {
+		log_msg("agent: FATAL: cannot set up the root file system; powering off");
+		pid1_poweroff();
+	}
+	later_mounts();
+	const char *host = param("vmm.hostname", "sandbox", buf, sizeof(buf));
+	sethostname(host, strlen(host));
+	loopback_up();
+	setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
+}
+
+/* ---- the end ------------------------------------------------------------------------------ */
+
+static void kill_everything(void)
+{
+	kill(-1, SIGTERM);
+	/* Up to one second for a graceful exit, then SIGKILL. */
+	for (int i = 0; i < 100; i++) {
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		if (kill(-1, 0) < 0 && errno == ESRCH)
+			break;
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	kill(-1, SIGKILL);
+	while (waitpid(-1, NULL, WNOHANG) > 0)
+		;
+}
+
+static void unmount_all(void)
+{
+	umount2("/tmp", MNT_DETACH);
+	umount2("/dev/shm", MNT_DETACH);
+	umount2("/dev/pts", MNT_DETACH);
+	if (!have_overlay || old_root_fd < 0)
+		return;
+	/* Detach the overlay (our root), step back into the initramfs, then unmount the
+	 * disks for real so the ext4 journal is clean; remount read-only if busy. */
+	if (fchdir(old_root_fd) < 0)
+		return;
+	umount2("/", MNT_DETACH);
+	if (chroot(".") < 0)
+		return;
+	sync();
+	if (umount("/mnt/data") < 0 && errno != EINVAL) {
+		log_msg("agent: unmounting the writable disk: %s; remounting read-only", strerror(errno));
+		mount(NULL, "/mnt/data", NULL, MS_REMOUNT | MS_RDONLY, NULL);
+	}
+	umount("/mnt/image");
+}
+
+void pid1_poweroff(void)
+{
+	kill_everything();
+	sync();
+	unmount_all();
+	sync();
+	/* With reboot=k or reboot=t and a VMM that treats a reset as the end, this ends
+	 * the VM (a power-off needs ACPI, which the guest does not have). */
+	reboot(RB_AUTOBOOT);
+	log_msg("agent: reboot: %s", strerror(errno));
+	for (;;)
+		pause();
+}

@@ -1,0 +1,105 @@
+"""Run the guest agent as an ordinary host process on a Unix socket, for the agent tests.
+
+The agent binary is the same static musl build that becomes /init in the guest; with a
+PID other than 1 it skips the PID-1 duties (mounts, pivot, power-off).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from vmm.agent import AgentClient
+
+needs_musl = pytest.mark.skipif(
+    subprocess.run(["sh", "-c", "command -v musl-gcc"], capture_output=True).returncode != 0,
+    reason="musl-gcc not installed (apt-get install musl-tools)")
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when pytest dies, so a killed run leaves no agent behind.
+    (PR_SET_PDEATHSIG follows the starting *thread*: start agents from long-lived ones.)"""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class AgentProcess:
+    def __init__(self, workdir: Path):
+        from vmm.agent_build import agent_binary
+        self.binary = agent_binary()
+        self.sock = workdir / "agent.sock"
+        self.log = workdir / "agent.log"
+        self._log = open(self.log, "wb")
+        self.proc = subprocess.Popen([str(self.binary), "--unix", str(self.sock)],
+                                     stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=workdir,
+                                     preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + 10
+        while not self._listening():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"agent did not start: {self.log.read_text()}")
+            time.sleep(0.01)
+
+    def _listening(self) -> bool:
+        # The socket file appears at bind(), before listen(): probe with a connect.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(self.sock))
+                return True
+            except OSError:
+                return False
+
+    def client(self) -> AgentClient:
+        return AgentClient.connect_unix(str(self.sock))
+
+    def raw(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(self.sock))
+        return s
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    a = AgentProcess(tmp_path_factory.mktemp("agent"))
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def client(agent):
+    c = agent.client()
+    c.wait_ready(10)
+    yield c
+    c.close()
+    assert agent.alive(), f"the agent died: {agent.log.read_text()[-2000:]}"
+
+
+def process_alive(marker: str) -> bool:
+    """Is any process's command line holding marker?"""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if marker.encode() in cmd and ") Z " not in stat:
+            return True
+    return False
