@@ -231,15 +231,43 @@ def test_nested_indirect_breaks_queue(image):
 
 
 def test_indirect_table_too_long_or_misshapen(image):
-    for length in (16 * 17, 24, 0):
+    # Longer than the 1024-entry cap, not a multiple of 16, empty.
+    for length in (16 * 1025, 24, 0):
         dev, mem, q = open_disk(image, size=16)
-        table = mem.alloc(16 * 17, 16)
-        for i in range(17):
-            q.write_desc(i, mem.alloc(16), 16, F_NEXT, i + 1, table=table)
+        table = mem.alloc(16 * 1025, 16)
         q.write_desc(0, table, length, F_INDIRECT)
         q.publish(0)
         assert notify(dev, 0) == -1, length
         dev.close()
+
+
+def test_indirect_table_longer_than_queue_is_fine(image):
+    # Linux sizes indirect tables by seg_max, not the queue size.
+    dev, mem, q = open_disk(image, size=4)
+    data = os.urandom(512 * 8)
+    w = request(mem, T_OUT, 0, data=data, split=8)
+    assert run(dev, q, w, indirect=True) == 1 and status_of(mem, w) == S_OK
+    assert image.read_bytes()[:len(data)] == data
+
+
+def test_loop_inside_indirect_table_breaks_queue(image):
+    dev, mem, q = open_disk(image, size=16)
+    table = mem.alloc(16 * 3, 16)
+    for i in range(3):
+        q.write_desc(i, mem.alloc(16), 16, F_NEXT, (i + 1) % 3, table=table)
+    q.write_desc(0, table, 48, F_INDIRECT)
+    q.publish(0)
+    assert notify(dev, 0) == -1 and "loops" in dev.broken
+
+
+def test_indirect_not_at_head_breaks_queue(image):
+    dev, mem, q = open_disk(image, size=16)
+    table = mem.alloc(16, 16)
+    q.write_desc(0, mem.alloc(16), 16, 0, table=table)
+    q.write_desc(0, mem.alloc(16), 16, F_NEXT, 1)
+    q.write_desc(1, table, 16, F_INDIRECT)
+    q.publish(0)
+    assert notify(dev, 0) == -1 and "not at the head" in dev.broken
 
 
 def test_indirect_not_negotiated(image):

@@ -4,6 +4,7 @@
  * IN and GET_ID), and one status byte the device writes last. We do not rely on the
  * driver putting each part in its own descriptor: the header is gathered from the first
  * readable bytes and the status is the last writable byte, whatever the split. */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -31,8 +32,9 @@
 #define VIRTIO_BLK_S_UNSUPP 2
 
 #define SECTOR 512u
-#define BLK_QUEUE_MAX 256 /* <= IOV_MAX, so one request is one preadv/pwritev */
+#define BLK_QUEUE_MAX 1024
 #define BLK_SIZE_MAX (1u << 20)
+#define BLK_SEG_MAX 254 /* Linux's default too; leaves room for header and status in 256 */
 #define BLK_ID_BYTES 20
 
 struct blk {
@@ -54,7 +56,8 @@ struct blk_hdr {
 static int full_io(int fd, struct iovec *iov, int cnt, uint64_t off, bool write)
 {
     while (cnt > 0) {
-        ssize_t n = write ? pwritev(fd, iov, cnt, (off_t)off) : preadv(fd, iov, cnt, (off_t)off);
+        int k = cnt < IOV_MAX ? cnt : IOV_MAX;
+        ssize_t n = write ? pwritev(fd, iov, k, (off_t)off) : preadv(fd, iov, k, (off_t)off);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
@@ -189,7 +192,7 @@ static void blk_fill_config(struct blk *b)
 {
     put_u64(b->d.config + 0, b->sectors);
     put_u32(b->d.config + 8, BLK_SIZE_MAX);
-    put_u32(b->d.config + 12, BLK_QUEUE_MAX - 2);
+    put_u32(b->d.config + 12, BLK_SEG_MAX);
     b->d.config_len = 60;
 }
 
@@ -208,7 +211,7 @@ struct vdev *blk_new(const char *path, bool read_only, const char *serial, char 
     }
     struct blk *b = calloc(1, sizeof(*b));
     if (b)
-        b->data = calloc(BLK_QUEUE_MAX, sizeof(struct iovec));
+        b->data = calloc(VQ_MAX_SEGS(BLK_QUEUE_MAX), sizeof(struct iovec));
     if (!b || !b->data) {
         snprintf(err, errlen, "out of memory for disk %s", path);
         if (b)

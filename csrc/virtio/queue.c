@@ -62,8 +62,8 @@ int vq_setup(struct vq *q, const struct vm_mem *mem, uint16_t size, uint64_t des
     if (q->size != size || !q->rdv) {
         free(q->rdv);
         free(q->wrv);
-        q->rdv = calloc(size, sizeof(struct iovec));
-        q->wrv = calloc(size, sizeof(struct iovec));
+        q->rdv = calloc(VQ_MAX_SEGS(size), sizeof(struct iovec));
+        q->wrv = calloc(VQ_MAX_SEGS(size), sizeof(struct iovec));
         if (!q->rdv || !q->wrv) {
             set_err(err, errlen, "out of memory for a queue of %u entries", size);
             return -1;
@@ -131,19 +131,22 @@ static int enter_indirect(struct vq *q, struct walk *w, const struct vring_desc 
         return mark_broken(q, "indirect descriptor but VIRTIO_RING_F_INDIRECT_DESC not negotiated");
     if (w->in_indirect)
         return mark_broken(q, "nested indirect descriptor table");
+    if (w->seen != 1)
+        return mark_broken(q, "indirect descriptor not at the head of its chain");
     if (d->flags & VRING_DESC_F_NEXT)
         return mark_broken(q, "indirect descriptor with the NEXT flag");
     if (d->len == 0 || d->len % sizeof(struct vring_desc))
         return mark_broken(q, "indirect table length %u is not a non-zero multiple of 16", d->len);
     uint32_t n = d->len / sizeof(struct vring_desc);
-    if (n > q->size)
-        return mark_broken(q, "indirect table of %u entries exceeds the queue size %u", n, q->size);
+    if (n > VQ_MAX_INDIRECT)
+        return mark_broken(q, "indirect table of %u entries exceeds %u", n, VQ_MAX_INDIRECT);
     const void *t = vm_mem_ptr(q->mem, d->addr, d->len);
     if (!t || (d->addr & 15))
         return 0;
     w->table = t;
     w->table_n = n;
     w->in_indirect = true;
+    w->seen = 0; /* from here the walk is bounded by the table's length */
     return 1;
 }
 
@@ -153,9 +156,9 @@ static int walk_chain(struct vq *q, uint16_t head, struct vq_req *r)
     struct walk w = { .table = q->desc, .table_n = q->size };
     uint32_t idx = head;
     for (;;) {
-        if (++w.seen > q->size)
-            return mark_broken(q, "descriptor chain from head %u loops or is longer than the queue size %u",
-                               head, q->size);
+        if (++w.seen > w.table_n)
+            return mark_broken(q, "descriptor chain from head %u loops or is longer than its table (%u entries)",
+                               head, w.table_n);
         struct vring_desc d;
         memcpy(&d, &w.table[idx], sizeof(d)); /* one read: the guest may change it under us */
         if (d.flags & VRING_DESC_F_INDIRECT) {
@@ -206,6 +209,8 @@ int vq_pop(struct vq *q, struct vq_req *r)
         vq_push(q, head, 0);
     }
 }
+
+void vq_unpop(struct vq *q) { q->last_avail--; }
 
 void vq_push(struct vq *q, uint16_t head, uint32_t len)
 {

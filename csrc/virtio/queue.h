@@ -19,6 +19,11 @@
 #include "mem.h"
 
 #define VQ_MAX_SIZE 32768
+/* Linux sizes indirect tables by the request (e.g. blk's seg_max), not by the queue size,
+ * so a table may be longer than a small queue; we cap it where QEMU does. */
+#define VQ_MAX_INDIRECT 1024
+/* Most segments one chain can produce: a direct chain, or an indirect table. */
+#define VQ_MAX_SEGS(size) ((size) > VQ_MAX_INDIRECT ? (size) : VQ_MAX_INDIRECT)
 
 #define VRING_DESC_F_NEXT 1
 #define VRING_DESC_F_WRITE 2
@@ -64,7 +69,7 @@ struct vq {
     bool signalled_valid;
     bool pushed;            /* something was pushed since the last notification check */
 
-    struct iovec *rdv, *wrv; /* scratch for vq_pop, size entries each */
+    struct iovec *rdv, *wrv; /* scratch for vq_pop, VQ_MAX_SEGS(size) entries each */
     uint64_t rejected;       /* chains returned unused because they were invalid */
 };
 
@@ -78,6 +83,9 @@ void vq_teardown(struct vq *q);
 
 /* 1: *r holds a valid chain; 0: nothing available; -1: the queue is broken. */
 int vq_pop(struct vq *q, struct vq_req *r);
+/* Gives back the chain just popped, unused, so the next vq_pop returns it again (for a
+ * device that popped a buffer and then found it had nothing to put in it). */
+void vq_unpop(struct vq *q);
 /* Returns a chain to the guest with len bytes written into its writable part. */
 void vq_push(struct vq *q, uint16_t head, uint32_t len);
 /* After the avail ring ran empty: asks the guest to kick on the next buffer (EVENT_IDX)
