@@ -419,8 +419,11 @@ static int drain_tx(struct vsock *v, struct conn *c)
         shutdown(c->fd, SHUT_WR);
         c->shut_wr_done = true;
     }
-    /* Tell the guest about freed buffer before it can run dry. */
-    if (c->fwd_cnt - c->fwd_told >= CONN_BUF / 4 || (c->tx_len == 0 && c->fwd_cnt != c->fwd_told))
+    /* Tell the guest about freed buffer once its view of our free space (what it sent
+     * minus the fwd_cnt we last told) falls to half: early enough that it never stalls
+     * while we have room, rare enough not to answer every packet. Packets we send to the
+     * guest carry fwd_cnt as well. */
+    if (c->fwd_cnt != c->fwd_told && c->fwd_cnt + c->tx_len - c->fwd_told >= CONN_BUF / 2)
         c->pending |= P_CREDIT_UPDATE;
     conn_rearm(v, c);
     return 0;
