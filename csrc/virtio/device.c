@@ -39,6 +39,7 @@ void vdev_note_broken(struct vdev *d, int qi)
 void vdev_reset(struct vdev *d)
 {
     for (int i = 0; i < d->nqueues; i++) {
+        d->c.rejected += d->vq[i].rejected;
         vq_teardown(&d->vq[i]);
         d->vq[i].last_avail = 0;
     }

@@ -248,16 +248,16 @@ bool vq_need_notify(struct vq *q)
     if (!q->ready)
         return false;
     full_fence();
-    if (!q->event_idx) {
-        bool pushed = q->pushed;
-        q->pushed = false;
-        return pushed && !(__atomic_load_n(&q->avail[0], __ATOMIC_RELAXED) & VRING_AVAIL_F_NO_INTERRUPT);
-    }
+    bool pushed = q->pushed;
+    q->pushed = false;
+    if (!pushed)
+        return false;
+    if (!q->event_idx)
+        return !(__atomic_load_n(&q->avail[0], __ATOMIC_RELAXED) & VRING_AVAIL_F_NO_INTERRUPT);
     uint16_t old = q->signalled_used, now = q->used_idx;
     bool valid = q->signalled_valid;
     q->signalled_used = now;
     q->signalled_valid = true;
-    q->pushed = false;
     if (!valid)
         return true; /* never signalled yet: always interrupt once */
     uint16_t used_event = __atomic_load_n(&q->avail[2 + q->size], __ATOMIC_RELAXED);
