@@ -149,13 +149,13 @@ def test_host_to_guest_respects_guest_credit(vs):
     s.sendall(os.urandom(100_000))
     got = 0
     asked = False
-    for p in g.poll(1.0, want=100):
+    for p in g.poll(0.5, want=100):
         if p.op == OP_RW:
             got += p.len
         asked |= p.op == OP_CREDIT_REQUEST
     assert got == 8192 and asked
     g.send(OP_CREDIT_UPDATE, 1234, hport, buf_alloc=8192, fwd_cnt=8192)
-    more = sum(p.len for p in g.poll(1.0, want=100) if p.op == OP_RW)
+    more = sum(p.len for p in g.poll(0.5, want=100) if p.op == OP_RW)
     assert more == 8192
 
 
