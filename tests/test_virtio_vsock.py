@@ -81,12 +81,16 @@ def test_host_initiated_connection_data_both_ways_and_close(vs):
     assert p.payload == b"hello guest" and p.dst_port == 1234 and p.src_port == hport
     g.send(OP_RW, 1234, hport, b"hello host")
     assert recv_exact(s, 10) == b"hello host"
-    s.close()
+    s.shutdown(socket.SHUT_WR)
     p = one(g, OP_SHUTDOWN)
-    assert p.flags == 3
-    g.send(OP_RST, 1234, hport)
+    assert p.flags == 2  # the host sends no more, but may still read
+    g.send(OP_RW, 1234, hport, b"after half-close")
+    assert recv_exact(s, 16) == b"after half-close"
+    s.close()
+    p = one(g, OP_RST)  # fully closed host side: the connection is reset
+    assert (p.src_port, p.dst_port) == (hport, 1234)
     c = dev.counters()
-    assert c["connections"] == 1 and c["bytes_read"] == 11 and c["bytes_written"] == 10
+    assert c["connections"] == 1 and c["bytes_read"] == 11 and c["bytes_written"] == 26
 
 
 def test_guest_initiated_connection(vs, tmp_path):

@@ -334,9 +334,11 @@ static bool send_data(struct vsock *v, struct conn *c)
     }
     struct vsock_hdr h;
     if (got <= 0) {
-        /* EOF or error: the host side is gone; tell the guest, which answers with RST. */
+        /* EOF: the host will send no more. It may still read (a half-close with
+         * shutdown(SHUT_WR) looks the same here), so only SEND is shut; a host that closed
+         * completely shows up as EPOLLHUP or a failing write, and is reset then. */
         fill_hdr(v, c, &h, OP_SHUTDOWN, c->local_port, c->peer_port);
-        h.flags = SHUT_F_RCV | SHUT_F_SEND;
+        h.flags = SHUT_F_SEND;
         c->host_eof = true;
         c->readable = false;
         conn_rearm(v, c);
@@ -653,6 +655,12 @@ static void conn_event(struct vsock *v, uint64_t tag, uint32_t events)
     struct conn *c = v->conns[slot];
     if (c->state == C_LINE) {
         read_connect_line(v, c);
+        return;
+    }
+    /* Hang-up is reported whatever we asked for: if there is nothing left to read from
+     * the socket (or nobody to read it for), the connection is over. */
+    if ((events & (EPOLLHUP | EPOLLERR)) && (c->state != C_OPEN || c->host_eof || c->guest_shut_rcv)) {
+        conn_reset(v, c);
         return;
     }
     if ((events & EPOLLOUT) && drain_tx(v, c) < 0) {
