@@ -81,7 +81,11 @@ def host_client(path, port, conn, results):
             break
         got += d
     t.join()
-    results.append(bytes(got) == data)
+    if bytes(got) == data:
+        results.append(True)
+    else:
+        bad = next((i for i, (a, b) in enumerate(zip(got, data)) if a != b), min(len(got), len(data)))
+        results.append(f"conn {conn}: got {len(got)} of {len(data)} bytes, first difference at {bad}")
 
 
 def test_linux_guest_blk_and_vsock_over_vhost_user(tmp_path):

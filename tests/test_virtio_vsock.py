@@ -252,3 +252,26 @@ def test_bad_connect_lines_are_closed(vs):
         except ConnectionResetError:
             pass  # closed with our junk unread: also a close
     assert g.poll(0.2) == []
+
+
+def test_guest_close_delivers_buffered_data_before_rst(vs):
+    dev, g, path = vs
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(f"{path}_6001")
+    lst.listen(1)
+    g.send(OP_REQUEST, 780, 6001)
+    buf_alloc = one(g, OP_RESPONSE).buf_alloc
+    conn, _ = lst.accept()  # not reading yet: the socket fills, the device buffers the rest
+    data = os.urandom(buf_alloc)
+    for i in range(0, len(data), 65536):
+        g.send(OP_RW, 780, 6001, data[i:i + 65536])
+    g.send(OP_SHUTDOWN, 780, 6001, flags=3)
+    conn.settimeout(5)
+    got = bytearray()
+    while True:
+        d = conn.recv(1 << 16)
+        if not d:
+            break
+        got += d
+    assert bytes(got) == data  # all of it, then EOF
+    assert any(p.op == OP_RST for p in g.poll(2.0))

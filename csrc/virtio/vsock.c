@@ -85,6 +85,7 @@ struct conn {
     uint32_t fwd_cnt, fwd_told;
     bool guest_shut_send;    /* no more data from the guest: SHUT_WR once drained */
     bool shut_wr_done;
+    bool rst_when_drained;   /* the guest closed: answer with RST once its data is out */
     /* host -> guest */
     uint32_t rx_cnt;
     uint32_t peer_buf_alloc, peer_fwd_cnt;
@@ -421,6 +422,10 @@ static int drain_tx(struct vsock *v, struct conn *c)
         shutdown(c->fd, SHUT_WR);
         c->shut_wr_done = true;
     }
+    if (c->tx_len == 0 && c->rst_when_drained) {
+        c->pending = P_RST;
+        return 0;
+    }
     /* Tell the guest about freed buffer once its view of our free space (what it sent
      * minus the fwd_cnt we last told) falls to half: early enough that it never stalls
      * while we have room, rare enough not to answer every packet. Packets we send to the
@@ -498,9 +503,11 @@ static void guest_shutdown(struct vsock *v, struct conn *c, uint32_t flags)
     if (flags & SHUT_F_SEND)
         c->guest_shut_send = true;
     if (c->guest_shut_rcv && c->guest_shut_send) {
-        /* Full close by the guest: it waits for our RST. Best-effort flush first. */
-        drain_tx(v, c);
-        c->pending = P_RST;
+        /* Full close by the guest: it waits for our RST, which we send once the data
+         * it sent before has reached the host socket (drain_tx sets it). */
+        c->rst_when_drained = true;
+        if (drain_tx(v, c) < 0)
+            conn_reset(v, c);
         return;
     }
     if (drain_tx(v, c) < 0)
