@@ -12,7 +12,7 @@ import time
 import pytest
 
 from virtio_e2e import Qemu, build_initramfs, find_kernel
-from vmm.devices import Disk, VhostUserServer, Vsock
+from vmm.devices import Disk, Net, VhostUserServer, Vsock
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]
 
@@ -36,6 +36,31 @@ def make_ext4(path, size_mb, files):
 def debugfs_cat(img, name):
     r = subprocess.run(["debugfs", "-R", f"cat /{name}", str(img)], capture_output=True)
     return r.stdout
+
+
+MAC = "02:56:4d:4d:00:01"
+
+
+def loopback_http_server():
+    """A one-route HTTP server on 127.0.0.1 (what the guest reaches through passt)."""
+    import http.server
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            srv.hits += 1
+            body = b"hello-from-host-loopback"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    srv.hits = 0
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
 
 
 def echo_server(lst, results):
@@ -95,7 +120,8 @@ def test_linux_guest_blk_and_vsock_over_vhost_user(tmp_path):
     kernel = find_kernel()
     if not kernel or not kernel.exists():
         pytest.skip("no guest kernel (vmm.kernel.guest_kernel() or $VMM_KERNEL)")
-    initrd = build_initramfs(tmp_path, NCONN, NBYTES)
+    http = loopback_http_server()
+    initrd = build_initramfs(tmp_path, NCONN, NBYTES, netport=http.server_address[1])
     rw_img, ro_img = tmp_path / "rw.img", tmp_path / "ro.img"
     make_ext4(rw_img, 32, {"hello.txt": b"hello from the host\n"})
     make_ext4(ro_img, 8, {"hello.txt": b"read-only hello\n"})
@@ -108,9 +134,12 @@ def test_linux_guest_blk_and_vsock_over_vhost_user(tmp_path):
 
     devs = [Disk(str(rw_img), serial="rw-disk").open(), Disk(str(ro_img), read_only=True, serial="ro-disk").open(),
             Vsock(3, vpath).open()]
-    socks = [str(tmp_path / f"vu{i}.sock") for i in range(3)]
-    servers = [VhostUserServer(d, s) for d, s in zip(devs, socks)]
     kinds = ["vhost-user-blk", "vhost-user-blk", "vhost-user-vsock-device"]
+    if shutil.which("passt"):
+        devs.append(Net(backend="passt").open())
+        kinds.append(f"virtio-net-device,mac={MAC}")
+    socks = [str(tmp_path / f"vu{i}.sock") for i in range(len(devs))]
+    servers = [VhostUserServer(d, s) for d, s in zip(devs, socks)]
     guest_results, host_results = [], []
     t0 = time.monotonic()
     q = Qemu(kernel, initrd, list(zip(kinds, socks)))
@@ -140,9 +169,14 @@ def test_linux_guest_blk_and_vsock_over_vhost_user(tmp_path):
         assert q.found("SEND_ALL OK") and q.found("ECHO_ALL OK"), log
         assert host_results == [True] * NCONN, (host_results, log)
         assert sorted(guest_results) == [NBYTES] * NCONN, (guest_results, log)
+        if len(devs) > 3:
+            assert q.found(f"NET_MAC {MAC}"), log
+            assert q.found("NET_REPLY HTTP hello-from-host-loopback"), log
+            assert http.hits, "the host server saw no request"
         print(f"\nguest run {elapsed:.1f}s, vsock {NCONN} conns x {NBYTES} bytes each way, each direction")
     finally:
         q.close()
+        http.shutdown()
         for s in servers:
             s.stop()
         counters = [d.counters() for d in devs]
@@ -153,4 +187,6 @@ def test_linux_guest_blk_and_vsock_over_vhost_user(tmp_path):
     assert ro_img.read_bytes() == ro_before
     assert counters[0]["bytes_written"] > 4 << 20 and counters[1]["bytes_written"] == 0
     assert counters[2]["connections"] == 2 * NCONN
+    if len(counters) > 3:
+        assert counters[3]["frames_in"] > 0 and counters[3]["frames_out"] > 0
     print("counters:", counters)

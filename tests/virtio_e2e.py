@@ -44,17 +44,31 @@ def _cpio_newc(entries) -> bytes:
     return bytes(out)
 
 
-def build_initramfs(dest: Path, nconn: int, nbytes: int) -> Path:
+DHCP_SCRIPT = b"""#!/bin/busybox sh
+# udhcpc hook: configure what passt's DHCP offers (but keep the default MTU).
+case "$1" in
+    bound|renew)
+        ip addr add "$ip/$mask" dev "$interface"
+        ip route add default via "$router"
+        echo "$router" > /tmp/gateway ;;
+    *) echo "DHCP_EVENT $1 ip=$ip router=$router" ;;
+esac
+"""
+
+
+def build_initramfs(dest: Path, nconn: int, nbytes: int, netport: int = 0) -> Path:
     busybox = shutil.which("busybox") or "/bin/busybox"
     probe = dest / "vsock_probe"
     subprocess.run(["musl-gcc", "-static", "-Os", "-o", str(probe), str(HERE / "guest" / "vsock_probe.c")],
                    check=True)
     init = (HERE / "guest" / "init.sh").read_text().replace("NCONN", str(nconn)).replace("NBYTES", str(nbytes))
+    init = init.replace("NETPORT", str(netport))
     d, f = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o755
     entries = [(n, d, b"", 0, 0) for n in ("bin", "dev", "proc", "sys", "mnt")]
     entries += [("dev/console", stat.S_IFCHR | 0o600, b"", 5, 1),
                 ("init", f, init.encode(), 0, 0),
                 ("bin/busybox", f, Path(busybox).read_bytes(), 0, 0),
+                ("bin/dhcp.sh", f, DHCP_SCRIPT, 0, 0),
                 ("bin/vsock_probe", f, probe.read_bytes(), 0, 0)]
     out = dest / "initramfs.cpio"
     out.write_bytes(_cpio_newc(entries))
@@ -72,7 +86,11 @@ class Qemu:
                 "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
                 "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]
         for i, (kind, sock) in enumerate(devices):
-            args += ["-chardev", f"socket,id=vu{i},path={sock}", "-device", f"{kind},chardev=vu{i}"]
+            args += ["-chardev", f"socket,id=vu{i},path={sock}"]
+            if kind.startswith("virtio-net-device"):  # QEMU's virtio-net on a vhost-user netdev
+                args += ["-netdev", f"vhost-user,id=n{i},chardev=vu{i}", "-device", f"{kind},netdev=n{i}"]
+            else:
+                args += ["-device", f"{kind},chardev=vu{i}"]
         self.lines: list[str] = []
         self.cond = threading.Condition()
         self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -106,9 +106,26 @@ class Net:
             raise ConfigError(f"net backend {self.backend!r} is not one of passt, socket, tap")
         _parse_mac(self.mac)
 
-    def _backend_fd(self) -> tuple[int, int]:
+    def _start_passt(self):
+        """passt (userspace NAT, no root) on one end of a socketpair; we keep the other."""
+        import shutil
+        import subprocess
+        exe = shutil.which("passt")
+        if not exe:
+            raise ConfigError("net backend passt needs the passt program (Debian package passt)")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = subprocess.Popen([exe, "--foreground", "--quiet", "--fd", str(theirs.fileno())],
+                                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        return ours.detach(), proc
+
+    def _backend_fd(self):
+        """(fd, kind, helper process or None) of the frame backend."""
         if self.fd is not None:
-            return os.dup(self.fd), NET_TAP if self.backend == "tap" else NET_STREAM
+            return os.dup(self.fd), NET_TAP if self.backend == "tap" else NET_STREAM, None
         if self.backend == "tap":
             if not self.tap:
                 raise ConfigError("net backend tap needs a tap device name (tap=...)")
@@ -117,7 +134,10 @@ class Net:
             fd = lib.vmm_net_open_tap(self.tap.encode(), err, n)
             if fd < 0:
                 raise ConfigError(_errstr(err))
-            return fd, NET_TAP
+            return fd, NET_TAP, None
+        if self.backend == "passt" and not self.socket_path:
+            fd, proc = self._start_passt()
+            return fd, NET_STREAM, proc
         if not self.socket_path:
             raise ConfigError(f"net backend {self.backend} needs socket_path or fd")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -126,17 +146,20 @@ class Net:
         except OSError as e:
             s.close()
             raise ConfigError(f"cannot connect to the network socket {self.socket_path}: {e.strerror}") from None
-        return s.detach(), NET_STREAM
+        return s.detach(), NET_STREAM, None
 
     def open(self) -> "Device":
         mac = _parse_mac(self.mac)
-        fd, kind = self._backend_fd()
+        fd, kind, proc = self._backend_fd()
         ffi, lib = _core()
         err, n = _err()
         p = lib.vmm_net_new(fd, kind, mac, err, n)
         if p == ffi.NULL:
+            if proc:
+                proc.kill()
+                proc.wait()
             raise ConfigError(_errstr(err))
-        return Device(p, "net")
+        return Device(p, "net", helper=proc)
 
 
 COUNTERS = ("requests", "bytes_read", "bytes_written", "frames_in", "frames_out", "errors",
@@ -146,10 +169,11 @@ COUNTERS = ("requests", "bytes_read", "bytes_written", "frames_in", "frames_out"
 class Device:
     """A device object of the C core. Not thread-safe to close while in use."""
 
-    def __init__(self, ptr, kind: str):
+    def __init__(self, ptr, kind: str, helper=None):
         self._p = ptr
         self.kind = kind
         self._servers = 0
+        self._helper = helper  # a backend process we started (passt), ended on close
 
     @property
     def ptr(self):
@@ -189,6 +213,14 @@ class Device:
             raise VmmError(f"virtio-{self.kind} device still has a running vhost-user server")
         _core()[1].vmm_vdev_free(self._p)
         self._p = None
+        if self._helper is not None:
+            self._helper.terminate()
+            try:
+                self._helper.wait(5)
+            except Exception:
+                self._helper.kill()
+                self._helper.wait()
+            self._helper = None
 
     def __enter__(self):
         return self

@@ -141,6 +141,16 @@ static void epoll_set(struct vmm_vhost_user *s, int fd, uint64_t tag, bool add)
     epoll_ctl(s->epfd, add ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, fd, &ev);
 }
 
+/* CONFIG only where QEMU's front-end reads config space from the back-end (blk, vsock);
+ * its virtio-net keeps config (MAC, status) itself and warns if CONFIG is offered. */
+static uint64_t offered_protocol_features(const struct vdev *d)
+{
+    uint64_t f = (1ull << VU_PROTO_F_REPLY_ACK) | (1ull << VU_PROTO_F_RESET_DEVICE);
+    if (d->config_len && d->device_id != VIRTIO_ID_NET)
+        f |= 1ull << VU_PROTO_F_CONFIG;
+    return f;
+}
+
 /* ---- the device's interrupt: signal the ring's call eventfd ---- */
 
 static void vu_irq(void *opaque, int qi)
@@ -592,8 +602,7 @@ static void drop_conn(struct vmm_vhost_user *s)
     epoll_set(s, s->conn, TAG_CONN, false);
     close_fd(&s->conn);
     reset_all(s);
-    s->protocol_features = (1ull << VU_PROTO_F_REPLY_ACK) | (1ull << VU_PROTO_F_RESET_DEVICE) |
-                           (s->d->config_len ? 1ull << VU_PROTO_F_CONFIG : 0);
+    s->protocol_features = offered_protocol_features(s->d);
     epoll_set(s, s->listen_fd, TAG_LISTEN, true);
 }
 
@@ -680,8 +689,7 @@ struct vmm_vhost_user *vmm_vhost_user_start(struct vmm_vdev *dev, const char *pa
     d->irq_opaque = s;
     pthread_mutex_unlock(&d->lock);
     epoll_set(s, s->stop_efd, TAG_STOP, true);
-    s->protocol_features = (1ull << VU_PROTO_F_REPLY_ACK) | (1ull << VU_PROTO_F_RESET_DEVICE) |
-                           (d->config_len ? 1ull << VU_PROTO_F_CONFIG : 0);
+    s->protocol_features = offered_protocol_features(d);
     epoll_set(s, s->listen_fd, TAG_LISTEN, true);
     if (pthread_create(&s->thread, NULL, server_thread, s) != 0) {
         snprintf(err, errlen, "cannot start the vhost-user thread");

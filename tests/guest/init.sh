@@ -15,7 +15,7 @@ for d in /sys/block/vd*; do
         ro-disk) RO=/dev/$n ;;
     esac
 done
-mkdir -p /mnt/rw /mnt/ro
+mkdir -p /mnt/rw /mnt/ro /tmp
 if mount -t ext4 "$RW" /mnt/rw; then
     echo "RW_READ $(cat /mnt/rw/hello.txt)"
     echo "written by the guest" > /mnt/rw/guest.txt
@@ -34,6 +34,19 @@ if [ -x /bin/vsock_probe ]; then
     /bin/vsock_probe echo 1234 NCONN &
     /bin/vsock_probe send 5000 NCONN NBYTES
     wait
+fi
+if [ -e /sys/class/net/eth0 ]; then
+    ip link set lo up
+    ip link set eth0 up
+    echo "NET_MAC $(cat /sys/class/net/eth0/address)"
+    if udhcpc -i eth0 -n -q -t 5 -s /bin/dhcp.sh; then
+        gw=$(cat /tmp/gateway)
+        echo "NET_DHCP gateway=$gw"
+        # passt maps the gateway address to the host's loopback.
+        echo "NET_REPLY $(/bin/vsock_probe http $gw NETPORT)"
+    else
+        echo "NET_DHCP failed"
+    fi
 fi
 echo "ALL_DONE"
 sync

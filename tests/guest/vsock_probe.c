@@ -1,11 +1,13 @@
 /* Guest side of the virtio end-to-end tests (static, musl): vsock stream traffic with
- * checksummed data.
+ * checksummed data, and one TCP request for the network test.
  *
  *   vsock_probe echo PORT NCONN       accept NCONN connections on PORT (concurrently) and
  *                                     echo each until the peer closes its side
  *   vsock_probe send PORT NCONN BYTES open NCONN connections to the host (CID 2) PORT at
  *                                     once, each sending BYTES of a per-connection pattern
  *                                     and checking that the same bytes come back
+ *   vsock_probe http IP PORT          GET / over TCP from IP:PORT; prints "HTTP <body>"
+ *                                     (busybox's static wget is not usable here)
  *
  * Prints one line per finished connection and a summary line the host test looks for. */
 #include <errno.h>
@@ -15,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -154,6 +158,27 @@ static int do_send(unsigned port, int nconn, uint64_t bytes)
     return bad != 0;
 }
 
+static int do_http(const char *ip, unsigned port)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (inet_pton(AF_INET, ip, &a.sin_addr) != 1 || fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        printf("HTTP_FAIL connect %s:%u: %s\n", ip, port, strerror(errno));
+        return 1;
+    }
+    const char req[] = "GET /guest HTTP/1.0\r\n\r\n";
+    if (write(fd, req, sizeof(req) - 1) != (ssize_t)sizeof(req) - 1)
+        return 1;
+    static char buf[65536];
+    size_t n = 0;
+    for (ssize_t r; n < sizeof(buf) - 1 && (r = read(fd, buf + n, sizeof(buf) - 1 - n)) > 0;)
+        n += (size_t)r;
+    buf[n] = 0;
+    char *body = strstr(buf, "\r\n\r\n");
+    printf("HTTP %s\n", body ? body + 4 : "(no body)");
+    return body ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -161,6 +186,8 @@ int main(int argc, char **argv)
         return do_echo((unsigned)atoi(argv[2]), atoi(argv[3]));
     if (argc == 5 && !strcmp(argv[1], "send"))
         return do_send((unsigned)atoi(argv[2]), atoi(argv[3]), strtoull(argv[4], NULL, 0));
-    fprintf(stderr, "usage: vsock_probe echo PORT NCONN | send PORT NCONN BYTES\n");
+    if (argc == 4 && !strcmp(argv[1], "http"))
+        return do_http(argv[2], (unsigned)atoi(argv[3]));
+    fprintf(stderr, "usage: vsock_probe echo PORT NCONN | send PORT NCONN BYTES | http IP PORT\n");
     return 2;
 }
