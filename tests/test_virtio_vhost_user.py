@@ -143,3 +143,29 @@ def test_vsock_config_over_vhost_user(tmp_path):
         assert struct.unpack_from("<Q", cfg, 12)[0] == 77
         c.close()
     dev.close()
+
+
+def test_region_beyond_the_end_of_its_fd_is_refused(blk_server):
+    dev, srv, img = blk_server
+    mem = MemfdMem(size=1 << 16)
+
+    def send(c):
+        # Mapping 1 MiB of a 64 KiB memfd would SIGBUS on first touch.
+        payload = struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, 1 << 20, 0x7F0000000000, 0)
+        c.send(SET_MEM_TABLE, payload, [mem.fd])
+    hostile(srv, send)
+
+
+def test_stop_does_not_hang_on_a_stalled_front_end(tmp_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4096))
+    dev = Disk(str(img)).open()
+    srv = VhostUserServer(dev, str(tmp_path / "s.sock"))
+    c = Client(srv.path)
+    c.send(2, b"", size=8)  # a header promising 8 bytes that never come
+    time.sleep(0.1)
+    t = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - t < 2
+    dev.close()
+    c.close()

@@ -47,7 +47,7 @@ struct net {
     /* The frame being read (stream: after its 4-byte length) or held for the guest. */
     uint8_t lenbuf[4];
     uint32_t len_have, frame_len, frame_have;
-    bool frame_ready;
+    bool frame_ready;      /* under d.lock: a whole frame waits in frame[] for the guest */
     uint8_t *frame;
     uint8_t *txbuf;        /* 4-byte length + frame, for the stream backend */
     struct iovec *scratch;
@@ -148,19 +148,23 @@ static int read_tap(struct net *n)
     return 1;
 }
 
+/* Reader thread. frame[] and the read state belong to this thread while no frame is
+ * held (frame_ready false); once it is held they belong to whoever holds d.lock. */
 static void backend_readable(struct net *n)
 {
-    while (!n->frame_ready && !n->dead) {
+    pthread_mutex_lock(&n->d.lock);
+    bool busy = n->frame_ready || n->dead;
+    pthread_mutex_unlock(&n->d.lock);
+    while (!busy) {
         int rc = n->kind == NET_BACKEND_TAP ? read_tap(n) : read_stream(n);
-        if (rc < 0) {
-            backend_dead(n, "the backend closed the connection or sent a bad frame length");
-            break;
-        }
-        if (rc == 0)
-            break;
-        n->frame_ready = true;
         pthread_mutex_lock(&n->d.lock);
-        flush_rx(n);
+        if (rc < 0)
+            backend_dead(n, "the backend closed the connection or sent a bad frame length");
+        if (rc > 0) {
+            n->frame_ready = true;
+            flush_rx(n);
+        }
+        busy = rc <= 0 || n->frame_ready || n->dead;
         pthread_mutex_unlock(&n->d.lock);
     }
 }

@@ -21,6 +21,8 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -64,6 +66,7 @@ enum {
 #define VU_MAX_FDS 8
 #define VU_MAX_PAYLOAD 4096
 #define VU_CONFIG_HDR 12
+#define VU_MSG_TIMEOUT_S 10
 
 struct vu_hdr {
     uint32_t request;
@@ -110,6 +113,9 @@ struct vmm_vhost_user {
     uint64_t protocol_features;
     bool proto_acked;
     char error[200];
+    /* Guards s->conn between the server thread (which closes it) and stop (which shuts
+     * it down to wake a thread blocked in the middle of a message). */
+    pthread_mutex_t conn_lock;
 };
 
 /* epoll tags */
@@ -342,6 +348,10 @@ static int do_set_mem_table(struct vmm_vhost_user *s, struct vu_msg *m)
         memcpy(&r, m->payload + 8 + i * sizeof(r), sizeof(r));
         size_t len = (size_t)(r.mmap_offset + r.size);
         if (r.size == 0 || r.mmap_offset + r.size < r.size)
+            break;
+        /* Beyond the end of a file, a mapping faults (SIGBUS) on first touch: refuse it. */
+        struct stat st;
+        if (fstat(m->fds[i], &st) < 0 || (S_ISREG(st.st_mode) && (uint64_t)st.st_size < r.mmap_offset + r.size))
             break;
         void *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, m->fds[i], 0);
         if (base == MAP_FAILED)
@@ -600,7 +610,9 @@ static int serve_one(struct vmm_vhost_user *s)
 static void drop_conn(struct vmm_vhost_user *s)
 {
     epoll_set(s, s->conn, TAG_CONN, false);
+    pthread_mutex_lock(&s->conn_lock);
     close_fd(&s->conn);
+    pthread_mutex_unlock(&s->conn_lock);
     reset_all(s);
     s->protocol_features = offered_protocol_features(s->d);
     epoll_set(s, s->listen_fd, TAG_LISTEN, true);
@@ -611,7 +623,13 @@ static void accept_conn(struct vmm_vhost_user *s)
     int c = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (c < 0)
         return;
+    /* A front-end that stops in the middle of a message must not hold this thread (and
+     * every kick of the device) forever. */
+    struct timeval tv = { .tv_sec = VU_MSG_TIMEOUT_S };
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    pthread_mutex_lock(&s->conn_lock);
     s->conn = c;
+    pthread_mutex_unlock(&s->conn_lock);
     s->error[0] = 0;
     /* One front-end at a time: stop listening until it goes. */
     epoll_set(s, s->listen_fd, TAG_LISTEN, false);
@@ -671,6 +689,7 @@ struct vmm_vhost_user *vmm_vhost_user_start(struct vmm_vdev *dev, const char *pa
     }
     s->d = d;
     s->conn = -1;
+    pthread_mutex_init(&s->conn_lock, NULL);
     snprintf(s->path, sizeof(s->path), "%s", path);
     for (int i = 0; i < VDEV_MAX_QUEUES; i++)
         s->ring[i] = (struct vu_ring){ .kick = -1, .call = -1, .err = -1 };
@@ -724,6 +743,10 @@ void vmm_vhost_user_stop(struct vmm_vhost_user *s)
         return;
     if (s->thread_started) {
         eventfd_write(s->stop_efd, 1);
+        pthread_mutex_lock(&s->conn_lock);
+        if (s->conn >= 0)
+            shutdown(s->conn, SHUT_RDWR); /* wakes a thread blocked reading a message */
+        pthread_mutex_unlock(&s->conn_lock);
         pthread_join(s->thread, NULL);
     }
     if (s->conn >= 0)
@@ -738,5 +761,6 @@ void vmm_vhost_user_stop(struct vmm_vhost_user *s)
     unlink(s->path);
     close(s->epfd);
     close(s->stop_efd);
+    pthread_mutex_destroy(&s->conn_lock);
     free(s);
 }
