@@ -5,10 +5,26 @@
         m.start()
         status = m.wait(timeout=30)
         print(m.console, status, m.timeline, m.exit_stats)
+
+    with vmm.Sandbox.create("image.erofs") as sb:      # a VM running the guest agent
+        print(sb.exec(["uname", "-a"]).stdout)
 """
 from ._version import __version__
 from .errors import VmmError, ConfigError, EngineUnavailable, GuestError
 from .machine import Machine, ExitStatus
 
 __all__ = ["__version__", "Machine", "ExitStatus", "VmmError", "ConfigError",
-           "EngineUnavailable", "GuestError"]
+           "EngineUnavailable", "GuestError", "Sandbox", "AsyncSandbox", "BootFailed",
+           "ExecFailed", "SandboxNotRunning", "Timeout", "ExecResult"]
+
+# The sandbox runtime pulls in the agent client, threads and asyncio: loaded on first
+# use so that `import vmm` for a bare Machine stays quick.
+_RUNTIME = ("Sandbox", "AsyncSandbox", "BootFailed", "ExecFailed", "SandboxNotRunning",
+            "Timeout", "ExecResult")
+
+
+def __getattr__(name):
+    if name in _RUNTIME:
+        from . import runtime
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'vmm' has no attribute {name!r}")

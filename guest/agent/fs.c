@@ -163,6 +163,24 @@ static int mkdir_parents(char *path, mode_t mode)
 	return 0;
 }
 
+/* "One file system" is checked on directories only: on overlayfs (the sandbox's root)
+ * directories carry the overlay's st_dev but files carry their layer's, so nftw's
+ * FTW_MOUNT would skip every file. A pre-order pass refuses a tree with a mount point
+ * in it before anything is deleted. (The agent is single-threaded: statics are fine.)
+ * check_one never stops the walk: musl's nftw leaks the directory fd it has open when a
+ * pre-order callback returns non-zero, which would keep that mount busy. */
+static dev_t remove_root_dev;
+static int remove_crosses_mount;
+
+static int check_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)path;
+	(void)ftw;
+	if ((flag == FTW_D || flag == FTW_DNR) && st->st_dev != remove_root_dev)
+		remove_crosses_mount = 1;
+	return 0;
+}
+
 static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	(void)st;
@@ -182,8 +200,17 @@ static void do_remove(struct conn *c, uint32_t sid, const char *path, int recurs
 		rc = unlink(path);
 	else if (!recursive)
 		rc = rmdir(path);
-	else /* depth first, not through symlinks, not into other file systems */
-		rc = nftw(path, remove_one, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+	else { /* depth first, not through symlinks, not into other file systems */
+		remove_root_dev = st.st_dev;
+		remove_crosses_mount = 0;
+		rc = nftw(path, check_one, 32, FTW_PHYS);
+		if (rc == 0 && remove_crosses_mount) {
+			errno = EBUSY;
+			rc = -1;
+		}
+		if (rc == 0)
+			rc = nftw(path, remove_one, 32, FTW_DEPTH | FTW_PHYS);
+	}
 	if (rc < 0) {
 		fs_fail(c, sid, errno, "remove", path);
 		return;

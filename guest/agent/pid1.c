@@ -291,11 +291,14 @@ void pid1_setup(void)
 static void kill_everything(void)
 {
 	kill(-1, SIGTERM);
-	/* Up to one second for a graceful exit, then SIGKILL. */
+	/* Up to one second for a graceful exit, then SIGKILL. Every user process is our
+	 * descendant (orphans are re-parented to PID 1), so ECHILD means none is left;
+	 * kill(-1, 0) cannot tell, as it also succeeds on kernel threads. */
 	for (int i = 0; i < 100; i++) {
-		while (waitpid(-1, NULL, WNOHANG) > 0)
+		pid_t r;
+		while ((r = waitpid(-1, NULL, WNOHANG)) > 0)
 			;
-		if (kill(-1, 0) < 0 && errno == ESRCH)
+		if (r < 0 && errno == ECHILD)
 			break;
 		struct timespec ts = {0, 10 * 1000 * 1000};
 		nanosleep(&ts, NULL);

@@ -1,0 +1,565 @@
+"""vmm.Sandbox: a VM booted from an image disk, with the guest agent as PID 1, that runs
+commands and file operations on request.
+
+    disk = vmm.Sandbox.format_writable_disk("state.ext4", size="4G")   # once
+    with vmm.Sandbox.create("image.erofs", writable_disk=disk) as sb:
+        r = sb.exec(["sh", "-c", "echo hi"], timeout=10)               # ExecResult
+        sb.fs.write("/root/notes", b"kept on the writable disk")
+    # stop(): the agent syncs, unmounts and powers off; forced after a timeout
+
+The machine gets the agent initramfs (vmm.agent_build), the image disk read-only as
+/dev/vda, the writable disk (if any) as /dev/vdb, and a vsock device whose host end is a
+Unix socket in a private runtime directory. The guest kernel is quiet; its console goes
+to a log file. Without a writable disk the sandbox is ephemeral (a tmpfs upper layer).
+
+Where the layers sit: Machine (vmm.machine) boots and owns the VM; AgentClient
+(vmm.agent) speaks the protocol; this module ties the two into one object with one
+lifetime, and turns "never became ready" into BootFailed with the console's tail.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import re
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from typing import Dict, Optional, Sequence, Tuple
+
+from . import agent_protocol as P
+from .agent import (DEFAULT_VSOCK_PORT, AgentClient, AgentError, ExecFailed, ExecResult,
+                    Process, SandboxNotRunning, Timeout)
+from .devices import Disk, Vsock
+from .errors import ConfigError, GuestError
+from .machine import ExitStatus, Machine
+from .writable_disk import DEFAULT_SIZE, format_writable_disk
+
+DEFAULT_BOOT_TIMEOUT = 60.0   # TCG boots in seconds; a loaded host needs headroom
+DEFAULT_STOP_TIMEOUT = 10.0
+CONSOLE_TAIL_BYTES = 8192
+CONSOLE_TAIL_LINES = 25
+GUEST_CID = 3                 # each sandbox has its own vsock device: no CID clashes
+# The kernel stays quiet (errors and panics still reach the console log); the agent
+# learns its disks, port and hostname here because it needs them before any connection.
+BASE_CMDLINE = "quiet"
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,62}[A-Za-z0-9])?")
+
+
+class BootFailed(GuestError):
+    """The guest never became ready: bad init, kernel panic, no root, or the boot timeout.
+
+    console_tail holds the last lines of the guest console; status is how the VM ended.
+    """
+
+    def __init__(self, reason: str, *, console_tail: str = "", status: Optional[ExitStatus] = None,
+                 elapsed: float = 0.0, log_path: Optional[str] = None):
+        tail = "\n".join("  | " + line for line in console_tail.splitlines()[-CONSOLE_TAIL_LINES:])
+        super().__init__(f"sandbox did not become ready: {reason}"
+                         + (f"\nguest console (last lines):\n{tail}" if tail else
+                            "\n(the guest console is empty)"))
+        self.reason = reason
+        self.console_tail = console_tail
+        self.status = status
+        self.elapsed = elapsed
+        self.log_path = log_path
+
+
+class _ConsoleLog:
+    """The guest console: appended to a log file, its tail kept in memory for errors."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._f = open(path, "ab", buffering=0)
+        self._tail = bytearray()
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self._f is not None:
+                self._f.write(data)
+            self._tail += data
+            if len(self._tail) > 2 * CONSOLE_TAIL_BYTES:  # trim in batches, not per byte
+                del self._tail[:-CONSOLE_TAIL_BYTES]
+
+    def tail(self) -> str:
+        with self._lock:
+            data = bytes(self._tail[-CONSOLE_TAIL_BYTES:])
+        return data.decode(errors="replace")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._f is not None:
+                self._f.close()
+                self._f = None
+
+
+def _check_hostname(hostname: Optional[str]) -> None:
+    # It goes on the kernel command line, which is split on spaces: keep it a plain name.
+    if hostname is not None and not (isinstance(hostname, str) and _HOSTNAME.fullmatch(hostname)):
+        raise ConfigError(f"hostname {hostname!r} must be 1-64 letters, digits, '-' or '.', "
+                          "starting and ending with a letter or digit")
+
+
+def _check_env(env: Optional[Dict[str, str]]) -> None:
+    """NAME=value pairs: a name with '=' (or any NUL) would mean something else in the guest."""
+    for k, v in (env or {}).items():
+        if not isinstance(k, str) or not k or "=" in k or "\0" in k:
+            raise ConfigError(f"environment variable name {k!r} must be a non-empty string "
+                              "without '=' or NUL")
+        if not isinstance(v, str) or "\0" in v:
+            raise ConfigError(f"environment variable {k} has value {v!r}: a string without NUL is needed")
+
+
+def _existing_file(path, what: str) -> str:
+    """A disk is a regular file or a block device."""
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise ConfigError(f"{what} {path} does not exist or is not a file or block device"
+                          + ("; create one with Sandbox.format_writable_disk()"
+                             if what == "writable disk" else ""))
+    return path
+
+
+def agent_cmdline(*, writable: bool, hostname: Optional[str], port: int = DEFAULT_VSOCK_PORT,
+                  extra: str = "") -> str:
+    """The kernel command line of a sandbox (the engine adds console/reboot/panic)."""
+    parts = [BASE_CMDLINE, "vmm.root=/dev/vda", f"vmm.data={'/dev/vdb' if writable else 'none'}",
+             f"vmm.port={port}"]
+    if hostname is not None:
+        parts.append(f"vmm.hostname={hostname}")
+    if extra:
+        parts.append(extra)
+    return " ".join(parts)
+
+
+def _runtime_base() -> str:
+    # Unix socket paths are limited to 107 bytes: prefer the short per-user runtime dir.
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base) and os.access(base, os.W_OK) and len(base) < 60:
+        return base
+    return tempfile.gettempdir()
+
+
+class Sandbox:
+    """One running sandbox VM. Use Sandbox.create(); stop() (or `with`) ends it."""
+
+    format_writable_disk = staticmethod(format_writable_disk)
+
+    def __init__(self, *, _private=None):
+        if _private is not True:
+            raise TypeError("use Sandbox.create(image_disk, ...) to start a sandbox")
+        self.machine: Optional[Machine] = None
+        self._client: Optional[AgentClient] = None
+        self._console: Optional[_ConsoleLog] = None
+        self._disk_lock_fd: Optional[int] = None
+        self.runtime_dir: Optional[str] = None
+        self.socket_path: Optional[str] = None
+        self.console_log: Optional[str] = None
+        self.hostname: Optional[str] = None
+        self.ready = None            # the agent's ReadyInfo
+        self.exit_status: Optional[ExitStatus] = None
+        self.stopped_gracefully = False
+        self._times: Dict[str, int] = {}
+        self._guest: Dict[str, int] = {}
+        self._stop_lock = threading.Lock()
+
+    # --- creation ------------------------------------------------------------------------
+    @classmethod
+    def create(cls, image_disk, *, writable_disk=None, cpus: int = 1, memory_mib: int = 512,
+               env: Optional[Dict[str, str]] = None, workdir: Optional[str] = None,
+               hostname: Optional[str] = None, engine: str = "auto", kernel=None, initrd=None,
+               rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
+               boot_timeout: float = DEFAULT_BOOT_TIMEOUT, console_log=None,
+               extra_cmdline: str = "") -> "Sandbox":
+        """Boot a sandbox and wait until its agent is ready and configured.
+
+        image_disk: EROFS or ext4 root file system, attached read-only.
+        writable_disk: ext4 from format_writable_disk(), or None for an ephemeral sandbox.
+        env, workdir, rlimits: defaults for every exec. kernel/initrd: override the
+        project's guest kernel and agent initramfs. console_log: keep the guest console
+        in this file (default: a file in the private runtime dir, removed on stop).
+        Raises BootFailed (with the console tail) if the guest is not ready within
+        boot_timeout seconds or ends before that.
+        """
+        image_disk = _existing_file(image_disk, "image disk")
+        if writable_disk is not None:
+            writable_disk = _existing_file(writable_disk, "writable disk")
+            if os.path.realpath(writable_disk) == os.path.realpath(image_disk):
+                raise ConfigError(f"the writable disk and the image disk are the same file: {image_disk}")
+        _check_hostname(hostname)
+        _check_env(env)
+        if workdir is not None and not (isinstance(workdir, str) and workdir.startswith("/")):
+            raise ConfigError(f"workdir {workdir!r} must be an absolute path in the guest")
+        if not (isinstance(boot_timeout, (int, float)) and boot_timeout > 0):
+            raise ConfigError(f"boot_timeout must be a positive number of seconds, not {boot_timeout!r}")
+        sb = cls(_private=True)
+        sb._times["sandbox_create"] = time.monotonic_ns()
+        sb.hostname = hostname
+        try:
+            sb._setup(image_disk, writable_disk, console_log)
+            sb._boot(kernel=kernel, initrd=initrd, cpus=cpus, memory_mib=memory_mib,
+                     engine=engine, hostname=hostname, writable=writable_disk is not None,
+                     image_disk=image_disk, writable_disk=writable_disk,
+                     extra_cmdline=extra_cmdline)
+            sb._wait_ready(boot_timeout)
+            sb._configure(env, workdir, rlimits)  # the hostname went on the command line
+        except BaseException:
+            sb._teardown()
+            raise
+        sb._times["sandbox_ready"] = time.monotonic_ns()
+        return sb
+
+    def _setup(self, image_disk: str, writable_disk: Optional[str], console_log) -> None:
+        if writable_disk is not None:
+            self._lock_disk(writable_disk)
+        self.runtime_dir = tempfile.mkdtemp(prefix="vmm-sb-", dir=_runtime_base())
+        self.socket_path = os.path.join(self.runtime_dir, "agent.sock")
+        self.console_log = os.fspath(console_log) if console_log is not None else \
+            os.path.join(self.runtime_dir, "console.log")
+        self._console = _ConsoleLog(self.console_log)
+
+    def _lock_disk(self, path: str) -> None:
+        """Two VMs mounting one ext4 read-write would corrupt it: one sandbox per disk."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"writable disk {path} is in use by another sandbox") from None
+        self._disk_lock_fd = fd
+
+    def _boot(self, *, kernel, initrd, cpus, memory_mib, engine, hostname, writable,
+              image_disk, writable_disk, extra_cmdline) -> None:
+        from . import kernel as kernel_mod
+        from .agent_build import agent_initramfs
+        kernel = kernel if kernel is not None else kernel_mod.guest_kernel()
+        initrd = initrd if initrd is not None else agent_initramfs()
+        disks = [Disk(image_disk, read_only=True, serial="image")]
+        if writable:
+            disks.append(Disk(writable_disk, read_only=False, serial="data"))
+        self.machine = Machine(kernel, initrd=initrd,
+                               cmdline=agent_cmdline(writable=writable, hostname=hostname,
+                                                     extra=extra_cmdline),
+                               cpus=cpus, memory_mib=memory_mib, engine=engine,
+                               console=self._console.write, disks=disks,
+                               vsock=Vsock(GUEST_CID, self.socket_path))
+        self.machine.start()
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Connect to the agent and take its READY, or raise BootFailed.
+
+        The connecting runs in a thread because a vsock CONNECT can sit unanswered while
+        the guest boots (or after it died); this thread watches the VM and the deadline
+        and ends the wait at once when either says so (tearing down the VM closes the
+        socket under the connecting thread, which then ends too)."""
+        started = time.monotonic()
+        m = self.machine
+        box: dict = {}
+
+        def connect():
+            try:
+                box["client"] = AgentClient.connect_when_ready(
+                    self.socket_path, DEFAULT_VSOCK_PORT, timeout=timeout,
+                    alive=lambda: m.wait(0) is None)
+            except BaseException as e:  # handed to the waiting thread
+                box["error"] = e
+
+        t = threading.Thread(target=connect, name="vmm-sandbox-connect", daemon=True)
+        t.start()
+        deadline = started + timeout
+        while t.is_alive() and m.wait(0) is None and time.monotonic() < deadline:
+            t.join(0.02)
+        if "client" not in box:
+            self._fail_boot(box.get("error"), started, timeout, t, box)
+        self._client = box["client"]
+        self.ready = self._client.ready
+        self._times["ready_received"] = self.ready.received_monotonic_ns
+        self._join_guest_clock()
+
+    def _fail_boot(self, error: Optional[BaseException], started: float, timeout: float,
+                   connector: threading.Thread, box: dict) -> None:
+        ended = self.machine.wait(0)
+        # A log in the private runtime dir goes with it; only the caller's own survives.
+        kept_log = self.runtime_dir is None or not self.console_log.startswith(self.runtime_dir)
+        self._teardown()   # stops the VM: the console is complete after this
+        connector.join(10)
+        if "client" in box:  # it connected just as we gave up
+            box["client"].close()
+        if ended is not None:
+            reason = f"the VM ended before its agent was ready ({ended.kind}: {ended.message})"
+        elif error is None or isinstance(error, Timeout):
+            reason = f"no ready agent within the boot timeout of {timeout:g}s"
+        else:
+            reason = f"{error}"
+        raise BootFailed(reason, console_tail=self._console.tail(), status=ended,
+                         elapsed=time.monotonic() - started,
+                         log_path=self.console_log if kept_log else None) from None
+
+    def _join_guest_clock(self) -> None:
+        """Place the guest's boot timestamps (CLOCK_BOOTTIME) on the host's monotonic clock.
+
+        A PING returns the guest's clock; assuming it was read halfway through the round
+        trip, offset = host midpoint - guest time, within +-half the round trip.
+        """
+        r = self.ready
+        self._guest = {"agent_start_ns": r.agent_start_ns, "ready_ns": r.ready_ns,
+                       "ready_sent_ns": r.now_ns}
+        t0 = time.monotonic_ns()
+        try:
+            guest_now = self._client.ping(timeout=10)
+        except AgentError:
+            return  # no conversion then; a broken agent shows on the first real request
+        t1 = time.monotonic_ns()
+        if not guest_now:
+            return
+        offset = (t0 + t1) // 2 - guest_now
+        self._guest.update(clock_offset_ns=offset, clock_uncertainty_ns=(t1 - t0) // 2)
+        if r.agent_start_ns:
+            self._times["agent_start"] = r.agent_start_ns + offset
+        if r.ready_ns:
+            self._times["agent_ready"] = r.ready_ns + offset
+
+    def _configure(self, env, workdir, rlimits) -> None:
+        if env or workdir is not None or rlimits:
+            try:
+                self._client.configure(env=env, workdir=workdir, rlimits=rlimits)
+            except (SandboxNotRunning, Timeout) as e:
+                ended = self.machine.wait(0)
+                self._teardown()
+                raise BootFailed(f"the agent went away while being configured: {e}",
+                                 console_tail=self._console.tail(), status=ended) from None
+            except AgentError as e:
+                raise ConfigError(f"the agent refused the sandbox configuration: {e}") from None
+        self._times["configured"] = time.monotonic_ns()
+
+    # --- state --------------------------------------------------------------------------
+    @property
+    def engine(self) -> str:
+        return self.machine.engine
+
+    @property
+    def running(self) -> bool:
+        return (self.exit_status is None and self._client is not None
+                and not self._client.closed and self.machine.wait(0) is None)
+
+    @property
+    def timeline(self) -> dict:
+        """Boot phases on the host's CLOCK_MONOTONIC (ns): the Machine's (process_start,
+        machine_created, vm_created, boot_timer, ...) joined with the sandbox's
+        (sandbox_create, agent_start and agent_ready converted from the guest's clock,
+        ready_received, configured, sandbox_ready). Under "guest": the raw guest
+        CLOCK_BOOTTIME values and the offset/uncertainty used to convert them."""
+        t = dict(self.machine.timeline) if self.machine is not None else {}
+        t.update(self._times)
+        t["guest"] = dict(self._guest)
+        return t
+
+    @property
+    def console(self) -> str:
+        """The tail of the guest console (the whole of it is in console_log)."""
+        return self._console.tail() if self._console is not None else ""
+
+    def _live(self) -> AgentClient:
+        if self._client is None or self.exit_status is not None:
+            raise SandboxNotRunning("the sandbox is stopped")
+        if self._client.closed:
+            status = self.machine.wait(0)
+            why = f"the VM ended ({status.kind}: {status.message})" if status else \
+                "the agent connection was lost"
+            raise SandboxNotRunning(f"the sandbox is not running: {why}")
+        return self._client
+
+    # --- commands and files ----------------------------------------------------------------
+    def exec(self, argv: Sequence[str], *, env: Optional[Dict[str, str]] = None,
+             cwd: Optional[str] = None, user: Optional[str] = None, stdin=None,
+             timeout: Optional[float] = None, tty: bool = False, rows: int = 24,
+             cols: int = 80, rlimits: Optional[Dict[int, Tuple[int, int]]] = None) -> ExecResult:
+        """Run argv to completion: ExecResult(code, signal, stdout, stderr, exit_code).
+
+        Raises ExecFailed (errno, kind; exit_code 127 not found, 126 not executable),
+        Timeout (the guest process group was killed; output so far attached),
+        SandboxNotRunning.
+        """
+        _check_env(env)
+        return self._live().exec(argv, env=env, cwd=cwd, user=user, stdin=stdin,
+                                 timeout=timeout, tty=tty, rows=rows, cols=cols,
+                                 rlimits=rlimits)
+
+    def exec_stream(self, argv: Sequence[str], *, env: Optional[Dict[str, str]] = None,
+                    cwd: Optional[str] = None, user: Optional[str] = None, tty: bool = False,
+                    rows: int = 24, cols: int = 80,
+                    rlimits: Optional[Dict[int, Tuple[int, int]]] = None) -> Process:
+        """Start argv and return its Process: write()/close_stdin(), iterate
+        ("stdout"|"stderr", bytes) as output arrives, signal(), resize(), wait()."""
+        _check_env(env)
+        return self._live().exec_stream(argv, env=env, cwd=cwd, user=user, tty=tty,
+                                        rows=rows, cols=cols, rlimits=rlimits)
+
+    @property
+    def fs(self):
+        """read/write/stat/list/mkdir/remove/exists of files in the guest."""
+        return self._live().fs
+
+    # --- the end --------------------------------------------------------------------------
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> ExitStatus:
+        """Graceful stop: the agent ends every process, syncs, unmounts and powers off.
+        If the VM has not ended after timeout seconds it is stopped by force.
+        Idempotent; returns how the VM ended."""
+        with self._stop_lock:
+            if self.exit_status is not None:
+                return self.exit_status
+            deadline = time.monotonic() + timeout
+            status = None
+            if self._client is not None and not self._client.closed and self.machine.wait(0) is None:
+                try:
+                    # The request only; AgentClient.shutdown() would also wait for the
+                    # connection to close, which the VM's end does for us below.
+                    self._client._request(P.T.SHUTDOWN, b"", timeout)
+                except AgentError:
+                    pass  # gone already, or not answering: the wait below decides
+                status = self.machine.wait(max(0.0, deadline - time.monotonic()))
+            elif self.machine is not None:
+                status = self.machine.wait(0)
+            self.stopped_gracefully = status is not None and status.kind == "shutdown"
+            self._teardown()
+            self.exit_status = self.machine.status if self.machine is not None else \
+                ExitStatus("host-stop", "never started")
+            self._times["stopped"] = time.monotonic_ns()
+            return self.exit_status
+
+    def _teardown(self) -> None:
+        """Release everything; safe to call more than once and after partial set-up."""
+        if self._client is not None:
+            self._client.close()
+        if self.machine is not None:
+            self.machine.stop()   # forced if still running; idempotent
+        if self._console is not None:
+            self._console.close()
+        if self.runtime_dir is not None:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
+            self.runtime_dir = None
+        if self._disk_lock_fd is not None:
+            os.close(self._disk_lock_fd)
+            self._disk_lock_fd = None
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __del__(self):
+        try:
+            if self.exit_status is None:
+                self._teardown()
+        except Exception:
+            pass
+
+
+# --- asyncio ------------------------------------------------------------------------------------
+
+class AsyncProcess:
+    """asyncio view of a Process: await write/close_stdin/wait; `async for` over output."""
+
+    def __init__(self, proc: Process):
+        self.process = proc
+        self.pid = proc.pid
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.to_thread(self.process.write, data)
+
+    async def close_stdin(self) -> None:
+        await asyncio.to_thread(self.process.close_stdin)
+
+    def signal(self, signo: int) -> None:
+        self.process.signal(signo)
+
+    def resize(self, rows: int, cols: int) -> None:
+        self.process.resize(rows, cols)
+
+    async def wait(self, timeout: Optional[float] = None) -> ExecResult:
+        return await asyncio.to_thread(self.process.wait, timeout)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Tuple[str, bytes]:
+        ev = await asyncio.to_thread(self.process.next_event)
+        if ev is None:
+            raise StopAsyncIteration
+        return ev
+
+
+class AsyncFs:
+    def __init__(self, sandbox: Sandbox):
+        self._sb = sandbox
+
+    async def read(self, path: str, **kw) -> bytes:
+        return await asyncio.to_thread(lambda: self._sb.fs.read(path, **kw))
+
+    async def write(self, path: str, data, **kw) -> int:
+        return await asyncio.to_thread(lambda: self._sb.fs.write(path, data, **kw))
+
+    async def stat(self, path: str, **kw):
+        return await asyncio.to_thread(lambda: self._sb.fs.stat(path, **kw))
+
+    async def list(self, path: str, **kw):
+        return await asyncio.to_thread(lambda: self._sb.fs.list(path, **kw))
+
+    async def mkdir(self, path: str, **kw) -> None:
+        await asyncio.to_thread(lambda: self._sb.fs.mkdir(path, **kw))
+
+    async def remove(self, path: str, **kw) -> None:
+        await asyncio.to_thread(lambda: self._sb.fs.remove(path, **kw))
+
+
+class AsyncSandbox:
+    """asyncio flavour of Sandbox for programs that run many at once.
+
+    The blocking calls run in worker threads; each sandbox's frames are still read by
+    its one client thread, so waiting costs a thread per call in flight, not a socket.
+    """
+
+    def __init__(self, sandbox: Sandbox):
+        self.sandbox = sandbox
+        self.fs = AsyncFs(sandbox)
+
+    @classmethod
+    async def create(cls, image_disk, **kw) -> "AsyncSandbox":
+        return cls(await asyncio.to_thread(lambda: Sandbox.create(image_disk, **kw)))
+
+    format_writable_disk = staticmethod(format_writable_disk)
+
+    async def exec(self, argv: Sequence[str], **kw) -> ExecResult:
+        return await asyncio.to_thread(lambda: self.sandbox.exec(argv, **kw))
+
+    async def exec_stream(self, argv: Sequence[str], **kw) -> AsyncProcess:
+        return AsyncProcess(await asyncio.to_thread(lambda: self.sandbox.exec_stream(argv, **kw)))
+
+    async def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> ExitStatus:
+        return await asyncio.to_thread(self.sandbox.stop, timeout)
+
+    @property
+    def timeline(self) -> dict:
+        return self.sandbox.timeline
+
+    @property
+    def running(self) -> bool:
+        return self.sandbox.running
+
+    async def __aenter__(self) -> "AsyncSandbox":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+
+__all__ = ["Sandbox", "AsyncSandbox", "AsyncProcess", "BootFailed", "ExecFailed", "ExecResult",
+           "SandboxNotRunning", "Timeout", "format_writable_disk", "DEFAULT_SIZE"]
