@@ -1,7 +1,8 @@
 /* The C core's interface to Python (vmm._core). Only what sits between the cffi markers is
  * visible to Python; keep it plain C declarations (no macros, no includes).
  *
- * Lifecycle of a VM:  vmm_vm_create -> [vmm_vm_add_python_device]* -> vmm_vm_load_kernel
+ * Lifecycle of a VM:  vmm_vm_create -> [vmm_vm_add_python_device | vmm_vm_add_device]*
+ *   -> vmm_vm_load_kernel
  *   -> vmm_vm_start -> vmm_vm_wait / vmm_vm_stop / vmm_vm_serial_input -> vmm_vm_destroy.
  * Functions that can fail return 0 (or a pointer) on success and -1 (or NULL) on failure
  * with a one-line message in err[errlen]. Every call is thread-safe against the vCPU
@@ -178,6 +179,33 @@ int vmm_vhost_user_connected(struct vmm_vhost_user *srv);
 const char *vmm_vhost_user_error(struct vmm_vhost_user *srv);
 void vmm_vhost_user_stop(struct vmm_vhost_user *srv);
 /* end virtio */
+
+/* --- virtio devices of a KVM VM (virtio-mmio transport, csrc/virtio/mmio.c) -------------- */
+enum vmm_vdev_flags {
+    VMM_VDEV_NO_IOEVENTFD = 1,  /* queue notifies as MMIO exits (tests; KVM without ioeventfd) */
+    VMM_VDEV_NO_IRQFD = 2       /* interrupts through KVM_IRQ_LINE (tests; KVM without irqfd) */
+};
+struct vmm_virtio_mmio_info {
+    uint64_t base;            /* the device's MMIO window, guest-physical */
+    uint64_t size;            /* 4 KiB */
+    int irq;                  /* its ISA IRQ (= GSI) */
+    int ioeventfd;            /* 1: QueueNotify writes are ioeventfds (no exit to the VMM) */
+    int irqfd;                /* 1: interrupts through KVM_IRQFD; 0: KVM_IRQ_LINE */
+    uint32_t status;          /* the driver's Status register */
+    uint32_t interrupt_status;
+    uint64_t notify_exits;    /* QueueNotify writes that exited to the VMM */
+    uint64_t notify_events;   /* notifies the device I/O thread served */
+    uint64_t interrupts;      /* edges raised */
+    uint64_t bad_accesses;    /* ignored guest accesses (bad width, read-only, bad queue) */
+};
+/* Attaches dev to vm behind a virtio-mmio window (before vmm_vm_start); the device must
+ * not be served by anything else, and must outlive vm. Devices get windows and IRQs in
+ * the order they are added; the guest learns them from `virtio_mmio.device=4K@<base>:<irq>`
+ * on its command line, which the caller builds from out. flags: enum vmm_vdev_flags. */
+int vmm_vm_add_device(struct vmm_vm *vm, struct vmm_vdev *dev, int flags,
+                      struct vmm_virtio_mmio_info *out, char *err, size_t errlen);
+/* The index-th added device's transport state; -1 if there is none. */
+int vmm_vm_device_info(struct vmm_vm *vm, int index, struct vmm_virtio_mmio_info *out);
 /* cffi-end */
 
 #endif

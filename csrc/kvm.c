@@ -157,6 +157,13 @@ static int create_vm(struct vmm_vm *vm, const struct vmm_vm_config *cfg, char *e
     vm->vm_fd = ioctl(vm->kvm_fd, KVM_CREATE_VM, 0);
     if (vm->vm_fd < 0)
         return errf(err, errlen, "KVM_CREATE_VM: %s", strerror(errno));
+    /* Guest RAM first: registered after KVM_CREATE_IRQCHIP, the first memslot costs 5-11 ms
+     * here (measured on kvm_pvm: it waits out a grace period), registered before, 0.06 ms,
+     * and the irqchip and PIT stay as cheap. (benchmarks/bench_kvm_boot.py) */
+    if (guest_mem_map(&vm->mem, cfg->memory_bytes, cfg->hugepages, err, errlen) < 0)
+        return -1;
+    if (set_memory(vm, err, errlen) < 0)
+        return -1;
     if (ioctl(vm->vm_fd, KVM_SET_TSS_ADDR, (unsigned long)LAYOUT_TSS) < 0)
         return errf(err, errlen, "KVM_SET_TSS_ADDR: %s", strerror(errno));
     if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
@@ -164,10 +171,6 @@ static int create_vm(struct vmm_vm *vm, const struct vmm_vm_config *cfg, char *e
     struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
     if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
         return errf(err, errlen, "KVM_CREATE_PIT2: %s", strerror(errno));
-    if (guest_mem_map(&vm->mem, cfg->memory_bytes, cfg->hugepages, err, errlen) < 0)
-        return -1;
-    if (set_memory(vm, err, errlen) < 0)
-        return -1;
     e820_build(&vm->e820, &vm->mem);
     for (uint32_t i = 0; i < vm->ncpus; i++)
         if (vcpu_create(vm, i, info.vcpu_mmap_size, err, errlen) < 0)
@@ -251,6 +254,8 @@ int vmm_vm_start(struct vmm_vm *vm, char *err, size_t errlen)
     if (vm->started)
         return errf(err, errlen, "VM already started");
     vm->pio.sealed = vm->mmio.sealed = true;
+    if (vm_virtio_start(vm, err, errlen) < 0)
+        return -1;
     return vcpus_start(vm, err, errlen);
 }
 
@@ -380,6 +385,7 @@ void vmm_vm_destroy(struct vmm_vm *vm)
         vmm_vm_stop(vm);
         vcpus_join(vm);
     }
+    vm_virtio_destroy(vm); /* devices let go of guest memory and their eventfds */
     for (int i = 0; i < VMM_MAX_CPUS; i++)
         vcpu_close(&vm->vcpus[i]);
     if (vm->vm_fd >= 0)

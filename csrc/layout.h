@@ -18,7 +18,11 @@
  *                which must be at or above here)
  *   ...          initrd: as high as possible below min(RAM top below 4 GiB, initrd_addr_max)
  *   0xc000_0000  3 GiB: start of the 32-bit MMIO hole (no RAM from here to 4 GiB)
- *   0xd000_0000  MMIO window for devices (virtio-mmio, test devices)
+ *   0xd000_0000  MMIO window for devices: its first MiB for test devices (the test guests'
+ *                report range, Python devices), then
+ *   0xd010_0000  virtio-mmio: device i at + i * 4 KiB (vm_virtio.c); below 4 GiB, so the
+ *                boot identity map and 32-bit code reach it; announced to Linux as
+ *                virtio_mmio.device=4K@0xd0100000:<irq> (one per device)
  *   0xfec0_0000  IOAPIC (in-kernel irqchip)
  *   0xfee0_0000  local APICs (in-kernel)
  *   0xfffb_d000  three pages for KVM_SET_TSS_ADDR (needed by VMX real-mode emulation)
@@ -47,6 +51,7 @@
 #define LAYOUT_KERNEL_MIN     0x100000ULL
 #define LAYOUT_MMIO_HOLE      0xc0000000ULL
 #define LAYOUT_MMIO_DEVICES   0xd0000000ULL
+#define LAYOUT_VIRTIO_MMIO    0xd0100000ULL  /* + i * 0x1000 */
 #define LAYOUT_IOAPIC         0xfec00000ULL
 #define LAYOUT_LAPIC          0xfee00000ULL
 #define LAYOUT_TSS            0xfffbd000ULL

@@ -10,9 +10,11 @@
 #include "core_api.h"
 #include "e820.h"
 #include "guest_mem.h"
+#include "virtio/mem.h"
 #include "x86_boot.h"
 
 #define VMM_MAX_CPUS 64
+#define VMM_MAX_VDEVS 8  /* one per free ISA IRQ: see vm_virtio.c */
 
 /* Indexes into vm->stats, in the order of struct vmm_exit_stats's fields. */
 enum exit_stat {
@@ -34,6 +36,8 @@ struct vcpu {
 };
 
 struct serial;
+struct ioloop;
+struct virtio_mmio;
 
 struct vmm_vm {
     int kvm_fd, vm_fd;
@@ -43,6 +47,12 @@ struct vmm_vm {
     struct vcpu vcpus[VMM_MAX_CPUS];
     struct bus pio, mmio;
     struct serial *serial;
+    /* virtio devices (vm_virtio.c): guest RAM as devices see it, the device I/O thread,
+     * and one virtio-mmio transport per device. */
+    struct vm_mem vmem;
+    struct ioloop *io;
+    struct virtio_mmio *vdevs[VMM_MAX_VDEVS];
+    int nvdevs;
     int console_fd;          /* our dup of the caller's fd; closed when the last vCPU ends */
 
     struct kvm_cpuid2 *cpuid;   /* KVM_GET_SUPPORTED_CPUID, patched per vCPU */
@@ -97,6 +107,10 @@ void serial_destroy(struct serial *s);
 int serial_input(struct serial *s, const uint8_t *data, size_t len);
 int i8042_init(struct vmm_vm *vm, char *err, size_t errlen);
 int boot_timer_init(struct vmm_vm *vm, char *err, size_t errlen);
+/* vm_virtio.c: start the device I/O thread (vmm_vm_start); detach every device after the
+ * vCPUs have stopped and before guest memory goes (vmm_vm_destroy). */
+int vm_virtio_start(struct vmm_vm *vm, char *err, size_t errlen);
+void vm_virtio_destroy(struct vmm_vm *vm);
 int python_device_add(struct vmm_vm *vm, int is_mmio, uint64_t base, uint64_t len, void *handle,
                       char *err, size_t errlen);
 

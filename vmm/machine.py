@@ -9,22 +9,15 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
 
 from .errors import ConfigError
 from . import engines as _engines
 from . import kernel_image
+from .process_clock import process_start_ns
 
-# Process start, so a timeline can say how long Python and imports took before Machine().
-PROCESS_START_NS = None
-try:
-    import psutil as _psutil
-
-    # psutil gives wall-clock create_time; convert to CLOCK_MONOTONIC through "now" on both clocks.
-    _wall_age = time.time() - _psutil.Process().create_time()
-    PROCESS_START_NS = time.monotonic_ns() - int(_wall_age * 1e9)
-except Exception:  # pragma: no cover - psutil missing or /proc unreadable
-    PROCESS_START_NS = None
+# Linux's COMMAND_LINE_SIZE on x86, terminating NUL included: the engine's prefix and the
+# user's command line share it.
+CMDLINE_SIZE = 2048
 
 
 @dataclass
@@ -43,31 +36,44 @@ class ExitStatus:
         return self.kind == "shutdown"
 
 
-ConsoleSink = Union[None, str, int, Callable[[bytes], None]]
+# A console sink: None, a path (str or PathLike), an fd (int) or a callable(bytes).
+# (Spelled as a string so that `import vmm` need not import typing.)
+ConsoleSink = "None | str | os.PathLike | int | Callable[[bytes], None]"
 
 
 @dataclass
 class MachineSpec:
-    """What to boot. Engines receive this; later issues add devices (disks, vsock, nets)."""
+    """What to boot. Engines receive this.
+
+    Devices are vmm.devices config objects (Disk, Vsock, Net); each engine attaches them its
+    own way (kvm: in-process virtio-mmio; qemu: one vhost-user server per device), in list
+    order, so the first disk is /dev/vda, the second /dev/vdb, and so on.
+    """
     kernel: str
     initrd: Optional[str] = None
     cmdline: str = ""
     cpus: int = 1
     memory_mib: int = 128
     hugepages: bool = False
+    disks: tuple = ()
+    vsock: Optional[object] = None
+    nets: tuple = ()
     extra: dict = field(default_factory=dict)
 
 
 class Machine:
-    MAX_CPUS = 64
+    MAX_CPUS = 255  # no engine runs more; each engine's own limit is checked too
 
     def __init__(self, kernel, initrd=None, cmdline: str = "", cpus: int = 1, memory_mib: int = 128,
-                 engine: str = "auto", console: ConsoleSink = None, hugepages: bool = False):
+                 engine: str = "auto", console: ConsoleSink = None, hugepages: bool = False,
+                 disks=(), vsock=None, nets=()):
         self.created_ns = time.monotonic_ns()
         self.spec = MachineSpec(kernel=os.fspath(kernel), initrd=os.fspath(initrd) if initrd else None,
-                                cmdline=cmdline, cpus=cpus, memory_mib=memory_mib, hugepages=hugepages)
+                                cmdline=cmdline, cpus=cpus, memory_mib=memory_mib, hugepages=hugepages,
+                                disks=tuple(disks), vsock=vsock, nets=tuple(nets))
         _validate(self.spec)
         self.engine_choice = _engines.choose(engine)  # raises EngineUnavailable with the reason
+        _validate_for_engine(self.spec, self.engine_choice)
         self._engine = self.engine_choice.create(self.spec)
         self._console_buf = bytearray()
         self._console_lock = threading.Lock()
@@ -132,9 +138,14 @@ class Machine:
     def timeline(self) -> dict:
         """Boot phases, CLOCK_MONOTONIC ns: process_start, machine_created, vm_created,
         kernel_loaded, first_vcpu_entry, boot_timer, exit (absent if not reached)."""
-        t = {"process_start": PROCESS_START_NS, "machine_created": self.created_ns}
+        t = {"process_start": process_start_ns(), "machine_created": self.created_ns}
         t.update(self._engine.timeline())
         return {k: v for k, v in t.items() if v}
+
+    @property
+    def device_stats(self) -> list:
+        """Per-device counters, in attach order: [{"kind": "blk", "requests": ..., ...}]."""
+        return self._engine.device_stats()
 
     @property
     def exit_stats(self) -> dict:
@@ -165,10 +176,26 @@ def _validate(spec: MachineSpec) -> None:
         raise ConfigError(f"cpus must be between 1 and {Machine.MAX_CPUS}, got {spec.cpus}")
     if not isinstance(spec.memory_mib, int) or spec.memory_mib < 2:
         raise ConfigError(f"memory_mib must be at least 2, got {spec.memory_mib}")
-    if len(spec.cmdline) > 2047:
-        raise ConfigError(f"kernel command line is {len(spec.cmdline)} bytes; the limit is 2047")
     # Not a kernel, or too little memory for it: say so before any engine starts.
     kernel_image.check_memory(kernel_image.inspect(spec.kernel), spec.memory_mib)
+
+
+def _validate_for_engine(spec: MachineSpec, choice) -> None:
+    """The limits that depend on the engine: its command-line prefix and its vCPU count."""
+    engine_cls = choice.engine_class()
+    prefix = len(engine_cls.cmdline_prefix.encode())
+    user = len(spec.cmdline.encode())
+    if prefix + user > CMDLINE_SIZE - 1:
+        raise ConfigError(
+            f"kernel command line is {user} bytes; with the {choice.name} engine's {prefix}-byte "
+            f"prefix that is {prefix + user}, over the limit of {CMDLINE_SIZE - 1} "
+            f"({CMDLINE_SIZE} with the terminating NUL): at most {CMDLINE_SIZE - 1 - prefix} "
+            "bytes are left for yours")
+    if spec.cpus > 1:  # every engine runs one; only ask (the kvm engine probes) for more
+        most = engine_cls.max_cpus()
+        if spec.cpus > most:
+            raise ConfigError(f"cpus {spec.cpus} is more than the {choice.name} engine "
+                              f"supports here (at most {most})")
 
 
 def _open_sink(console: ConsoleSink):

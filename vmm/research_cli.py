@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from . import __version__
 from .errors import ConfigError, EngineUnavailable, VmmError
@@ -128,11 +127,12 @@ PHASES = ["process_start", "machine_created", "vm_created", "kernel_loaded",
 
 
 def _boot(args):
-    from . import kernel
     from .machine import Machine
 
     kernel_path, initrd = args.kernel, args.initrd
     if kernel_path is None:
+        from . import kernel  # only here: it imports the build machinery
+
         kernel_path = kernel.guest_kernel()
         if initrd is None:
             initrd = kernel.test_initramfs()
@@ -180,12 +180,15 @@ def _relative_ms(timeline: dict) -> dict:
 
 def _print_timeline(timeline: dict):
     rel = _relative_ms(timeline)
-    order = [p for p in PHASES if p in rel] + sorted(k for k in rel if k not in PHASES)
+    # In time order: the engines' phases need not come in PHASES order (a Linux guest
+    # writes to its console before its init marks the boot timer).
+    known = {p: i for i, p in enumerate(PHASES)}
+    order = sorted(rel, key=lambda p: (rel[p], known.get(p, len(PHASES))))
     print("\nphase                 ms since start   delta ms")
     prev = None
     for phase in order:
         delta = "" if prev is None else f"{rel[phase] - rel[prev]:10.3f}"
-        print(f"{phase:<20} {rel[phase]:15.3f} {delta}")
+        print(f"{phase:<20} {rel[phase]:15.3f} {delta}".rstrip())
         prev = phase
 
 

@@ -28,7 +28,8 @@ def toolchain_missing() -> str | None:
 
 def _digest(name: str, defines: tuple) -> str:
     h = hashlib.sha256(repr(defines).encode())
-    for f in (f"{name}.S", "guest.h", "guest.ld", "build.py"):
+    headers = sorted(p.name for p in HERE.glob("*.h"))  # any guest may include any of them
+    for f in (f"{name}.S", *headers, "guest.ld", "build.py"):
         h.update((HERE / f).read_bytes())
     return h.hexdigest()[:16]
 

@@ -47,12 +47,16 @@ class EngineChoice:
     name: str
     reason: str
 
-    def create(self, spec):
+    def engine_class(self):
+        """The Engine subclass, imported on first use (each pulls in its own machinery)."""
         if self.name == "kvm":
             from .kvm import KvmEngine
-            return KvmEngine(spec)
+            return KvmEngine
         from .qemu import QemuEngine
-        return QemuEngine(spec)
+        return QemuEngine
+
+    def create(self, spec):
+        return self.engine_class()(spec)
 
 
 def choose(engine: str = "auto") -> EngineChoice:

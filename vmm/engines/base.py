@@ -12,6 +12,10 @@ An engine instance runs one VM from a MachineSpec. The contract:
   vm_created, kernel_loaded, first_vcpu_entry, boot_timer, exit.
 - exit_stats(): dict of exit reason -> count (engines that cannot see exits return {}).
 - console_input(bytes): input to the guest's serial console.
+
+Limits Machine checks before creating an engine (class-level, so no VM is needed):
+- cmdline_prefix: what the engine puts before the user's kernel command line.
+- max_cpus(): the most vCPUs this engine can run on this host.
 """
 from __future__ import annotations
 
@@ -21,6 +25,11 @@ from typing import Callable, Optional
 
 class Engine(abc.ABC):
     name = "?"
+    cmdline_prefix = ""
+
+    @classmethod
+    def max_cpus(cls) -> int:
+        return 1
 
     def __init__(self, spec):
         self.spec = spec
@@ -42,6 +51,11 @@ class Engine(abc.ABC):
 
     def exit_stats(self) -> dict:
         return {}
+
+    def device_stats(self) -> list:
+        """Counters of each device in spec.disks + [spec.vsock] + spec.nets order (see
+        vmm.devices.Device.counters), with "kind" and "name" keys added."""
+        return []
 
     def console_input(self, data: bytes) -> None:
         raise NotImplementedError(f"the {self.name} engine takes no console input")

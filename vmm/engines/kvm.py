@@ -9,6 +9,13 @@ console delivered.
 Python devices (tests, prototypes): a port or MMIO range whose accesses call a Python
 function on the vCPU thread, `fn(offset, size, is_write, value) -> value read`; pass them as
 spec.extra["python_devices"] = [PythonDevice(...), ...] or add_python_device() before start.
+
+virtio devices (spec.disks, spec.vsock, spec.nets): opened here, attached to the VM behind
+the core's virtio-mmio transport in the order of engines/attached.py, announced to the
+guest as `virtio_mmio.device=4K@<base>:<irq>` (what the core reports) before the user's
+command line, and closed after the VM is destroyed. Queue notifies arrive by ioeventfd and
+interrupts leave by irqfd; spec.extra["virtio_flags"] (lib.VMM_VDEV_NO_IOEVENTFD |
+lib.VMM_VDEV_NO_IRQFD) forces the fallbacks (MMIO exits, KVM_IRQ_LINE) for tests.
 """
 from __future__ import annotations
 
@@ -21,11 +28,13 @@ from typing import Callable, Optional
 
 from .._core import ffi, lib
 from ..errors import ConfigError, EngineUnavailable, GuestError
+from .attached import attached_devices, stats_entry
 from .base import Engine
 
 # The exact prefix every guest gets: console on the UART we emulate, reset through the
 # i8042 (our clean "shutdown"), and a panic resets at once instead of hanging.
 CMDLINE_PREFIX = "console=ttyS0 reboot=k panic=-1 "
+CORE_MAX_CPUS = 64  # VMM_MAX_CPUS in csrc/vm.h: the C core's fixed vCPU table
 
 _KINDS = {lib.VMM_EXIT_SHUTDOWN: "shutdown", lib.VMM_EXIT_HOST_STOP: "host-stop",
           lib.VMM_EXIT_ERROR: "error"}
@@ -91,10 +100,23 @@ def _read_struct(vm, ctype, getter):
     return {name: getattr(out, name) for name, _ in ffi.typeof(ctype).fields}
 
 
+def max_vcpus() -> int:
+    """The most vCPUs a VM can have here: the C core's table, or less if KVM says so."""
+    kvm_max = probe()["capabilities"].get("MAX_VCPUS") or 0
+    # KVM_CAP_MAX_VCPUS of 0 means "ask KVM_CAP_NR_VCPUS"; every KVM since 2011 answers,
+    # and the core's own table still bounds it.
+    return min(CORE_MAX_CPUS, kvm_max) if kvm_max > 0 else CORE_MAX_CPUS
+
+
 class KvmEngine(Engine):
     """One VM of the C core. Methods may be called from any thread: calls into the core
     hold a reference (_ref) so close() never frees the VM under another thread."""
     name = "kvm"
+    cmdline_prefix = CMDLINE_PREFIX
+
+    @classmethod
+    def max_cpus(cls) -> int:
+        return max_vcpus()
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -108,6 +130,8 @@ class KvmEngine(Engine):
         self._read_fd = None
         self._status = None
         self._final = None  # what the getters return once the VM is gone
+        self._attached = []  # (kind, name, vmm.devices.Device) attached to the VM
+        self._device_args = []  # virtio_mmio.device=... per attached device
 
     @contextlib.contextmanager
     def _ref(self):
@@ -131,7 +155,10 @@ class KvmEngine(Engine):
 
     @property
     def cmdline(self) -> str:
-        return CMDLINE_PREFIX + self.spec.cmdline
+        """Ours, then the devices (before the user's: an init's arguments after `--` must
+        stay last), then the user's."""
+        devices = "".join(arg + " " for arg in self._device_args)
+        return CMDLINE_PREFIX + devices + self.spec.cmdline
 
     def start(self, on_console):
         if self._vm is not None or self._closing:
@@ -169,10 +196,22 @@ class KvmEngine(Engine):
             if lib.vmm_vm_add_python_device(vm, int(dev.mmio), dev.base, dev.length, handle,
                                             err, _ERRLEN) != 0:
                 raise ConfigError(_msg(err))
+        self._attach_devices(vm)
         initrd = os.fsencode(spec.initrd) if spec.initrd else ffi.NULL
         if lib.vmm_vm_load_kernel(vm, os.fsencode(spec.kernel), initrd, self.cmdline.encode(),
                                   err, _ERRLEN) != 0:
             raise ConfigError(_msg(err))
+
+    def _attach_devices(self, vm):
+        flags = int(self.spec.extra.get("virtio_flags", 0))
+        err = _err()
+        for kind, name, cfg in attached_devices(self.spec):
+            dev = cfg.open()
+            self._attached.append((kind, name, dev))  # closed by close(), whatever happens next
+            info = ffi.new("struct vmm_virtio_mmio_info *")
+            if lib.vmm_vm_add_device(vm, dev.ptr, flags, info, err, _ERRLEN) != 0:
+                raise ConfigError(f"device {name}: {_msg(err)}")
+            self._device_args.append(f"virtio_mmio.device={info.size >> 10}K@{info.base:#x}:{info.irq}")
 
     @staticmethod
     def _read_console(fd, on_console):
@@ -248,6 +287,30 @@ class KvmEngine(Engine):
     def exit_stats(self) -> dict:
         return self._observe("exit_stats", self._exit_stats, {})
 
+    def device_stats(self) -> list:
+        final = self._final
+        if final is not None and "device_stats" in final:
+            return [dict(d) for d in final["device_stats"]]
+        return self._live_device_stats()
+
+    def _live_device_stats(self):
+        return [stats_entry(kind, name, dev.counters()) for kind, name, dev in self._attached]
+
+    def transport_info(self) -> list:
+        """Per device, its virtio-mmio transport: base, size, irq, ioeventfd, irqfd (1 if
+        in use), status, interrupt_status, notify_exits, notify_events, interrupts,
+        bad_accesses."""
+        return list(self._observe("transport_info", self._transport_info, []))
+
+    def _transport_info(self, vm):
+        out = []
+        info = ffi.new("struct vmm_virtio_mmio_info *")
+        for i in range(len(self._attached)):
+            if lib.vmm_vm_device_info(vm, i, info) == 0:
+                out.append({name: getattr(info, name)
+                            for name, _ in ffi.typeof("struct vmm_virtio_mmio_info").fields})
+        return out
+
     def e820(self) -> list:
         """The memory map the VMM gave the guest: [(addr, size, type)], type 1 RAM, 2 reserved."""
         return list(self._observe("e820", self._e820, []))
@@ -295,12 +358,15 @@ class KvmEngine(Engine):
                 lib.vmm_vm_stop(vm)  # kick again: a kick can land just before a blocking call
             self._record_status(vm)
             self._final = {"timeline": self._timeline(vm), "exit_stats": self._exit_stats(vm),
-                           "e820": self._e820(vm), "boot_info": self._boot_info(vm)}
+                           "e820": self._e820(vm), "boot_info": self._boot_info(vm),
+                           "transport_info": self._transport_info(vm)}
             with self._cond:
                 self._vm = None
             lib.vmm_vm_destroy(vm)  # joins the vCPU threads, closes fds, unmaps memory
         else:
-            self._final = {"timeline": {}, "exit_stats": {}, "e820": [], "boot_info": {}}
+            self._final = {"timeline": {}, "exit_stats": {}, "e820": [], "boot_info": {},
+                           "transport_info": []}
+        self._final["device_stats"] = self._live_device_stats()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join()  # the core's console fd is closed by now: EOF
             self._reader = None
@@ -308,3 +374,16 @@ class KvmEngine(Engine):
             os.close(self._read_fd)
             self._read_fd = None
         self._handles.clear()
+        # The VM (and with it every transport) is gone: no one uses the devices any more.
+        self._close_devices()
+
+    def _close_devices(self):
+        attached, self._attached = self._attached, []
+        first = None
+        for _, _, dev in attached:
+            try:
+                dev.close()  # also ends a passt helper
+            except Exception as e:
+                first = first or e
+        if first is not None:
+            raise first

@@ -9,8 +9,11 @@ One qemu-system-x86_64 child per VM, driven entirely through its file descriptor
                    arrives here and is timestamped on arrival
 
 One I/O thread reads all three until QEMU closes them, then reaps the child and decides
-how the VM ended. Guest RAM is a shared memfd so that device backends can later attach
-over vhost-user (spec.extra["vhost_user"], see vhost_user_args()).
+how the VM ended. Guest RAM is a shared memfd so that device back ends attach over
+vhost-user: spec.disks, spec.vsock and spec.nets are opened as our own C devices and each
+served on a private Unix socket before QEMU starts (vhost_backends.py); QEMU only carries
+the virtio-mmio transport. spec.extra["vhost_user"] adds further back ends (see
+vhost_user_args()).
 
 exit_stats() stays {}: TCG executes guest code inside QEMU's own process, so there are
 no VM exits to count, and QEMU exposes no comparable counters.
@@ -30,6 +33,7 @@ from ..errors import ConfigError, EngineUnavailable
 from ..machine import ExitStatus
 from . import qemu_binary
 from .base import Engine
+from .vhost_backends import VhostBackends
 
 BOOT_TIMER_PORT = 0x440
 BOOT_TIMER_INIT_STARTED = 123
@@ -49,8 +53,9 @@ VHOST_USER_DEVICES = {
 }
 
 
-def qemu_argv(spec, binary: str, debugcon_fd: int) -> List[str]:
-    """The full qemu-system-x86_64 command line for spec."""
+def qemu_argv(spec, binary: str, debugcon_fd: int, devices=()) -> List[str]:
+    """The full qemu-system-x86_64 command line for spec; devices: vhost-user entries of
+    the back ends the engine itself serves (before any from spec.extra)."""
     mem = spec.memory_mib
     # rtc=on: without an RTC, Linux 6.1 polls for one for a full second at boot
     # (mc146818_get_time, "Unable to read current time from RTC") and the guest's
@@ -79,7 +84,7 @@ def qemu_argv(spec, binary: str, debugcon_fd: int) -> List[str]:
     ]
     if spec.initrd:
         argv += ["-initrd", spec.initrd]
-    argv += vhost_user_args(spec.extra.get("vhost_user", ()))
+    argv += vhost_user_args(list(devices) + list(spec.extra.get("vhost_user", ())))
     argv += [str(a) for a in spec.extra.get("qemu_args", ())]
     return argv
 
@@ -134,6 +139,7 @@ class QemuEngine(Engine):
         self._stderr = bytearray()
         self._partial_line = bytearray()
         self._panic_line: Optional[str] = None
+        self._backends = VhostBackends(spec)
 
     # --- start -------------------------------------------------------------------------
     def start(self, on_console: Callable[[bytes], None]) -> None:
@@ -143,14 +149,19 @@ class QemuEngine(Engine):
         if binary is None:
             raise EngineUnavailable("the qemu engine needs qemu-system-x86_64 "
                                     "(apt-get install qemu-system-x86)")
+        # Every back end listens before QEMU connects; a failure here closes what opened.
+        self._backends.open()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._debugcon = ours
         try:
-            argv = qemu_argv(self.spec, binary, theirs.fileno())
+            argv = qemu_argv(self.spec, binary, theirs.fileno(), self._backends.qemu_devices)
             # A session of its own: a terminal's Ctrl-C reaches us, and we stop QEMU.
             self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),),
                                           start_new_session=True)
+        except BaseException:
+            self._backends.close()
+            raise
         finally:
             theirs.close()  # QEMU has its own copy now (or never will)
         self._times["vm_created"] = time.monotonic_ns()
@@ -227,6 +238,8 @@ class QemuEngine(Engine):
     # --- the rest of the interface -------------------------------------------------------
     def wait(self, timeout: Optional[float]):
         if self._proc is None:
+            if self._closed:  # start() failed (Machine closed us): nothing ran, nothing to wait for
+                return ExitStatus("error", "the VM never started")
             raise RuntimeError("QemuEngine.wait() before start()")
         self._done.wait(timeout)
         return self._status if self._done.is_set() else None
@@ -267,12 +280,18 @@ class QemuEngine(Engine):
             self._proc.wait()
         if self._debugcon is not None:
             self._debugcon.close()
+        # Only now, with QEMU reaped, is no one using guest RAM through our devices.
+        self._backends.close()
 
     def timeline(self) -> dict:
         return dict(self._times)
 
     def exit_stats(self) -> dict:
         return {}  # TCG has no VM exits to count (see the module docstring)
+
+    def device_stats(self) -> list:
+        """Counters of our devices (the last values once the VM is closed)."""
+        return self._backends.stats()
 
     def console_input(self, data: bytes) -> None:
         if self._proc is None or self._done.is_set():
