@@ -12,7 +12,6 @@
 #include <limits.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +33,6 @@
 #define NET_QUEUE_MAX 1024
 #define NET_HDR_LEN 12
 #define MAX_FRAME 65550u /* 64 KiB payload plus Ethernet header, with some slack */
-#define WRITE_STALL_MS 1000
 
 struct net {
     struct vdev d;
@@ -42,7 +40,10 @@ struct net {
     int epfd, stop_efd;
     pthread_t thread;
     bool thread_started;
-    bool reading;          /* EPOLLIN registered */
+    bool reading;          /* we want EPOLLIN */
+    bool tx_blocked;       /* txbuf[tx_off..tx_len) still has to reach the stream backend */
+    uint32_t tx_off, tx_len;
+    uint32_t events;       /* registered with epoll */
     bool dead;             /* the backend closed or broke its framing */
     /* The frame being read (stream: after its 4-byte length) or held for the guest. */
     uint8_t lenbuf[4];
@@ -53,21 +54,30 @@ struct net {
     struct iovec *scratch;
 };
 
+/* The backend events we wait for: input while we can take a frame, output while a frame
+ * for the backend is only partly written. */
+static void update_events(struct net *n)
+{
+    uint32_t ev = (n->reading && !n->dead ? EPOLLIN : 0) | (n->tx_blocked && !n->dead ? EPOLLOUT : 0);
+    if (ev == n->events)
+        return;
+    struct epoll_event e = { .events = ev, .data.u64 = 1 };
+    epoll_ctl(n->epfd, EPOLL_CTL_MOD, n->fd, &e);
+    n->events = ev;
+}
+
 static void set_reading(struct net *n, bool on)
 {
-    if (n->reading == on || n->dead)
-        return;
-    struct epoll_event ev = { .events = on ? EPOLLIN : 0, .data.u64 = 1 };
-    epoll_ctl(n->epfd, EPOLL_CTL_MOD, n->fd, &ev);
     n->reading = on;
+    update_events(n);
 }
 
 static void backend_dead(struct net *n, const char *why)
 {
     if (!n->dead)
         fprintf(stderr, "vmm: virtio-net backend: %s; the link is down\n", why);
-    set_reading(n, false);
     n->dead = true;
+    set_reading(n, false);
     n->d.config[6] &= (uint8_t)~VIRTIO_NET_S_LINK_UP;
 }
 
@@ -101,9 +111,16 @@ static bool deliver(struct net *n)
 /* Delivers held frames until the guest runs out of buffers; lock held. */
 static void flush_rx(struct net *n)
 {
-    if (n->frame_ready && n->d.vq[Q_RX].ready && deliver(n)) {
-        n->frame_ready = false;
-        n->len_have = n->frame_have = n->frame_len = 0;
+    struct vq *q = &n->d.vq[Q_RX];
+    while (n->frame_ready && q->ready && !q->broken) {
+        if (deliver(n)) {
+            n->frame_ready = false;
+            n->len_have = n->frame_have = n->frame_len = 0;
+            break;
+        }
+        /* No buffer: with EVENT_IDX the guest kicks only if we ask (avail_event). */
+        if (!vq_enable_notify(q))
+            break;
     }
     vdev_signal(&n->d, Q_RX);
     set_reading(n, !n->frame_ready);
@@ -169,6 +186,22 @@ static void backend_readable(struct net *n)
     }
 }
 
+static void process_tx(struct net *n);
+static int flush_stream_tx(struct net *n);
+
+/* The backend took the rest of a blocked frame: finish it and resume the tx queue. */
+static void backend_writable(struct net *n)
+{
+    pthread_mutex_lock(&n->d.lock);
+    if (n->tx_blocked && !n->dead) {
+        if (flush_stream_tx(n) < 0)
+            backend_dead(n, "cannot write a frame to the backend socket");
+        else if (!n->tx_blocked && n->d.vq[Q_TX].ready)
+            process_tx(n);
+    }
+    pthread_mutex_unlock(&n->d.lock);
+}
+
 static void *net_thread(void *arg)
 {
     struct net *n = arg;
@@ -182,30 +215,37 @@ static void *net_thread(void *arg)
         for (int i = 0; i < k; i++) {
             if (evs[i].data.u64 == 0)
                 return NULL; /* stop */
-            backend_readable(n);
+            if (evs[i].events & EPOLLOUT)
+                backend_writable(n);
+            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                backend_readable(n);
         }
     }
 }
 
 /* ---- guest -> backend ---- */
 
-/* Writes all of buf to a non-blocking fd, waiting a bounded time when it is full. */
-static int write_all(int fd, const uint8_t *buf, size_t len)
+/* Pushes the pending framed bytes to the stream backend without blocking. The guest's
+ * tx queue waits (we stop popping) while a frame is only partly written: never block the
+ * device on the backend, whose own writes towards us our reader thread must keep taking. */
+static int flush_stream_tx(struct net *n)
 {
-    while (len) {
-        ssize_t k = write(fd, buf, len);
+    while (n->tx_off < n->tx_len) {
+        ssize_t k = write(n->fd, n->txbuf + n->tx_off, n->tx_len - n->tx_off);
         if (k < 0 && errno == EINTR)
             continue;
         if (k < 0 && errno == EAGAIN) {
-            struct pollfd p = { .fd = fd, .events = POLLOUT };
-            if (poll(&p, 1, WRITE_STALL_MS) <= 0)
-                return -1;
-            continue;
+            n->tx_blocked = true;
+            update_events(n);
+            return 0;
         }
         if (k <= 0)
             return -1;
-        buf += k, len -= (size_t)k;
+        n->tx_off += (uint32_t)k;
     }
+    n->tx_off = n->tx_len = 0;
+    n->tx_blocked = false;
+    update_events(n);
     return 0;
 }
 
@@ -225,7 +265,9 @@ static void send_frame(struct net *n, const struct vq_req *r)
         uint8_t be[4] = { (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len };
         memcpy(n->txbuf, be, 4);
         iov_to_buf(r->rd, r->nr, NET_HDR_LEN, n->txbuf + 4, len);
-        rc = write_all(n->fd, n->txbuf, 4 + (size_t)len);
+        n->tx_off = 0;
+        n->tx_len = 4 + len;
+        rc = flush_stream_tx(n);
         if (rc < 0)
             backend_dead(n, "cannot write a frame to the backend socket");
     }
@@ -242,11 +284,13 @@ static void process_tx(struct net *n)
     struct vq *q = &n->d.vq[Q_TX];
     struct vq_req r;
     for (;;) {
-        int rc;
-        while ((rc = vq_pop(q, &r)) == 1) {
-            send_frame(n, &r);
+        int rc = 0;
+        while (!n->tx_blocked && (rc = vq_pop(q, &r)) == 1) {
+            send_frame(n, &r); /* the frame is copied out: the chain can go back now */
             vq_push(q, r.head, 0);
         }
+        if (n->tx_blocked)
+            break; /* resumed by the reader thread when the backend takes more */
         if (rc < 0) {
             vdev_note_broken(&n->d, Q_TX);
             break;
@@ -359,6 +403,7 @@ struct vdev *net_new(int backend_fd, int kind, const uint8_t mac[6], char *err, 
         goto fail;
     }
     n->reading = true;
+    n->events = EPOLLIN;
     if (pthread_create(&n->thread, NULL, net_thread, n) != 0) {
         snprintf(err, errlen, "cannot start the net thread");
         goto fail;
