@@ -74,10 +74,12 @@ static void set_reading(struct net *n, bool on)
 
 static void backend_dead(struct net *n, const char *why)
 {
-    if (!n->dead)
+    if (!n->dead) {
         fprintf(stderr, "vmm: virtio-net backend: %s; the link is down\n", why);
+        /* Out of epoll for good: a hang-up would otherwise be reported forever. */
+        epoll_ctl(n->epfd, EPOLL_CTL_DEL, n->fd, NULL);
+    }
     n->dead = true;
-    set_reading(n, false);
     n->d.config[6] &= (uint8_t)~VIRTIO_NET_S_LINK_UP;
 }
 
@@ -217,8 +219,13 @@ static void *net_thread(void *arg)
                 return NULL; /* stop */
             if (evs[i].events & EPOLLOUT)
                 backend_writable(n);
-            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+            if (evs[i].events & EPOLLIN)
                 backend_readable(n);
+            if (evs[i].events & (EPOLLHUP | EPOLLERR)) {
+                pthread_mutex_lock(&n->d.lock);
+                backend_dead(n, "the backend hung up");
+                pthread_mutex_unlock(&n->d.lock);
+            }
         }
     }
 }

@@ -93,6 +93,7 @@ struct conn {
     bool host_eof;           /* the host closed its side; SHUTDOWN sent or owed */
     bool guest_shut_rcv;     /* the guest takes no more data */
     bool credit_asked;
+    bool hup;                /* the host closed both directions; no longer polled */
     uint32_t pending;        /* P_* */
     uint32_t events;         /* epoll interest now registered */
 };
@@ -190,6 +191,8 @@ static void conn_free(struct vsock *v, struct conn *c)
 /* Which socket events we want now, from the connection's state. */
 static void conn_rearm(struct vsock *v, struct conn *c)
 {
+    if (c->hup)
+        return;
     uint32_t ev = 0;
     if (c->state == C_LINE)
         ev |= EPOLLIN;
@@ -334,6 +337,14 @@ static bool send_data(struct vsock *v, struct conn *c)
         return true;
     }
     struct vsock_hdr h;
+    if (got <= 0 && c->hup) {
+        /* Everything the host sent has been delivered and it is gone both ways. */
+        vq_unpop(&v->d.vq[Q_RX]);
+        c->host_eof = true;
+        c->readable = false;
+        c->pending |= P_RST;
+        return true;
+    }
     if (got <= 0) {
         /* EOF: the host will send no more. It may still read (a half-close with
          * shutdown(SHUT_WR) looks the same here), so only SEND is shut; a host that closed
@@ -668,6 +679,14 @@ static void conn_event(struct vsock *v, uint64_t tag, uint32_t events)
      * the socket (or nobody to read it for), the connection is over. */
     if ((events & (EPOLLHUP | EPOLLERR)) && (c->state != C_OPEN || c->host_eof || c->guest_shut_rcv)) {
         conn_reset(v, c);
+        return;
+    }
+    if (events & (EPOLLHUP | EPOLLERR)) {
+        /* Data may still wait in the socket for the guest (as its credit allows): stop
+         * polling, since a hang-up is reported forever, and let the reads find EOF. */
+        epoll_ctl(v->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        c->hup = true;
+        c->readable = true;
         return;
     }
     if ((events & EPOLLOUT) && drain_tx(v, c) < 0) {
