@@ -1,6 +1,6 @@
 """virtio devices over vhost-user against QEMU's own devices, same guest, same run.
 
-    python benchmarks/bench_virtio.py [--mib 256] [--rounds 3]
+    python benchmarks/bench_virtio.py [--mib 256] [--rounds 3] [--boots 2] [--only blk|net|vsock]
 
 - blk: sequential write (dd bs=1M conv=fsync) and read (after drop_caches) of N MiB of
   /dev/vda inside a QEMU-TCG guest: our virtio-blk over vhost-user against QEMU's built-in
@@ -12,7 +12,8 @@
 - vsock (no QEMU baseline here: QEMU's vhost-vsock needs the host kernel's vhost, which
   these machines lack): N MiB host->guest and guest->host, and 64-byte round trips.
 
-Times come from the guest's clock (dd, the probe) or the host's (vsock), median of rounds.
+Times come from the guest's clock (dd, the probe) or the host's (vsock): the median of
+rounds x boots, with boots of ours and QEMU's alternating.
 The guest is TCG-emulated, so absolute numbers are not the product's; ratios are the point.
 """
 import argparse
@@ -46,6 +47,7 @@ TAIL = """echo ALL_DONE
 reboot -f
 """
 NS = re.compile(r"ns=(\d+)")
+BOOTS = 2  # boots per role, alternating; set by --boots
 
 
 def blk_init(mib, rounds):
@@ -100,8 +102,9 @@ def mbps(mib, seconds):
 def bench_blk(kernel, tmp, mib, rounds):
     img = tmp / "blk.img"
     initrd = build_initramfs(tmp, init=blk_init(mib, rounds))
-    results = {}
-    for role in ("ours", "qemu"):
+    samples = {"ours": ([], []), "qemu": ([], [])}
+    # Alternate the two, several boots each: the machine is shared and noisy.
+    for role in ("ours", "qemu") * BOOTS:
         img.unlink(missing_ok=True)
         with open(img, "wb") as f:
             f.truncate((mib + 16) << 20)
@@ -120,10 +123,9 @@ def bench_blk(kernel, tmp, mib, rounds):
                 dev.close()
         if not any(x.startswith("BLK_WRITE") for x in lines):
             raise RuntimeError(f"{role}: no dd results:\n" + "\n".join(lines[-30:]))
-        w = [int(NS.search(x).group(1)) / 1e9 for x in lines if x.startswith("BLK_WRITE")]
-        r = [int(NS.search(x).group(1)) / 1e9 for x in lines if x.startswith("BLK_READ")]
-        results[role] = (mbps(mib, statistics.median(w)), mbps(mib, statistics.median(r)))
-    return results
+        samples[role][0].extend(int(NS.search(x).group(1)) / 1e9 for x in lines if x.startswith("BLK_WRITE"))
+        samples[role][1].extend(int(NS.search(x).group(1)) / 1e9 for x in lines if x.startswith("BLK_READ"))
+    return {role: (mbps(mib, statistics.median(w)), mbps(mib, statistics.median(r))) for role, (w, r) in samples.items()}
 
 
 def tcp_source_server(nbytes):
@@ -156,8 +158,8 @@ def bench_net(kernel, tmp, mib, rounds):
         return None
     lst = tcp_source_server(mib << 20)
     initrd = build_initramfs(tmp, init=net_init(lst.getsockname()[1], rounds))
-    results = {}
-    for role in ("ours", "qemu"):
+    samples = {"ours": [], "qemu": []}
+    for role in ("ours", "qemu") * BOOTS:
         if role == "ours":
             dev = Net(backend="passt", mac="02:56:4d:4d:00:02").open()
             srv = VhostUserServer(dev, str(tmp / "net.sock"))
@@ -187,9 +189,9 @@ def bench_net(kernel, tmp, mib, rounds):
         secs = [int(m.group(2)) / 1e9 for m in got if int(m.group(1)) == mib << 20]
         if len(secs) != rounds:
             raise RuntimeError(f"{role}: incomplete downloads:\n" + "\n".join(lines[-30:]))
-        results[role] = mbps(mib, statistics.median(secs))
+        samples[role].extend(secs)
     lst.close()
-    return results
+    return {role: mbps(mib, statistics.median(secs)) for role, secs in samples.items()}
 
 
 def bench_vsock(kernel, tmp, mib, pings=2000):
@@ -263,8 +265,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--boots", type=int, default=2, help="guest boots per role, alternating (default 2)")
     ap.add_argument("--only", choices=["blk", "net", "vsock"])
     a = ap.parse_args()
+    global BOOTS
+    BOOTS = a.boots
     kernel = find_kernel()
     if not kernel:
         sys.exit("no guest kernel: set VMM_KERNEL or build one (vmm.kernel.guest_kernel())")
