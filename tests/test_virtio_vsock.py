@@ -299,3 +299,11 @@ def test_host_hangup_without_guest_credit_neither_spins_nor_loses_data(vs):
     data = b"".join(p.payload for p in pkts if p.op == OP_RW)
     assert data == b"last words"
     assert pkts[-1].op == OP_RST
+
+
+def test_bad_vsock_config_is_a_clear_error(tmp_path):
+    from vmm.errors import ConfigError
+    with pytest.raises(ConfigError, match="too long"):
+        Vsock(3, str(tmp_path / ("x" * 120))).open()
+    with pytest.raises(ConfigError, match="CID 2"):
+        Vsock(2, str(tmp_path / "v.sock")).open()

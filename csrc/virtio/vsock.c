@@ -765,12 +765,7 @@ static const struct vdev_ops vsock_ops = {
 static int vsock_listen(struct vsock *v, char *err, size_t errlen)
 {
     struct sockaddr_un a = { .sun_family = AF_UNIX };
-    /* Leave room for "_<port>" on the guest-initiated side. */
-    if (strlen(v->path) + 11 >= sizeof(a.sun_path)) {
-        snprintf(err, errlen, "vsock socket path %s is too long (max %zu bytes)", v->path, sizeof(a.sun_path) - 12);
-        return -1;
-    }
-    strcpy(a.sun_path, v->path);
+    strcpy(a.sun_path, v->path); /* length checked in vsock_new */
     unlink(v->path);
     v->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (v->listen_fd < 0 || bind(v->listen_fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
@@ -787,6 +782,12 @@ struct vdev *vsock_new(uint64_t guest_cid, const char *uds_path, char *err, size
         snprintf(err, errlen, "vsock guest CID %llu is reserved or out of range", (unsigned long long)guest_cid);
         return NULL;
     }
+    /* Leave room for "_<port>" on the guest-initiated side. */
+    if (strlen(uds_path) + 11 >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        snprintf(err, errlen, "vsock socket path %s is too long (max %zu bytes)", uds_path,
+                 sizeof(((struct sockaddr_un *)0)->sun_path) - 12);
+        return NULL;
+    }
     struct vsock *v = calloc(1, sizeof(*v));
     if (!v || !(v->scratch = calloc(VQ_MAX_SEGS(VSOCK_QUEUE_MAX), sizeof(struct iovec)))) {
         free(v);
@@ -801,8 +802,6 @@ struct vdev *vsock_new(uint64_t guest_cid, const char *uds_path, char *err, size
     v->next_host_port = FIRST_HOST_PORT;
     v->listen_fd = v->epfd = v->stop_efd = -1;
     snprintf(v->path, sizeof(v->path), "%s", uds_path);
-    if (strlen(uds_path) >= sizeof(v->path))
-        v->path[0] = 0;
     if (vsock_listen(v, err, errlen) < 0)
         goto fail;
     v->epfd = epoll_create1(EPOLL_CLOEXEC);
