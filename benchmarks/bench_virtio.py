@@ -83,7 +83,11 @@ def vsock_init(mib):
 
 
 def run(kernel, initrd, devices, timeout=600, mem_mb=512, during=None, pass_fds=()):
-    q = Qemu(kernel, initrd, devices, mem_mb=mem_mb, pass_fds=pass_fds)
+    # Two vCPUs, though the guest (no ACPI, no MP table) brings up one: with a single vCPU
+    # QEMU's TCG drops the guest's memory barriers, and device threads (ours over
+    # vhost-user, QEMU's own iothread) then lose kicks and interrupts now and then; QEMU's
+    # virtio-net stalled for good that way in a 256 MiB download.
+    q = Qemu(kernel, initrd, devices, mem_mb=mem_mb, pass_fds=pass_fds, smp=2)
     try:
         if during:
             during(q)

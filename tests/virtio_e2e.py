@@ -82,11 +82,11 @@ class Qemu:
     """QEMU microvm (TCG) with guest RAM in a shared memfd and vhost-user devices."""
 
     def __init__(self, kernel, initrd, devices, mem_mb=256, cmdline="console=ttyS0 reboot=t panic=-1",
-                 pass_fds=()):
+                 pass_fds=(), smp=1):
         args = ["qemu-system-x86_64",
                 "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off,memory-backend=mem",
                 "-global", "virtio-mmio.force-legacy=false", "-accel", "tcg", "-cpu", "max",
-                "-m", str(mem_mb), "-object", f"memory-backend-memfd,id=mem,size={mem_mb}M,share=on",
+                "-smp", str(smp), "-m", str(mem_mb), "-object", f"memory-backend-memfd,id=mem,size={mem_mb}M,share=on",
                 "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
                 "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]
         for i, (kind, sock) in enumerate(devices):
