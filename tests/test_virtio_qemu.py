@@ -1,6 +1,10 @@
-"""End to end: a real Linux guest under QEMU (TCG) using our blk and vsock devices over
-vhost-user: ext4 read-write on one disk, a read-only disk, and vsock traffic both ways
-with checksums (host-initiated and guest-initiated, several connections at once)."""
+"""End to end: a real Linux guest under QEMU (TCG) using our blk, vsock and net devices
+over vhost-user: ext4 read-write on one disk (read back after a second boot), a read-only
+disk, vsock traffic both ways with checksums (host-initiated and guest-initiated, several
+connections at once), and DHCP plus a TCP request to the host's loopback through passt.
+
+    VMM_E2E_VSOCK_CONNS=10 VMM_E2E_VSOCK_BYTES=$((64<<20)) pytest tests/test_virtio_qemu.py
+runs the issue's full vsock load (10 connections, 64 MiB each way, each direction)."""
 import hashlib
 import os
 import shutil
@@ -185,6 +189,24 @@ def test_linux_guest_blk_and_vsock_over_vhost_user(tmp_path):
     # After the guest is gone: its writes are on the host file, the read-only one is untouched.
     assert debugfs_cat(rw_img, "guest.txt") == b"written by the guest\n"
     assert ro_img.read_bytes() == ro_before
+    # ... and a second boot reads back what the first one wrote, through our device again.
+    big_md5 = q.found("RW_BIG ")[0].split()[1]
+    again = tmp_path / "again"
+    again.mkdir()
+    init2 = ("#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n"
+             "mount -t devtmpfs dev /dev\nmkdir -p /mnt\nmount -t ext4 /dev/vda /mnt\n"
+             "echo \"AGAIN $(cat /mnt/guest.txt) $(md5sum /mnt/big.bin | cut -d' ' -f1)\"\n"
+             "umount /mnt\necho ALL_DONE\nreboot -f\n")
+    dev = Disk(str(rw_img), serial="rw-disk").open()
+    srv = VhostUserServer(dev, str(again / "vu.sock"))
+    q2 = Qemu(kernel, build_initramfs(again, init=init2), [("vhost-user-blk", srv.path)])
+    try:
+        assert q2.wait_line("ALL_DONE", 120), q2.log()
+        assert q2.found(f"AGAIN written by the guest {big_md5}"), q2.log()
+    finally:
+        q2.close()
+        srv.stop()
+        dev.close()
     assert counters[0]["bytes_written"] > 4 << 20 and counters[1]["bytes_written"] == 0
     assert counters[2]["connections"] == 2 * NCONN
     if len(counters) > 3:

@@ -275,3 +275,35 @@ def test_guest_close_delivers_buffered_data_before_rst(vs):
         got += d
     assert bytes(got) == data  # all of it, then EOF
     assert any(p.op == OP_RST for p in g.poll(2.0))
+
+
+def test_host_hangup_without_guest_credit_neither_spins_nor_loses_data(vs):
+    import resource
+    dev, g, path = vs
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(f"{path}_6002")
+    lst.listen(1)
+    g.send(OP_REQUEST, 781, 6002, buf_alloc=0)  # no room for data yet
+    one(g, OP_RESPONSE)
+    conn, _ = lst.accept()
+    conn.sendall(b"last words")
+    conn.close()  # the host is gone both ways while data waits for credit
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(0.5)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    used = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    assert used < 0.25, f"device thread spun on a hang-up ({used:.2f}s CPU in 0.5s)"
+    g.send(OP_CREDIT_UPDATE, 781, 6002, buf_alloc=65536)
+    pkts = g.poll(2.0, want=2)
+    pkts += g.poll(0.3, want=100)
+    data = b"".join(p.payload for p in pkts if p.op == OP_RW)
+    assert data == b"last words"
+    assert pkts[-1].op == OP_RST
+
+
+def test_bad_vsock_config_is_a_clear_error(tmp_path):
+    from vmm.errors import ConfigError
+    with pytest.raises(ConfigError, match="too long"):
+        Vsock(3, str(tmp_path / ("x" * 120))).open()
+    with pytest.raises(ConfigError, match="CID 2"):
+        Vsock(2, str(tmp_path / "v.sock")).open()

@@ -56,13 +56,16 @@ esac
 """
 
 
-def build_initramfs(dest: Path, nconn: int, nbytes: int, netport: int = 0) -> Path:
+def build_initramfs(dest: Path, nconn: int = 1, nbytes: int = 0, netport: int = 0, init: str | None = None) -> Path:
+    """The test init (guest/init.sh with its placeholders filled) or the given init script,
+    with busybox, the guest probe and a DHCP hook."""
     busybox = shutil.which("busybox") or "/bin/busybox"
     probe = dest / "vsock_probe"
-    subprocess.run(["musl-gcc", "-static", "-Os", "-o", str(probe), str(HERE / "guest" / "vsock_probe.c")],
+    subprocess.run(["musl-gcc", "-static", "-O2", "-o", str(probe), str(HERE / "guest" / "vsock_probe.c")],
                    check=True)
-    init = (HERE / "guest" / "init.sh").read_text().replace("NCONN", str(nconn)).replace("NBYTES", str(nbytes))
-    init = init.replace("NETPORT", str(netport))
+    if init is None:
+        init = (HERE / "guest" / "init.sh").read_text()
+        init = init.replace("NCONN", str(nconn)).replace("NBYTES", str(nbytes)).replace("NETPORT", str(netport))
     d, f = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o755
     entries = [(n, d, b"", 0, 0) for n in ("bin", "dev", "proc", "sys", "mnt")]
     entries += [("dev/console", stat.S_IFCHR | 0o600, b"", 5, 1),
@@ -78,14 +81,18 @@ def build_initramfs(dest: Path, nconn: int, nbytes: int, netport: int = 0) -> Pa
 class Qemu:
     """QEMU microvm (TCG) with guest RAM in a shared memfd and vhost-user devices."""
 
-    def __init__(self, kernel, initrd, devices, mem_mb=256, cmdline="console=ttyS0 reboot=t panic=-1"):
+    def __init__(self, kernel, initrd, devices, mem_mb=256, cmdline="console=ttyS0 reboot=t panic=-1",
+                 pass_fds=(), smp=1):
         args = ["qemu-system-x86_64",
                 "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off,memory-backend=mem",
                 "-global", "virtio-mmio.force-legacy=false", "-accel", "tcg", "-cpu", "max",
-                "-m", str(mem_mb), "-object", f"memory-backend-memfd,id=mem,size={mem_mb}M,share=on",
+                "-smp", str(smp), "-m", str(mem_mb), "-object", f"memory-backend-memfd,id=mem,size={mem_mb}M,share=on",
                 "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
                 "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]
         for i, (kind, sock) in enumerate(devices):
+            if sock is None:  # a device QEMU implements itself: kind is the whole option list
+                args += kind
+                continue
             args += ["-chardev", f"socket,id=vu{i},path={sock}"]
             if kind.startswith("virtio-net-device"):  # QEMU's virtio-net on a vhost-user netdev
                 args += ["-netdev", f"vhost-user,id=n{i},chardev=vu{i}", "-device", f"{kind},netdev=n{i}"]
@@ -93,7 +100,8 @@ class Qemu:
                 args += ["-device", f"{kind},chardev=vu{i}"]
         self.lines: list[str] = []
         self.cond = threading.Condition()
-        self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  pass_fds=pass_fds)
         self.t = threading.Thread(target=self._read, daemon=True)
         self.t.start()
 

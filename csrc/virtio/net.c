@@ -3,16 +3,16 @@
  *
  * No offloads are offered, so every packet starts with a 12-byte virtio_net_hdr_v1 that
  * says "nothing to do"; we strip it on the way out and prepend a zero one on the way in.
- * Backend -> guest runs on our own thread: one frame is read and held until the guest
- * gives an rx buffer; while it waits we stop reading (the backend buffers, or drops, as a
- * wire would). Guest -> backend runs on the transport's notify, frame by frame. */
+ * Backend -> guest runs on our own thread: input is read in large chunks and split into
+ * frames, each handed to the guest as it gives rx buffers; when it has none we stop
+ * reading (the backend buffers, or drops, as a wire would). Guest -> backend runs on the
+ * transport's notify, frame by frame, and pauses (never blocks) while the backend is full. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +34,7 @@
 #define NET_QUEUE_MAX 1024
 #define NET_HDR_LEN 12
 #define MAX_FRAME 65550u /* 64 KiB payload plus Ethernet header, with some slack */
-#define WRITE_STALL_MS 1000
+#define RBUF_SIZE (256u * 1024) /* backend input, read in large chunks and split into frames */
 
 struct net {
     struct vdev d;
@@ -42,31 +42,47 @@ struct net {
     int epfd, stop_efd;
     pthread_t thread;
     bool thread_started;
-    bool reading;          /* EPOLLIN registered */
+    bool reading;          /* we want EPOLLIN */
+    bool tx_blocked;       /* txbuf[tx_off..tx_len) still has to reach the stream backend */
+    uint32_t tx_off, tx_len;
+    uint32_t events;       /* registered with epoll */
     bool dead;             /* the backend closed or broke its framing */
-    /* The frame being read (stream: after its 4-byte length) or held for the guest. */
-    uint8_t lenbuf[4];
-    uint32_t len_have, frame_len, frame_have;
-    bool frame_ready;      /* under d.lock: a whole frame waits in frame[] for the guest */
-    uint8_t *frame;
+    /* Bytes read from the backend, rbuf[rstart..rend), parsed into frames in place. All
+     * of the rx state is used under d.lock only, by the reader thread and by notify. */
+    uint8_t *rbuf;
+    uint32_t rstart, rend;
+    bool frame_ready;      /* frame/frame_len (inside rbuf) wait for a guest buffer */
+    const uint8_t *frame;
+    uint32_t frame_len;
     uint8_t *txbuf;        /* 4-byte length + frame, for the stream backend */
     struct iovec *scratch;
 };
 
+/* The backend events we wait for: input while we can take a frame, output while a frame
+ * for the backend is only partly written. */
+static void update_events(struct net *n)
+{
+    uint32_t ev = (n->reading && !n->dead ? EPOLLIN : 0) | (n->tx_blocked && !n->dead ? EPOLLOUT : 0);
+    if (ev == n->events)
+        return;
+    struct epoll_event e = { .events = ev, .data.u64 = 1 };
+    epoll_ctl(n->epfd, EPOLL_CTL_MOD, n->fd, &e);
+    n->events = ev;
+}
+
 static void set_reading(struct net *n, bool on)
 {
-    if (n->reading == on || n->dead)
-        return;
-    struct epoll_event ev = { .events = on ? EPOLLIN : 0, .data.u64 = 1 };
-    epoll_ctl(n->epfd, EPOLL_CTL_MOD, n->fd, &ev);
     n->reading = on;
+    update_events(n);
 }
 
 static void backend_dead(struct net *n, const char *why)
 {
-    if (!n->dead)
+    if (!n->dead) {
         fprintf(stderr, "vmm: virtio-net backend: %s; the link is down\n", why);
-    set_reading(n, false);
+        /* Out of epoll for good: a hang-up would otherwise be reported forever. */
+        epoll_ctl(n->epfd, EPOLL_CTL_DEL, n->fd, NULL);
+    }
     n->dead = true;
     n->d.config[6] &= (uint8_t)~VIRTIO_NET_S_LINK_UP;
 }
@@ -98,75 +114,99 @@ static bool deliver(struct net *n)
     return true;
 }
 
-/* Delivers held frames until the guest runs out of buffers; lock held. */
-static void flush_rx(struct net *n)
+/* Next whole frame from the stream: parsed from what was read already, else read more
+ * (non-blocking). 1: n->frame is set; 0: need more input; -1: backend gone or bad length. */
+static int next_stream_frame(struct net *n)
 {
-    if (n->frame_ready && n->d.vq[Q_RX].ready && deliver(n)) {
-        n->frame_ready = false;
-        n->len_have = n->frame_have = n->frame_len = 0;
+    for (;;) {
+        uint32_t have = n->rend - n->rstart;
+        if (have >= 4) {
+            const uint8_t *p = n->rbuf + n->rstart;
+            uint32_t len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+            if (len == 0 || len > MAX_FRAME)
+                return -1;
+            if (have >= 4 + len) {
+                n->frame = p + 4;
+                n->frame_len = len;
+                n->rstart += 4 + len;
+                return 1;
+            }
+        }
+        if (RBUF_SIZE - n->rend < MAX_FRAME + 4) { /* make room for a whole frame */
+            memmove(n->rbuf, n->rbuf + n->rstart, have);
+            n->rstart = 0;
+            n->rend = have;
+        }
+        ssize_t k = read(n->fd, n->rbuf + n->rend, RBUF_SIZE - n->rend);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0 && errno == EAGAIN)
+            return 0;
+        if (k <= 0)
+            return -1;
+        n->rend += (uint32_t)k;
+    }
+}
+
+static int next_tap_frame(struct net *n)
+{
+    ssize_t k = read(n->fd, n->rbuf, MAX_FRAME);
+    if (k < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (k <= 0)
+        return -1;
+    n->frame = n->rbuf;
+    n->frame_len = (uint32_t)k;
+    return 1;
+}
+
+/* Moves frames from the backend to the guest until either runs dry; lock held. Called by
+ * the reader thread (input arrived) and by notify (the guest added rx buffers). */
+static void pump_rx(struct net *n)
+{
+    struct vq *q = &n->d.vq[Q_RX];
+    while (!n->dead && q->ready && !q->broken) {
+        if (!n->frame_ready) {
+            int rc = n->kind == NET_BACKEND_TAP ? next_tap_frame(n) : next_stream_frame(n);
+            if (rc < 0)
+                backend_dead(n, "the backend closed the connection or sent a bad frame length");
+            if (rc <= 0)
+                break;
+            n->frame_ready = true;
+        }
+        if (deliver(n)) {
+            n->frame_ready = false;
+            continue;
+        }
+        /* No buffer: with EVENT_IDX the guest kicks only if we ask (avail_event). */
+        if (!vq_enable_notify(q))
+            break;
     }
     vdev_signal(&n->d, Q_RX);
     set_reading(n, !n->frame_ready);
 }
 
-/* Reads towards one whole frame. 1: frame ready; 0: need more; -1: backend gone. */
-static int read_stream(struct net *n)
-{
-    while (n->len_have < 4) {
-        ssize_t k = read(n->fd, n->lenbuf + n->len_have, 4 - n->len_have);
-        if (k < 0 && (errno == EAGAIN || errno == EINTR))
-            return 0;
-        if (k <= 0)
-            return -1;
-        n->len_have += (uint32_t)k;
-        if (n->len_have == 4) {
-            n->frame_len = (uint32_t)n->lenbuf[0] << 24 | (uint32_t)n->lenbuf[1] << 16 |
-                           (uint32_t)n->lenbuf[2] << 8 | n->lenbuf[3];
-            if (n->frame_len == 0 || n->frame_len > MAX_FRAME)
-                return -1;
-        }
-    }
-    while (n->frame_have < n->frame_len) {
-        ssize_t k = read(n->fd, n->frame + n->frame_have, n->frame_len - n->frame_have);
-        if (k < 0 && (errno == EAGAIN || errno == EINTR))
-            return 0;
-        if (k <= 0)
-            return -1;
-        n->frame_have += (uint32_t)k;
-    }
-    return 1;
-}
-
-static int read_tap(struct net *n)
-{
-    ssize_t k = read(n->fd, n->frame, MAX_FRAME);
-    if (k < 0 && (errno == EAGAIN || errno == EINTR))
-        return 0;
-    if (k <= 0)
-        return -1;
-    n->frame_len = (uint32_t)k;
-    return 1;
-}
-
-/* Reader thread. frame[] and the read state belong to this thread while no frame is
- * held (frame_ready false); once it is held they belong to whoever holds d.lock. */
 static void backend_readable(struct net *n)
 {
     pthread_mutex_lock(&n->d.lock);
-    bool busy = n->frame_ready || n->dead;
+    pump_rx(n);
     pthread_mutex_unlock(&n->d.lock);
-    while (!busy) {
-        int rc = n->kind == NET_BACKEND_TAP ? read_tap(n) : read_stream(n);
-        pthread_mutex_lock(&n->d.lock);
-        if (rc < 0)
-            backend_dead(n, "the backend closed the connection or sent a bad frame length");
-        if (rc > 0) {
-            n->frame_ready = true;
-            flush_rx(n);
-        }
-        busy = rc <= 0 || n->frame_ready || n->dead;
-        pthread_mutex_unlock(&n->d.lock);
+}
+
+static void process_tx(struct net *n);
+static int flush_stream_tx(struct net *n);
+
+/* The backend took the rest of a blocked frame: finish it and resume the tx queue. */
+static void backend_writable(struct net *n)
+{
+    pthread_mutex_lock(&n->d.lock);
+    if (n->tx_blocked && !n->dead) {
+        if (flush_stream_tx(n) < 0)
+            backend_dead(n, "cannot write a frame to the backend socket");
+        else if (!n->tx_blocked && n->d.vq[Q_TX].ready)
+            process_tx(n);
     }
+    pthread_mutex_unlock(&n->d.lock);
 }
 
 static void *net_thread(void *arg)
@@ -182,30 +222,42 @@ static void *net_thread(void *arg)
         for (int i = 0; i < k; i++) {
             if (evs[i].data.u64 == 0)
                 return NULL; /* stop */
-            backend_readable(n);
+            if (evs[i].events & EPOLLOUT)
+                backend_writable(n);
+            if (evs[i].events & EPOLLIN)
+                backend_readable(n);
+            if (evs[i].events & (EPOLLHUP | EPOLLERR)) {
+                pthread_mutex_lock(&n->d.lock);
+                backend_dead(n, "the backend hung up");
+                pthread_mutex_unlock(&n->d.lock);
+            }
         }
     }
 }
 
 /* ---- guest -> backend ---- */
 
-/* Writes all of buf to a non-blocking fd, waiting a bounded time when it is full. */
-static int write_all(int fd, const uint8_t *buf, size_t len)
+/* Pushes the pending framed bytes to the stream backend without blocking. The guest's
+ * tx queue waits (we stop popping) while a frame is only partly written: never block the
+ * device on the backend, whose own writes towards us our reader thread must keep taking. */
+static int flush_stream_tx(struct net *n)
 {
-    while (len) {
-        ssize_t k = write(fd, buf, len);
+    while (n->tx_off < n->tx_len) {
+        ssize_t k = write(n->fd, n->txbuf + n->tx_off, n->tx_len - n->tx_off);
         if (k < 0 && errno == EINTR)
             continue;
         if (k < 0 && errno == EAGAIN) {
-            struct pollfd p = { .fd = fd, .events = POLLOUT };
-            if (poll(&p, 1, WRITE_STALL_MS) <= 0)
-                return -1;
-            continue;
+            n->tx_blocked = true;
+            update_events(n);
+            return 0;
         }
         if (k <= 0)
             return -1;
-        buf += k, len -= (size_t)k;
+        n->tx_off += (uint32_t)k;
     }
+    n->tx_off = n->tx_len = 0;
+    n->tx_blocked = false;
+    update_events(n);
     return 0;
 }
 
@@ -225,7 +277,9 @@ static void send_frame(struct net *n, const struct vq_req *r)
         uint8_t be[4] = { (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len };
         memcpy(n->txbuf, be, 4);
         iov_to_buf(r->rd, r->nr, NET_HDR_LEN, n->txbuf + 4, len);
-        rc = write_all(n->fd, n->txbuf, 4 + (size_t)len);
+        n->tx_off = 0;
+        n->tx_len = 4 + len;
+        rc = flush_stream_tx(n);
         if (rc < 0)
             backend_dead(n, "cannot write a frame to the backend socket");
     }
@@ -242,11 +296,13 @@ static void process_tx(struct net *n)
     struct vq *q = &n->d.vq[Q_TX];
     struct vq_req r;
     for (;;) {
-        int rc;
-        while ((rc = vq_pop(q, &r)) == 1) {
-            send_frame(n, &r);
+        int rc = 0;
+        while (!n->tx_blocked && (rc = vq_pop(q, &r)) == 1) {
+            send_frame(n, &r); /* the frame is copied out: the chain can go back now */
             vq_push(q, r.head, 0);
         }
+        if (n->tx_blocked)
+            break; /* resumed by the reader thread when the backend takes more */
         if (rc < 0) {
             vdev_note_broken(&n->d, Q_TX);
             break;
@@ -263,19 +319,14 @@ static void net_notify(struct vdev *d, int qi)
     if (qi == Q_TX)
         process_tx(n);
     else if (qi == Q_RX)
-        flush_rx(n);
+        pump_rx(n);
 }
 
 static void net_reset(struct vdev *d)
 {
-    struct net *n = (struct net *)d;
-    /* A frame half-read from a stream must still be completed to keep the framing, so
-     * only a whole held frame is dropped. */
-    if (n->frame_ready) {
-        n->frame_ready = false;
-        n->len_have = n->frame_have = n->frame_len = 0;
-        set_reading(n, true);
-    }
+    /* A held frame is dropped; bytes of a stream frame not yet complete stay, to keep the
+     * framing. */
+    ((struct net *)d)->frame_ready = false;
 }
 
 static void net_destroy(struct vdev *d)
@@ -291,7 +342,7 @@ static void net_destroy(struct vdev *d)
         close(n->epfd);
     if (n->stop_efd >= 0)
         close(n->stop_efd);
-    free(n->frame);
+    free(n->rbuf);
     free(n->txbuf);
     free(n->scratch);
 }
@@ -324,13 +375,13 @@ struct vdev *net_new(int backend_fd, int kind, const uint8_t mac[6], char *err, 
 {
     struct net *n = calloc(1, sizeof(*n));
     if (n) {
-        n->frame = malloc(MAX_FRAME);
+        n->rbuf = malloc(RBUF_SIZE);
         n->txbuf = malloc(MAX_FRAME + 4);
         n->scratch = calloc(VQ_MAX_SEGS(NET_QUEUE_MAX), sizeof(struct iovec));
     }
-    if (!n || !n->frame || !n->txbuf || !n->scratch) {
+    if (!n || !n->rbuf || !n->txbuf || !n->scratch) {
         if (n) {
-            free(n->frame);
+            free(n->rbuf);
             free(n->txbuf);
             free(n->scratch);
         }
@@ -359,6 +410,7 @@ struct vdev *net_new(int backend_fd, int kind, const uint8_t mac[6], char *err, 
         goto fail;
     }
     n->reading = true;
+    n->events = EPOLLIN;
     if (pthread_create(&n->thread, NULL, net_thread, n) != 0) {
         snprintf(err, errlen, "cannot start the net thread");
         goto fail;

@@ -264,6 +264,33 @@ bool vq_need_notify(struct vq *q)
     return need_event(used_event, now, old);
 }
 
+bool vq_has_avail(const struct vq *q)
+{
+    return q->ready && !q->broken && load_acquire16(&q->avail[1]) != q->last_avail;
+}
+
+bool vq_irq_overdue(struct vq *q)
+{
+    if (!q->ready || q->broken || !q->event_idx)
+        return false;
+    full_fence();
+    uint16_t event = __atomic_load_n(&q->avail[2 + q->size], __ATOMIC_RELAXED);
+    bool same = q->tick_valid && event == q->tick_event && q->used_idx == q->tick_used;
+    q->tick_event = event;
+    q->tick_used = q->used_idx;
+    q->tick_valid = true;
+    if (!same) {
+        q->tick_fired = false;
+        return false;
+    }
+    /* Entries after `event` are in the used ring: the driver wanted an interrupt for them. */
+    uint16_t past = (uint16_t)(q->used_idx - event);
+    if (past == 0 || past >= 0x8000 || q->tick_fired)
+        return false;
+    q->tick_fired = true;
+    return true;
+}
+
 size_t iov_to_buf(const struct iovec *iov, int cnt, size_t off, void *buf, size_t n)
 {
     size_t done = 0;

@@ -68,6 +68,8 @@ struct vq {
     uint16_t signalled_used;
     bool signalled_valid;
     bool pushed;            /* something was pushed since the last notification check */
+    uint16_t tick_event, tick_used; /* vq_irq_overdue's view at its previous call */
+    bool tick_valid, tick_fired;
 
     struct iovec *rdv, *wrv; /* scratch for vq_pop, VQ_MAX_SEGS(size) entries each */
     uint64_t rejected;       /* chains returned unused because they were invalid */
@@ -93,6 +95,14 @@ void vq_push(struct vq *q, uint16_t head, uint32_t len);
 bool vq_enable_notify(struct vq *q);
 /* Whether the guest wants an interrupt for what was pushed since the last call. */
 bool vq_need_notify(struct vq *q);
+
+/* True if the driver has made buffers available that we have not popped. */
+bool vq_has_avail(const struct vq *q);
+/* For a transport that cannot trust the guest's barriers (QEMU TCG with one vCPU emits
+ * none, so a kick or an interrupt can be lost in the avail_event/used_event handshake):
+ * true, once per stall, when the driver asked for an interrupt at an entry we have
+ * already passed and nothing moved since the previous call. Call it periodically. */
+bool vq_irq_overdue(struct vq *q);
 
 /* Copies n bytes starting at byte off of an iovec list into buf (or out of buf);
  * returns the bytes copied (less than n if the list is shorter). */

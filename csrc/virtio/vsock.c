@@ -93,6 +93,7 @@ struct conn {
     bool host_eof;           /* the host closed its side; SHUTDOWN sent or owed */
     bool guest_shut_rcv;     /* the guest takes no more data */
     bool credit_asked;
+    bool hup;                /* the host closed both directions; no longer polled */
     uint32_t pending;        /* P_* */
     uint32_t events;         /* epoll interest now registered */
 };
@@ -190,6 +191,8 @@ static void conn_free(struct vsock *v, struct conn *c)
 /* Which socket events we want now, from the connection's state. */
 static void conn_rearm(struct vsock *v, struct conn *c)
 {
+    if (c->hup)
+        return;
     uint32_t ev = 0;
     if (c->state == C_LINE)
         ev |= EPOLLIN;
@@ -334,6 +337,14 @@ static bool send_data(struct vsock *v, struct conn *c)
         return true;
     }
     struct vsock_hdr h;
+    if (got <= 0 && c->hup) {
+        /* Everything the host sent has been delivered and it is gone both ways. */
+        vq_unpop(&v->d.vq[Q_RX]);
+        c->host_eof = true;
+        c->readable = false;
+        c->pending |= P_RST;
+        return true;
+    }
     if (got <= 0) {
         /* EOF: the host will send no more. It may still read (a half-close with
          * shutdown(SHUT_WR) looks the same here), so only SEND is shut; a host that closed
@@ -670,6 +681,14 @@ static void conn_event(struct vsock *v, uint64_t tag, uint32_t events)
         conn_reset(v, c);
         return;
     }
+    if (events & (EPOLLHUP | EPOLLERR)) {
+        /* Data may still wait in the socket for the guest (as its credit allows): stop
+         * polling, since a hang-up is reported forever, and let the reads find EOF. */
+        epoll_ctl(v->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        c->hup = true;
+        c->readable = true;
+        return;
+    }
     if ((events & EPOLLOUT) && drain_tx(v, c) < 0) {
         conn_reset(v, c);
         return;
@@ -746,12 +765,7 @@ static const struct vdev_ops vsock_ops = {
 static int vsock_listen(struct vsock *v, char *err, size_t errlen)
 {
     struct sockaddr_un a = { .sun_family = AF_UNIX };
-    /* Leave room for "_<port>" on the guest-initiated side. */
-    if (strlen(v->path) + 11 >= sizeof(a.sun_path)) {
-        snprintf(err, errlen, "vsock socket path %s is too long (max %zu bytes)", v->path, sizeof(a.sun_path) - 12);
-        return -1;
-    }
-    strcpy(a.sun_path, v->path);
+    strcpy(a.sun_path, v->path); /* length checked in vsock_new */
     unlink(v->path);
     v->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (v->listen_fd < 0 || bind(v->listen_fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
@@ -768,6 +782,12 @@ struct vdev *vsock_new(uint64_t guest_cid, const char *uds_path, char *err, size
         snprintf(err, errlen, "vsock guest CID %llu is reserved or out of range", (unsigned long long)guest_cid);
         return NULL;
     }
+    /* Leave room for "_<port>" on the guest-initiated side. */
+    if (strlen(uds_path) + 11 >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        snprintf(err, errlen, "vsock socket path %s is too long (max %zu bytes)", uds_path,
+                 sizeof(((struct sockaddr_un *)0)->sun_path) - 12);
+        return NULL;
+    }
     struct vsock *v = calloc(1, sizeof(*v));
     if (!v || !(v->scratch = calloc(VQ_MAX_SEGS(VSOCK_QUEUE_MAX), sizeof(struct iovec)))) {
         free(v);
@@ -782,8 +802,6 @@ struct vdev *vsock_new(uint64_t guest_cid, const char *uds_path, char *err, size
     v->next_host_port = FIRST_HOST_PORT;
     v->listen_fd = v->epfd = v->stop_efd = -1;
     snprintf(v->path, sizeof(v->path), "%s", uds_path);
-    if (strlen(uds_path) >= sizeof(v->path))
-        v->path[0] = 0;
     if (vsock_listen(v, err, errlen) < 0)
         goto fail;
     v->epfd = epoll_create1(EPOLL_CLOEXEC);

@@ -8,6 +8,10 @@
  *                                     and checking that the same bytes come back
  *   vsock_probe http IP PORT          GET / over TCP from IP:PORT; prints "HTTP <body>"
  *                                     (busybox's static wget is not usable here)
+ *   vsock_probe tcpget IP PORT        connect over TCP, read to EOF; prints bytes and time
+ *   vsock_probe sink PORT             accept one vsock connection, read to EOF, answer "OK"
+ *   vsock_probe source PORT BYTES     connect to the host PORT, write BYTES, close
+ *   vsock_probe now                   CLOCK_MONOTONIC in ns (busybox's dd prints no time)
  *
  * Prints one line per finished connection and a summary line the host test looks for. */
 #include <errno.h>
@@ -21,6 +25,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* <linux/vm_sockets.h>, which musl's headers do not carry. */
@@ -179,6 +184,70 @@ static int do_http(const char *ip, unsigned port)
     return body ? 0 : 1;
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static int do_tcpget(const char *ip, unsigned port)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    uint64_t t0 = now_ns(), total = 0;
+    if (inet_pton(AF_INET, ip, &a.sin_addr) != 1 || fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        printf("TCPGET_FAIL %s\n", strerror(errno));
+        return 1;
+    }
+    static char buf[1 << 16];
+    for (ssize_t r; (r = read(fd, buf, sizeof(buf))) > 0;)
+        total += (uint64_t)r;
+    printf("TCPGET bytes=%llu ns=%llu\n", (unsigned long long)total, (unsigned long long)(now_ns() - t0));
+    return 0;
+}
+
+static int do_sink(unsigned port)
+{
+    int l = socket(AF_VSOCK, SOCK_STREAM, 0);
+    struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_port = port, .svm_cid = VMADDR_CID_ANY };
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 4) < 0)
+        return 1;
+    printf("VSOCK_LISTENING %u\n", port);
+    int c = accept(l, NULL, NULL);
+    static char buf[1 << 16];
+    uint64_t total = 0;
+    for (ssize_t r; (r = read(c, buf, sizeof(buf))) > 0;)
+        total += (uint64_t)r;
+    if (write(c, "OK", 2) != 2)
+        return 1;
+    close(c);
+    printf("SINK bytes=%llu\n", (unsigned long long)total);
+    return 0;
+}
+
+static int do_source(unsigned port, uint64_t bytes)
+{
+    int fd = socket(AF_VSOCK, SOCK_STREAM, 0);
+    struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_port = port, .svm_cid = VMADDR_CID_HOST };
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        printf("SOURCE_FAIL %s\n", strerror(errno));
+        return 1;
+    }
+    static char buf[1 << 16];
+    memset(buf, 'v', sizeof(buf));
+    for (uint64_t sent = 0; sent < bytes;) {
+        size_t n = bytes - sent < sizeof(buf) ? (size_t)(bytes - sent) : sizeof(buf);
+        ssize_t w = write(fd, buf, n);
+        if (w <= 0)
+            return 1;
+        sent += (uint64_t)w;
+    }
+    close(fd);
+    printf("SOURCE done\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -186,8 +255,18 @@ int main(int argc, char **argv)
         return do_echo((unsigned)atoi(argv[2]), atoi(argv[3]));
     if (argc == 5 && !strcmp(argv[1], "send"))
         return do_send((unsigned)atoi(argv[2]), atoi(argv[3]), strtoull(argv[4], NULL, 0));
+    if (argc == 2 && !strcmp(argv[1], "now")) {
+        printf("%llu\n", (unsigned long long)now_ns());
+        return 0;
+    }
+    if (argc == 4 && !strcmp(argv[1], "tcpget"))
+        return do_tcpget(argv[2], (unsigned)atoi(argv[3]));
+    if (argc == 3 && !strcmp(argv[1], "sink"))
+        return do_sink((unsigned)atoi(argv[2]));
+    if (argc == 4 && !strcmp(argv[1], "source"))
+        return do_source((unsigned)atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (argc == 4 && !strcmp(argv[1], "http"))
         return do_http(argv[2], (unsigned)atoi(argv[3]));
-    fprintf(stderr, "usage: vsock_probe echo PORT NCONN | send PORT NCONN BYTES | http IP PORT\n");
+    fprintf(stderr, "usage: vsock_probe echo PORT NCONN | send PORT NCONN BYTES | http IP PORT | tcpget IP PORT | sink PORT | source PORT BYTES | now\n");
     return 2;
 }
