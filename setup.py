@@ -12,6 +12,11 @@ import sysconfig
 import tempfile
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+# What a plain (non-editable) install carries of guest/: the sources vmm builds on first use
+# (kernel config and build script, test init, agent). An editable install reads guest/ in place.
+GUEST_PARTS = ("kernel", "init", "agent")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -45,4 +50,15 @@ def _check_toolchain():
 if any(a in sys.argv for a in ("build_ext", "build", "install", "develop", "bdist_wheel", "editable_wheel")):
     _check_toolchain()
 
-setup(cffi_modules=["csrc/build_core.py:ffibuilder"])
+class BuildPyWithGuest(build_py):
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        dest = os.path.join(self.build_lib, "vmm", "_guest")
+        for part in GUEST_PARTS:
+            shutil.copytree(os.path.join(HERE, "guest", part), os.path.join(dest, part),
+                            dirs_exist_ok=True)
+
+
+setup(cffi_modules=["csrc/build_core.py:ffibuilder"], cmdclass={"build_py": BuildPyWithGuest})

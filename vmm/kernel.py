@@ -42,18 +42,20 @@ class KernelError(VmmError):
 # --- where things are ---------------------------------------------------------------------
 
 def guest_dir() -> Path:
-    """guest/ of the checkout this package runs from, or $VMM_GUEST_DIR."""
+    """$VMM_GUEST_DIR, else guest/ of the checkout this package runs from, else the copy a
+    plain `pip install` puts in the package (vmm/_guest: kernel, init and agent sources)."""
     env = os.environ.get("VMM_GUEST_DIR")
     if env:
         path = Path(env)
         if not (path / "kernel" / "config").is_file():
             raise KernelError(f"VMM_GUEST_DIR={env} does not hold kernel/config")
         return path
-    path = Path(__file__).resolve().parent.parent / "guest"
-    if not (path / "kernel" / "config").is_file():
-        raise KernelError(f"no guest/ directory next to the vmm package ({path}); "
-                          "set VMM_GUEST_DIR to a checkout's guest/ directory")
-    return path
+    here = Path(__file__).resolve().parent
+    for path in (here.parent / "guest", here / "_guest"):
+        if (path / "kernel" / "config").is_file():
+            return path
+    raise KernelError(f"no guest sources next to the vmm package ({here.parent / 'guest'} or "
+                      f"{here / '_guest'}); set VMM_GUEST_DIR to a checkout's guest/ directory")
 
 
 def cache_dir() -> Path:
