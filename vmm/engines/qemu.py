@@ -232,6 +232,9 @@ class QemuEngine(Engine):
             # -no-reboot: a guest reset (reboot=t) makes QEMU exit with status 0.
             return ExitStatus("shutdown", "guest reset", rc)
         tail = self._stderr.decode(errors="replace").strip()
+        broken = self._backends.errors()  # e.g. a vhost-user peer that broke the protocol
+        if broken:
+            tail = f"{tail} [devices: {'; '.join(broken)}]".strip()
         how = f"exit status {rc}" if rc > 0 else f"signal {signal.Signals(-rc).name}"
         return ExitStatus("error", f"qemu-system-x86_64 failed ({how}): {tail or 'no message'}", rc)
 
