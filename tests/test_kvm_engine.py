@@ -4,7 +4,6 @@ Each guest is assembled at test time, boots in milliseconds, reports what it saw
 the serial console, a Python port device or a Python MMIO device, and ends itself with an
 i8042 reset (or never ends, for the host-stop test).
 """
-import importlib.util
 import os
 import pathlib
 import threading
@@ -17,18 +16,9 @@ from vmm.engines import kvm_backing
 from vmm.errors import ConfigError, GuestError
 from vmm.machine import MachineSpec
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("guest_build", ROOT / "guest" / "tests" / "build.py")
-guest_build = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(guest_build)
+from kvm_guests import KVM_MARKS, guest_build  # noqa: E402
 
-pytestmark = [
-    pytest.mark.kvm,
-    pytest.mark.skipif(kvm_backing() in ("missing", "no-access"),
-                       reason=f"/dev/kvm is {kvm_backing()}"),
-    pytest.mark.skipif(guest_build.toolchain_missing() is not None,
-                       reason=str(guest_build.toolchain_missing())),
-]
+pytestmark = KVM_MARKS
 
 from vmm.engines.kvm import KvmEngine, PythonDevice, probe, CMDLINE_PREFIX  # noqa: E402
 

@@ -7,30 +7,18 @@ what it saw on a Python port device. The host side checks the data against the d
 file, the device's and the transport's counters, and that notifies took the ioeventfd
 path (no MMIO exit) and interrupts the irqfd path, or the fallbacks when forced.
 """
-import importlib.util
 import os
-import pathlib
 import threading
 
 import pytest
 
 import vmm
 from vmm.devices import Disk, Vsock
-from vmm.engines import kvm_backing
 from vmm.errors import ConfigError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("guest_build", ROOT / "guest" / "tests" / "build.py")
-guest_build = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(guest_build)
+from kvm_guests import KVM_MARKS, guest_build  # noqa: E402
 
-pytestmark = [
-    pytest.mark.kvm,
-    pytest.mark.skipif(kvm_backing() in ("missing", "no-access"),
-                       reason=f"/dev/kvm is {kvm_backing()}"),
-    pytest.mark.skipif(guest_build.toolchain_missing() is not None,
-                       reason=str(guest_build.toolchain_missing())),
-]
+pytestmark = KVM_MARKS
 
 from vmm._core import ffi, lib  # noqa: E402
 from vmm.engines.kvm import PythonDevice  # noqa: E402

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Optional  # already loaded by the time vmm is imported: costs nothing
 
 from .errors import ConfigError
 from . import engines as _engines

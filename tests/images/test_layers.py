@@ -310,7 +310,6 @@ def _zstd_frames():
               zstandard.ZstdCompressor(level=1).compress(b"z" * 100000),
               b"\x50\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"skip!",
               zstandard.ZstdCompressor(level=3, write_content_size=False).compress(b"")]
-    return b"".join(frames)
 
 
 def _frame_ends():

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .digest import check_hash, hasher, parse_digest, verify_bytes
+from .digest import check_hash, hasher, parse_digest
 from .errors import DigestMismatch, ImageTooLarge
 from .locks import file_lock
 from .paths import StorePaths
