@@ -3,7 +3,6 @@
 The caching tests stand a fake builder in for vmm.images.rootfs (they test the cache, not
 the filesystem); the last test uses the real builder when it exists.
 """
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -108,8 +107,6 @@ def test_two_processes_build_once(layout_image, tmp_path):
     assert log.read_text() == "build\n"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vmm.images.rootfs") is None,
-                    reason="vmm.images.rootfs (the root-disk builder) is not in the tree yet")
 def test_real_builder_makes_an_erofs_disk(layout_image, tmp_path):
     path = images.root_disk("local/disk:1")
     with open(path, "rb") as f:
