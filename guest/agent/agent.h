@@ -162,6 +162,8 @@ struct config {
 extern struct config cfg;
 
 struct session *session_find(struct conn *c, uint32_t id);
+struct session *session_new(struct conn *c, uint32_t id, int kind); /* not yet linked */
+void session_link(struct session *s);               /* join s->conn's session list */
 void session_close(struct session *s);              /* kill, close fds, mark closing */
 void session_error(struct session *s, int err, const char *kind, const char *fmt, ...);
 void send_error(struct conn *c, uint32_t sid, int err, const char *kind, const char *msg);

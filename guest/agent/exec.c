@@ -360,23 +360,10 @@ static void close_child_fds(int fds[3])
 		close(fds[2]);
 }
 
-static struct session *new_session(struct conn *c, uint32_t sid, int kind)
-{
-	struct session *s = calloc(1, sizeof(*s));
-	if (!s)
-		return NULL;
-	s->conn = c;
-	s->id = sid;
-	s->kind = kind;
-	s->in_fd = s->out_fd = s->err_fd = s->file_fd = -1;
-	s->out_credit = WINDOW;
-	return s;
-}
-
 /* Fork and exec; on success the session joins the connection. */
 static void spawn(struct conn *c, uint32_t sid, struct exec_req *r, const struct cred *cr)
 {
-	struct session *s = new_session(c, sid, S_EXEC);
+	struct session *s = session_new(c, sid, S_EXEC);
 	int fds[3], ep[2];
 	int err = s ? make_stdio(r, s, fds) : ENOMEM;
 	if (err) {
@@ -417,9 +404,7 @@ static void spawn(struct conn *c, uint32_t sid, struct exec_req *r, const struct
 	}
 	s->pid = pid;
 	s->tty = r->tty;
-	s->next = c->sessions;
-	c->sessions = s;
-	c->nsessions++;
+	session_link(s);
 	size_t f = frame_begin(&c->out, sid, T_STARTED);
 	put_u64(&c->out, G_PID, (uint64_t)pid);
 	frame_end(&c->out, f);

@@ -100,19 +100,12 @@ static const char *parse_fs(struct fs_req *q, const uint8_t *p, uint32_t n)
 	return NULL;
 }
 
+/* A file session joins its connection at once (no child process to wait for). */
 static struct session *open_session(struct conn *c, uint32_t sid, int kind)
 {
-	struct session *s = calloc(1, sizeof(*s));
-	if (!s)
-		return NULL;
-	s->conn = c;
-	s->id = sid;
-	s->kind = kind;
-	s->in_fd = s->out_fd = s->err_fd = s->file_fd = -1;
-	s->out_credit = WINDOW;
-	s->next = c->sessions;
-	c->sessions = s;
-	c->nsessions++;
+	struct session *s = session_new(c, sid, kind);
+	if (s)
+		session_link(s);
 	return s;
 }
 

@@ -17,6 +17,26 @@
 
 #include "agent.h"
 
+struct session *session_new(struct conn *c, uint32_t id, int kind)
+{
+	struct session *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->conn = c;
+	s->id = id;
+	s->kind = kind;
+	s->in_fd = s->out_fd = s->err_fd = s->file_fd = -1;
+	s->out_credit = WINDOW;
+	return s;
+}
+
+void session_link(struct session *s)
+{
+	s->next = s->conn->sessions;
+	s->conn->sessions = s;
+	s->conn->nsessions++;
+}
+
 struct session *session_find(struct conn *c, uint32_t id)
 {
 	for (struct session *s = c->sessions; s; s = s->next)
