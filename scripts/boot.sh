@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec python3 -m vmm boot --timeline "$@"
+# Not exec: the timeline counts from the Python process start, not from this script's (setup).
+python3 -m vmm boot --timeline "$@"
