@@ -18,7 +18,6 @@ Targets (issue 2), reported, not asserted: in-process set-up to first vCPU entry
 
     pytest benchmarks/bench_kvm_boot.py --benchmark-only
 """
-import importlib.util
 import json
 import os
 import pathlib
@@ -31,20 +30,12 @@ import time
 import pytest
 
 import vmm
-from vmm.engines import kvm_backing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("guest_build", ROOT / "guest" / "tests" / "build.py")
-guest_build = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(guest_build)
+sys.path.insert(0, str(ROOT / "tests"))
+from kvm_guests import KVM_MARKS, guest_build  # noqa: E402  (shared with the kvm tests)
 
-pytestmark = [
-    pytest.mark.kvm,
-    pytest.mark.skipif(kvm_backing() in ("missing", "no-access"),
-                       reason=f"/dev/kvm is {kvm_backing()}"),
-    pytest.mark.skipif(guest_build.toolchain_missing() is not None,
-                       reason=str(guest_build.toolchain_missing())),
-]
+pytestmark = KVM_MARKS
 needs_qemu = pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
                                 reason="qemu-system-x86_64 is not installed")
 

@@ -8,18 +8,16 @@ Target (issue 2): ratio at most 1.1 (our engine adds little over QEMU itself).
 import os
 import shutil
 import subprocess
-import threading
 import time
 
 import pytest
 
-import vmm
 from vmm import kernel
+from ready_boot import READY, boot_to_ready
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
                                 reason="qemu-system-x86_64 is not installed")
 ROUNDS = 10
-READY = b"READY"
 
 
 @pytest.fixture(scope="module")
@@ -28,24 +26,7 @@ def guest():
 
 
 def _boot_ours(kernel_path, initrd):
-    """Machine() to the READY line, then to the VM's end. Returns seconds to READY."""
-    seen = threading.Event()
-    buf = bytearray()
-
-    def on_console(data):
-        buf.extend(data)
-        if READY in buf:
-            seen.set()
-
-    t0 = time.perf_counter()
-    with vmm.Machine(kernel_path, initrd=initrd, engine="qemu", console=on_console) as m:
-        m.start()
-        if not seen.wait(60):
-            raise AssertionError(f"no READY from the qemu engine: {m.console[-500:]!r}")
-        t_ready = time.perf_counter() - t0
-        status = m.wait(30)
-        assert status is not None and status.kind == "shutdown", status
-    return t_ready
+    return boot_to_ready(kernel_path, initrd, engine="qemu")
 
 
 def plain_qemu_argv(kernel_path, initrd, memory_mib=128, cpus=1):

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from sandbox_image import build_busybox_image, have_busybox  # noqa: E402
 
 import vmm  # noqa: E402
 from vmm import kernel  # noqa: E402
+from ready_boot import boot_to_ready  # noqa: E402
 
 pytestmark = [pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="no qemu-system-x86_64"),
               pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)")]
@@ -40,7 +40,6 @@ ENGINE = "qemu"
 MEMORY_MIB = 512   # the Sandbox default; the baseline boots with the same
 ROUNDS = 7
 EXEC_RUNS = 200
-READY = b"READY"
 
 
 @pytest.fixture(scope="module")
@@ -59,23 +58,7 @@ def guest_kernel():
 
 def _plain_boot_to_ready(kernel_path: str) -> float:
     """A bare Machine with the test init to its READY line: the foundation's boot."""
-    seen = threading.Event()
-    buf = bytearray()
-
-    def on_console(data):
-        buf.extend(data)
-        if READY in buf:
-            seen.set()
-
-    t0 = time.perf_counter()
-    with vmm.Machine(kernel_path, initrd=kernel.test_initramfs(), engine=ENGINE,
-                     memory_mib=MEMORY_MIB, console=on_console) as m:
-        m.start()
-        if not seen.wait(60):
-            raise AssertionError(f"no READY from the test init: {m.console[-500:]!r}")
-        t = time.perf_counter() - t0
-        m.wait(30)
-    return t
+    return boot_to_ready(kernel_path, kernel.test_initramfs(), engine=ENGINE, memory_mib=MEMORY_MIB)
 
 
 def _sandbox_boot(image, kernel_path, first_exec: bool) -> float:
