@@ -10,13 +10,11 @@ on the host (what a fork+exec costs here without any agent).
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from agent_harness import AgentProcess, needs_musl  # noqa: E402
+from support.agent_harness import AgentProcess, needs_musl  # noqa: E402
 
 RUNS = 200
 

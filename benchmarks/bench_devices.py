@@ -22,15 +22,12 @@ import os
 import shutil
 import socket
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from devices_guest import GuestRun, build_initramfs, need_tools  # noqa: E402
+from support.devices_guest import GuestRun, build_initramfs, need_tools  # noqa: E402
 from vmm.devices import Disk, Net, Vsock  # noqa: E402
 
 BLK_MIB = 256

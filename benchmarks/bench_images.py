@@ -8,16 +8,14 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "images"))
-from regserver import REGISTRY_BIN, SKOPEO, Registry  # noqa: E402
-from oci_fixtures import Dir, File, Image, make_layer, write_layout  # noqa: E402
+from support.regserver import REGISTRY_BIN, SKOPEO, Registry  # noqa: E402
+from support.oci_fixtures import Dir, File, Image, make_layer, write_layout  # noqa: E402
 
 TOOLS = [REGISTRY_BIN, SKOPEO, shutil.which("umoci"), shutil.which("mkfs.ext4")]
 pytestmark = [pytest.mark.slow,

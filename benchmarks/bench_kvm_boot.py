@@ -32,8 +32,7 @@ import pytest
 import vmm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from kvm_guests import KVM_MARKS, guest_build  # noqa: E402  (shared with the kvm tests)
+from support.kvm_guests import KVM_MARKS, guest_build  # noqa: E402  (shared with the kvm tests)
 
 pytestmark = KVM_MARKS
 needs_qemu = pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),

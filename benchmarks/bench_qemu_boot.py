@@ -13,7 +13,7 @@ import time
 import pytest
 
 from vmm import kernel
-from ready_boot import READY, boot_to_ready
+from support.ready_boot import READY, boot_to_ready
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
                                 reason="qemu-system-x86_64 is not installed")

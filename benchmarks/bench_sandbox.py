@@ -26,12 +26,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from sandbox_image import build_busybox_image, have_busybox  # noqa: E402
+from support.sandbox_image import build_busybox_image, have_busybox  # noqa: E402
 
 import vmm  # noqa: E402
 from vmm import kernel  # noqa: E402
-from ready_boot import boot_to_ready  # noqa: E402
+from support.ready_boot import boot_to_ready  # noqa: E402
 
 pytestmark = [pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="no qemu-system-x86_64"),
               pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)")]

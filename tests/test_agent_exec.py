@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from agent_harness import agent, client, needs_musl, process_alive  # noqa: F401 (fixtures)
+from support.agent_harness import agent, client, needs_musl, process_alive  # noqa: F401 (fixtures)
 from vmm.agent import AsyncAgentClient, ExecFailed, Timeout
 
 pytestmark = needs_musl

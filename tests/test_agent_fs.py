@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from agent_harness import agent, client, needs_musl  # noqa: F401 (fixtures)
+from support.agent_harness import agent, client, needs_musl  # noqa: F401 (fixtures)
 from vmm.agent import FsError
 
 pytestmark = needs_musl

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from agent_harness import agent, client, needs_musl  # noqa: F401 (fixtures)
+from support.agent_harness import agent, client, needs_musl  # noqa: F401 (fixtures)
 from vmm import agent_protocol as P
 from vmm.agent import AgentClient, SandboxNotRunning, vsock_handshake
 from vmm.agent_protocol import G, T
@@ -184,7 +184,7 @@ def test_random_frames_do_not_kill_the_agent(agent, raw):
 
 
 def test_client_sees_sandbox_not_running(tmp_path):
-    from agent_harness import AgentProcess
+    from support.agent_harness import AgentProcess
     a = AgentProcess(tmp_path)
     try:
         c = a.client()
@@ -242,7 +242,7 @@ def test_tlv_roundtrip_and_limits():
 
 def test_connect_when_ready_waits_for_the_agent(tmp_path):
     import time
-    from agent_harness import AgentProcess
+    from support.agent_harness import AgentProcess
     from vmm.agent import Timeout
     with pytest.raises(Timeout):
         AgentClient.connect_when_ready(str(tmp_path / "none.sock"), port=None, timeout=0.3)

@@ -16,7 +16,7 @@ from vmm.engines import kvm_backing
 from vmm.errors import ConfigError, GuestError
 from vmm.machine import MachineSpec
 
-from kvm_guests import KVM_MARKS, guest_build  # noqa: E402
+from support.kvm_guests import KVM_MARKS, guest_build  # noqa: E402
 
 pytestmark = KVM_MARKS
 

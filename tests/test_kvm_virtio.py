@@ -16,7 +16,7 @@ import vmm
 from vmm.devices import Disk, Vsock
 from vmm.errors import ConfigError
 
-from kvm_guests import KVM_MARKS, guest_build  # noqa: E402
+from support.kvm_guests import KVM_MARKS, guest_build  # noqa: E402
 
 pytestmark = KVM_MARKS
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from devices_guest import GuestRun, build_initramfs, need_tools
+from support.devices_guest import GuestRun, build_initramfs, need_tools
 from vmm.devices import Disk, Net, Vsock
 from vmm.errors import ConfigError
 

@@ -13,15 +13,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sandbox_image import MARKER, build_busybox_image, have_busybox, qemu_available  # noqa: E402
+from support.sandbox_image import MARKER, build_busybox_image, have_busybox, qemu_available  # noqa: E402
 
 import vmm  # noqa: E402
 from vmm import runtime  # noqa: E402

@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from vmm.devices import Disk
-from virtio_driver import (EVENT_IDX, F_INDIRECT, F_NEXT, F_WRITE, INDIRECT, VERSION_1, GuestMem,
+from support.virtio_driver import (EVENT_IDX, F_INDIRECT, F_NEXT, F_WRITE, INDIRECT, VERSION_1, GuestMem,
                            attach, irqs, notify, setup_queue)
 
 T_IN, T_OUT, T_FLUSH, T_GET_ID = 0, 1, 4, 8
@@ -338,7 +338,7 @@ def test_ring_setup_is_checked(image):
     dev = Disk(str(image)).open()
     mem = GuestMem()
     attach(dev, mem, VERSION_1)
-    from virtio_driver import ffi, lib
+    from support.virtio_driver import ffi, lib
     err = ffi.new("char[]", 256)
     assert lib.vmm_vdev_test_queue(dev.ptr, 0, 16, 0x10, 0x10000, 0x10100, err, 256) == -1
     assert b"outside guest memory" in ffi.string(err)

@@ -6,15 +6,17 @@ import subprocess
 import sys
 
 FUZZ_SECONDS = float(os.environ.get("VMM_FUZZ_SECONDS", "5"))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# The runners import `support.*` (tests/) and `vmm` (the checkout above it, or PYTHONPATH).
+env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    p for p in [TESTS, os.path.dirname(TESTS), os.environ.get("PYTHONPATH", "")] if p))
 
 
 def test_queue_walker_fuzz(tmp_path):
     disk = tmp_path / "fuzz.img"
     disk.write_bytes(bytes(64 * 512))
     seed = int.from_bytes(os.urandom(4), "little")
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, os.path.join(here, "fuzz_queue.py"), str(FUZZ_SECONDS), str(seed), str(disk)],
+    r = subprocess.run([sys.executable, "-m", "support.fuzz_queue", str(FUZZ_SECONDS), str(seed), str(disk)],
                        capture_output=True, text=True, timeout=FUZZ_SECONDS + 60, env=env)
     assert r.returncode == 0, f"fuzz seed {seed} failed (rc {r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
     print(r.stdout)
@@ -25,10 +27,8 @@ def test_queue_walker_fuzz(tmp_path):
 
 def test_vsock_packet_fuzz(tmp_path):
     seed = int.from_bytes(os.urandom(4), "little")
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here), os.environ.get("PYTHONPATH", "")]))
     secs = min(FUZZ_SECONDS, 3.0)
-    r = subprocess.run([sys.executable, os.path.join(here, "fuzz_vsock.py"), str(secs), str(seed), str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "support.fuzz_vsock", str(secs), str(seed), str(tmp_path)],
                        capture_output=True, text=True, timeout=secs + 60, env=env)
     assert r.returncode == 0, f"vsock fuzz seed {seed} failed (rc {r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
     stats = dict(kv.split("=") for kv in r.stdout.split())

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from vmm.devices import Net
-from virtio_driver import EVENT_IDX, VERSION_1, GuestMem, attach, irqs, notify, setup_queue
+from support.virtio_driver import EVENT_IDX, VERSION_1, GuestMem, attach, irqs, notify, setup_queue
 
 HDR = 12
 ETH_TYPE = 0x88B5  # IEEE local experimental: nothing else on a link will use it

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from virtio_e2e import Qemu, build_initramfs, find_kernel
+from support.virtio_e2e import Qemu, build_initramfs, find_kernel
 from vmm.devices import Disk, Net, VhostUserServer, Vsock
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]

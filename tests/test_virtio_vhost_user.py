@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from vhost_user_client import (GET_CONFIG, GET_FEATURES, GET_QUEUE_NUM, GET_VRING_BASE, PF_CONFIG,
+from support.vhost_user_client import (GET_CONFIG, GET_FEATURES, GET_QUEUE_NUM, GET_VRING_BASE, PF_CONFIG,
                                PF_REPLY_ACK, SET_MEM_TABLE, SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_NUM,
                                Client, MemfdMem, kick, wait_call)
-from virtio_driver import EVENT_IDX, INDIRECT, VERSION_1
+from support.virtio_driver import EVENT_IDX, INDIRECT, VERSION_1
 from vmm.devices import Disk, VhostUserServer, Vsock
 
 

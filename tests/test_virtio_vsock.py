@@ -8,7 +8,7 @@ import time
 import pytest
 
 from vmm.devices import Vsock
-from vsock_guest import (HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
+from support.vsock_guest import (HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
                          OP_RW, OP_SHUTDOWN, Guest)
 
 CID = 42

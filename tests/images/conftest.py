@@ -2,7 +2,7 @@
 private MSB_HOME per test. The servers themselves are in regserver.py."""
 import pytest
 
-from regserver import REGISTRY_BIN, SKOPEO, Proxy, Registry
+from support.regserver import REGISTRY_BIN, SKOPEO, Proxy, Registry
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,8 @@ checked with the independent reader, fsck.erofs and (as root) the kernel."""
 import os
 import stat
 import struct
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_erofs_reader import ErofsReader, Want, check_image  # noqa: E402
+from support.erofs_reader import ErofsReader, Want, check_image  # noqa: E402
 
 from vmm.images import erofs  # noqa: E402
 from vmm.images.fstree import Dir, File, Special, Symlink  # noqa: E402

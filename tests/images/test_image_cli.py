@@ -13,7 +13,7 @@ import pytest
 
 from vmm._version import __version__
 
-from oci_fixtures import File, Image, make_layer, write_layout
+from support.oci_fixtures import File, Image, make_layer, write_layout
 
 pytestmark = pytest.mark.usefixtures("msb_home")
 

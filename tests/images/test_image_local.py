@@ -10,7 +10,7 @@ import vmm.images as images
 from vmm.images.errors import BadReference, DigestMismatch, HostileImage, ImageError, PlatformNotFound
 from vmm.images.paths import StorePaths
 
-from oci_fixtures import Dir, File, Image, make_layer, write_docker_save, write_layout
+from support.oci_fixtures import Dir, File, Image, make_layer, write_docker_save, write_layout
 
 pytestmark = pytest.mark.usefixtures("msb_home")
 

@@ -11,8 +11,8 @@ import vmm.images as images
 from vmm.images.errors import AuthError, DigestMismatch, ImageInUse, ImageNotFound, PlatformNotFound, RegistryError
 from vmm.images.paths import StorePaths
 
-from regserver import write_docker_config
-from oci_fixtures import Dir, File, Image, Symlink, make_layer, write_layout
+from support.regserver import write_docker_config
+from support.oci_fixtures import Dir, File, Image, Symlink, make_layer, write_layout
 
 pytestmark = pytest.mark.usefixtures("msb_home")
 

@@ -16,7 +16,7 @@ import pytest
 import vmm.images as images
 from vmm.images.errors import ImageError, ImageNotFound
 
-from oci_fixtures import Dir, File, Image, make_layer, write_layout
+from support.oci_fixtures import Dir, File, Image, make_layer, write_layout
 
 pytestmark = pytest.mark.usefixtures("msb_home")
 

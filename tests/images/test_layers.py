@@ -3,14 +3,12 @@ check (layerstream.py)."""
 import io
 import os
 import stat
-import sys
 import tarfile
 
 import pytest
 import zstandard
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_layers_util import T0, E, compress, tar_bytes, write_layer  # noqa: E402
+from support.layer_tars import T0, E, compress, tar_bytes, write_layer  # noqa: E402
 
 from vmm.images import layers as L  # noqa: E402
 from vmm.images import layerstream as S  # noqa: E402

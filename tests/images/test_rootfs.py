@@ -5,14 +5,12 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import tarfile
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_erofs_reader import ErofsReader, Sparse, Want, check_image  # noqa: E402
-from test_layers_util import T0, E, tar_bytes, write_layer  # noqa: E402
+from support.erofs_reader import ErofsReader, Sparse, Want, check_image  # noqa: E402
+from support.layer_tars import T0, E, tar_bytes, write_layer  # noqa: E402
 
 from vmm.images.errors import HostileImage, ImageError, ImageTooLarge  # noqa: E402
 from vmm.images.rootfs import LayerSource, build_root_disk  # noqa: E402
@@ -290,7 +288,7 @@ def test_hostile_archive_is_refused_and_leaves_nothing(tmp_path, case):
     spec, error, words = _hostile_cases(str(sentinel))[case]
     if isinstance(spec, tuple):
         compression, mangle, raw = spec
-        from test_layers_util import compress
+        from support.layer_tars import compress
         path = work / "layer"
         path.write_bytes(mangle(compress(raw, compression)))
         layer = LayerSource(str(path), "")

@@ -1,7 +1,6 @@
 """Random layer stacks round-trip: a plain model of the layer rules (paths in a dict) must
 agree with the image build_root_disk writes, as the reader, fsck.erofs and the kernel see it."""
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -10,9 +9,8 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_erofs_reader import Want, check_image  # noqa: E402
-from test_layers_util import T0, E, write_layer  # noqa: E402
+from support.erofs_reader import Want, check_image  # noqa: E402
+from support.layer_tars import T0, E, write_layer  # noqa: E402
 
 from vmm.images.rootfs import build_root_disk  # noqa: E402
 

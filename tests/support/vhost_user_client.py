@@ -10,7 +10,7 @@ import socket
 import struct
 import time
 
-from virtio_driver import Queue
+from support.virtio_driver import GuestMem, Queue
 
 GET_FEATURES, SET_FEATURES, SET_OWNER, RESET_OWNER, SET_MEM_TABLE = 1, 2, 3, 4, 5
 SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE, GET_VRING_BASE = 8, 9, 10, 11
@@ -33,13 +33,13 @@ class MemfdMem:
         self.view = mmap.mmap(self.fd, size)
         self.top = 0
 
-    alloc = __import__("virtio_driver").GuestMem.alloc
-    off = __import__("virtio_driver").GuestMem.off
-    pack = __import__("virtio_driver").GuestMem.pack
-    unpack = __import__("virtio_driver").GuestMem.unpack
-    write = __import__("virtio_driver").GuestMem.write
-    read = __import__("virtio_driver").GuestMem.read
-    put = __import__("virtio_driver").GuestMem.put
+    alloc = GuestMem.alloc
+    off = GuestMem.off
+    pack = GuestMem.pack
+    unpack = GuestMem.unpack
+    write = GuestMem.write
+    read = GuestMem.read
+    put = GuestMem.put
 
     def uva(self, gpa):
         return UVA_BASE + (gpa - self.gpa)

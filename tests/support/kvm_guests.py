@@ -8,7 +8,7 @@ import pytest
 
 from vmm.engines import kvm_backing
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("guest_build", ROOT / "guest" / "tests" / "build.py")
 guest_build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(guest_build)

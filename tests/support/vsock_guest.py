@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 import time
 
-from virtio_driver import EVENT_IDX, VERSION_1, GuestMem, attach, notify, setup_queue
+from support.virtio_driver import EVENT_IDX, VERSION_1, GuestMem, attach, notify, setup_queue
 
 HDR = struct.Struct("<QQIIIHHIII")
 OP_REQUEST, OP_RESPONSE, OP_RST, OP_SHUTDOWN, OP_RW, OP_CREDIT_UPDATE, OP_CREDIT_REQUEST = range(1, 8)

@@ -61,10 +61,10 @@ def build_initramfs(dest: Path, nconn: int = 1, nbytes: int = 0, netport: int = 
     with busybox, the guest probe and a DHCP hook."""
     busybox = shutil.which("busybox") or "/bin/busybox"
     probe = dest / "vsock_probe"
-    subprocess.run(["musl-gcc", "-static", "-O2", "-o", str(probe), str(HERE / "guest" / "vsock_probe.c")],
+    subprocess.run(["musl-gcc", "-static", "-O2", "-o", str(probe), str(HERE.parent / "guest" / "vsock_probe.c")],
                    check=True)
     if init is None:
-        init = (HERE / "guest" / "init.sh").read_text()
+        init = (HERE.parent / "guest" / "init.sh").read_text()
         init = init.replace("NCONN", str(nconn)).replace("NBYTES", str(nbytes)).replace("NETPORT", str(netport))
     d, f = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o755
     entries = [(n, d, b"", 0, 0) for n in ("bin", "dev", "proc", "sys", "mnt")]

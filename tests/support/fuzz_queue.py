@@ -1,7 +1,7 @@
 """Random-descriptor fuzzing of the virtqueue walker through virtio-blk (run as a script so
 a crash shows up as a failed child, not a dead test runner).
 
-Usage: python fuzz_queue.py SECONDS SEED DISK
+Usage: python -m support.fuzz_queue SECONDS SEED DISK
 
 Guest memory is the middle of a larger buffer whose guard bytes on both sides must stay
 untouched; descriptors, indirect tables and ring indices are random but biased towards
@@ -12,9 +12,7 @@ import struct
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from virtio_driver import EVENT_IDX, INDIRECT, VERSION_1, ffi, lib  # noqa: E402
+from support.virtio_driver import EVENT_IDX, INDIRECT, VERSION_1, ffi, lib  # noqa: E402
 from vmm.devices import Disk  # noqa: E402
 
 GPA = 0x100000

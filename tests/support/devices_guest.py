@@ -16,7 +16,7 @@ import vmm
 from vmm import kernel
 
 HERE = Path(__file__).resolve().parent
-GUEST = HERE / "guest"
+GUEST = HERE.parent / "guest"   # tests/guest: guest-side sources
 
 DHCP_SCRIPT = """#!/bin/busybox sh
 # udhcpc hook: apply the lease, remember the router (the host's loopback, through passt's

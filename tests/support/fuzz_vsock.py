@@ -1,5 +1,5 @@
 """Random vsock packets from a hostile "guest" mixed with host clients coming and going.
-Usage: python fuzz_vsock.py SECONDS SEED DIR. The device must survive and still carry a
+Usage: python -m support.fuzz_vsock SECONDS SEED DIR. The device must survive and still carry a
 clean connection at the end."""
 import os
 import random
@@ -7,9 +7,7 @@ import socket
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from vsock_guest import OP_REQUEST, OP_RESPONSE, OP_RW, Guest  # noqa: E402
+from support.vsock_guest import OP_REQUEST, OP_RESPONSE, OP_RW, Guest  # noqa: E402
 from vmm.devices import Vsock  # noqa: E402
 
 CID = 9
