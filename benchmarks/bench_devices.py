@@ -176,7 +176,7 @@ def _qemu_on_passt_intervals(initrd, port):
     """QEMU's own virtio-net on passt (a stream netdev on a socketpair we hand to both), run
     by hand: it separates what passt costs from what our device costs."""
     import subprocess
-    from vmm import kernel
+    from vmm.guest import kernel
     from vmm.devices import passt_socketpair
     ours, theirs = passt_socketpair()  # passt's send buffer as in our own passt back end
     passt = subprocess.Popen(["passt", "--foreground", "--quiet", "--fd", str(theirs.fileno())],

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from vmm import kernel
+from vmm.guest import kernel
 from support.ready_boot import READY, boot_to_ready
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),

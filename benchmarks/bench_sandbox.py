@@ -29,7 +29,7 @@ import pytest
 from support.sandbox_image import build_busybox_image, have_busybox  # noqa: E402
 
 import vmm  # noqa: E402
-from vmm import kernel  # noqa: E402
+from vmm.guest import kernel  # noqa: E402
 from support.ready_boot import boot_to_ready  # noqa: E402
 
 pytestmark = [pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="no qemu-system-x86_64"),
@@ -127,7 +127,7 @@ def test_exec_round_trip(benchmark, compare, image, guest_kernel, capsys):
 # (pytest, earlier sandboxes) is counted as ours.
 RSS_PROBE = textwrap.dedent("""
     import json, os, sys, time
-    import vmm, vmm.runtime, vmm.devices, vmm.engines.qemu, vmm.agent_build
+    import vmm, vmm.sandbox, vmm.devices, vmm.engines.qemu, vmm.guest.agent
 
     def status(pid):
         out = {}
@@ -158,7 +158,7 @@ RSS_PROBE = textwrap.dedent("""
                     return int(d)
 
     image, kernel_path, mem = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    vmm.agent_build.agent_initramfs()
+    vmm.guest.agent.agent_initramfs()
     before = status(os.getpid())
     sb = vmm.Sandbox.create(image, engine="qemu", memory_mib=mem, kernel=kernel_path)
     sb.exec(["true"], timeout=30)

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-python3 -c "from vmm import kernel; kernel.guest_kernel(); kernel.test_initramfs()"
+python3 -c "from vmm.guest import kernel; kernel.guest_kernel(); kernel.test_initramfs()"
 exec python3 -m pytest "$@"

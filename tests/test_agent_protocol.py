@@ -10,9 +10,9 @@ import threading
 import pytest
 
 from support.agent_harness import agent, client, needs_musl  # noqa: F401 (fixtures)
-from vmm import agent_protocol as P
+from vmm.agent import protocol as P
 from vmm.agent import AgentClient, SandboxNotRunning, vsock_handshake
-from vmm.agent_protocol import G, T
+from vmm.agent.protocol import G, T
 
 pytestmark = needs_musl
 

@@ -26,7 +26,7 @@ BOOT_TIMEOUT = 120
 
 @pytest.fixture(scope="module")
 def kernel_path():
-    from vmm import kernel
+    from vmm.guest import kernel
     try:
         return kernel.guest_kernel(build=False)
     except Exception as e:  # building the kernel is the kernel helper's/test's job
@@ -71,7 +71,7 @@ def new_data_disk(path: Path) -> Path:
 
 class Guest:
     def __init__(self, kernel_path, workdir: Path, image: Path, data, extra_cmdline=""):
-        from vmm.agent_build import agent_initramfs
+        from vmm.guest.agent import agent_initramfs
         self.sock = workdir / f"serial-{time.monotonic_ns()}.sock"
         self.log = open(workdir / "qemu.log", "ab")
         cmdline = ("reboot=t panic=-1 loglevel=1 vmm.transport=serial:/dev/ttyS0 "

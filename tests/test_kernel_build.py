@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vmm import kernel
+from vmm.guest import kernel
 from vmm.errors import VmmError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -29,13 +29,13 @@ E820_TYPES = {1: b"usable", 2: b"reserved"}
 
 @pytest.fixture(scope="module")
 def vmlinux():
-    from vmm.kernel import guest_kernel
+    from vmm.guest.kernel import guest_kernel
     return guest_kernel()  # builds (minutes) on first use
 
 
 @pytest.fixture(scope="module")
 def initrd():
-    from vmm.kernel import test_initramfs
+    from vmm.guest.kernel import test_initramfs
     return test_initramfs()
 
 

@@ -27,7 +27,7 @@ VDA = re.compile(rb"virtio_blk virtio0: \[vda\] (\d+) 512-byte logical blocks")
 
 
 def test_linux_finds_our_virtio_blk_disk(tmp_path):
-    from vmm.kernel import guest_kernel, test_initramfs
+    from vmm.guest.kernel import guest_kernel, test_initramfs
     disk = tmp_path / "disk.img"
     with open(disk, "wb") as f:
         f.truncate(DISK_SECTORS * 512)

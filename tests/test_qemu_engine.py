@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import vmm
-from vmm import kernel
+from vmm.guest import kernel
 from vmm.engines import qemu_binary
 from vmm.engines.qemu import QemuEngine
 from vmm.machine import MachineSpec

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 import vmm
-from vmm import runtime
+from vmm.sandbox import sandbox as runtime
 from vmm.errors import ConfigError
-from vmm.writable_disk import format_writable_disk, parse_size
+from vmm.sandbox.writable_disk import format_writable_disk, parse_size
 
 
 @pytest.mark.parametrize("text,value", [

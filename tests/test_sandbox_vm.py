@@ -22,7 +22,7 @@ import pytest
 from support.sandbox_image import MARKER, build_busybox_image, have_busybox, qemu_available  # noqa: E402
 
 import vmm  # noqa: E402
-from vmm import runtime  # noqa: E402
+from vmm.sandbox import sandbox as runtime  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu,
               pytest.mark.skipif(not qemu_available(), reason="no qemu-system-x86_64"),
@@ -51,7 +51,7 @@ if _engine_skip():
 
 @pytest.fixture(scope="session")
 def kernel_path():
-    from vmm import kernel
+    from vmm.guest import kernel
     try:
         return kernel.guest_kernel(build=False)
     except Exception as e:
@@ -328,7 +328,7 @@ def test_files_survive_stop_and_the_image_is_untouched(kernel_path, image, tmp_p
 # --- guests that never become ready -----------------------------------------------------------
 
 def _initramfs_with(tmp_path: Path, c_source: str) -> Path:
-    from vmm.kernel import compile_static, initramfs_cpio
+    from vmm.guest.kernel import compile_static, initramfs_cpio
     src = tmp_path / "init.c"
     src.write_text(c_source)
     init = compile_static(src, tmp_path / "init")

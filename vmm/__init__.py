@@ -25,6 +25,6 @@ _RUNTIME = ("Sandbox", "AsyncSandbox", "BootFailed", "ExecFailed", "SandboxNotRu
 
 def __getattr__(name):
     if name in _RUNTIME:
-        from . import runtime
-        return getattr(runtime, name)
+        from . import sandbox
+        return getattr(sandbox, name)
     raise AttributeError(f"module 'vmm' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from typing import Optional  # already loaded by the time vmm is imported: costs
 from .errors import ConfigError
 from . import engines as _engines
 from . import kernel_image
-from .process_clock import process_start_ns
+from .timeline import process_start_ns
 
 # Linux's COMMAND_LINE_SIZE on x86, terminating NUL included: the engine's prefix and the
 # user's command line share it.

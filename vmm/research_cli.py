@@ -68,7 +68,8 @@ def main(argv=None):
 # --- info ---------------------------------------------------------------------------------
 
 def host_info() -> dict:
-    from . import engines, kernel
+    from . import engines
+    from .guest import kernel
 
     info = {"version": __version__, "kvm": _kvm_info()}
     info["kvm"]["backing"] = engines.kvm_backing()
@@ -131,7 +132,7 @@ def _boot(args):
 
     kernel_path, initrd = args.kernel, args.initrd
     if kernel_path is None:
-        from . import kernel  # only here: it imports the build machinery
+        from .guest import kernel  # only here: it imports the build machinery
 
         kernel_path = kernel.guest_kernel()
         if initrd is None:

@@ -31,7 +31,7 @@ def _die_with_parent() -> None:
 
 class AgentProcess:
     def __init__(self, workdir: Path):
-        from vmm.agent_build import agent_binary
+        from vmm.guest.agent import agent_binary
         self.binary = agent_binary()
         self.sock = workdir / "agent.sock"
         self.log = workdir / "agent.log"

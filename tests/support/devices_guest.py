@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import vmm
-from vmm import kernel
+from vmm.guest import kernel
 
 HERE = Path(__file__).resolve().parent
 GUEST = HERE.parent / "guest"   # tests/guest: guest-side sources

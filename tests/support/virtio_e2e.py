@@ -19,7 +19,7 @@ def find_kernel() -> Path | None:
     if env:
         return Path(env)
     try:
-        from vmm.kernel import guest_kernel  # present once the kernel work is merged
+        from vmm.guest.kernel import guest_kernel  # present once the kernel work is merged
         return guest_kernel()
     except Exception:
         pass

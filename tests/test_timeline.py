@@ -1,4 +1,4 @@
-"""vmm.process_clock: this process's start on CLOCK_MONOTONIC, from /proc/self/stat."""
+"""vmm.timeline: this process's start on CLOCK_MONOTONIC, from /proc/self/stat."""
 import os
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from vmm import process_clock
+from vmm import timeline
 
 TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
@@ -15,13 +15,13 @@ def test_starttime_field_survives_a_hostile_command_name():
     # comm may hold spaces and parentheses; field 22 is counted from the last ')'.
     fields = [str(n) for n in range(3, 53)]  # field n holds the number n
     stat = b"1234 (a) b (c)) " + " ".join(fields).encode()
-    assert process_clock._starttime_ticks(stat) == 22
+    assert timeline._starttime_ticks(stat) == 22
 
 
 def test_a_child_started_after_now_says_so():
     before = time.monotonic_ns()
     out = subprocess.run([sys.executable, "-c",
-                          "import time; from vmm.process_clock import process_start_ns as p; "
+                          "import time; from vmm.timeline import process_start_ns as p; "
                           "print(p(), time.monotonic_ns())"],
                          capture_output=True, text=True, check=True).stdout
     start, child_now = map(int, out.split())
@@ -36,14 +36,14 @@ def test_agrees_with_psutil():
     psutil = pytest.importorskip("psutil")
     wall_age = time.time() - psutil.Process().create_time()
     via_psutil = time.monotonic_ns() - int(wall_age * 1e9)
-    assert abs(process_clock.process_start_ns() - via_psutil) <= 1_000_000_000 + 2 * TICK_NS
+    assert abs(timeline.process_start_ns() - via_psutil) <= 1_000_000_000 + 2 * TICK_NS
 
 
 def test_falls_back_when_proc_is_unreadable(monkeypatch):
-    monkeypatch.setattr(process_clock, "_cached", None)
+    monkeypatch.setattr(timeline, "_cached", None)
 
     def no_proc():
         raise OSError("no /proc")
-    monkeypatch.setattr(process_clock, "_from_proc", no_proc)
-    monkeypatch.setattr(process_clock, "_from_psutil", lambda: 42)
-    assert process_clock.process_start_ns() == 42
+    monkeypatch.setattr(timeline, "_from_proc", no_proc)
+    monkeypatch.setattr(timeline, "_from_psutil", lambda: 42)
+    assert timeline.process_start_ns() == 42

@@ -29,12 +29,12 @@ import threading
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
-from . import agent_protocol as P
-from .agent import (DEFAULT_VSOCK_PORT, AgentClient, AgentError, ExecFailed, ExecResult,
+from ..agent import protocol as P
+from ..agent import (DEFAULT_VSOCK_PORT, AgentClient, AgentError, ExecFailed, ExecResult,
                     Process, SandboxNotRunning, Timeout)
-from .devices import Disk, Vsock
-from .errors import ConfigError, GuestError
-from .machine import ExitStatus, Machine
+from ..devices import Disk, Vsock
+from ..errors import ConfigError, GuestError
+from ..machine import ExitStatus, Machine
 from .writable_disk import DEFAULT_SIZE, format_writable_disk
 
 DEFAULT_BOOT_TIMEOUT = 60.0   # TCG boots in seconds; a loaded host needs headroom
@@ -237,8 +237,8 @@ class Sandbox:
 
     def _boot(self, *, kernel, initrd, cpus, memory_mib, engine, hostname, writable,
               image_disk, writable_disk, extra_cmdline) -> None:
-        from . import kernel as kernel_mod
-        from .agent_build import agent_initramfs
+        from ..guest import kernel as kernel_mod
+        from ..guest.agent import agent_initramfs
         kernel = kernel if kernel is not None else kernel_mod.guest_kernel()
         initrd = initrd if initrd is not None else agent_initramfs()
         disks = [Disk(image_disk, read_only=True, serial="image")]

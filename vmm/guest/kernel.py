@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
-from .errors import VmmError
+from ..errors import VmmError
 
 LINUX_SOURCE_PACKAGE = "linux-source-6.1"
 LINUX_SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
@@ -50,7 +50,7 @@ def guest_dir() -> Path:
         if not (path / "kernel" / "config").is_file():
             raise KernelError(f"VMM_GUEST_DIR={env} does not hold kernel/config")
         return path
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]   # the vmm package
     for path in (here.parent / "guest", here / "_guest"):
         if (path / "kernel" / "config").is_file():
             return path

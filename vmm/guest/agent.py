@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import List
 
-from .errors import VmmError
+from ..errors import VmmError
 from .kernel import cache_dir, guest_dir, initramfs_cpio
 
 AGENT_CFLAGS = ("-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-std=c11")

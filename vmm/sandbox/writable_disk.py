@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from typing import Union
 
-from .errors import ConfigError, VmmError
+from ..errors import ConfigError, VmmError
 
 DEFAULT_SIZE = "4G"
 MIN_SIZE = 16 << 20    # below this ext4 with a journal hardly fits anything

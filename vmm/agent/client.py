@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import agent_protocol as P
-from .agent_protocol import G, T
-from .errors import GuestError
+from . import protocol as P
+from .protocol import G, T
+from ..errors import GuestError
 
 DEFAULT_VSOCK_PORT = 1024
 KILL_GRACE_S = 5.0  # after a timeout's SIGKILL, how long to wait for EXITED
