@@ -1,0 +1,72 @@
+"""The nested tier: the kvm engine on real (emulated-SVM) KVM inside an L1 Linux under QEMU
+TCG. One L1 boot runs every selection below; each inner test is one test here, passing,
+failing (with the inner traceback) or skipping (with the inner reason) as it did inside.
+
+`scripts/test.sh -m nested` runs only this tier. Where L1 cannot start (no QEMU, no SVM in
+TCG, no kernel package) every test here skips and says why.
+"""
+import os
+
+import pytest
+
+from support.nested.l1_kernel import L1Unavailable
+from support.nested.runner import collect, prepare_host_caches, run_in_l1
+
+pytestmark = [pytest.mark.nested, pytest.mark.slow,
+              # One L1 boot runs them all; the first test waits for it.
+              pytest.mark.timeout(int(os.environ.get("VMM_NESTED_TIMEOUT", "2400")) + 300)]
+
+# What runs inside L1, on the kvm engine: every kvm-marked test, and the Sandbox VM tests
+# with the sandbox engine switched to kvm.
+RUNS = [
+    (["tests", "-m", "kvm and not nested"], {}),
+    (["tests/test_sandbox_vm.py"], {"VMM_SANDBOX_ENGINE": "kvm"}),
+]
+
+
+def _selected(config) -> bool:
+    """Whether -m leaves this tier in: collecting the inner tests costs a few seconds, not
+    worth paying when `-m "not slow"` or `-m "not nested"` drops them anyway."""
+    expr = config.getoption("markexpr")
+    if not expr:
+        return True
+    try:
+        from _pytest.mark.expression import Expression   # pytest's own -m parser
+    except ImportError:
+        return True
+    return Expression.compile(expr).evaluate(lambda name: name in ("nested", "slow"))
+
+
+def pytest_generate_tests(metafunc):
+    if "inner" not in metafunc.fixturenames:
+        return
+    ids = collect(RUNS) if _selected(metafunc.config) else ["(not selected)"]
+    metafunc.parametrize("inner", ids, ids=ids)
+
+
+@pytest.fixture(scope="session")
+def l1_run(tmp_path_factory):
+    try:
+        prepare_host_caches()
+        run = run_in_l1(RUNS, tmp_path_factory.mktemp("nested"),
+                        timeout=float(os.environ.get("VMM_NESTED_TIMEOUT", "2400")))
+    except L1Unavailable as e:
+        pytest.skip(f"no L1 here: {e}")
+    print(f"\nnested: L1 ran {len(run.results)} tests in {run.seconds:.0f} s; "
+          f"inner exit codes {run.returncodes}")
+    return run
+
+
+def test_in_l1(inner, l1_run):
+    result = l1_run.results.get(inner)
+    if result is None:
+        pytest.fail(f"{inner} never reported inside L1 (L1 or the inner pytest ended first; "
+                    f"exit codes {l1_run.returncodes}). Last output:\n{l1_run.tail()}",
+                    pytrace=False)
+    if result.outcome == "skipped":
+        pytest.skip(f"inside L1: {result.text}")
+    if result.outcome == "xfailed":
+        pytest.xfail(f"inside L1: {result.text}")
+    if result.outcome == "failed":
+        pytest.fail(f"inside L1:\n{result.text}", pytrace=False)
+    assert result.outcome == "passed", result
