@@ -10,6 +10,7 @@ one is never fetched twice. Offline, the newest cached copy is used.
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import shutil
 import subprocess
@@ -47,16 +48,22 @@ def _run(argv, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, **kw)
 
 
-def resolve_package() -> Optional[tuple]:
-    """(package, version) of the kernel the metapackage depends on, or None if apt does not
-    know it (no package lists, no apt)."""
-    if not shutil.which("apt-cache"):
-        return None
+def _show() -> Optional[tuple]:
     r = _run(["apt-cache", "show", "--no-all-versions", METAPACKAGE])
     m = re.search(r"^Depends:.*?\b(linux-image-[0-9][^ ,]*-amd64) \(= ([^)]+)\)", r.stdout, re.M)
-    if r.returncode != 0 or not m:
+    return (m.group(1), m.group(2)) if r.returncode == 0 and m else None
+
+
+def resolve_package() -> Optional[tuple]:
+    """(package, version) of the kernel the metapackage depends on, or None if apt does not
+    know it. A fresh machine may have no package lists yet: as root, fetch them once."""
+    if not shutil.which("apt-cache"):
         return None
-    return m.group(1), m.group(2)
+    found = _show()
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        _run(["apt-get", "update", "-qq"], timeout=600)
+        found = _show()
+    return found
 
 
 def _unpacked(package: str, version: str) -> Path:
