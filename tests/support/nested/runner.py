@@ -112,6 +112,7 @@ def run_in_l1(runs: Sequence[Run], out: Path, *, env: Optional[Dict[str, str]] =
     inner_env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     inner_env.update(env or {})
     inner_env["VMM_NESTED_REPORT"] = "/nested-out/report.jsonl"
+    inner_env["VMM_IN_L1"] = "1"   # tests that check the platform know where they are
     inner_env["PYTHONDONTWRITEBYTECODE"] = "1"   # the host's tree is read-only in L1
     cwd = cwd or str(Path(__file__).resolve().parents[3])
     (out / "job.sh").write_text(job_script(runs, cwd, inner_env))
