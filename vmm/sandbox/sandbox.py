@@ -138,6 +138,8 @@ class Sandbox:
         from ..guest.agent import agent_initramfs
         kernel = kernel if kernel is not None else kernel_mod.guest_kernel()
         initrd = initrd if initrd is not None else agent_initramfs()
+        # The order makes the image /dev/vda and the writable disk /dev/vdb, the devices
+        # agent_cmdline names to the guest.
         disks = [Disk(image_disk, read_only=True, serial="image")]
         if writable:
             disks.append(Disk(writable_disk, read_only=False, serial="data"))
