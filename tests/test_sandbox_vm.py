@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +49,19 @@ def _engine_skip():
 
 if _engine_skip():
     pytestmark.append(pytest.mark.skip(reason=_engine_skip()))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_runtime_base():
+    """Sandboxes of this module make their runtime dirs in a directory of its own, so the
+    leak checks below see only ours, not those of another run sharing /tmp. Short: the
+    agent socket's path must fit a sockaddr_un, and runtime_base() ignores long bases."""
+    base = tempfile.mkdtemp(prefix="vmm-rt-")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_RUNTIME_DIR", base)
+        assert runtime_base() == base
+        yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
