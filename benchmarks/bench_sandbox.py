@@ -5,7 +5,7 @@ baseline, in the same run.
     pytest benchmarks/bench_sandbox.py --benchmark-only -s
 
 - create to ready / to the first exec(["true"]) result, against the plain-kernel READY
-  boot (vmm.kernel.test_initramfs on a bare Machine): target ratio <= 1.25 (the agent,
+  boot (vmm.guest.kernel.test_initramfs on a bare Machine): target ratio <= 1.25 (the agent,
   the overlay root and the vhost-user disks and vsock add at most 25%).
 - exec round trip of `true`: median and p99 over 200 runs (extra_info, printed with -s).
 - RSS of one idle sandbox beyond guest RAM, measured in a fresh Python process: QEMU's

@@ -294,7 +294,7 @@ def test_client_rejects_a_guest_ignoring_flow_control():
     # Consume nothing until the client has judged the flood (consuming returns credit,
     # which would make the extra bytes legitimate).
     deadline = time.monotonic() + 10
-    while not p._s.ended and time.monotonic() < deadline:
+    while not p.ended and time.monotonic() < deadline:
         time.sleep(0.01)
     with pytest.raises(AgentError, match="window"):
         while p.next_event(time.monotonic() + 10) is not None:

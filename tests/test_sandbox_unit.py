@@ -8,8 +8,12 @@ import subprocess
 import pytest
 
 import vmm
-from vmm.sandbox import sandbox as runtime
 from vmm.errors import ConfigError
+from vmm.sandbox.agent_cmdline import agent_cmdline
+from vmm.sandbox.checks import check_hostname
+from vmm.sandbox.console import CONSOLE_TAIL_BYTES, ConsoleLog
+from vmm.sandbox.disk_lock import DiskLock
+from vmm.sandbox.sandbox import Sandbox
 from vmm.sandbox.writable_disk import format_writable_disk, parse_size
 
 
@@ -70,17 +74,17 @@ def test_format_failure_leaves_no_file(tmp_path):
 
 
 def test_cmdline():
-    c = runtime.agent_cmdline(writable=True, hostname="box-1")
+    c = agent_cmdline(writable=True, hostname="box-1")
     assert c.split() == ["quiet", "vmm.root=/dev/vda", "vmm.data=/dev/vdb", "vmm.port=1024",
                          "vmm.hostname=box-1"]
-    c = runtime.agent_cmdline(writable=False, hostname=None, extra="vmm.debug=1")
+    c = agent_cmdline(writable=False, hostname=None, extra="vmm.debug=1")
     assert "vmm.data=none" in c.split() and "vmm.debug=1" in c.split()
     assert not any(p.startswith("vmm.hostname") for p in c.split())
 
 
 @pytest.mark.parametrize("name", ["a", "box-1", "sb.example", "x" * 64])
 def test_hostname_ok(name):
-    runtime._check_hostname(name)
+    check_hostname(name)
 
 
 @pytest.mark.parametrize("name", ["", "-a", "a-", "a b", "a\nvmm.root=/x", "x" * 65, "a_b", 5])
@@ -113,7 +117,7 @@ def test_bad_environment_is_refused(env, tmp_path):
     with pytest.raises(ConfigError, match="environment variable"):
         vmm.Sandbox.create(image, env=env)
     with pytest.raises(ConfigError, match="environment variable"):
-        runtime.Sandbox(_private=True).exec(["true"], env=env)
+        Sandbox(_private=True).exec(["true"], env=env)
 
 
 def test_writable_disk_lock(tmp_path):
@@ -122,15 +126,18 @@ def test_writable_disk_lock(tmp_path):
     fd = os.open(disk, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # as a running sandbox holds it
-        sb = runtime.Sandbox(_private=True)
         with pytest.raises(ConfigError, match="in use by another sandbox"):
-            sb._lock_disk(str(disk))
+            DiskLock(str(disk))
     finally:
         os.close(fd)
-    sb = runtime.Sandbox(_private=True)
-    sb._lock_disk(str(disk))
-    sb._teardown()
-    assert sb._disk_lock_fd is None
+    lock = DiskLock(str(disk))
+    assert lock.held
+    with pytest.raises(ConfigError, match="in use by another sandbox"):
+        DiskLock(str(disk))  # one sandbox per disk within a process too
+    lock.release()
+    assert not lock.held
+    lock.release()  # idempotent, as a sandbox's teardown may run twice
+    DiskLock(str(disk)).release()  # released: the next sandbox may take it
 
 
 def test_sandbox_needs_create():
@@ -139,7 +146,7 @@ def test_sandbox_needs_create():
 
 
 def test_not_running_before_and_after():
-    sb = runtime.Sandbox(_private=True)
+    sb = Sandbox(_private=True)
     with pytest.raises(vmm.SandboxNotRunning):
         sb.exec(["true"])
     with pytest.raises(vmm.SandboxNotRunning):
@@ -160,12 +167,12 @@ def test_boot_failed_message_has_the_console_tail():
 
 
 def test_console_log_keeps_a_bounded_tail(tmp_path):
-    log = runtime._ConsoleLog(str(tmp_path / "c.log"))
+    log = ConsoleLog(str(tmp_path / "c.log"))
     for i in range(5000):
         log.write(f"message {i}\n".encode())
     log.close()
     log.write(b"after close\n")  # the VM's reader may still deliver: no error
     tail = log.tail()
     assert tail.endswith("after close\n") and "message 4999" in tail
-    assert len(tail.encode()) <= runtime.CONSOLE_TAIL_BYTES
+    assert len(tail.encode()) <= CONSOLE_TAIL_BYTES
     assert (tmp_path / "c.log").read_text().count("\n") == 5000

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +23,8 @@ import pytest
 from support.sandbox_image import MARKER, build_busybox_image, have_busybox, qemu_available  # noqa: E402
 
 import vmm  # noqa: E402
-from vmm.sandbox import sandbox as runtime  # noqa: E402
+from vmm.agent import AgentError  # noqa: E402
+from vmm.sandbox.runtime_dir import PREFIX as RUNTIME_DIR_PREFIX, runtime_base  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu,
               pytest.mark.skipif(not qemu_available(), reason="no qemu-system-x86_64"),
@@ -47,6 +49,19 @@ def _engine_skip():
 
 if _engine_skip():
     pytestmark.append(pytest.mark.skip(reason=_engine_skip()))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_runtime_base():
+    """Sandboxes of this module make their runtime dirs in a directory of its own, so the
+    leak checks below see only ours, not those of another run sharing /tmp. Short: the
+    agent socket's path must fit a sockaddr_un, and runtime_base() ignores long bases."""
+    base = tempfile.mkdtemp(prefix="vmm-rt-")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_RUNTIME_DIR", base)
+        assert runtime_base() == base
+        yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -169,7 +184,7 @@ def test_hostname_and_root(sb):
     # the image disk is read-only to the guest; ephemeral: no writable disk at all
     assert sb.fs.read("/sys/block/vda/ro") == b"1\n"
     assert not sb.fs.exists("/sys/block/vdb")
-    with pytest.raises(runtime.AgentError) as e:
+    with pytest.raises(AgentError) as e:
         sb.fs.write("/mnt/image/x", b"")
     assert e.value.errno in (errno.EROFS, errno.ENOENT)
 
@@ -251,7 +266,7 @@ def test_file_operations(sb):
     assert [e.name for e in sb.fs.list("/root/d")] == ["e"]
     sb.fs.remove("/root/d", recursive=True)
     assert not sb.fs.exists("/root/d")
-    with pytest.raises(runtime.AgentError) as e:
+    with pytest.raises(AgentError) as e:
         sb.fs.read("/no/such/file")
     assert e.value.errno == errno.ENOENT
 
@@ -262,7 +277,7 @@ def test_recursive_remove_stays_on_one_file_system(sb):
                                 "mount -t tmpfs none /root/m/sub && echo y > /root/m/sub/f"],
                    timeout=T).code == 0
     try:
-        with pytest.raises(runtime.AgentError) as e:
+        with pytest.raises(AgentError) as e:
             sb.fs.remove("/root/m", recursive=True)
         assert e.value.errno == errno.EBUSY
         assert sb.fs.read("/root/m/file") == b"x\n" and sb.fs.read("/root/m/sub/f") == b"y\n"
@@ -353,8 +368,8 @@ def _our_children():
 
 
 def _sandbox_dirs():
-    base = runtime._runtime_base()
-    return {n for n in os.listdir(base) if n.startswith("vmm-sb-")}
+    base = runtime_base()
+    return {n for n in os.listdir(base) if n.startswith(RUNTIME_DIR_PREFIX)}
 
 
 def _sockets():

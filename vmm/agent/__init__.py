@@ -1,8 +1,17 @@
-"""The host side of the guest agent's protocol (guest/agent/PROTOCOL.md): the framing
-(protocol.py) and the client that runs commands and file operations over one connection."""
-from .client import (DEFAULT_VSOCK_PORT, AgentClient, AgentError, AsyncAgentClient, DirEntry,
-                     ExecFailed, ExecResult, FileStat, Fs, FsError, Process, ReadyInfo,
-                     SandboxNotRunning, Timeout, vsock_handshake)
+"""The host side of the guest agent's protocol (guest/agent/PROTOCOL.md).
+
+Layers, each importing only those above it in this list: protocol (the framing), errors,
+results, session (one request's frames and credit windows), connection (the socket and
+its reader thread), process and fs (what exec and file sessions mean), handshake (the
+vsock CONNECT), client (AgentClient), aio (AsyncAgentClient).
+"""
+from .aio import AsyncAgentClient
+from .client import DEFAULT_VSOCK_PORT, AgentClient
+from .errors import AgentError, ExecFailed, FsError, SandboxNotRunning, Timeout
+from .fs import Fs
+from .handshake import vsock_handshake
+from .process import Process
+from .results import DirEntry, ExecResult, FileStat, ReadyInfo
 
 __all__ = ["DEFAULT_VSOCK_PORT", "AgentClient", "AgentError", "AsyncAgentClient", "DirEntry",
            "ExecFailed", "ExecResult", "FileStat", "Fs", "FsError", "Process", "ReadyInfo",

@@ -1,6 +1,13 @@
-"""Sandboxes: one VM running the guest agent, with an image disk and a writable disk."""
-from .sandbox import (AsyncSandbox, BootFailed, ExecFailed, ExecResult, Sandbox, SandboxNotRunning,
-                      Timeout)
+"""Sandboxes: one VM running the guest agent, with an image disk and a writable disk.
 
-__all__ = ["Sandbox", "AsyncSandbox", "BootFailed", "ExecFailed", "ExecResult", "SandboxNotRunning",
-           "Timeout"]
+sandbox.py is the Sandbox (with errors.py, console.py, checks.py, disk_lock.py,
+runtime_dir.py and agent_cmdline.py, the pieces it is made of); aio.py its asyncio
+flavour; writable_disk.py formats the disk that keeps a sandbox's changes.
+"""
+from ..agent import ExecFailed, ExecResult, SandboxNotRunning, Timeout
+from .aio import AsyncProcess, AsyncSandbox
+from .errors import BootFailed
+from .sandbox import Sandbox
+
+__all__ = ["Sandbox", "AsyncSandbox", "AsyncProcess", "BootFailed", "ExecFailed", "ExecResult",
+           "SandboxNotRunning", "Timeout"]

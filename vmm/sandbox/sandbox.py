@@ -7,144 +7,42 @@ commands and file operations on request.
         sb.fs.write("/root/notes", b"kept on the writable disk")
     # stop(): the agent syncs, unmounts and powers off; forced after a timeout
 
-The machine gets the agent initramfs (vmm.agent_build), the image disk read-only as
+The machine gets the agent initramfs (vmm.guest.agent), the image disk read-only as
 /dev/vda, the writable disk (if any) as /dev/vdb, and a vsock device whose host end is a
-Unix socket in a private runtime directory. The guest kernel is quiet; its console goes
-to a log file. Without a writable disk the sandbox is ephemeral (a tmpfs upper layer).
+Unix socket in a private runtime directory (runtime_dir.py). The guest kernel is quiet;
+its console goes to a log file (console.py). Without a writable disk the sandbox is
+ephemeral (a tmpfs upper layer). What the guest learns on its kernel command line is in
+agent_cmdline.py.
 
 Where the layers sit: Machine (vmm.machine) boots and owns the VM; AgentClient
 (vmm.agent) speaks the protocol; this module ties the two into one object with one
 lifetime, and turns "never became ready" into BootFailed with the console's tail.
+The asyncio flavour is in aio.py.
 """
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import os
-import re
 import shutil
-import stat
-import tempfile
 import threading
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
-from ..agent import protocol as P
-from ..agent import (DEFAULT_VSOCK_PORT, AgentClient, AgentError, ExecFailed, ExecResult,
-                    Process, SandboxNotRunning, Timeout)
+from ..agent import (DEFAULT_VSOCK_PORT, AgentClient, AgentError, ExecResult, Process,
+                     SandboxNotRunning, Timeout)
 from ..devices import Disk, Vsock
-from ..errors import ConfigError, GuestError
+from ..errors import ConfigError
 from ..machine import ExitStatus, Machine
-from .writable_disk import DEFAULT_SIZE, format_writable_disk
+from .agent_cmdline import agent_cmdline
+from .checks import check_env, check_hostname, check_timeout, check_workdir, existing_disk
+from .console import ConsoleLog
+from .disk_lock import DiskLock
+from .errors import BootFailed
+from .runtime_dir import make_runtime_dir
+from .writable_disk import format_writable_disk
 
 DEFAULT_BOOT_TIMEOUT = 60.0   # TCG boots in seconds; a loaded host needs headroom
 DEFAULT_STOP_TIMEOUT = 10.0
-CONSOLE_TAIL_BYTES = 8192
-CONSOLE_TAIL_LINES = 25
 GUEST_CID = 3                 # each sandbox has its own vsock device: no CID clashes
-# The kernel stays quiet (errors and panics still reach the console log); the agent
-# learns its disks, port and hostname here because it needs them before any connection.
-BASE_CMDLINE = "quiet"
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,62}[A-Za-z0-9])?")
-
-
-class BootFailed(GuestError):
-    """The guest never became ready: bad init, kernel panic, no root, or the boot timeout.
-
-    console_tail holds the last lines of the guest console; status is how the VM ended.
-    """
-
-    def __init__(self, reason: str, *, console_tail: str = "", status: Optional[ExitStatus] = None,
-                 elapsed: float = 0.0, log_path: Optional[str] = None):
-        tail = "\n".join("  | " + line for line in console_tail.splitlines()[-CONSOLE_TAIL_LINES:])
-        super().__init__(f"sandbox did not become ready: {reason}"
-                         + (f"\nguest console (last lines):\n{tail}" if tail else
-                            "\n(the guest console is empty)"))
-        self.reason = reason
-        self.console_tail = console_tail
-        self.status = status
-        self.elapsed = elapsed
-        self.log_path = log_path
-
-
-class _ConsoleLog:
-    """The guest console: appended to a log file, its tail kept in memory for errors."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._f = open(path, "ab", buffering=0)
-        self._tail = bytearray()
-        self._lock = threading.Lock()
-
-    def write(self, data: bytes) -> None:
-        with self._lock:
-            if self._f is not None:
-                self._f.write(data)
-            self._tail += data
-            if len(self._tail) > 2 * CONSOLE_TAIL_BYTES:  # trim in batches, not per byte
-                del self._tail[:-CONSOLE_TAIL_BYTES]
-
-    def tail(self) -> str:
-        with self._lock:
-            data = bytes(self._tail[-CONSOLE_TAIL_BYTES:])
-        return data.decode(errors="replace")
-
-    def close(self) -> None:
-        with self._lock:
-            if self._f is not None:
-                self._f.close()
-                self._f = None
-
-
-def _check_hostname(hostname: Optional[str]) -> None:
-    # It goes on the kernel command line, which is split on spaces: keep it a plain name.
-    if hostname is not None and not (isinstance(hostname, str) and _HOSTNAME.fullmatch(hostname)):
-        raise ConfigError(f"hostname {hostname!r} must be 1-64 letters, digits, '-' or '.', "
-                          "starting and ending with a letter or digit")
-
-
-def _check_env(env: Optional[Dict[str, str]]) -> None:
-    """NAME=value pairs: a name with '=' (or any NUL) would mean something else in the guest."""
-    for k, v in (env or {}).items():
-        if not isinstance(k, str) or not k or "=" in k or "\0" in k:
-            raise ConfigError(f"environment variable name {k!r} must be a non-empty string "
-                              "without '=' or NUL")
-        if not isinstance(v, str) or "\0" in v:
-            raise ConfigError(f"environment variable {k} has value {v!r}: a string without NUL is needed")
-
-
-def _existing_file(path, what: str) -> str:
-    """A disk is a regular file or a block device."""
-    path = os.fspath(path)
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        mode = 0
-    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-        raise ConfigError(f"{what} {path} does not exist or is not a file or block device"
-                          + ("; create one with Sandbox.format_writable_disk()"
-                             if what == "writable disk" else ""))
-    return path
-
-
-def agent_cmdline(*, writable: bool, hostname: Optional[str], port: int = DEFAULT_VSOCK_PORT,
-                  extra: str = "") -> str:
-    """The kernel command line of a sandbox (the engine adds console/reboot/panic)."""
-    parts = [BASE_CMDLINE, "vmm.root=/dev/vda", f"vmm.data={'/dev/vdb' if writable else 'none'}",
-             f"vmm.port={port}"]
-    if hostname is not None:
-        parts.append(f"vmm.hostname={hostname}")
-    if extra:
-        parts.append(extra)
-    return " ".join(parts)
-
-
-def _runtime_base() -> str:
-    # Unix socket paths are limited to 107 bytes: prefer the short per-user runtime dir.
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isdir(base) and os.access(base, os.W_OK) and len(base) < 60:
-        return base
-    return tempfile.gettempdir()
 
 
 class Sandbox:
@@ -157,8 +55,8 @@ class Sandbox:
             raise TypeError("use Sandbox.create(image_disk, ...) to start a sandbox")
         self.machine: Optional[Machine] = None
         self._client: Optional[AgentClient] = None
-        self._console: Optional[_ConsoleLog] = None
-        self._disk_lock_fd: Optional[int] = None
+        self._console: Optional[ConsoleLog] = None
+        self._disk_lock: Optional[DiskLock] = None
         self.runtime_dir: Optional[str] = None
         self.socket_path: Optional[str] = None
         self.console_log: Optional[str] = None
@@ -188,52 +86,51 @@ class Sandbox:
         Raises BootFailed (with the console tail) if the guest is not ready within
         boot_timeout seconds or ends before that.
         """
-        image_disk = _existing_file(image_disk, "image disk")
+        image_disk = existing_disk(image_disk, "image disk")
         if writable_disk is not None:
-            writable_disk = _existing_file(writable_disk, "writable disk")
+            writable_disk = existing_disk(writable_disk, "writable disk")
             if os.path.realpath(writable_disk) == os.path.realpath(image_disk):
                 raise ConfigError(f"the writable disk and the image disk are the same file: {image_disk}")
-        _check_hostname(hostname)
-        _check_env(env)
-        if workdir is not None and not (isinstance(workdir, str) and workdir.startswith("/")):
-            raise ConfigError(f"workdir {workdir!r} must be an absolute path in the guest")
-        if not (isinstance(boot_timeout, (int, float)) and boot_timeout > 0):
-            raise ConfigError(f"boot_timeout must be a positive number of seconds, not {boot_timeout!r}")
-        sb = cls(_private=True)
-        sb._times["sandbox_create"] = time.monotonic_ns()
-        sb.hostname = hostname
+        check_hostname(hostname)
+        check_env(env)
+        check_workdir(workdir)
+        check_timeout("boot_timeout", boot_timeout)
+        # The instance's half of construction (the class's own method, not a reach inside).
+        return cls(_private=True)._start(
+            image_disk, writable_disk, console_log=console_log, kernel=kernel, initrd=initrd,
+            cpus=cpus, memory_mib=memory_mib, engine=engine, hostname=hostname,
+            extra_cmdline=extra_cmdline, boot_timeout=boot_timeout, env=env, workdir=workdir,
+            rlimits=rlimits)
+
+    def _start(self, image_disk: str, writable_disk: Optional[str], *, console_log, kernel,
+               initrd, cpus, memory_mib, engine, hostname, extra_cmdline, boot_timeout, env,
+               workdir, rlimits) -> "Sandbox":
+        """The second half of create(), on checked arguments: set up, boot, wait for
+        READY, configure; on any failure release everything and raise."""
+        self._times["sandbox_create"] = time.monotonic_ns()
+        self.hostname = hostname
         try:
-            sb._setup(image_disk, writable_disk, console_log)
-            sb._boot(kernel=kernel, initrd=initrd, cpus=cpus, memory_mib=memory_mib,
-                     engine=engine, hostname=hostname, writable=writable_disk is not None,
-                     image_disk=image_disk, writable_disk=writable_disk,
-                     extra_cmdline=extra_cmdline)
-            sb._wait_ready(boot_timeout)
-            sb._configure(env, workdir, rlimits)  # the hostname went on the command line
+            self._setup(image_disk, writable_disk, console_log)
+            self._boot(kernel=kernel, initrd=initrd, cpus=cpus, memory_mib=memory_mib,
+                       engine=engine, hostname=hostname, writable=writable_disk is not None,
+                       image_disk=image_disk, writable_disk=writable_disk,
+                       extra_cmdline=extra_cmdline)
+            self._wait_ready(boot_timeout)
+            self._configure(env, workdir, rlimits)  # the hostname went on the command line
         except BaseException:
-            sb._teardown()
+            self._teardown()
             raise
-        sb._times["sandbox_ready"] = time.monotonic_ns()
-        return sb
+        self._times["sandbox_ready"] = time.monotonic_ns()
+        return self
 
     def _setup(self, image_disk: str, writable_disk: Optional[str], console_log) -> None:
         if writable_disk is not None:
-            self._lock_disk(writable_disk)
-        self.runtime_dir = tempfile.mkdtemp(prefix="vmm-sb-", dir=_runtime_base())
+            self._disk_lock = DiskLock(writable_disk)
+        self.runtime_dir = make_runtime_dir()
         self.socket_path = os.path.join(self.runtime_dir, "agent.sock")
         self.console_log = os.fspath(console_log) if console_log is not None else \
             os.path.join(self.runtime_dir, "console.log")
-        self._console = _ConsoleLog(self.console_log)
-
-    def _lock_disk(self, path: str) -> None:
-        """Two VMs mounting one ext4 read-write would corrupt it: one sandbox per disk."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ConfigError(f"writable disk {path} is in use by another sandbox") from None
-        self._disk_lock_fd = fd
+        self._console = ConsoleLog(self.console_log)
 
     def _boot(self, *, kernel, initrd, cpus, memory_mib, engine, hostname, writable,
               image_disk, writable_disk, extra_cmdline) -> None:
@@ -241,6 +138,8 @@ class Sandbox:
         from ..guest.agent import agent_initramfs
         kernel = kernel if kernel is not None else kernel_mod.guest_kernel()
         initrd = initrd if initrd is not None else agent_initramfs()
+        # The order makes the image /dev/vda and the writable disk /dev/vdb, the devices
+        # agent_cmdline names to the guest.
         disks = [Disk(image_disk, read_only=True, serial="image")]
         if writable:
             disks.append(Disk(writable_disk, read_only=False, serial="data"))
@@ -387,7 +286,7 @@ class Sandbox:
         Timeout (the guest process group was killed; output so far attached),
         SandboxNotRunning.
         """
-        _check_env(env)
+        check_env(env)
         return self._live().exec(argv, env=env, cwd=cwd, user=user, stdin=stdin,
                                  timeout=timeout, tty=tty, rows=rows, cols=cols,
                                  rlimits=rlimits)
@@ -398,7 +297,7 @@ class Sandbox:
                     rlimits: Optional[Dict[int, Tuple[int, int]]] = None) -> Process:
         """Start argv and return its Process: write()/close_stdin(), iterate
         ("stdout"|"stderr", bytes) as output arrives, signal(), resize(), wait()."""
-        _check_env(env)
+        check_env(env)
         return self._live().exec_stream(argv, env=env, cwd=cwd, user=user, tty=tty,
                                         rows=rows, cols=cols, rlimits=rlimits)
 
@@ -421,7 +320,7 @@ class Sandbox:
                 try:
                     # The request only; AgentClient.shutdown() would also wait for the
                     # connection to close, which the VM's end does for us below.
-                    self._client._request(P.T.SHUTDOWN, b"", timeout)
+                    self._client.request_shutdown(timeout)
                 except AgentError:
                     pass  # gone already, or not answering: the wait below decides
                 status = self.machine.wait(max(0.0, deadline - time.monotonic()))
@@ -445,9 +344,8 @@ class Sandbox:
         if self.runtime_dir is not None:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
             self.runtime_dir = None
-        if self._disk_lock_fd is not None:
-            os.close(self._disk_lock_fd)
-            self._disk_lock_fd = None
+        if self._disk_lock is not None:
+            self._disk_lock.release()
 
     def __enter__(self) -> "Sandbox":
         return self
@@ -461,105 +359,3 @@ class Sandbox:
                 self._teardown()
         except Exception:
             pass
-
-
-# --- asyncio ------------------------------------------------------------------------------------
-
-class AsyncProcess:
-    """asyncio view of a Process: await write/close_stdin/wait; `async for` over output."""
-
-    def __init__(self, proc: Process):
-        self.process = proc
-        self.pid = proc.pid
-
-    async def write(self, data: bytes) -> None:
-        await asyncio.to_thread(self.process.write, data)
-
-    async def close_stdin(self) -> None:
-        await asyncio.to_thread(self.process.close_stdin)
-
-    def signal(self, signo: int) -> None:
-        self.process.signal(signo)
-
-    def resize(self, rows: int, cols: int) -> None:
-        self.process.resize(rows, cols)
-
-    async def wait(self, timeout: Optional[float] = None) -> ExecResult:
-        return await asyncio.to_thread(self.process.wait, timeout)
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> Tuple[str, bytes]:
-        ev = await asyncio.to_thread(self.process.next_event)
-        if ev is None:
-            raise StopAsyncIteration
-        return ev
-
-
-class AsyncFs:
-    def __init__(self, sandbox: Sandbox):
-        self._sb = sandbox
-
-    async def read(self, path: str, **kw) -> bytes:
-        return await asyncio.to_thread(lambda: self._sb.fs.read(path, **kw))
-
-    async def write(self, path: str, data, **kw) -> int:
-        return await asyncio.to_thread(lambda: self._sb.fs.write(path, data, **kw))
-
-    async def stat(self, path: str, **kw):
-        return await asyncio.to_thread(lambda: self._sb.fs.stat(path, **kw))
-
-    async def list(self, path: str, **kw):
-        return await asyncio.to_thread(lambda: self._sb.fs.list(path, **kw))
-
-    async def mkdir(self, path: str, **kw) -> None:
-        await asyncio.to_thread(lambda: self._sb.fs.mkdir(path, **kw))
-
-    async def remove(self, path: str, **kw) -> None:
-        await asyncio.to_thread(lambda: self._sb.fs.remove(path, **kw))
-
-
-class AsyncSandbox:
-    """asyncio flavour of Sandbox for programs that run many at once.
-
-    The blocking calls run in worker threads; each sandbox's frames are still read by
-    its one client thread, so waiting costs a thread per call in flight, not a socket.
-    """
-
-    def __init__(self, sandbox: Sandbox):
-        self.sandbox = sandbox
-        self.fs = AsyncFs(sandbox)
-
-    @classmethod
-    async def create(cls, image_disk, **kw) -> "AsyncSandbox":
-        return cls(await asyncio.to_thread(lambda: Sandbox.create(image_disk, **kw)))
-
-    format_writable_disk = staticmethod(format_writable_disk)
-
-    async def exec(self, argv: Sequence[str], **kw) -> ExecResult:
-        return await asyncio.to_thread(lambda: self.sandbox.exec(argv, **kw))
-
-    async def exec_stream(self, argv: Sequence[str], **kw) -> AsyncProcess:
-        return AsyncProcess(await asyncio.to_thread(lambda: self.sandbox.exec_stream(argv, **kw)))
-
-    async def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> ExitStatus:
-        return await asyncio.to_thread(self.sandbox.stop, timeout)
-
-    @property
-    def timeline(self) -> dict:
-        return self.sandbox.timeline
-
-    @property
-    def running(self) -> bool:
-        return self.sandbox.running
-
-    async def __aenter__(self) -> "AsyncSandbox":
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.stop()
-
-
-__all__ = ["Sandbox", "AsyncSandbox", "AsyncProcess", "BootFailed", "ExecFailed", "ExecResult",
-           "SandboxNotRunning", "Timeout", "format_writable_disk", "DEFAULT_SIZE"]
