@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from . import cache
-from .initramfs import compile_static, initramfs_cpio, test_initramfs  # noqa: F401 (re-exported)
+from .initramfs import compile_static, initramfs_cpio, test_initramfs  # noqa: F401 (docstring)
 from .sources import GuestBuildError, guest_dir
 from ..errors import VmmError
 
