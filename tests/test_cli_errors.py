@@ -46,7 +46,8 @@ def empty_home(tmp_path, monkeypatch):
 # --- both CLIs, side by side ------------------------------------------------------------------
 
 @pytest.mark.parametrize("cli, args, fragment", [
-    (msb, [], "missing command"),
+    (msb, [], "Missing command"),
+    (msb, ["image"], "Missing command"),
     (vmm, [], "command"),
     (msb, ["no-such-command"], "no-such-command"),
     (vmm, ["no-such-command"], "no-such-command"),

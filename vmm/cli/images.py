@@ -43,7 +43,7 @@ def pull_cmd(reference, force, quiet, insecure, platform):
         click.echo(f"Pulled {result['reference']} {short_digest(result['digest'])}{note}", err=True)
 
 
-@click.group("image")
+@click.group("image", no_args_is_help=False)  # bare `msb image`: one usage line (msb.py)
 def image_group():
     """Manage OCI images."""
 

@@ -18,7 +18,9 @@ LOG_LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.I
               "debug": logging.DEBUG, "trace": 5}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# no_args_is_help off: a bare `msb` is click's own "Missing command." usage error (one line,
+# exit 2) on every click version, not the whole help text as an error.
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=False)
 @click.version_option(__version__, "-V", "--version", prog_name="msb", message="%(prog)s %(version)s")
 @click.option("--error", "log_level", flag_value="error", help="Show error diagnostics.")
 @click.option("--warn", "log_level", flag_value="warn", help="Show warnings and errors.")
@@ -38,9 +40,6 @@ def msb(log_level):
 
 images.register(msb)
 
-# click >= 8.2 raises this when a group is run without a command (older click shows help).
-_NO_COMMAND = getattr(click.exceptions, "NoArgsIsHelpError", ())
-
 
 def main(argv=None):
     """Console entry point: run `msb` inside the error boundary and exit with its status."""
@@ -56,7 +55,7 @@ def _invoke(argv):
         raise KeyboardInterrupt from None
     except click.UsageError as e:
         # One line, with the hint click would have printed on a second one.
-        text = "missing command" if isinstance(e, _NO_COMMAND) else e.format_message()
+        text = e.format_message()
         if e.ctx:
             text = f"{text.rstrip('.')}. Try '{e.ctx.command_path} -h' for help."
         raise boundary.UsageError(text) from None
