@@ -1,4 +1,5 @@
-"""The guest kernel and test initramfs builders (vmm.kernel).
+"""The guest kernel and test initramfs builders (vmm.guest.kernel, vmm.guest.initramfs) and
+the cache they share (vmm.guest.cache).
 
 Fast tests check the cache keys, the cache lookup, the lock and the initramfs format
 without building a kernel. Slow tests build (or reuse) the real kernel and check its
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vmm.guest import kernel
+from vmm.guest import agent, cache, initramfs, kernel
 from vmm.errors import VmmError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,8 +59,47 @@ def test_current_key_follows_the_checked_in_config(tmp_path, monkeypatch):
 
 
 def test_initramfs_key_tracks_the_init_source():
-    assert kernel.initramfs_key(b"int main(){}") == kernel.initramfs_key(b"int main(){}")
-    assert kernel.initramfs_key(b"int main(){}") != kernel.initramfs_key(b"int main(){ }")
+    assert initramfs.initramfs_key(b"int main(){}") == initramfs.initramfs_key(b"int main(){}")
+    assert initramfs.initramfs_key(b"int main(){}") != initramfs.initramfs_key(b"int main(){ }")
+
+
+def test_keys_are_what_they_always_were(tmp_path, monkeypatch):
+    """Keys name cache directories on every machine: a changed key function would rebuild
+    the kernel (minutes) everywhere. Values computed with the code before vmm/guest/cache.py."""
+    assert kernel.kernel_key(b"CONFIG_A=y\n", b"make", "6.1.1-1") == "f3622df71f43e469"
+    assert initramfs.initramfs_key(b"int main(){}") == "cc213c7d9e6ae751"
+    guest = tmp_path / "guest"
+    (guest / "kernel").mkdir(parents=True)
+    (guest / "kernel" / "config").write_text("CONFIG_X=y\n")
+    (guest / "agent").mkdir()
+    (guest / "agent" / "main.c").write_text("int main(void){return 0;}\n")
+    (guest / "agent" / "x.h").write_text("#define X 1\n")
+    monkeypatch.setenv("VMM_GUEST_DIR", str(guest))
+    assert agent.agent_key() == "c43234b38581b3a2"
+
+
+def test_the_cache_is_where_it_always_was(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMM_CACHE", str(tmp_path))
+    entry = cache.CacheDir("kernel", "0123456789abcdef")
+    assert entry.path == tmp_path / "kernel" / "0123456789abcdef"
+    assert entry.lock_path == tmp_path / "kernel" / "0123456789abcdef.lock"
+    monkeypatch.delenv("VMM_CACHE")
+    assert cache.cache_root() == Path.home() / ".cache" / "vmm"
+
+
+def test_a_failed_build_publishes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMM_CACHE", str(tmp_path))
+    entry = cache.CacheDir("thing", "k")
+
+    def half_written(target):
+        with cache.publishing(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        entry.build_once("out", half_written)
+    assert list(entry.path.iterdir()) == []
+    assert entry.build_once("out", lambda t: cache.publish(t, b"whole")).read_bytes() == b"whole"
 
 
 # --- cache lookup -----------------------------------------------------------------------
@@ -136,9 +176,9 @@ def test_concurrent_builders_build_once(tmp_path, monkeypatch):
         output.write_bytes(b"\x7fELF init")
         return output
 
-    monkeypatch.setattr(kernel, "compile_static", slow_compile)
+    monkeypatch.setattr(initramfs, "compile_static", slow_compile)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(kernel.test_initramfs()))
+    threads = [threading.Thread(target=lambda: results.append(initramfs.test_initramfs()))
                for _ in range(3)]
     for t in threads:
         t.start()
@@ -151,7 +191,7 @@ def test_concurrent_builders_build_once(tmp_path, monkeypatch):
 # --- the initramfs ----------------------------------------------------------------------
 
 def parse_newc(data: bytes) -> dict:
-    """name -> (mode, rdev, content), read independently of vmm.kernel's writer."""
+    """name -> (mode, rdev, content), read independently of vmm.guest.initramfs's writer."""
     entries, pos = {}, 0
     while True:
         assert data[pos:pos + 6] == b"070701", f"bad cpio magic at {pos}"
@@ -167,7 +207,7 @@ def parse_newc(data: bytes) -> dict:
 
 
 def test_initramfs_cpio_layout():
-    entries = parse_newc(kernel.initramfs_cpio(b"#!init"))
+    entries = parse_newc(initramfs.initramfs_cpio(b"#!init"))
     assert entries["init"] == (0o100755, (0, 0), b"#!init")
     assert entries["dev/console"][:2] == (0o020600, (5, 1))
     assert entries["dev"][0] == 0o040755

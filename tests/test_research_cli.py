@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from vmm import research_cli
+from vmm.cli import research
 from vmm.engines import kvm_backing, qemu_binary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_info_without_dev_kvm(monkeypatch, capsys):
     """No /dev/kvm (simulated in-process): info says so, auto falls back to qemu."""
     real_exists = os.path.exists
     monkeypatch.setattr(os.path, "exists", lambda p: False if os.fspath(p) == "/dev/kvm" else real_exists(p))
-    assert research_cli.main(["info", "--json"]) == 0
+    assert research.main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["kvm"] == {"present": False, "backing": "missing"}
     if qemu_binary():
@@ -136,7 +136,7 @@ def test_boot_streams_console_to_stdout(guests, flag):
         m = re.match(r"(\w+) +(\d+\.\d+)(?: +(-?\d+\.\d+))?$", line)
         if m:
             rows[m.group(1)] = float(m.group(2))
-    phases = [p for p in research_cli.PHASES if p in rows]
+    phases = [p for p in research.PHASES if p in rows]
     assert phases == ["process_start", "machine_created", "vm_created", "kernel_loaded",
                       "first_vcpu_entry", "boot_timer", "exit"], r.stdout
     times = [rows[p] for p in phases]
@@ -250,7 +250,7 @@ def test_kvm_engine_without_dev_kvm(monkeypatch, capsys, hello):
     """No /dev/kvm, simulated in-process (the CLI's own main, as `python -m vmm` runs it)."""
     real_exists = os.path.exists
     monkeypatch.setattr(os.path, "exists", lambda p: False if os.fspath(p) == "/dev/kvm" else real_exists(p))
-    rc = research_cli.main(["boot", "--kernel", str(hello), "--engine", "kvm"])
+    rc = research.main(["boot", "--kernel", str(hello), "--engine", "kvm"])
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     assert err == "error: the kvm engine needs /dev/kvm, which this host does not have\n"

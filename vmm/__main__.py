@@ -1,8 +1,8 @@
-"""`python -m vmm`: see vmm/research_cli.py."""
+"""`python -m vmm`: see vmm/cli/research.py."""
 import os
 import sys
 
-from .research_cli import main
+from .cli.research import main
 
 if __name__ == "__main__":
     rc = main()

@@ -91,13 +91,20 @@ def test_rm_and_rmi(two_images):
 
 
 def test_errors_are_one_line(tmp_path):
+    # A malformed reference is a bad argument: a usage error, like any other (exit 2).
     p = msb("pull", "Not/A Ref")
-    assert p.returncode == 1 and p.stderr.startswith("error: invalid image reference") \
+    assert p.returncode == 2 and p.stderr.startswith("error: invalid image reference") \
         and len(p.stderr.splitlines()) == 1
     p = msb("image", "load", "-i", str(tmp_path))
     assert p.returncode == 1 and "not an OCI image layout" in p.stderr
     p = msb("no-such-command")
-    assert p.returncode == 2 and p.stderr.startswith("error:")
+    assert p.returncode == 2 and p.stderr == \
+        "error: No such command 'no-such-command'. Try 'msb -h' for help.\n"
+    p = msb("pull", "--platform", "a/b/c/d", "x")   # refused before any registry is asked
+    assert p.returncode == 2 and "bad platform 'a/b/c/d'" in p.stderr \
+        and len(p.stderr.splitlines()) == 1
+    p = msb("rmi", "Not/A Ref", "nothere:1")       # each reference gets its line; worst wins
+    assert p.returncode == 2 and p.stderr.splitlines()[1].startswith("error: no image")
 
 
 def test_pull_command(registry, tmp_path):

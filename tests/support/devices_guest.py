@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import vmm
-from vmm.guest import kernel
+from vmm.guest import initramfs, kernel
 
 HERE = Path(__file__).resolve().parent
 GUEST = HERE.parent / "guest"   # tests/guest: guest-side sources
@@ -131,12 +131,7 @@ def need_tools():
 
 def _cpio(entries) -> bytes:
     """A newc archive of (name, mode, data, (major, minor))."""
-    import io
-    buf = io.BytesIO()
-    for ino, (name, mode, data, rdev) in enumerate(entries, start=1):
-        kernel._cpio_entry(buf, ino, name, mode, data, rdev)
-    kernel._cpio_entry(buf, 0, "TRAILER!!!", 0, b"", (0, 0))
-    return buf.getvalue()
+    return initramfs.newc_archive(entries)
 
 
 def build_initramfs(dest: Path) -> Path:

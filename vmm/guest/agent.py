@@ -5,29 +5,26 @@
                           but /dev/console and the mount points)
 
 The key hashes every source file, the compiler flags and the initramfs layout, so an
-edit rebuilds and an unchanged tree never does. A file lock makes concurrent callers
-(several test workers, several sandboxes starting) build once.
+edit rebuilds and an unchanged tree never does (vmm/guest/cache.py: one build per key,
+even with several test workers or sandboxes starting at once).
 """
 from __future__ import annotations
 
-import fcntl
 import gzip
-import hashlib
-import os
 import shutil
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 from typing import List
 
-from ..errors import VmmError
-from .kernel import cache_dir, guest_dir, initramfs_cpio
+from . import cache
+from .initramfs import initramfs_cpio
+from .sources import GuestBuildError, guest_dir
 
 AGENT_CFLAGS = ("-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-std=c11")
 LAYOUT = b"agent-initramfs-1"  # bump when the initramfs layout changes
 
 
-class AgentBuildError(VmmError):
+class AgentBuildError(GuestBuildError):
     """The guest agent could not be built."""
 
 
@@ -40,25 +37,15 @@ def agent_sources() -> List[Path]:
 
 
 def agent_key() -> str:
-    h = hashlib.sha256()
     parts = [LAYOUT, " ".join(AGENT_CFLAGS).encode()]
     for f in agent_sources():
         parts += [f.name.encode(), f.read_bytes()]
-    for part in parts:
-        h.update(len(part).to_bytes(8, "little"))
-        h.update(part)
-    return h.hexdigest()[:16]
+    return cache.key(parts)
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _cache_dir() -> cache.CacheDir:
+    # The binary and its initramfs share one directory and one lock.
+    return cache.CacheDir("agent", agent_key(), announce_waits=False)
 
 
 def _compile(out: Path) -> None:
@@ -67,43 +54,27 @@ def _compile(out: Path) -> None:
         raise AgentBuildError("musl-gcc is needed to build the guest agent "
                               "(apt-get install musl-tools)")
     sources = [str(f) for f in agent_sources() if f.suffix == ".c"]
-    tmp = out.with_name(out.name + ".tmp")
-    proc = subprocess.run([cc, *AGENT_CFLAGS, "-o", str(tmp), *sources],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise AgentBuildError(f"compiling the guest agent failed:\n{proc.stderr.strip()[-3000:]}")
-    tmp.rename(out)
+    with cache.publishing(out) as tmp:
+        proc = subprocess.run([cc, *AGENT_CFLAGS, "-o", str(tmp), *sources],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise AgentBuildError(f"compiling the guest agent failed:\n{proc.stderr.strip()[-3000:]}")
 
 
 def agent_dir() -> Path:
-    return cache_dir() / "agent" / agent_key()
+    return _cache_dir().path
 
 
 def agent_binary() -> Path:
     """The static agent binary, built on first use."""
-    out = agent_dir()
-    binary = out / "agent"
-    if binary.is_file():
-        return binary
-    with _locked(out.with_suffix(".lock")):
-        if not binary.is_file():
-            out.mkdir(parents=True, exist_ok=True)
-            _compile(binary)
-    return binary
+    return _cache_dir().build_once("agent", _compile)
 
 
 def agent_initramfs() -> Path:
     """initramfs.cpio.gz holding the agent as /init, built on first use."""
     binary = agent_binary()
-    image = binary.parent / "initramfs.cpio.gz"
-    if image.is_file():
-        return image
-    with _locked(binary.parent.with_suffix(".lock")):
-        if not image.is_file():
-            tmp = image.with_name(image.name + ".tmp")
-            tmp.write_bytes(gzip.compress(initramfs_cpio(binary.read_bytes()), mtime=0))
-            tmp.rename(image)
-    return image
+    return _cache_dir().build_once("initramfs.cpio.gz", lambda image: cache.publish(
+        image, gzip.compress(initramfs_cpio(binary.read_bytes()), mtime=0)))
 
 
 if __name__ == "__main__":

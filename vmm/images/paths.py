@@ -1,29 +1,20 @@
-"""Where images live under MSB_HOME (default ~/.microsandbox).
-
-    MSB_HOME/images/blobs/sha256/<hex>     verified blobs (layers, configs, manifests)
-    MSB_HOME/images/tmp/                   partial downloads and disks being built
-    MSB_HOME/images/locks/                 flock files: one per blob, one per disk, gc.lock
-    MSB_HOME/images/disks/<hex>.erofs      root disk per manifest digest
-    MSB_HOME/images/index.db               SQLite index (references, manifests, layers)
-"""
-import os
+"""The image store's paths: vmm/home.py names the layout under MSB_HOME/images; this adds
+the per-digest names (a blob, its partial download, its lock, a manifest's root disk)."""
 from pathlib import Path
 
+from ..home import Home
 from .digest import parse_digest
-
-
-def msb_home() -> Path:
-    return Path(os.environ.get("MSB_HOME") or Path.home() / ".microsandbox")
 
 
 class StorePaths:
     def __init__(self, home=None):
-        self.root = Path(home or msb_home()) / "images"
-        self.blobs = self.root / "blobs"
-        self.tmp = self.root / "tmp"
-        self.locks = self.root / "locks"
-        self.disks = self.root / "disks"
-        self.db = self.root / "index.db"
+        layout = Home(home)
+        self.root = layout.images
+        self.blobs = layout.image_blobs
+        self.tmp = layout.image_tmp
+        self.locks = layout.image_locks
+        self.disks = layout.image_disks
+        self.db = layout.image_index
 
     def create(self):
         for d in (self.blobs / "sha256", self.blobs / "sha512", self.tmp, self.locks, self.disks):

@@ -1,9 +1,9 @@
 """`msb pull`, `msb image ls|inspect|rm|load`, and the hidden aliases `images` and `rmi`."""
 import os
-import sys
 
 import click
 
+from . import boundary
 from .output import format_bytes, format_time, print_json, print_table, short_digest
 
 FORMAT = click.option("--format", "fmt", type=click.Choice(["json"]), default=None,
@@ -11,8 +11,19 @@ FORMAT = click.option("--format", "fmt", type=click.Choice(["json"]), default=No
 
 
 def _images():
-    import vmm.images      # imported on use: `msb --version` should not pay for it
-    return vmm.images
+    from .. import images  # imported on use: `msb --version` should not pay for it
+    return images
+
+
+def _check_platform(ctx, param, value):
+    """A malformed --platform is a usage error, found before any registry is contacted."""
+    if value is not None:
+        from ..images.manifest import parse_platform
+        try:
+            parse_platform(value)
+        except _images().ImageError as e:
+            raise click.BadParameter(str(e), ctx, param) from None
+    return value
 
 
 @click.command("pull")
@@ -20,7 +31,7 @@ def _images():
 @click.option("-f", "--force", is_flag=True, help="Pull again even if the image is cached.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--insecure", is_flag=True, help="Talk plain HTTP to the registry.")
-@click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+@click.option("--platform", default=None, metavar="OS/ARCH[/VARIANT]", callback=_check_platform,
               help="Platform to pull from a multi-platform image (default: the host's).")
 def pull_cmd(reference, force, quiet, insecure, platform):
     """Download an image from a registry."""
@@ -32,7 +43,7 @@ def pull_cmd(reference, force, quiet, insecure, platform):
         click.echo(f"Pulled {result['reference']} {short_digest(result['digest'])}{note}", err=True)
 
 
-@click.group("image")
+@click.group("image", no_args_is_help=False)  # bare `msb image`: one usage line (msb.py)
 def image_group():
     """Manage OCI images."""
 
@@ -99,19 +110,17 @@ def inspect_cmd(reference, fmt):
 def rm_cmd(references, force, quiet):
     """Remove cached images (layers no other image uses are freed)."""
     images = _images()
-    failed = False
-    for ref in references:
+    status = 0
+    for ref in references:  # one failure does not stop the others; each gets its line
         try:
             removed = images.remove(ref, force=force)
         except images.ImageError as e:
-            click.echo(f"error: {e}", err=True)
-            failed = True
+            status = max(status, boundary.report(e))
             continue
         if not quiet:
             for name in removed:
                 click.echo(f"Removed {name}", err=True)
-    if failed:
-        sys.exit(1)
+    return status
 
 
 @click.command("load")
@@ -130,16 +139,16 @@ def load_cmd(path, tag, quiet):
         click.echo(f"Loaded {info['reference']} {short_digest(info['digest'])}", err=True)
 
 
-def register(cli):
+def register(root):
+    """Add `pull`, `image` and the hidden aliases `images` and `rmi` to the root group."""
     for cmd in (pull_cmd, ls_cmd, inspect_cmd, rm_cmd, load_cmd):
         image_group.add_command(cmd)
-    image_group.add_command(pull_cmd)
     image_group.add_command(_alias(ls_cmd, "list"))
     image_group.add_command(_alias(rm_cmd, "remove"))
-    cli.add_command(pull_cmd)
-    cli.add_command(image_group)
-    cli.add_command(_alias(ls_cmd, "images"))
-    cli.add_command(_alias(rm_cmd, "rmi"))
+    root.add_command(pull_cmd)
+    root.add_command(image_group)
+    root.add_command(_alias(ls_cmd, "images"))
+    root.add_command(_alias(rm_cmd, "rmi"))
 
 
 def _alias(cmd, name):

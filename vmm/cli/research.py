@@ -4,7 +4,9 @@
     python -m vmm boot [--kernel K] [--initrd I] [--cmdline C] [--cpus N] [--memory MIB]
                        [--engine kvm|qemu|auto] [--timeout S] [--timeline] [--json]
 
-Bad input is one `error:` line on stderr and exit code 2; a guest that fails exits 1.
+Errors go through the boundary `msb` uses too (boundary.py): bad input is one `error:`
+line on stderr and exit code 2, a failure exit code 1; a guest that does not shut down
+cleanly exits 1.
 """
 from __future__ import annotations
 
@@ -13,16 +15,14 @@ import json
 import os
 import sys
 
-from . import __version__
-from .errors import ConfigError, EngineUnavailable, VmmError
-
-EXIT_BAD_INPUT = 2
+from .._version import __version__
+from ..errors import ConfigError, EngineUnavailable, VmmError
+from . import boundary
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors: one line, exit 2
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(EXIT_BAD_INPUT)
+    def error(self, message):  # argparse's own usage errors go to the boundary
+        raise boundary.UsageError(message)
 
 
 def _parser():
@@ -49,27 +49,23 @@ def _parser():
     return p
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+    """Run `python -m vmm ARGV`; returns the exit status (errors already printed)."""
+    return boundary.run(_run, argv)
+
+
+def _run(argv):
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "info":
-            return _info(args)
-        return _boot(args)
-    except (ConfigError, EngineUnavailable) as e:
-        sys.stderr.write(f"error: {e}\n")
-        return EXIT_BAD_INPUT
-    except VmmError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    if args.command == "info":
+        return _info(args)
+    return _boot(args)
 
 
 # --- info ---------------------------------------------------------------------------------
 
 def host_info() -> dict:
-    from . import engines
-    from .guest import kernel
+    from .. import engines
+    from ..guest import kernel
 
     info = {"version": __version__, "kvm": _kvm_info()}
     info["kvm"]["backing"] = engines.kvm_backing()
@@ -87,7 +83,7 @@ def _kvm_info() -> dict:
     if not os.path.exists("/dev/kvm"):
         return {"present": False}
     try:
-        from .engines.kvm import probe
+        from ..engines.kvm import probe
         return {"present": True, **probe()}
     except VmmError as e:
         return {"present": True, "error": str(e)}
@@ -128,11 +124,11 @@ PHASES = ["process_start", "machine_created", "vm_created", "kernel_loaded",
 
 
 def _boot(args):
-    from .machine import Machine
+    from ..machine import Machine
 
     kernel_path, initrd = args.kernel, args.initrd
     if kernel_path is None:
-        from .guest import kernel  # only here: it imports the build machinery
+        from ..guest import kernel  # only here: it imports the build machinery
 
         kernel_path = kernel.guest_kernel()
         if initrd is None:

@@ -1,0 +1,4 @@
+"""`python -m vmm.cli`: the same as the `msb` console script."""
+from .msb import main
+
+main()
