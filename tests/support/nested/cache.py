@@ -1,11 +1,11 @@
-"""Where the nested tier keeps its downloads and builds: beside the guest kernel cache,
-outside the checkout, one directory per key."""
-import os
+"""Where the nested tier keeps its downloads and builds: under the project's cache root
+(beside the guest kernel, outside the checkout), one entry per key."""
 from pathlib import Path
+
+from vmm.guest.cache import cache_root
 
 
 def nested_cache() -> Path:
-    root = Path(os.environ.get("VMM_CACHE") or Path.home() / ".cache" / "vmm")
-    path = root / "nested"
+    path = cache_root() / "nested"
     path.mkdir(parents=True, exist_ok=True)
     return path
