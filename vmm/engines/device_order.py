@@ -9,7 +9,10 @@ from __future__ import annotations
 import string
 from typing import List, Tuple
 
+from ..devices import Disk, Net, Vsock
 from ..errors import ConfigError
+
+_CONFIG_OF = {"blk": Disk, "vsock": Vsock, "net": Net}
 
 
 def disk_name(index: int) -> str:
@@ -30,9 +33,9 @@ def attached_devices(spec) -> List[Tuple[str, str, object]]:
         out.append(("vsock", "vsock", spec.vsock))
     out += [("net", f"net{i}", n) for i, n in enumerate(spec.nets)]
     for kind, name, cfg in out:
-        if not hasattr(cfg, "open"):
+        if not isinstance(cfg, _CONFIG_OF[kind]):
             raise ConfigError(f"device {name}: {cfg!r} is not a vmm.devices config object "
-                              f"(Disk, Vsock or Net)")
+                              f"({_CONFIG_OF[kind].__name__})")
     return out
 
 
