@@ -13,6 +13,8 @@ from typing import Optional  # already loaded by the time vmm is imported: costs
 from .errors import ConfigError
 from . import engines as _engines
 from . import kernel_image
+# Defined below the engines (which return them) and re-exported: vmm.machine.ExitStatus and
+# vmm.ExitStatus stay where callers found them.
 from .engines.base import ExitStatus, MachineSpec
 from .timeline import ordered, process_start_ns
 
@@ -27,7 +29,7 @@ class Machine:
     """One VM. cmdline: your part of the kernel command line (a str, or a
     vmm.cmdline.KernelCmdline of named parts); the engine puts its own before it. options:
     vmm.KvmOptions or vmm.QemuOptions for the engine that runs it."""
-    MAX_CPUS = 255  # no engine runs more; each engine's own limit is checked too
+    MAX_CPUS = 255  # qemu's TCG limit, the most any engine runs; each engine's own is checked too
 
     def __init__(self, kernel, initrd=None, cmdline="", cpus: int = 1, memory_mib: int = 128,
                  engine: str = "auto", console: ConsoleSink = None, hugepages: bool = False,

@@ -298,8 +298,10 @@ class KvmEngine(Engine):
     def inspect(self) -> Inspection:
         """The command line, each device's virtio-mmio transport, the e820 map, where the
         kernel went and the exit counts (see base.Inspection); the last values once closed."""
+        # Before the kernel is loaded: the line it will get (Machine() has checked it).
+        cmdline = self._cmdline or "".join(text for _, text in self.kernel_cmdline(self.spec).parts)
         return Inspection(
-            engine=self.name, cmdline=self._cmdline,
+            engine=self.name, cmdline=cmdline,
             transports=tuple(dict(t) for t in self._observe("transport_info", self._transport_info, [])),
             e820=tuple(self._observe("e820", self._e820, [])),
             boot=dict(self._observe("boot_info", self._boot_info, {})),
