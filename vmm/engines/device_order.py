@@ -9,10 +9,7 @@ from __future__ import annotations
 import string
 from typing import List, Tuple
 
-from ..devices import Disk, Net, Vsock
 from ..errors import ConfigError
-
-_CONFIG_OF = {"blk": Disk, "vsock": Vsock, "net": Net}
 
 
 def disk_name(index: int) -> str:
@@ -32,10 +29,15 @@ def attached_devices(spec) -> List[Tuple[str, str, object]]:
     if spec.vsock is not None:
         out.append(("vsock", "vsock", spec.vsock))
     out += [("net", f"net{i}", n) for i, n in enumerate(spec.nets)]
+    if not out:
+        return out
+    # Here, not at the top: a machine without devices need not load the config types.
+    from ..devices import Disk, Net, Vsock
+    config_of = {"blk": Disk, "vsock": Vsock, "net": Net}
     for kind, name, cfg in out:
-        if not isinstance(cfg, _CONFIG_OF[kind]):
+        if not isinstance(cfg, config_of[kind]):
             raise ConfigError(f"device {name}: {cfg!r} is not a vmm.devices config object "
-                              f"({_CONFIG_OF[kind].__name__})")
+                              f"({config_of[kind].__name__})")
     return out
 
 

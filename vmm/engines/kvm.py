@@ -28,7 +28,6 @@ from .._binding import check, ffi, lib
 from ..cmdline import KernelCmdline, caller_parts
 from ..errors import ConfigError, EngineUnavailable, GuestError
 from .base import Engine, ExitStatus, MachineSpec
-from .inspection import Inspection
 from .options import KvmOptions
 from .device_order import attached_devices, stats_entry
 
@@ -201,10 +200,13 @@ class KvmEngine(Engine):
         self._cmdline = cmdline
 
     def _attach_devices(self, vm):
-        from .virtio_device import open_device  # only machines with devices pay for it
+        wanted = attached_devices(self.spec)
+        if not wanted:
+            return
+        from .virtio_device import open_device  # only machines with devices pay for its imports
         flags = ((0 if self.options.ioeventfd else lib.VMM_VDEV_NO_IOEVENTFD)
                  | (0 if self.options.irqfd else lib.VMM_VDEV_NO_IRQFD))
-        for i, (kind, name, cfg) in enumerate(attached_devices(self.spec)):
+        for i, (kind, name, cfg) in enumerate(wanted):
             dev = open_device(cfg)
             self._attached.append((kind, name, dev))  # closed by close(), whatever happens next
             info = ffi.new("struct vmm_virtio_mmio_info *")
@@ -295,9 +297,10 @@ class KvmEngine(Engine):
     def _live_device_stats(self):
         return [stats_entry(kind, name, dev.counters()) for kind, name, dev in self._attached]
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> "Inspection":
         """The command line, each device's virtio-mmio transport, the e820 map, where the
         kernel went and the exit counts (see base.Inspection); the last values once closed."""
+        from .inspection import Inspection  # a dataclass: not worth its import before someone asks
         # Before the kernel is loaded: the line it will get (Machine() has checked it).
         cmdline = self._cmdline or "".join(text for _, text in self.kernel_cmdline(self.spec).parts)
         return Inspection(

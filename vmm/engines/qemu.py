@@ -33,7 +33,6 @@ from ..cmdline import KernelCmdline, caller_parts
 from ..errors import ConfigError, EngineUnavailable
 from . import qemu_binary
 from .base import Engine, ExitStatus, MachineSpec
-from .inspection import Inspection
 from .options import QemuOptions
 from .vhost_backends import VhostBackends
 
@@ -312,8 +311,9 @@ class QemuEngine(Engine):
     def exit_stats(self) -> dict:
         return {}  # TCG has no VM exits to count (see the module docstring)
 
-    def inspect(self) -> Inspection:
+    def inspect(self) -> "Inspection":
         """The command line and our devices; e820 and boot placement are QEMU's own."""
+        from .inspection import Inspection  # a dataclass: not worth its import before someone asks
         return Inspection(engine=self.name, cmdline=kernel_cmdline(self.spec).text().strip(),
                           transports=tuple({"kind": s["kind"], "name": s["name"]}
                                            for s in self._backends.stats()),

@@ -13,7 +13,6 @@ from typing import Optional
 from .. import _binding
 from ..devices import Disk, Net, Vsock, parse_mac
 from ..errors import ConfigError, VmmError
-from .net_backend import open_backend
 
 COUNTERS = ("requests", "bytes_read", "bytes_written", "frames_in", "frames_out", "errors",
             "rejected", "interrupts", "connections", "resets")
@@ -50,6 +49,7 @@ def _open_vsock(vsock: Vsock) -> "Device":
 
 
 def _open_net(net: Net) -> "Device":
+    from .net_backend import open_backend  # subprocess, socket: only machines with a net
     mac = parse_mac(net.mac)
     fd, kind, proc = open_backend(net)
     try:
