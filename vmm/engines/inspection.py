@@ -1,4 +1,4 @@
-"""What a run of a machine can be asked about afterwards (Machine.inspect())."""
+"""What can be asked of a machine's run (Machine.inspect()): before, during and after it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
