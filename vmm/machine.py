@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Optional  # already loaded by the time vmm is imported: costs nothing
+from typing import TYPE_CHECKING, Optional  # typing is loaded by then: costs nothing
 
 from .errors import ConfigError
 from . import engines as _engines
@@ -17,6 +17,9 @@ from . import kernel_image
 # vmm.ExitStatus stay where callers found them.
 from .engines.base import ExitStatus, MachineSpec
 from .timeline import ordered, process_start_ns
+
+if TYPE_CHECKING:
+    from .engines.inspection import Inspection
 
 __all__ = ["Machine", "ExitStatus", "MachineSpec"]
 
@@ -109,7 +112,7 @@ class Machine:
         t.update(self._engine.timeline())
         return ordered(t)
 
-    def inspect(self) -> "vmm.engines.inspection.Inspection":
+    def inspect(self) -> "Inspection":
         """What the engine did: the kernel command line it gave, each device's transport
         (kvm: virtio-mmio base, irq, counters), the e820 map and where the kernel went (kvm),
         exit counts, QEMU's pid (qemu). Valid before, during and after the run."""

@@ -28,7 +28,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:  # for annotations only: loaded when an engine needs them, not at import
+    from ..cmdline import KernelCmdline
+    from .inspection import Inspection
 
 
 @dataclass
@@ -60,7 +64,7 @@ class MachineSpec:
     """
     kernel: str
     initrd: Optional[str] = None
-    cmdline: "str | vmm.cmdline.KernelCmdline" = ""
+    cmdline: "str | KernelCmdline" = ""
     cpus: int = 1
     memory_mib: int = 128
     hugepages: bool = False

@@ -23,6 +23,7 @@ import contextlib
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from .._binding import check, ffi, lib
 from ..cmdline import KernelCmdline, caller_parts
@@ -30,6 +31,9 @@ from ..errors import ConfigError, EngineUnavailable, GuestError
 from .base import Engine, ExitStatus, MachineSpec
 from .options import KvmOptions
 from .device_order import attached_devices, stats_entry
+
+if TYPE_CHECKING:
+    from .inspection import Inspection
 
 # The exact prefix every guest gets: console on the UART we emulate, reset through the
 # i8042 (our clean "shutdown"), and a panic resets at once instead of hanging.
@@ -299,8 +303,8 @@ class KvmEngine(Engine):
 
     def inspect(self) -> "Inspection":
         """The command line, each device's virtio-mmio transport, the e820 map, where the
-        kernel went and the exit counts (see base.Inspection); the last values once closed."""
-        from .inspection import Inspection  # a dataclass: not worth its import before someone asks
+        kernel went and the exit counts (see inspection.py); the last values once closed."""
+        from .inspection import Inspection  # a dataclass: loaded when someone asks
         # Before the kernel is loaded: the line it will get (Machine() has checked it).
         cmdline = self._cmdline or "".join(text for _, text in self.kernel_cmdline(self.spec).parts)
         return Inspection(

@@ -27,7 +27,7 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from ..cmdline import KernelCmdline, caller_parts
 from ..errors import ConfigError, EngineUnavailable
@@ -35,6 +35,9 @@ from . import qemu_binary
 from .base import Engine, ExitStatus, MachineSpec
 from .options import QemuOptions
 from .vhost_backends import VhostBackends
+
+if TYPE_CHECKING:
+    from .inspection import Inspection
 
 BOOT_TIMER_PORT = 0x440
 BOOT_TIMER_INIT_STARTED = 123
@@ -313,7 +316,7 @@ class QemuEngine(Engine):
 
     def inspect(self) -> "Inspection":
         """The command line and our devices; e820 and boot placement are QEMU's own."""
-        from .inspection import Inspection  # a dataclass: not worth its import before someone asks
+        from .inspection import Inspection  # a dataclass: loaded when someone asks
         return Inspection(engine=self.name, cmdline=kernel_cmdline(self.spec).text().strip(),
                           transports=tuple({"kind": s["kind"], "name": s["name"]}
                                            for s in self._backends.stats()),
