@@ -177,7 +177,7 @@ def _qemu_on_passt_intervals(initrd, port):
     by hand: it separates what passt costs from what our device costs."""
     import subprocess
     from vmm.guest import kernel
-    from vmm.devices import passt_socketpair
+    from vmm.engines.net_backend import passt_socketpair
     ours, theirs = passt_socketpair()  # passt's send buffer as in our own passt back end
     passt = subprocess.Popen(["passt", "--foreground", "--quiet", "--fd", str(theirs.fileno())],
                              pass_fds=[theirs.fileno()], stdout=subprocess.DEVNULL,

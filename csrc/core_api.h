@@ -204,6 +204,9 @@ struct vmm_virtio_mmio_info {
  * on its command line, which the caller builds from out. flags: enum vmm_vdev_flags. */
 int vmm_vm_add_device(struct vmm_vm *vm, struct vmm_vdev *dev, int flags,
                       struct vmm_virtio_mmio_info *out, char *err, size_t errlen);
+/* Where the index-th added device will sit (base, size, irq; the rest zero), without a VM:
+ * what the kernel command line announces. -1 past the core's device limit. */
+int vmm_virtio_mmio_slot(int index, struct vmm_virtio_mmio_info *out);
 /* The index-th added device's transport state; -1 if there is none. */
 int vmm_vm_device_info(struct vmm_vm *vm, int index, struct vmm_virtio_mmio_info *out);
 /* cffi-end */

@@ -30,6 +30,19 @@ static int build_vmem(struct vmm_vm *vm, char *err, size_t errlen)
     return 0;
 }
 
+/* The one place that decides where the index-th device sits: Python builds the guest's
+ * command line from it before any VM exists, and vmm_vm_add_device uses the same. */
+int vmm_virtio_mmio_slot(int index, struct vmm_virtio_mmio_info *out)
+{
+    if (index < 0 || index >= VMM_MAX_VDEVS)
+        return -1;
+    memset(out, 0, sizeof(*out));
+    out->base = LAYOUT_VIRTIO_MMIO + (uint64_t)index * VIRTIO_MMIO_WINDOW;
+    out->size = VIRTIO_MMIO_WINDOW;
+    out->irq = free_irqs[index];
+    return 0;
+}
+
 int vmm_vm_add_device(struct vmm_vm *vm, struct vmm_vdev *dev, int flags,
                       struct vmm_virtio_mmio_info *out, char *err, size_t errlen)
 {
@@ -45,8 +58,9 @@ int vmm_vm_add_device(struct vmm_vm *vm, struct vmm_vdev *dev, int flags,
             return -1;
     }
     int i = vm->nvdevs;
-    uint64_t base = LAYOUT_VIRTIO_MMIO + (uint64_t)i * VIRTIO_MMIO_WINDOW;
-    struct virtio_mmio *t = virtio_mmio_attach(vm, vm->io, (struct vdev *)dev, base, free_irqs[i],
+    struct vmm_virtio_mmio_info slot;
+    vmm_virtio_mmio_slot(i, &slot);
+    struct virtio_mmio *t = virtio_mmio_attach(vm, vm->io, (struct vdev *)dev, slot.base, slot.irq,
                                                flags, err, errlen);
     if (!t)
         return -1;

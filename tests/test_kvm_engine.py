@@ -12,6 +12,7 @@ import time
 import pytest
 
 import vmm
+from vmm import KvmOptions, PythonDevice
 from vmm.engines import kvm_backing
 from vmm.errors import ConfigError, GuestError
 from vmm.machine import MachineSpec
@@ -20,7 +21,7 @@ from support.kvm_guests import KVM_MARKS, guest_build  # noqa: E402
 
 pytestmark = KVM_MARKS
 
-from vmm.engines.kvm import KvmEngine, PythonDevice, probe, CMDLINE_PREFIX  # noqa: E402
+from vmm.engines.kvm import KvmEngine, probe, CMDLINE_PREFIX  # noqa: E402
 
 REPORT_MMIO = 0xD0000000
 REPORT_PORT = 0x500
@@ -60,10 +61,9 @@ class Recorder:
 
 def run(path, *, devices=(), cpus=1, memory_mib=16, cmdline="", console_input=None):
     """Boot path, wait for its end; returns (Machine, ExitStatus). The machine is stopped."""
-    m = vmm.Machine(path, engine="kvm", cpus=cpus, memory_mib=memory_mib, cmdline=cmdline)
+    m = vmm.Machine(path, engine="kvm", cpus=cpus, memory_mib=memory_mib, cmdline=cmdline,
+                    options=KvmOptions(python_devices=devices))
     try:
-        for dev in devices:
-            m._engine.add_python_device(dev)
         m.start()
         if console_input is not None:
             m.send_console(console_input)
@@ -114,14 +114,14 @@ def test_long_mode_entry_state(guests):
     dev = Recorder()
     m, status = run(guests("entry64"), devices=[PythonDevice(REPORT_MMIO, 0x1000, dev)])
     assert status.kind == "shutdown", status
-    check_long_mode_entry(dev.slots(), len(m._engine.e820()))
+    check_long_mode_entry(dev.slots(), len(m.inspect().e820))
 
 
 def test_bzimage_entry(bzimage):
     dev = Recorder()
     m, status = run(bzimage, devices=[PythonDevice(REPORT_MMIO, 0x1000, dev)])
     assert status.kind == "shutdown", status
-    check_long_mode_entry(dev.slots(), len(m._engine.e820()))
+    check_long_mode_entry(dev.slots(), len(m.inspect().e820))
 
 
 def test_pvh_entry(guests):
@@ -133,7 +133,7 @@ def test_pvh_entry(guests):
     assert cr0 & 1 and not cr0 & 0x80000000, f"CR0 {cr0:#x}: PVH wants protected mode, paging off"
     assert cs == 0x10 and cr4 == 0
     assert cmdline == 0x20000
-    assert nmap == len(m._engine.e820())
+    assert nmap == len(m.inspect().e820)
 
 
 # --- devices -------------------------------------------------------------------------------------
@@ -244,8 +244,8 @@ def test_failures_during_start_leak_nothing(guests, tmp_path):
     engine.close()
     engine.close()
     # A Python device over the serial port is refused (ranges must not overlap).
-    m = vmm.Machine(guests("hello"), engine="kvm", memory_mib=16)
-    m._engine.add_python_device(PythonDevice(0x3F8, 8, Recorder(), mmio=False))
+    m = vmm.Machine(guests("hello"), engine="kvm", memory_mib=16,
+                    options=KvmOptions(python_devices=[PythonDevice(0x3F8, 8, Recorder(), mmio=False)]))
     with pytest.raises(ConfigError, match="overlaps serial"):
         m.start()
     m.stop()
@@ -256,7 +256,7 @@ def test_memory_above_the_mmio_hole(guests):
     dev = Recorder()
     m, status = run(guests("entry64"), memory_mib=4096, devices=[PythonDevice(REPORT_MMIO, 0x1000, dev)])
     assert status.kind == "shutdown", status
-    e820 = m._engine.e820()
+    e820 = m.inspect().e820
     ram = [(a, s) for a, s, t in e820 if t == 1]
     assert (0x100000, 0xC0000000 - 0x100000) in ram, e820
     assert (1 << 32, (4096 << 20) - 0xC0000000) in ram, e820
@@ -279,16 +279,15 @@ def test_hugepages_without_reserved_pages_is_a_clear_error(guests):
 
 def test_console_callback_may_answer_from_the_reader_thread(guests):
     """An expect-style console: input sent from inside the console callback."""
-    engine_ref, sent = [], []
+    sent = []
 
     def on_console(data):
         # Bytes arrive in any chunking: look at the whole console so far.
         if b"ready\n" in m.console and not sent:
             sent.append(True)
-            engine_ref[0].console_input(b"from the callback\n")
+            m.send_console(b"from the callback\n")
 
     m = vmm.Machine(guests("echo"), engine="kvm", memory_mib=16, console=on_console)
-    engine_ref.append(m._engine)
     try:
         m.start()
         status = m.wait(timeout=WAIT)
@@ -301,7 +300,7 @@ def test_console_callback_may_answer_from_the_reader_thread(guests):
 def test_stop_from_another_thread_ends_a_waiting_wait(guests):
     m = vmm.Machine(guests("spin"), engine="kvm", memory_mib=16)
     m.start()
-    timer = threading.Timer(0.3, m._engine.stop)
+    timer = threading.Timer(0.3, m.stop)
     timer.start()
     t0 = time.monotonic()
     status = m.wait()  # no timeout: only the other thread's stop() ends it
@@ -318,10 +317,10 @@ def test_uart_registers_as_linux_probes_them(guests):
     def on_console(data):
         if b"send\n" in m.console and not sent:
             sent.append(True)
-            m._engine.console_input(b"Z")
+            m.send_console(b"Z")
 
-    m = vmm.Machine(guests("uart"), engine="kvm", memory_mib=16, console=on_console)
-    m._engine.add_python_device(PythonDevice(REPORT_PORT, 4, dev, mmio=False))
+    m = vmm.Machine(guests("uart"), engine="kvm", memory_mib=16, console=on_console,
+                    options=KvmOptions(python_devices=[PythonDevice(REPORT_PORT, 4, dev, mmio=False)]))
     try:
         m.start()
         status = m.wait(timeout=WAIT)

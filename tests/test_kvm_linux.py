@@ -66,7 +66,7 @@ def test_linux_prints_banner_our_cmdline_and_our_e820(vmlinux, initrd, entry, tm
     m = vmm.Machine(kernel, initrd=initrd, engine="kvm", memory_mib=256, cmdline=cmdline)
     try:
         m.start()
-        expected_cmdline = ("Command line: " + m._engine.cmdline).encode()
+        expected_cmdline = ("Command line: " + m.inspect().cmdline).encode()
         deadline = time.monotonic() + BOOT_BUDGET
         while time.monotonic() < deadline:
             console = m.console
@@ -81,9 +81,9 @@ def test_linux_prints_banner_our_cmdline_and_our_e820(vmlinux, initrd, entry, tm
 
         printed = [(int(a, 16), int(b, 16) + 1 - int(a, 16), kind)
                    for a, b, kind in E820_LINE.findall(console)]
-        built = [(addr, size, E820_TYPES[t]) for addr, size, t in m._engine.e820()]
+        built = [(addr, size, E820_TYPES[t]) for addr, size, t in m.inspect().e820]
         assert printed == built, f"guest printed {printed}, VMM built {built}"
-        boot = m._engine.boot_info()
+        boot = m.inspect().boot
         assert boot["kind"] == entry
         start, size = boot["initrd_addr"], boot["initrd_size"]
         assert size == initrd.stat().st_size

@@ -14,6 +14,7 @@ import pytest
 
 import vmm
 from vmm.devices import Disk, Vsock
+from vmm.engines.virtio_device import open_device
 from vmm.errors import ConfigError
 
 from support.kvm_guests import KVM_MARKS, guest_build  # noqa: E402
@@ -21,7 +22,7 @@ from support.kvm_guests import KVM_MARKS, guest_build  # noqa: E402
 pytestmark = KVM_MARKS
 
 from vmm._core import ffi, lib  # noqa: E402
-from vmm.engines.kvm import PythonDevice  # noqa: E402
+from vmm import KvmOptions, PythonDevice  # noqa: E402
 
 REPORT_PORT = 0x500
 VIRTIO_BASE = 0xD0100000  # LAYOUT_VIRTIO_MMIO
@@ -65,16 +66,16 @@ def run(kernel, *, disks=(), vsock=None, flags=0):
     """Boot the guest with the devices; returns (Machine, ExitStatus, reports, transports).
     The machine is stopped (and its devices closed) on return."""
     ports = Ports()
-    m = vmm.Machine(kernel, engine="kvm", memory_mib=16, disks=disks, vsock=vsock)
+    options = KvmOptions(python_devices=[PythonDevice(REPORT_PORT, 4, ports, mmio=False)],
+                         ioeventfd=not flags & lib.VMM_VDEV_NO_IOEVENTFD, irqfd=not flags & lib.VMM_VDEV_NO_IRQFD)
+    m = vmm.Machine(kernel, engine="kvm", memory_mib=16, disks=disks, vsock=vsock, options=options)
     try:
-        m._engine.spec.extra["virtio_flags"] = flags
-        m._engine.add_python_device(PythonDevice(REPORT_PORT, 4, ports, mmio=False))
         m.start()
         status = m.wait(timeout=WAIT)
         assert status is not None, f"guest did not end within {WAIT} s; reports {ports.values}"
     finally:
         m.stop()
-    return m, status, ports.values, m._engine.transport_info()
+    return m, status, ports.values, list(m.inspect().transports)
 
 
 def reports(values):
@@ -115,7 +116,7 @@ def test_read_and_write_a_sector_through_ioeventfd_and_irqfd(guests, disk):
     assert after[512:1024] == b"VIRTIOWR" + before[8:512], "the written sector must land in the file"
     assert after[:512] == before[:512] and after[1024:] == before[1024:]
 
-    assert f"virtio_mmio.device=4K@{VIRTIO_BASE:#x}:5 " in m._engine.cmdline
+    assert f"virtio_mmio.device=4K@{VIRTIO_BASE:#x}:5 " in m.inspect().cmdline
     [t] = transports
     assert (t["base"], t["size"], t["irq"]) == (VIRTIO_BASE, 4096, 5)
     assert t["ioeventfd"] == 1 and t["irqfd"] == 1
@@ -208,10 +209,10 @@ def test_vsock_host_connect_reaches_the_guest_as_an_interrupt(guests, tmp_path):
 
     path = str(tmp_path / "v.sock")
     m = vmm.Machine(guests("virtio_vsock"), engine="kvm", memory_mib=16,
-                    vsock=Vsock(cid=7, socket_path=path))
+                    vsock=Vsock(cid=7, socket_path=path),
+                    options=KvmOptions(python_devices=[PythonDevice(REPORT_PORT, 4, port, mmio=False)]))
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        m._engine.add_python_device(PythonDevice(REPORT_PORT, 4, port, mmio=False))
         m.start()
         assert ready.wait(WAIT), f"the guest driver never got ready: {ports.values}"
         client.connect(path)
@@ -226,7 +227,7 @@ def test_vsock_host_connect_reaches_the_guest_as_an_interrupt(guests, tmp_path):
     assert used_len == 44, "one packet header, no payload"
     assert (src_cid, dst_cid, dst_port, typ, op) == (2, 7, 1234, 1, 1), "a stream REQUEST to port 1234"
     assert taken == 1 and seen == 1
-    [t] = m._engine.transport_info()
+    [t] = m.inspect().transports
     assert t["interrupts"] == 1 and t["notify_exits"] == 0
     [stats] = m.device_stats
     assert stats["kind"] == "vsock" and stats["frames_in"] == 1 and stats["interrupts"] == 1
@@ -245,7 +246,7 @@ def test_devices_get_windows_and_irqs_in_attach_order(guests, disk, tmp_path):
     assert [(t["base"], t["irq"]) for t in transports] == [
         (VIRTIO_BASE, 5), (VIRTIO_BASE + 0x1000, 6), (VIRTIO_BASE + 0x2000, 7)]
     for t in transports:
-        assert f"virtio_mmio.device=4K@{t['base']:#x}:{t['irq']}" in m._engine.cmdline
+        assert f"virtio_mmio.device=4K@{t['base']:#x}:{t['irq']}" in m.inspect().cmdline
     assert [(s["kind"], s["name"]) for s in m.device_stats] == [("blk", "vda"), ("blk", "vdb"),
                                                                 ("vsock", "vsock")]
     # Only the first disk was driven.
@@ -284,7 +285,7 @@ def test_a_device_serves_one_transport_only(disk):
     cfg = ffi.new("struct vmm_vm_config *", {"cpus": 1, "memory_bytes": 16 << 20, "hugepages": 0,
                                              "console_fd": -1})
     err = ffi.new("char[]", 256)
-    dev = Disk(str(disk)).open()
+    dev = open_device(Disk(str(disk)))
     vm = lib.vmm_vm_create(cfg, err, 256)
     assert vm != ffi.NULL, ffi.string(err)
     try:

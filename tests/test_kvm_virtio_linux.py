@@ -43,8 +43,9 @@ def test_linux_finds_our_virtio_blk_disk(tmp_path):
                 break
         console = m.console
         announce = b"virtio_mmio.device=4K@0xd0100000:5 "
-        assert b"Kernel command line: " + m._engine.cmdline.encode() in console
-        assert announce in m._engine.cmdline.encode()
+        cmdline = m.inspect().cmdline.encode()
+        assert b"Kernel command line: " + cmdline in console
+        assert announce in cmdline
         found = VDA.search(console)
         if not found and status is not None and status.kind == "error" \
                 and "emulation failure" in status.message and kvm_backing() == "pvm":

@@ -7,6 +7,7 @@ import pathlib
 import pytest
 
 import vmm
+from vmm.devices import Disk
 from vmm.engines import kvm_backing, qemu_binary
 from vmm.errors import ConfigError
 
@@ -104,3 +105,54 @@ def test_qemu_engine_vcpu_limit(hello):
 def test_vcpu_count_must_be_a_positive_int(hello, cpus):
     with pytest.raises(ConfigError, match="cpus must be between 1 and"):
         vmm.Machine(hello, cpus=cpus)
+
+
+# --- the kvm engine's device arguments share the command line -------------------------------
+
+@pytest.fixture
+def disks(tmp_path):
+    out = []
+    for name in ("a.img", "b.img"):
+        (tmp_path / name).write_bytes(bytes(4096))
+        out.append(Disk(str(tmp_path / name), read_only=True))
+    return out
+
+
+def kvm_room(hello, disks):
+    """Bytes left for the caller beside these disks, as Machine() reports it."""
+    with pytest.raises(ConfigError) as e:
+        vmm.Machine(hello, engine="kvm", disks=disks, cmdline="x" * (LIMIT + 1))
+    return int(str(e.value).split("at most ")[1].split(" ")[0])
+
+
+@needs_kvm
+@pytest.mark.kvm
+@pytest.mark.parametrize("n", [1, 2])
+def test_overflow_from_device_arguments_is_a_config_error_at_machine(hello, disks, n):
+    alone = LIMIT - len(prefix_of("kvm"))
+    room = kvm_room(hello, disks[:n])
+    args = alone - room
+    assert args == n * len("virtio_mmio.device=4K@0xd0100000:5 ")
+    # Fits beside the engine's prefix, not beside the device arguments as well: refused at
+    # Machine(), before any device opens or VM exists, naming the device arguments.
+    with pytest.raises(ConfigError) as e:
+        vmm.Machine(hello, engine="kvm", disks=disks[:n], cmdline="y" * alone)
+    msg = str(e.value)
+    names = ", ".join(["vda", "vdb"][:n])
+    for part in (f"{args} bytes of device arguments (virtio_mmio.device= for {names})",
+                 f"your command line is {alone} bytes", f"by {args} bytes", f"at most {room} bytes"):
+        assert part in msg, (part, msg)
+
+
+@needs_kvm
+@pytest.mark.kvm
+def test_a_command_line_full_up_to_the_device_arguments_boots(hello, disks):
+    """The C loader agrees: prefix + device arguments + the rest is loaded, not refused."""
+    room = kvm_room(hello, disks)
+    with vmm.Machine(hello, engine="kvm", memory_mib=16, disks=disks, cmdline="z" * room) as m:
+        m.start()
+        status = m.wait(20)
+        used = m.inspect().cmdline
+    assert status is not None and status.kind == "shutdown", status
+    assert len(used.encode()) == LIMIT and used.endswith("z" * room)
+    assert "virtio_mmio.device=4K@0xd0101000:6 " in used

@@ -1,6 +1,7 @@
 """The qemu engine's command line (fast: nothing is started)."""
 import pytest
 
+from vmm import QemuOptions
 from vmm.engines.qemu import qemu_argv, vhost_user_args
 from vmm.errors import ConfigError
 from vmm.machine import MachineSpec
@@ -68,5 +69,5 @@ def test_hugepages_back_guest_ram_with_hugetlb_memfd():
 
 
 def test_extra_qemu_args_are_appended():
-    spec = MachineSpec(kernel="/k", extra={"qemu_args": ["-d", "guest_errors"]})
+    spec = MachineSpec(kernel="/k", options=QemuOptions(extra_args=["-d", "guest_errors"]))
     assert qemu_argv(spec, "qemu", debugcon_fd=3)[-2:] == ["-d", "guest_errors"]

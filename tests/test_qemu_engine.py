@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import vmm
+from vmm import QemuOptions
 from vmm.guest import kernel
 from vmm.engines import qemu_binary
 from vmm.engines.qemu import QemuEngine
@@ -92,7 +93,7 @@ def test_stop_mid_boot_is_a_host_stop_and_leaves_no_process(guest):
     vmlinux, initrd = guest
     m = vmm.Machine(vmlinux, initrd=initrd, cmdline="loglevel=8", engine="qemu")
     m.start()
-    pid = m._engine._proc.pid
+    pid = m.inspect().pid
     time.sleep(0.3)  # QEMU is up, the guest is booting
     status = m.stop()
     assert status.kind == "host-stop"
@@ -108,7 +109,7 @@ def test_stop_of_a_hung_guest_after_ready(guest):
         while not READY.search(m.console) and time.monotonic() < deadline:
             assert m.wait(timeout=0.1) is None, m.console
         assert READY.search(m.console)
-        pid = m._engine._proc.pid
+        pid = m.inspect().pid
     assert m.status.kind == "host-stop"
     assert not _alive(pid)
 
@@ -117,14 +118,18 @@ def test_stop_after_the_guest_ended_keeps_its_status(guest):
     vmlinux, initrd = guest
     m = vmm.Machine(vmlinux, initrd=initrd, engine="qemu")
     m.start()
-    m._engine.wait(BOOT_TIMEOUT)  # the guest ends; Machine has not looked yet
+    # The guest ends by itself; Machine has not looked (no wait()) when stop() comes.
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while "exit" not in m.timeline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert m.status is None and "exit" in m.timeline
     assert m.stop().kind == "shutdown"
 
 
 def test_a_bad_qemu_argument_is_an_error_with_qemu_message(guest):
     vmlinux, initrd = guest
     spec = MachineSpec(kernel=str(vmlinux), initrd=str(initrd),
-                       extra={"qemu_args": ["-no-such-option"]})
+                       options=QemuOptions(extra_args=["-no-such-option"]))
     engine = QemuEngine(spec)
     try:
         engine.start(lambda data: None)
@@ -163,7 +168,7 @@ def test_nothing_leaks(guest):
     m = vmm.Machine(vmlinux, initrd=initrd, engine="qemu")
     m.start()
     m.stop()
-    engine = QemuEngine(MachineSpec(kernel=str(vmlinux), extra={"qemu_args": ["-bad"]}))
+    engine = QemuEngine(MachineSpec(kernel=str(vmlinux), options=QemuOptions(extra_args=["-bad"])))
     engine.start(lambda data: None)
     engine.wait(BOOT_TIMEOUT)
     engine.close()

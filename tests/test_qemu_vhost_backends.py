@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from vmm.devices import Disk, Net, Vsock
-from vmm.engines.attached import disk_name
+from vmm.engines.device_order import disk_name
 from vmm.engines.qemu import qemu_argv
 from vmm.engines.vhost_backends import VhostBackends
 from vmm.errors import ConfigError

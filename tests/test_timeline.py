@@ -47,3 +47,9 @@ def test_falls_back_when_proc_is_unreadable(monkeypatch):
     monkeypatch.setattr(timeline, "_from_proc", no_proc)
     monkeypatch.setattr(timeline, "_from_psutil", lambda: 42)
     assert timeline.process_start_ns() == 42
+
+
+def test_phases_come_in_boot_order_unset_ones_dropped():
+    got = timeline.ordered({"exit": 9, "boot_timer": 0, "vm_created": 3, "process_start": 1,
+                            "first_console": 5, "something_new": 7})
+    assert list(got) == ["process_start", "vm_created", "first_console", "exit", "something_new"]

@@ -5,6 +5,7 @@ import struct
 import pytest
 
 from vmm.devices import Disk
+from vmm.engines.virtio_device import open_device
 from support.virtio_driver import (EVENT_IDX, F_INDIRECT, F_NEXT, F_WRITE, INDIRECT, VERSION_1, GuestMem,
                            attach, irqs, notify, setup_queue)
 
@@ -21,7 +22,7 @@ def image(tmp_path):
 
 
 def open_disk(path, features=VERSION_1 | INDIRECT | EVENT_IDX, size=16, **kw):
-    dev = Disk(str(path), **kw).open()
+    dev = open_device(Disk(str(path), **kw))
     mem = GuestMem()
     attach(dev, mem, features)
     q = setup_queue(dev, mem, 0, size)
@@ -335,7 +336,7 @@ def test_short_header(image):
 
 
 def test_ring_setup_is_checked(image):
-    dev = Disk(str(image)).open()
+    dev = open_device(Disk(str(image)))
     mem = GuestMem()
     attach(dev, mem, VERSION_1)
     from support.virtio_driver import ffi, lib
@@ -364,6 +365,6 @@ def test_reset_recovers_broken_queue(image):
 def test_missing_disk_is_a_clear_error(tmp_path):
     from vmm.errors import ConfigError
     with pytest.raises(ConfigError, match="does not exist"):
-        Disk(str(tmp_path / "nope.img")).open()
+        open_device(Disk(str(tmp_path / "nope.img")))
     with pytest.raises(ConfigError, match="longer than 20"):
-        Disk(str(tmp_path), serial="x" * 21).open()
+        open_device(Disk(str(tmp_path), serial="x" * 21))

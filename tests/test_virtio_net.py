@@ -10,6 +10,7 @@ import time
 import pytest
 
 from vmm.devices import Net
+from vmm.engines.virtio_device import open_device
 from support.virtio_driver import EVENT_IDX, VERSION_1, GuestMem, attach, irqs, notify, setup_queue
 
 HDR = 12
@@ -78,7 +79,7 @@ def recv_exact(s, n):
 @pytest.fixture
 def stream_net():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    dev = Net(backend="socket", fd=a.fileno(), mac="02:11:22:33:44:55").open()
+    dev = open_device(Net(backend="socket", fd=a.fileno(), mac="02:11:22:33:44:55"))
     a.close()
     b.settimeout(5)
     yield dev, NetGuest(dev), b
@@ -179,7 +180,7 @@ def test_bad_mac_is_a_clear_error():
                     reason="tap test needs root, /dev/net/tun and ip(8)")
 def test_tap_backend_both_ways():
     name = f"vmmt{os.getpid() % 100000}"
-    dev = Net(backend="tap", tap=name, mac="02:11:22:33:44:66").open()
+    dev = open_device(Net(backend="tap", tap=name, mac="02:11:22:33:44:66"))
     try:
         subprocess.run(["ip", "link", "set", name, "up"], check=True)
         g = NetGuest(dev)

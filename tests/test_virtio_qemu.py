@@ -16,7 +16,9 @@ import time
 import pytest
 
 from support.virtio_e2e import Qemu, build_initramfs, find_kernel
-from vmm.devices import Disk, Net, VhostUserServer, Vsock
+from vmm.devices import Disk, Net, Vsock
+from vmm.engines.virtio_device import open_device
+from vmm.engines.vhost_user_server import VhostUserServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]
 
@@ -136,11 +138,11 @@ def test_linux_guest_blk_and_vsock_over_vhost_user(tmp_path):
     lst.listen(16)
     lst.settimeout(120)
 
-    devs = [Disk(str(rw_img), serial="rw-disk").open(), Disk(str(ro_img), read_only=True, serial="ro-disk").open(),
-            Vsock(3, vpath).open()]
+    devs = [open_device(Disk(str(rw_img), serial="rw-disk")), open_device(Disk(str(ro_img), read_only=True, serial="ro-disk")),
+            open_device(Vsock(3, vpath))]
     kinds = ["vhost-user-blk", "vhost-user-blk", "vhost-user-vsock-device"]
     if shutil.which("passt"):
-        devs.append(Net(backend="passt").open())
+        devs.append(open_device(Net(backend="passt")))
         kinds.append(f"virtio-net-device,mac={MAC}")
     socks = [str(tmp_path / f"vu{i}.sock") for i in range(len(devs))]
     servers = [VhostUserServer(d, s) for d, s in zip(devs, socks)]
@@ -197,7 +199,7 @@ def test_linux_guest_blk_and_vsock_over_vhost_user(tmp_path):
              "mount -t devtmpfs dev /dev\nmkdir -p /mnt\nmount -t ext4 /dev/vda /mnt\n"
              "echo \"AGAIN $(cat /mnt/guest.txt) $(md5sum /mnt/big.bin | cut -d' ' -f1)\"\n"
              "umount /mnt\necho ALL_DONE\nreboot -f\n")
-    dev = Disk(str(rw_img), serial="rw-disk").open()
+    dev = open_device(Disk(str(rw_img), serial="rw-disk"))
     srv = VhostUserServer(dev, str(again / "vu.sock"))
     q2 = Qemu(kernel, build_initramfs(again, init=init2), [("vhost-user-blk", srv.path)])
     try:

@@ -11,14 +11,16 @@ from support.vhost_user_client import (GET_CONFIG, GET_FEATURES, GET_QUEUE_NUM, 
                                PF_REPLY_ACK, SET_MEM_TABLE, SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_NUM,
                                Client, MemfdMem, kick, wait_call)
 from support.virtio_driver import EVENT_IDX, INDIRECT, VERSION_1
-from vmm.devices import Disk, VhostUserServer, Vsock
+from vmm.devices import Disk, Vsock
+from vmm.engines.virtio_device import open_device
+from vmm.engines.vhost_user_server import VhostUserServer
 
 
 @pytest.fixture
 def blk_server(tmp_path):
     img = tmp_path / "d.img"
     img.write_bytes(bytes(range(256)) * 2 * 64)  # 64 sectors
-    dev = Disk(str(img), serial="vu-disk").open()
+    dev = open_device(Disk(str(img), serial="vu-disk"))
     srv = VhostUserServer(dev, str(tmp_path / "blk.sock"))
     yield dev, srv, img
     srv.stop()
@@ -135,7 +137,7 @@ def test_ring_outside_memory_table(blk_server):
 
 
 def test_vsock_config_over_vhost_user(tmp_path):
-    dev = Vsock(77, str(tmp_path / "v.sock")).open()
+    dev = open_device(Vsock(77, str(tmp_path / "v.sock")))
     with VhostUserServer(dev, str(tmp_path / "vu.sock")) as srv:
         c = Client(srv.path)
         c.negotiate(VERSION_1)
@@ -159,7 +161,7 @@ def test_region_beyond_the_end_of_its_fd_is_refused(blk_server):
 def test_stop_does_not_hang_on_a_stalled_front_end(tmp_path):
     img = tmp_path / "d.img"
     img.write_bytes(bytes(4096))
-    dev = Disk(str(img)).open()
+    dev = open_device(Disk(str(img)))
     srv = VhostUserServer(dev, str(tmp_path / "s.sock"))
     c = Client(srv.path)
     c.send(2, b"", size=8)  # a header promising 8 bytes that never come

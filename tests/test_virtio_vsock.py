@@ -8,6 +8,7 @@ import time
 import pytest
 
 from vmm.devices import Vsock
+from vmm.engines.virtio_device import open_device
 from support.vsock_guest import (HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
                          OP_RW, OP_SHUTDOWN, Guest)
 
@@ -17,7 +18,7 @@ CID = 42
 @pytest.fixture
 def vs(tmp_path):
     path = str(tmp_path / "v.sock")
-    dev = Vsock(CID, path).open()
+    dev = open_device(Vsock(CID, path))
     g = Guest(dev, cid=CID)
     yield dev, g, path
     dev.close()
@@ -304,6 +305,6 @@ def test_host_hangup_without_guest_credit_neither_spins_nor_loses_data(vs):
 def test_bad_vsock_config_is_a_clear_error(tmp_path):
     from vmm.errors import ConfigError
     with pytest.raises(ConfigError, match="too long"):
-        Vsock(3, str(tmp_path / ("x" * 120))).open()
+        open_device(Vsock(3, str(tmp_path / ("x" * 120))))
     with pytest.raises(ConfigError, match="CID 2"):
-        Vsock(2, str(tmp_path / "v.sock")).open()
+        open_device(Vsock(2, str(tmp_path / "v.sock")))

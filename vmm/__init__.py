@@ -13,18 +13,27 @@ from ._version import __version__
 from .errors import VmmError, ConfigError, EngineUnavailable, GuestError
 from .machine import Machine, ExitStatus
 
-__all__ = ["__version__", "Machine", "ExitStatus", "VmmError", "ConfigError",
+__all__ = ["__version__", "Machine", "ExitStatus", "Inspection", "KvmOptions", "QemuOptions",
+           "PythonDevice", "VmmError", "ConfigError",
            "EngineUnavailable", "GuestError", "Sandbox", "AsyncSandbox", "BootFailed",
            "ExecFailed", "SandboxNotRunning", "Timeout", "ExecResult"]
 
 # The sandbox runtime pulls in the agent client, threads and asyncio: loaded on first
-# use so that `import vmm` for a bare Machine stays quick.
+# use so that `import vmm` for a bare Machine stays quick. So are the engine options and
+# Machine.inspect()'s result (a few dataclasses, a millisecond or two at import).
 _RUNTIME = ("Sandbox", "AsyncSandbox", "BootFailed", "ExecFailed", "SandboxNotRunning",
             "Timeout", "ExecResult")
+_OPTIONS = ("KvmOptions", "QemuOptions", "PythonDevice")
 
 
 def __getattr__(name):
     if name in _RUNTIME:
         from . import sandbox
         return getattr(sandbox, name)
+    if name in _OPTIONS:
+        from .engines import options
+        return getattr(options, name)
+    if name == "Inspection":
+        from .engines.inspection import Inspection
+        return Inspection
     raise AttributeError(f"module 'vmm' has no attribute {name!r}")

@@ -4,6 +4,9 @@
 class VmmError(Exception):
     """Base of every error vmm raises on purpose."""
 
+    # The C core's own message when the error came from it (vmm._binding.check), else None.
+    core_message = None
+
 
 class ConfigError(VmmError, ValueError):
     """Bad input from the caller: a missing file, not a kernel, too little memory, ..."""

@@ -8,70 +8,39 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Optional  # already loaded by the time vmm is imported: costs nothing
+from typing import TYPE_CHECKING, Optional  # typing is loaded by then: costs nothing
 
 from .errors import ConfigError
 from . import engines as _engines
 from . import kernel_image
-from .timeline import process_start_ns
+# Defined below the engines (which return them) and re-exported: vmm.machine.ExitStatus and
+# vmm.ExitStatus stay where callers found them.
+from .engines.base import ExitStatus, MachineSpec
+from .timeline import ordered, process_start_ns
 
-# Linux's COMMAND_LINE_SIZE on x86, terminating NUL included: the engine's prefix and the
-# user's command line share it.
-CMDLINE_SIZE = 2048
+if TYPE_CHECKING:
+    from .engines.inspection import Inspection
 
-
-@dataclass
-class ExitStatus:
-    """How a machine ended.
-
-    kind: "shutdown" (the guest reset or powered off), "host-stop" (stop() was called),
-    "error" (KVM or the engine failed; message says how, with registers where known).
-    """
-    kind: str
-    message: str = ""
-    code: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.kind == "shutdown"
-
+__all__ = ["Machine", "ExitStatus", "MachineSpec"]
 
 # A console sink: None, a path (str or PathLike), an fd (int) or a callable(bytes).
 # (Spelled as a string so that `import vmm` need not import typing.)
 ConsoleSink = "None | str | os.PathLike | int | Callable[[bytes], None]"
 
 
-@dataclass
-class MachineSpec:
-    """What to boot. Engines receive this.
-
-    Devices are vmm.devices config objects (Disk, Vsock, Net); each engine attaches them its
-    own way (kvm: in-process virtio-mmio; qemu: one vhost-user server per device), in list
-    order, so the first disk is /dev/vda, the second /dev/vdb, and so on.
-    """
-    kernel: str
-    initrd: Optional[str] = None
-    cmdline: str = ""
-    cpus: int = 1
-    memory_mib: int = 128
-    hugepages: bool = False
-    disks: tuple = ()
-    vsock: Optional[object] = None
-    nets: tuple = ()
-    extra: dict = field(default_factory=dict)
-
-
 class Machine:
-    MAX_CPUS = 255  # no engine runs more; each engine's own limit is checked too
+    """One VM. cmdline: your part of the kernel command line (a str, or a
+    vmm.cmdline.KernelCmdline of named parts); the engine puts its own before it. options:
+    vmm.KvmOptions or vmm.QemuOptions for the engine that runs it."""
+    MAX_CPUS = 255  # qemu's TCG limit, the most any engine runs; each engine's own is checked too
 
-    def __init__(self, kernel, initrd=None, cmdline: str = "", cpus: int = 1, memory_mib: int = 128,
+    def __init__(self, kernel, initrd=None, cmdline="", cpus: int = 1, memory_mib: int = 128,
                  engine: str = "auto", console: ConsoleSink = None, hugepages: bool = False,
-                 disks=(), vsock=None, nets=()):
+                 disks=(), vsock=None, nets=(), options=None):
         self.created_ns = time.monotonic_ns()
         self.spec = MachineSpec(kernel=os.fspath(kernel), initrd=os.fspath(initrd) if initrd else None,
                                 cmdline=cmdline, cpus=cpus, memory_mib=memory_mib, hugepages=hugepages,
-                                disks=tuple(disks), vsock=vsock, nets=tuple(nets))
+                                disks=tuple(disks), vsock=vsock, nets=tuple(nets), options=options)
         _validate(self.spec)
         self.engine_choice = _engines.choose(engine)  # raises EngineUnavailable with the reason
         _validate_for_engine(self.spec, self.engine_choice)
@@ -141,7 +110,13 @@ class Machine:
         kernel_loaded, first_vcpu_entry, boot_timer, exit (absent if not reached)."""
         t = {"process_start": process_start_ns(), "machine_created": self.created_ns}
         t.update(self._engine.timeline())
-        return {k: v for k, v in t.items() if v}
+        return ordered(t)
+
+    def inspect(self) -> "Inspection":
+        """What the engine did: the kernel command line it gave, each device's transport
+        (kvm: virtio-mmio base, irq, counters), the e820 map and where the kernel went (kvm),
+        exit counts, QEMU's pid (qemu). Valid before, during and after the run."""
+        return self._engine.inspect()
 
     @property
     def device_stats(self) -> list:
@@ -182,16 +157,13 @@ def _validate(spec: MachineSpec) -> None:
 
 
 def _validate_for_engine(spec: MachineSpec, choice) -> None:
-    """The limits that depend on the engine: its command-line prefix and its vCPU count."""
+    """What depends on the engine: its options, its whole kernel command line (its prefix
+    and device arguments included) and its vCPU count."""
     engine_cls = choice.engine_class()
-    prefix = len(engine_cls.cmdline_prefix.encode())
-    user = len(spec.cmdline.encode())
-    if prefix + user > CMDLINE_SIZE - 1:
-        raise ConfigError(
-            f"kernel command line is {user} bytes; with the {choice.name} engine's {prefix}-byte "
-            f"prefix that is {prefix + user}, over the limit of {CMDLINE_SIZE - 1} "
-            f"({CMDLINE_SIZE} with the terminating NUL): at most {CMDLINE_SIZE - 1 - prefix} "
-            "bytes are left for yours")
+    if spec.options is not None and not isinstance(spec.options, engine_cls.options_class):
+        raise ConfigError(f"options {type(spec.options).__name__} are not for the {choice.name} "
+                          f"engine ({choice.reason}); it takes {engine_cls.options_class.__name__}")
+    engine_cls.kernel_cmdline(spec).check()
     if spec.cpus > 1:  # every engine runs one; only ask (the kvm engine probes) for more
         most = engine_cls.max_cpus()
         if spec.cpus > most:

@@ -52,3 +52,24 @@ def process_start_ns():
             except Exception:  # no /proc, no CLOCK_BOOTTIME, no psutil: try the next one
                 continue
     return _cached
+
+
+# Every phase a boot timeline may hold, in the order a boot passes them (CLOCK_MONOTONIC ns):
+#   process_start     this Python process started (above)
+#   machine_created   Machine() was called
+#   vm_created        kvm: the VM and its vCPUs exist; qemu: qemu-system-x86_64 was spawned
+#   kernel_loaded     kvm: kernel, initrd and command line are in guest memory
+#   first_vcpu_entry  kvm: the first KVM_RUN
+#   first_console     qemu: the first byte on the serial console
+#   boot_timer        the guest wrote the boot-timer port (init started)
+#   exit              the VM ended
+# A phase an engine cannot observe is absent, never zero.
+PHASES = ("process_start", "machine_created", "vm_created", "kernel_loaded", "first_vcpu_entry",
+          "first_console", "boot_timer", "exit")
+
+
+def ordered(phases: dict) -> dict:
+    """phases in PHASES order, unset (0/None) ones dropped, unknown ones last."""
+    known = {p: phases[p] for p in PHASES if phases.get(p)}
+    known.update((p, v) for p, v in phases.items() if p not in known and v)
+    return known

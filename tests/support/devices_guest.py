@@ -163,9 +163,8 @@ class GuestRun:
         self._cond = threading.Condition()
         self.machine = vmm.Machine(kernel.guest_kernel(), initrd=initrd, engine="qemu",
                                    cmdline="quiet " + " ".join(words), memory_mib=memory_mib,
-                                   console=self._on_console, **devices)
-        if qemu_args:
-            self.machine.spec.extra["qemu_args"] = list(qemu_args)
+                                   console=self._on_console,
+                                   options=vmm.QemuOptions(extra_args=qemu_args), **devices)
 
     def _on_console(self, data: bytes) -> None:
         now = time.monotonic()

@@ -14,6 +14,7 @@ import time
 
 from support.virtio_driver import EVENT_IDX, INDIRECT, VERSION_1, ffi, lib  # noqa: E402
 from vmm.devices import Disk  # noqa: E402
+from vmm.engines.virtio_device import open_device  # noqa: E402
 
 GPA = 0x100000
 SIZE = 256 * 1024
@@ -27,7 +28,7 @@ def main(seconds, seed, disk):
     view = ffi.buffer(raw)
     view[:] = b"\xa5" * len(view)
     mem = ffi.cast("uint8_t *", raw) + GUARD
-    dev = Disk(disk).open()
+    dev = open_device(Disk(disk))
     err = ffi.new("char[]", 256)
     desc, avail, used = GPA, GPA + 4096, GPA + 8192
 

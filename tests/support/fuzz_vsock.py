@@ -9,6 +9,7 @@ import time
 
 from support.vsock_guest import OP_REQUEST, OP_RESPONSE, OP_RW, Guest  # noqa: E402
 from vmm.devices import Vsock  # noqa: E402
+from vmm.engines.virtio_device import open_device  # noqa: E402
 
 CID = 9
 
@@ -16,7 +17,7 @@ CID = 9
 def main(seconds, seed, d):
     rnd = random.Random(seed)
     path = os.path.join(d, "f.sock")
-    dev = Vsock(CID, path).open()
+    dev = open_device(Vsock(CID, path))
     g = Guest(dev, cid=CID)
     listeners = []
     for port in (7000, 7001):

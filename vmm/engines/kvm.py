@@ -6,16 +6,16 @@ the guest's bytes to the write end, a reader thread here hands them to on_consol
 core closes its end when the last vCPU thread ends, so wait() returns with the whole
 console delivered.
 
-Python devices (tests, prototypes): a port or MMIO range whose accesses call a Python
-function on the vCPU thread, `fn(offset, size, is_write, value) -> value read`; pass them as
-spec.extra["python_devices"] = [PythonDevice(...), ...] or add_python_device() before start.
+Python devices (tests, prototypes): KvmOptions(python_devices=[PythonDevice(...), ...]), a
+port or MMIO range whose accesses call a Python function on the vCPU thread.
 
 virtio devices (spec.disks, spec.vsock, spec.nets): opened here, attached to the VM behind
-the core's virtio-mmio transport in the order of engines/attached.py, announced to the
-guest as `virtio_mmio.device=4K@<base>:<irq>` (what the core reports) before the user's
-command line, and closed after the VM is destroyed. Queue notifies arrive by ioeventfd and
-interrupts leave by irqfd; spec.extra["virtio_flags"] (lib.VMM_VDEV_NO_IOEVENTFD |
-lib.VMM_VDEV_NO_IRQFD) forces the fallbacks (MMIO exits, KVM_IRQ_LINE) for tests.
+the core's virtio-mmio transport in the order of engines/device_order.py, announced to the
+guest as `virtio_mmio.device=4K@<base>:<irq>` in the kernel command line, and closed after
+the VM is destroyed. Where each device sits is the core's decision (vmm_virtio_mmio_slot),
+asked before any VM exists so that Machine() checks the whole command line. Queue
+notifies arrive by ioeventfd and interrupts leave by irqfd; KvmOptions(ioeventfd=False,
+irqfd=False) forces the fallbacks (MMIO exits, KVM_IRQ_LINE) for tests.
 """
 from __future__ import annotations
 
@@ -23,30 +23,26 @@ import contextlib
 import os
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING
 
-from .._core import ffi, lib
+from .._binding import check, ffi, lib
+from ..cmdline import KernelCmdline, caller_parts
 from ..errors import ConfigError, EngineUnavailable, GuestError
-from .attached import attached_devices, stats_entry
-from .base import Engine
+from .base import Engine, ExitStatus, MachineSpec
+from .options import KvmOptions
+from .device_order import attached_devices, stats_entry
+
+if TYPE_CHECKING:
+    from .inspection import Inspection
 
 # The exact prefix every guest gets: console on the UART we emulate, reset through the
 # i8042 (our clean "shutdown"), and a panic resets at once instead of hanging.
 CMDLINE_PREFIX = "console=ttyS0 reboot=k panic=-1 "
-CORE_MAX_CPUS = 64  # VMM_MAX_CPUS in csrc/vm.h: the C core's fixed vCPU table
+# from the C core: see kernel_image (VMM_MAX_CPUS in csrc/vm.h, the core's fixed vCPU table)
+CORE_MAX_CPUS = 64
 
 _KINDS = {lib.VMM_EXIT_SHUTDOWN: "shutdown", lib.VMM_EXIT_HOST_STOP: "host-stop",
           lib.VMM_EXIT_ERROR: "error"}
-_ERRLEN = 1024
-
-
-def _err():
-    return ffi.new("char[]", _ERRLEN)
-
-
-def _msg(err) -> str:
-    return ffi.string(err).decode(errors="replace")
 
 
 def probe() -> dict:
@@ -54,35 +50,24 @@ def probe() -> dict:
     {"ok", "api_version", "vcpu_mmap_size", "capabilities": {name: value}, "required": [...]},
     plus "error" (one line) when the kvm engine cannot run on it."""
     info = ffi.new("struct vmm_kvm_info *")
-    err = _err()
-    ok = lib.vmm_kvm_probe(info, err, _ERRLEN) == 0
+    error = None
+    try:
+        check(lib.vmm_kvm_probe, info)
+    except ConfigError as e:
+        error = e.core_message  # info is still filled as far as the probe got
     caps = info.caps[0:info.ncaps]
-    out = {"ok": ok, "api_version": info.api_version, "vcpu_mmap_size": info.vcpu_mmap_size,
+    out = {"ok": error is None, "api_version": info.api_version, "vcpu_mmap_size": info.vcpu_mmap_size,
            "capabilities": {ffi.string(c.name).decode(): c.value for c in caps},
            "required": [ffi.string(c.name).decode() for c in caps if c.required]}
-    if not ok:
-        out["error"] = _msg(err)
+    if error is not None:
+        out["error"] = error
     return out
 
 
 def load_check(kernel, initrd=None, cmdline: str = "", memory_mib: int = 128) -> None:
     """Run the C loader on a scratch memory (no KVM); raises ConfigError with its message."""
-    err = _err()
-    rc = lib.vmm_kernel_load_check(os.fsencode(kernel), os.fsencode(initrd) if initrd else ffi.NULL,
-                                   cmdline.encode(), memory_mib << 20, err, _ERRLEN)
-    if rc != 0:
-        raise ConfigError(_msg(err))
-
-
-# --- Python devices -------------------------------------------------------------------------
-
-@dataclass
-class PythonDevice:
-    """A port (mmio=False) or MMIO range served by fn(offset, size, is_write, value) -> int."""
-    base: int
-    length: int
-    fn: Callable[[int, int, bool, int], Optional[int]]
-    mmio: bool = True
+    check(lib.vmm_kernel_load_check, os.fsencode(kernel), os.fsencode(initrd) if initrd else ffi.NULL,
+          cmdline.encode(), memory_mib << 20)
 
 
 @ffi.def_extern()  # an exception prints its traceback; the guest then reads 0
@@ -92,12 +77,30 @@ def vmm_python_device_access(handle, offset, size, is_write, value):
     return 0 if is_write or r is None else int(r) & ((1 << (8 * size)) - 1)
 
 
+def mmio_slot(index: int):
+    """(base, size, irq) of the index-th virtio device's window, or None past the core's
+    limit (attaching it then fails with the core's own message)."""
+    info = ffi.new("struct vmm_virtio_mmio_info *")
+    if lib.vmm_virtio_mmio_slot(index, info) != 0:
+        return None
+    return info.base, info.size, info.irq
+
+
+def device_arg(base: int, size: int, irq: int) -> str:
+    """How Linux's virtio_mmio driver learns of a device without ACPI or a device tree."""
+    return f"virtio_mmio.device={size >> 10}K@{base:#x}:{irq}"
+
+
 # --- the engine --------------------------------------------------------------------------------
+
+def _fields(cdata, ctype) -> dict:
+    return {name: getattr(cdata, name) for name, _ in ffi.typeof(ctype).fields}
+
 
 def _read_struct(vm, ctype, getter):
     out = ffi.new(ctype + " *")
     getter(vm, out)
-    return {name: getattr(out, name) for name, _ in ffi.typeof(ctype).fields}
+    return _fields(out, ctype)
 
 
 def max_vcpus() -> int:
@@ -112,11 +115,26 @@ class KvmEngine(Engine):
     """One VM of the C core. Methods may be called from any thread: calls into the core
     hold a reference (_ref) so close() never frees the VM under another thread."""
     name = "kvm"
-    cmdline_prefix = CMDLINE_PREFIX
+    options_class = KvmOptions
 
     @classmethod
     def max_cpus(cls) -> int:
         return max_vcpus()
+
+    @classmethod
+    def kernel_cmdline(cls, spec: MachineSpec) -> KernelCmdline:
+        """Ours, then the devices (before the caller's: an init's arguments after `--` must
+        stay last), then the caller's."""
+        line = KernelCmdline().append(CMDLINE_PREFIX, "the kvm engine's {n}-byte prefix")
+        args, names = [], []
+        for i, (_, name, _) in enumerate(attached_devices(spec)):
+            slot = mmio_slot(i)
+            if slot is not None:
+                args.append(device_arg(*slot) + " ")
+                names.append(name)
+        line.append("".join(args), f"{{n}} bytes of device arguments "
+                                   f"(virtio_mmio.device= for {', '.join(names)})")
+        return line.extend(caller_parts(spec.cmdline))
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -124,14 +142,14 @@ class KvmEngine(Engine):
         self._cond = threading.Condition()
         self._users = 0
         self._closing = False
-        self._devices = list(spec.extra.get("python_devices", ()))
+        self._devices = list(self.options.python_devices)
         self._handles = []
         self._reader = None
         self._read_fd = None
         self._status = None
         self._final = None  # what the getters return once the VM is gone
-        self._attached = []  # (kind, name, vmm.devices.Device) attached to the VM
-        self._device_args = []  # virtio_mmio.device=... per attached device
+        self._attached = []  # (kind, name, virtio_device.Device) attached to the VM
+        self._cmdline = ""  # the kernel command line, once loaded
 
     @contextlib.contextmanager
     def _ref(self):
@@ -148,18 +166,6 @@ class KvmEngine(Engine):
                     self._cond.notify_all()
 
     # -- set-up --------------------------------------------------------------------------
-    def add_python_device(self, dev: PythonDevice) -> None:
-        if self._vm is not None:
-            raise RuntimeError("add_python_device() must come before start()")
-        self._devices.append(dev)
-
-    @property
-    def cmdline(self) -> str:
-        """Ours, then the devices (before the user's: an init's arguments after `--` must
-        stay last), then the user's."""
-        devices = "".join(arg + " " for arg in self._device_args)
-        return CMDLINE_PREFIX + devices + self.spec.cmdline
-
     def start(self, on_console):
         if self._vm is not None or self._closing:
             raise RuntimeError("KvmEngine.start() called twice or after close()")
@@ -172,46 +178,46 @@ class KvmEngine(Engine):
         self._reader = threading.Thread(target=self._read_console, args=(read_fd, on_console),
                                         name="kvm-console", daemon=True)
         self._reader.start()
-        err = _err()
-        if lib.vmm_vm_start(self._vm, err, _ERRLEN) != 0:
-            raise GuestError(f"cannot start the VM: {_msg(err)}")
+        check(lib.vmm_vm_start, self._vm, error=GuestError, context="cannot start the VM")
 
     def _create(self, console_fd):
         spec = self.spec
+        cmdline = self.kernel_cmdline(spec).text()  # Machine() checked it; a direct caller may not have
         cfg = ffi.new("struct vmm_vm_config *", {
             "cpus": spec.cpus, "memory_bytes": spec.memory_mib << 20,
             "hugepages": int(bool(spec.hugepages)), "console_fd": console_fd})
-        err = _err()
-        vm = lib.vmm_vm_create(cfg, err, _ERRLEN)
-        if vm == ffi.NULL:
-            message = _msg(err)
-            if "/dev/kvm" in message:
-                raise EngineUnavailable(message)
-            raise GuestError(f"cannot create the VM: {message}")
+        try:
+            vm = check(lib.vmm_vm_create, cfg, error=GuestError, context="cannot create the VM")
+        except GuestError as e:
+            if "/dev/kvm" in e.core_message:
+                raise EngineUnavailable(e.core_message) from None
+            raise
         with self._cond:
             self._vm = vm
         for dev in self._devices:
             handle = ffi.new_handle(dev)
             self._handles.append(handle)  # must outlive the VM: C holds the pointer
-            if lib.vmm_vm_add_python_device(vm, int(dev.mmio), dev.base, dev.length, handle,
-                                            err, _ERRLEN) != 0:
-                raise ConfigError(_msg(err))
+            check(lib.vmm_vm_add_python_device, vm, int(dev.mmio), dev.base, dev.length, handle)
         self._attach_devices(vm)
         initrd = os.fsencode(spec.initrd) if spec.initrd else ffi.NULL
-        if lib.vmm_vm_load_kernel(vm, os.fsencode(spec.kernel), initrd, self.cmdline.encode(),
-                                  err, _ERRLEN) != 0:
-            raise ConfigError(_msg(err))
+        check(lib.vmm_vm_load_kernel, vm, os.fsencode(spec.kernel), initrd, cmdline.encode())
+        self._cmdline = cmdline
 
     def _attach_devices(self, vm):
-        flags = int(self.spec.extra.get("virtio_flags", 0))
-        err = _err()
-        for kind, name, cfg in attached_devices(self.spec):
-            dev = cfg.open()
+        wanted = attached_devices(self.spec)
+        if not wanted:
+            return
+        from .virtio_device import open_device  # only machines with devices pay for its imports
+        flags = ((0 if self.options.ioeventfd else lib.VMM_VDEV_NO_IOEVENTFD)
+                 | (0 if self.options.irqfd else lib.VMM_VDEV_NO_IRQFD))
+        for i, (kind, name, cfg) in enumerate(wanted):
+            dev = open_device(cfg)
             self._attached.append((kind, name, dev))  # closed by close(), whatever happens next
             info = ffi.new("struct vmm_virtio_mmio_info *")
-            if lib.vmm_vm_add_device(vm, dev.ptr, flags, info, err, _ERRLEN) != 0:
-                raise ConfigError(f"device {name}: {_msg(err)}")
-            self._device_args.append(f"virtio_mmio.device={info.size >> 10}K@{info.base:#x}:{info.irq}")
+            check(lib.vmm_vm_add_device, vm, dev.ptr, flags, info, context=f"device {name}")
+            if (info.base, info.size, info.irq) != mmio_slot(i):  # what the command line announces
+                raise GuestError(f"device {name}: the core placed it at {info.base:#x}:{info.irq}, "
+                                 f"not where the command line says ({mmio_slot(i)})")
 
     @staticmethod
     def _read_console(fd, on_console):
@@ -254,7 +260,6 @@ class KvmEngine(Engine):
         info = ffi.new("struct vmm_exit_info *")
         lib.vmm_vm_exit_info(vm, info)
         if self._status is None and info.kind != lib.VMM_EXIT_RUNNING:
-            from ..machine import ExitStatus
             self._status = ExitStatus(_KINDS.get(info.kind, "error"),
                                       ffi.string(info.message).decode(errors="replace"), info.code)
 
@@ -296,28 +301,26 @@ class KvmEngine(Engine):
     def _live_device_stats(self):
         return [stats_entry(kind, name, dev.counters()) for kind, name, dev in self._attached]
 
-    def transport_info(self) -> list:
-        """Per device, its virtio-mmio transport: base, size, irq, ioeventfd, irqfd (1 if
-        in use), status, interrupt_status, notify_exits, notify_events, interrupts,
-        bad_accesses."""
-        return list(self._observe("transport_info", self._transport_info, []))
+    def inspect(self) -> "Inspection":
+        """The command line, each device's virtio-mmio transport, the e820 map, where the
+        kernel went and the exit counts (see inspection.py); the last values once closed."""
+        from .inspection import Inspection  # a dataclass: loaded when someone asks
+        # Before the kernel is loaded: the line it will get (Machine() has checked it).
+        cmdline = self._cmdline or "".join(text for _, text in self.kernel_cmdline(self.spec).parts)
+        return Inspection(
+            engine=self.name, cmdline=cmdline,
+            transports=tuple(dict(t) for t in self._observe("transport_info", self._transport_info, [])),
+            e820=tuple(self._observe("e820", self._e820, [])),
+            boot=dict(self._observe("boot_info", self._boot_info, {})),
+            exit_stats=self.exit_stats())
 
     def _transport_info(self, vm):
         out = []
         info = ffi.new("struct vmm_virtio_mmio_info *")
-        for i in range(len(self._attached)):
+        for i, (kind, name, _) in enumerate(self._attached):
             if lib.vmm_vm_device_info(vm, i, info) == 0:
-                out.append({name: getattr(info, name)
-                            for name, _ in ffi.typeof("struct vmm_virtio_mmio_info").fields})
+                out.append(dict(_fields(info, "struct vmm_virtio_mmio_info"), kind=kind, name=name))
         return out
-
-    def e820(self) -> list:
-        """The memory map the VMM gave the guest: [(addr, size, type)], type 1 RAM, 2 reserved."""
-        return list(self._observe("e820", self._e820, []))
-
-    def boot_info(self) -> dict:
-        """Where the kernel went: kind, entry, boot_arg, kernel_end, initrd_addr, initrd_size."""
-        return self._observe("boot_info", self._boot_info, {})
 
     @staticmethod
     def _timeline(vm):
@@ -338,7 +341,7 @@ class KvmEngine(Engine):
         b = ffi.new("struct vmm_boot_info *")
         if lib.vmm_vm_boot_info(vm, b) != 0:
             return {}
-        info = {name: getattr(b, name) for name, _ in ffi.typeof("struct vmm_boot_info").fields}
+        info = _fields(b, "struct vmm_boot_info")
         info["kind"] = ffi.string(b.kind).decode()
         return info
 

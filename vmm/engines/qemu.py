@@ -12,8 +12,8 @@ One I/O thread reads all three until QEMU closes them, then reaps the child and 
 how the VM ended. Guest RAM is a shared memfd so that device back ends attach over
 vhost-user: spec.disks, spec.vsock and spec.nets are opened as our own C devices and each
 served on a private Unix socket before QEMU starts (vhost_backends.py); QEMU only carries
-the virtio-mmio transport. spec.extra["vhost_user"] adds further back ends (see
-vhost_user_args()).
+the virtio-mmio transport. QemuOptions(vhost_user=...) adds back ends served by someone
+else (see vhost_user_args()), QemuOptions(extra_args=...) any other QEMU arguments.
 
 exit_stats() stays {}: TCG executes guest code inside QEMU's own process, so there are
 no VM exits to count, and QEMU exposes no comparable counters.
@@ -27,13 +27,17 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
+from ..cmdline import KernelCmdline, caller_parts
 from ..errors import ConfigError, EngineUnavailable
-from ..machine import ExitStatus
 from . import qemu_binary
-from .base import Engine
+from .base import Engine, ExitStatus, MachineSpec
+from .options import QemuOptions
 from .vhost_backends import VhostBackends
+
+if TYPE_CHECKING:
+    from .inspection import Inspection
 
 BOOT_TIMER_PORT = 0x440
 BOOT_TIMER_INIT_STARTED = 123
@@ -45,7 +49,7 @@ STDERR_TAIL = 4096
 STOP_GRACE_S = 2.0
 MAX_CPUS_TCG = 255
 
-# Device kinds spec.extra["vhost_user"] may name, and the QEMU device each becomes.
+# Device kinds a vhost-user back end may serve, and the QEMU device each becomes.
 VHOST_USER_DEVICES = {
     "blk": "vhost-user-blk",
     "vsock": "vhost-user-vsock-device",
@@ -53,9 +57,20 @@ VHOST_USER_DEVICES = {
 }
 
 
-def qemu_argv(spec, binary: str, debugcon_fd: int, devices=()) -> List[str]:
+def kernel_cmdline(spec: MachineSpec) -> KernelCmdline:
+    """Ours, then the caller's. (QEMU announces virtio-mmio devices itself.)"""
+    line = KernelCmdline().append(BASE_CMDLINE + " ", "the qemu engine's {n}-byte prefix")
+    return line.extend(caller_parts(spec.cmdline))
+
+
+def _options(spec: MachineSpec) -> QemuOptions:
+    return spec.options if spec.options is not None else QemuOptions()
+
+
+def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=()) -> List[str]:
     """The full qemu-system-x86_64 command line for spec; devices: vhost-user entries of
-    the back ends the engine itself serves (before any from spec.extra)."""
+    the back ends the engine itself serves (before any from the QemuOptions)."""
+    options = _options(spec)
     mem = spec.memory_mib
     # rtc=on: without an RTC, Linux 6.1 polls for one for a full second at boot
     # (mc146818_get_time, "Unable to read current time from RTC") and the guest's
@@ -80,12 +95,12 @@ def qemu_argv(spec, binary: str, debugcon_fd: int, devices=()) -> List[str]:
         "-chardev", f"socket,id=dbg,fd={debugcon_fd}",
         "-device", f"isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=dbg",
         "-kernel", spec.kernel,
-        "-append", f"{BASE_CMDLINE} {spec.cmdline}".strip(),
+        "-append", kernel_cmdline(spec).text().strip(),
     ]
     if spec.initrd:
         argv += ["-initrd", spec.initrd]
-    argv += vhost_user_args(list(devices) + list(spec.extra.get("vhost_user", ())))
-    argv += [str(a) for a in spec.extra.get("qemu_args", ())]
+    argv += vhost_user_args(list(devices) + list(options.vhost_user))
+    argv += list(options.extra_args)
     return argv
 
 
@@ -119,12 +134,16 @@ def vhost_user_args(devices) -> List[str]:
 
 class QemuEngine(Engine):
     name = "qemu"
-    cmdline_prefix = BASE_CMDLINE + " "
+    options_class = QemuOptions
 
     @classmethod
     def max_cpus(cls) -> int:
         # microvm under TCG: beyond 255 QEMU wants x2APIC with a kernel irqchip (KVM only).
         return MAX_CPUS_TCG
+
+    @classmethod
+    def kernel_cmdline(cls, spec: MachineSpec) -> KernelCmdline:
+        return kernel_cmdline(spec)
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -191,8 +210,11 @@ class QemuEngine(Engine):
             sel.close()
             self._scan_for_panic(b"", at_eof=True)
             rc = proc.wait()
-            self._times["exit"] = time.monotonic_ns()
+            ended = time.monotonic_ns()
+            # The status first: whoever sees "exit" in the timeline may call stop() at once,
+            # and must find the guest's own ending already decided.
             self._status = self._classify(rc)
+            self._times["exit"] = ended
             self._done.set()
 
     def _dispatch(self, what: str, data: bytes, on_console) -> None:
@@ -291,6 +313,14 @@ class QemuEngine(Engine):
 
     def exit_stats(self) -> dict:
         return {}  # TCG has no VM exits to count (see the module docstring)
+
+    def inspect(self) -> "Inspection":
+        """The command line and our devices; e820 and boot placement are QEMU's own."""
+        from .inspection import Inspection  # a dataclass: loaded when someone asks
+        return Inspection(engine=self.name, cmdline=kernel_cmdline(self.spec).text().strip(),
+                          transports=tuple({"kind": s["kind"], "name": s["name"]}
+                                           for s in self._backends.stats()),
+                          pid=self._proc.pid if self._proc is not None else None)
 
     def device_stats(self) -> list:
         """Counters of our devices (the last values once the VM is closed)."""

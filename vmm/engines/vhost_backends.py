@@ -1,5 +1,5 @@
-"""The QEMU engine's device back ends: one vmm.devices Device per configured disk, vsock
-and net, each served by its own VhostUserServer on a Unix socket in a private directory.
+"""The QEMU engine's device back ends: one Device (virtio_device.py) per configured disk,
+vsock and net, each served by its own VhostUserServer on a Unix socket in a private directory.
 
 Life cycle: open() before QEMU is spawned (QEMU is the vhost-user client and must find
 every socket listening), close() after QEMU has been reaped. close() always runs to the
@@ -15,7 +15,7 @@ import tempfile
 from typing import List, Optional
 
 from ..errors import VmmError
-from .attached import attached_devices, stats_entry
+from .device_order import attached_devices, stats_entry
 
 
 class VhostBackends:
@@ -31,12 +31,14 @@ class VhostBackends:
         wanted = attached_devices(self._spec)
         if not wanted:
             return
-        from ..devices import VhostUserServer  # the C core loads only when devices are used
+        # Imported here: the C core loads only when a machine has devices.
+        from .vhost_user_server import VhostUserServer
+        from .virtio_device import open_device
         try:
             # mkdtemp makes the directory 0700: no other user can reach our sockets.
             self._dir = tempfile.mkdtemp(prefix="vmm-vhost-")
             for kind, name, cfg in wanted:
-                dev = cfg.open()
+                dev = open_device(cfg)
                 self._attached.append((kind, name, dev))
                 path = os.path.join(self._dir, f"{name}.sock")
                 self._servers.append(VhostUserServer(dev, path))

@@ -29,10 +29,15 @@ def attached_devices(spec) -> List[Tuple[str, str, object]]:
     if spec.vsock is not None:
         out.append(("vsock", "vsock", spec.vsock))
     out += [("net", f"net{i}", n) for i, n in enumerate(spec.nets)]
+    if not out:
+        return out
+    # Here, not at the top: a machine without devices need not load the config types.
+    from ..devices import Disk, Net, Vsock
+    config_of = {"blk": Disk, "vsock": Vsock, "net": Net}
     for kind, name, cfg in out:
-        if not hasattr(cfg, "open"):
+        if not isinstance(cfg, config_of[kind]):
             raise ConfigError(f"device {name}: {cfg!r} is not a vmm.devices config object "
-                              f"(Disk, Vsock or Net)")
+                              f"({config_of[kind].__name__})")
     return out
 
 
