@@ -163,9 +163,12 @@ const char *vmm_vdev_broken(struct vmm_vdev *dev);
 uint64_t vmm_vdev_features(struct vmm_vdev *dev);
 uint32_t vmm_vdev_config_read(struct vmm_vdev *dev, uint32_t off, uint8_t *buf, uint32_t len);
 void vmm_vdev_reset(struct vmm_vdev *dev);
-/* Test transport: guest memory is the caller's buffer mem (size bytes at guest address
- * gpa); features are what the "driver" accepts; notify runs the device in the caller's
- * thread; interrupts are counted per queue. */
+/* A device serves one transport at a time (the test transport, a vhost-user server or a
+ * VM's virtio-mmio): each refuses a device bound to another, with a message naming both.
+ * Test transport (csrc/virtio/test_transport.c): guest memory is the caller's buffer mem
+ * (size bytes at guest address gpa); features are what the "driver" accepts; notify runs
+ * the device in the caller's thread; interrupts are counted per queue. Attaching again to
+ * a device it already holds starts over with the new memory. */
 int vmm_vdev_test_attach(struct vmm_vdev *dev, uint8_t *mem, uint64_t gpa, uint64_t size, uint64_t features, char *err, size_t errlen);
 int vmm_vdev_test_queue(struct vmm_vdev *dev, int qi, uint32_t size, uint64_t desc, uint64_t avail, uint64_t used, char *err, size_t errlen);
 int vmm_vdev_test_notify(struct vmm_vdev *dev, int qi);

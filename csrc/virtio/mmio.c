@@ -454,13 +454,6 @@ static void release_fds(struct virtio_mmio *t)
 struct virtio_mmio *virtio_mmio_attach(struct vmm_vm *vm, struct ioloop *io, struct vdev *d,
                                        uint64_t base, int irq, int flags, char *err, size_t errlen)
 {
-    pthread_mutex_lock(&d->lock);
-    bool taken = d->irq != NULL || d->mem != NULL;
-    pthread_mutex_unlock(&d->lock);
-    if (taken) {
-        errf(err, errlen, "virtio-%s device is already attached (to a VM or a vhost-user server)", d->name);
-        return NULL;
-    }
     struct virtio_mmio *t = calloc(1, sizeof(*t));
     if (!t) {
         errf(err, errlen, "out of memory");
@@ -469,22 +462,22 @@ struct virtio_mmio *virtio_mmio_attach(struct vmm_vm *vm, struct ioloop *io, str
     t->vm = vm, t->d = d, t->base = base, t->irq = irq, t->irqfd = -1;
     for (int i = 0; i < VDEV_MAX_QUEUES; i++)
         t->kick[i] = -1;
+    /* Bind first: a device serving another transport must not get this window's fds. */
+    if (vdev_bind(d, &vm->vmem, mmio_irq, t, "a VM (virtio-mmio)", NULL, err, errlen) < 0) {
+        free(t);
+        return NULL;
+    }
     if (wire_notify(t, io, !(flags & VMM_VDEV_NO_IOEVENTFD), err, errlen) < 0 ||
         bus_register(&vm->mmio, d->name, base, VIRTIO_MMIO_WINDOW, mmio_access, t, err, errlen) < 0) {
         for (int i = 0; i < VDEV_MAX_QUEUES; i++)
             if (t->kick[i] >= 0)
                 ioloop_del(io, t->kick[i]);
+        vdev_unbind(d);
         release_fds(t);
         free(t);
         return NULL;
     }
     wire_irq(t, !(flags & VMM_VDEV_NO_IRQFD));
-    pthread_mutex_lock(&d->lock);
-    vdev_reset(d);
-    d->mem = &vm->vmem;
-    d->irq = mmio_irq;
-    d->irq_opaque = t;
-    pthread_mutex_unlock(&d->lock);
     return t;
 }
 
@@ -492,13 +485,7 @@ void virtio_mmio_detach(struct virtio_mmio *t)
 {
     if (!t)
         return;
-    struct vdev *d = t->d;
-    pthread_mutex_lock(&d->lock);
-    vdev_reset(d); /* also folds the queues' rejected counts into d->c */
-    d->irq = NULL;
-    d->irq_opaque = NULL;
-    d->mem = NULL;
-    pthread_mutex_unlock(&d->lock);
+    vdev_unbind(t->d);
     release_fds(t);
     free(t);
 }

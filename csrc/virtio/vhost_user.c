@@ -738,6 +738,12 @@ struct vmm_vhost_user *vmm_vhost_user_start(struct vmm_vdev *dev, const char *pa
     }
     s->d = d;
     s->conn = -1;
+    s->listen_fd = s->epfd = s->stop_efd = -1;
+    /* Bind first: a device serving another transport gets no socket file. */
+    if (vdev_bind(d, &s->mem, vu_irq, s, "a vhost-user server", NULL, err, errlen) < 0) {
+        free(s);
+        return NULL;
+    }
     pthread_mutex_init(&s->conn_lock, NULL);
     snprintf(s->path, sizeof(s->path), "%s", path);
     for (int i = 0; i < VDEV_MAX_QUEUES; i++)
@@ -750,12 +756,6 @@ struct vmm_vhost_user *vmm_vhost_user_start(struct vmm_vdev *dev, const char *pa
             snprintf(err, errlen, "cannot create epoll/eventfd: %s", strerror(errno));
         goto fail;
     }
-    pthread_mutex_lock(&d->lock);
-    vdev_reset(d);
-    d->mem = &s->mem;
-    d->irq = vu_irq;
-    d->irq_opaque = s;
-    pthread_mutex_unlock(&d->lock);
     epoll_set(s, s->stop_efd, TAG_STOP, true);
     s->protocol_features = offered_protocol_features(d);
     epoll_set(s, s->listen_fd, TAG_LISTEN, true);
@@ -774,10 +774,8 @@ fail:
         close(s->epfd);
     if (s->stop_efd >= 0)
         close(s->stop_efd);
-    if (d->irq_opaque == s) {
-        d->irq = NULL;
-        d->mem = NULL;
-    }
+    vdev_unbind(d);
+    pthread_mutex_destroy(&s->conn_lock);
     free(s);
     return NULL;
 }
@@ -801,11 +799,7 @@ void vmm_vhost_user_stop(struct vmm_vhost_user *s)
     if (s->conn >= 0)
         close_fd(&s->conn);
     reset_all(s);
-    pthread_mutex_lock(&s->d->lock);
-    s->d->irq = NULL;
-    s->d->irq_opaque = NULL;
-    s->d->mem = NULL;
-    pthread_mutex_unlock(&s->d->lock);
+    vdev_unbind(s->d);
     close(s->listen_fd);
     unlink(s->path);
     close(s->epfd);
