@@ -17,7 +17,7 @@
 int kimage_too_small(const struct guest_mem *m, const struct kimage *k, char *err, size_t errlen)
 {
     return errf(err, errlen, "memory %llu MiB is too small for kernel %s (needs at least %llu MiB)",
-                (unsigned long long)(m->size / MiB), k->path,
+                (unsigned long long)(guest_mem_size(m) / MiB), k->path,
                 (unsigned long long)(align_up(k->load_end, MiB) / MiB));
 }
 
@@ -117,7 +117,7 @@ static int load_elf(struct guest_mem *m, const struct kimage *k, char *err, size
         memcpy(&ph, k->buf + eh.e_phoff + (uint64_t)i * sizeof(ph), sizeof(ph));
         if (ph.p_type != PT_LOAD || ph.p_memsz == 0)
             continue;
-        uint8_t *dst = gpa_ptr(m, ph.p_paddr, ph.p_memsz);
+        uint8_t *dst = guest_mem_ptr(m, ph.p_paddr, ph.p_memsz);
         if (!dst)
             return kimage_too_small(m, k, err, errlen);
         memcpy(dst, k->buf + ph.p_offset, ph.p_filesz);
@@ -166,7 +166,7 @@ static int parse_bzimage(struct kimage *k, char *err, size_t errlen)
 static int load_bzimage(struct guest_mem *m, const struct kimage *k, char *err, size_t errlen)
 {
     uint64_t size = k->len - k->pm_offset;
-    uint8_t *dst = gpa_ptr(m, LAYOUT_KERNEL_MIN, size);
+    uint8_t *dst = guest_mem_ptr(m, LAYOUT_KERNEL_MIN, size);
     if (!dst)
         return kimage_too_small(m, k, err, errlen);
     memcpy(dst, k->buf + k->pm_offset, size);
@@ -189,7 +189,7 @@ int kimage_parse(struct kimage *k, char *err, size_t errlen)
 
 int kimage_load(struct guest_mem *m, const struct kimage *k, char *err, size_t errlen)
 {
-    if (k->load_end > guest_low_top(m))
+    if (k->load_end > guest_mem_low_top(m))
         return kimage_too_small(m, k, err, errlen);
     return strcmp(k->kind, "bzimage") == 0 ? load_bzimage(m, k, err, errlen) : load_elf(m, k, err, errlen);
 }

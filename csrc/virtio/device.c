@@ -51,7 +51,7 @@ void vdev_reset(struct vdev *d)
         d->ops->reset(d);
 }
 
-int vdev_bind(struct vdev *d, const struct vm_mem *mem, vdev_irq_fn irq, void *opaque,
+int vdev_bind(struct vdev *d, const struct guest_mem *mem, vdev_irq_fn irq, void *opaque,
               const char *transport, void (*release)(void *opaque), char *err, size_t errlen)
 {
     pthread_mutex_lock(&d->lock);

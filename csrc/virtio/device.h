@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #include "core_api.h"
-#include "mem.h"
+#include "guest_mem.h"
 #include "queue.h"
 
 #define VDEV_MAX_QUEUES 4
@@ -57,7 +57,7 @@ struct vdev {
     struct vq vq[VDEV_MAX_QUEUES];
     pthread_mutex_t lock;
     /* Set by vdev_bind(), cleared by vdev_unbind(); read under d->lock. */
-    const struct vm_mem *mem;
+    const struct guest_mem *mem;
     vdev_irq_fn irq;         /* called with d->lock held */
     void *irq_opaque;
     const char *transport;   /* who the device is bound to ("a VM (virtio-mmio)", ...), or NULL */
@@ -79,7 +79,7 @@ void vdev_reset(struct vdev *d);
  * callback. transport names the binding for error messages ("a vhost-user server");
  * release (may be NULL) is called with opaque once the binding ends, by vdev_unbind() or
  * vdev_free(). Refuses (-1, err names both) a device that is already bound. Takes d->lock. */
-int vdev_bind(struct vdev *d, const struct vm_mem *mem, vdev_irq_fn irq, void *opaque,
+int vdev_bind(struct vdev *d, const struct guest_mem *mem, vdev_irq_fn irq, void *opaque,
               const char *transport, void (*release)(void *opaque), char *err, size_t errlen);
 /* Ends the binding (if any): resets the device, which then has no memory and raises no
  * interrupt, and calls the transport's release. Takes d->lock. */

@@ -463,7 +463,7 @@ struct virtio_mmio *virtio_mmio_attach(struct vmm_vm *vm, struct ioloop *io, str
     for (int i = 0; i < VDEV_MAX_QUEUES; i++)
         t->kick[i] = -1;
     /* Bind first: a device serving another transport must not get this window's fds. */
-    if (vdev_bind(d, &vm->vmem, mmio_irq, t, "a VM (virtio-mmio)", NULL, err, errlen) < 0) {
+    if (vdev_bind(d, &vm->mem, mmio_irq, t, "a VM (virtio-mmio)", NULL, err, errlen) < 0) {
         free(t);
         return NULL;
     }

@@ -17,7 +17,7 @@
 #define DEV(p) ((struct vdev *)(p))
 
 struct test_transport {
-    struct vm_mem mem;
+    struct guest_mem mem;
     uint64_t irqs[VDEV_MAX_QUEUES];
 };
 
@@ -37,8 +37,8 @@ int vmm_vdev_test_attach(struct vmm_vdev *dev, uint8_t *mem, uint64_t gpa, uint6
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    vm_mem_init(&t->mem);
-    if (vm_mem_add(&t->mem, gpa, size, mem) < 0) {
+    guest_mem_init(&t->mem);
+    if (guest_mem_add(&t->mem, gpa, size, mem) < 0) {
         free(t);
         snprintf(err, errlen, "bad test memory region gpa=0x%llx size=0x%llx",
                  (unsigned long long)gpa, (unsigned long long)size);

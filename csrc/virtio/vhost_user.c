@@ -109,8 +109,8 @@ struct vmm_vhost_user {
     int listen_fd, conn, epfd, stop_efd;
     pthread_t thread;
     bool thread_started;
-    struct vm_mem mem;
-    struct vu_map maps[VM_MEM_MAX_REGIONS];
+    struct guest_mem mem;
+    struct vu_map maps[GUEST_MEM_MAX_REGIONS];
     int nmaps;
     struct vu_ring ring[VDEV_MAX_QUEUES];
     uint64_t protocol_features;
@@ -176,7 +176,7 @@ static void unmap_all(struct vmm_vhost_user *s)
     for (int i = 0; i < s->nmaps; i++)
         munmap(s->maps[i].base, s->maps[i].maplen);
     s->nmaps = 0;
-    vm_mem_init(&s->mem);
+    guest_mem_init(&s->mem);
 }
 
 /* Front-end virtual address -> guest physical, or UINT64_MAX. */
@@ -338,13 +338,13 @@ static int do_set_mem_table(struct vmm_vhost_user *s, struct vu_msg *m)
     if (m->h.size < 8)
         return fail(s, "memory table of %u bytes", m->h.size);
     memcpy(&n, m->payload, 4);
-    if (n == 0 || n > VM_MEM_MAX_REGIONS || m->h.size != 8 + n * sizeof(struct vu_region))
+    if (n == 0 || n > GUEST_MEM_MAX_REGIONS || m->h.size != 8 + n * sizeof(struct vu_region))
         return fail(s, "memory table with %u regions in %u bytes", n, m->h.size);
     if ((uint32_t)m->nfds != n)
         return fail(s, "memory table with %u regions but %d fds", n, m->nfds);
-    struct vu_map maps[VM_MEM_MAX_REGIONS];
-    struct vm_mem mem;
-    vm_mem_init(&mem);
+    struct vu_map maps[GUEST_MEM_MAX_REGIONS];
+    struct guest_mem mem;
+    guest_mem_init(&mem);
     uint32_t i;
     for (i = 0; i < n; i++) {
         struct vu_region r;
@@ -360,7 +360,7 @@ static int do_set_mem_table(struct vmm_vhost_user *s, struct vu_msg *m)
         if (base == MAP_FAILED)
             break;
         maps[i] = (struct vu_map){ .uva = r.uva, .gpa = r.gpa, .size = r.size, .base = base, .maplen = len };
-        if (vm_mem_add(&mem, r.gpa, r.size, (uint8_t *)base + r.mmap_offset) < 0) {
+        if (guest_mem_add(&mem, r.gpa, r.size, (uint8_t *)base + r.mmap_offset) < 0) {
             munmap(base, len);
             break;
         }
