@@ -128,6 +128,32 @@ int vmm_vm_add_python_device(struct vmm_vm *vm, int is_mmio, uint64_t base, uint
 /* python-callback */ uint64_t vmm_python_device_access(void *handle, uint64_t offset, uint32_t size,
                                                         int is_write, uint64_t value);
 
+/* --- kernel files and the core's limits (the one source Python reads them from) ------- */
+struct vmm_kernel_info {
+    char kind[16];            /* "elf-pvh", "elf-64" or "bzimage" */
+    uint64_t entry;           /* guest-physical entry point */
+    uint64_t load_start;      /* lowest guest-physical byte loaded */
+    uint64_t load_end;        /* highest guest-physical byte the kernel needs + 1 */
+    uint64_t cmdline_max;     /* longest command line the kernel takes, without the NUL */
+    uint64_t initrd_addr_max; /* highest address the initrd may end at (inclusive) */
+};
+/* What the loader would learn from a kernel file, without loading it (no KVM, no guest
+ * memory): the same parser and the same errors ("<path> is not a kernel: ..."). */
+int vmm_kernel_inspect(const char *path, struct vmm_kernel_info *out, char *err, size_t errlen);
+
+struct vmm_core_limits {
+    uint32_t max_cpus;            /* vCPUs per VM (the core's fixed table; KVM may allow fewer) */
+    uint32_t max_devices;         /* virtio-mmio devices per VM (one per free ISA IRQ) */
+    uint64_t min_memory_bytes;    /* smallest guest RAM vmm_vm_create takes */
+    uint64_t mmio_hole;           /* RAM below 4 GiB ends here (the 32-bit MMIO hole starts) */
+    uint64_t high_ram_base;       /* RAM beyond mmio_hole continues from here (4 GiB) */
+    uint64_t kernel_min;          /* no kernel segment may load below this */
+    uint64_t cmdline_size;        /* Linux's COMMAND_LINE_SIZE, with the NUL */
+    uint64_t virtio_mmio_base;    /* device i's window is at base + i * window */
+    uint64_t virtio_mmio_window;
+};
+void vmm_core_limits(struct vmm_core_limits *out);
+
 /* Load kernel (+initrd, cmdline) into a scratch memory of memory_bytes without KVM:
  * the same loader and checks as vmm_vm_load_kernel, for tests with hostile files. */
 int vmm_kernel_load_check(const char *kernel, const char *initrd, const char *cmdline,

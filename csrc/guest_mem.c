@@ -67,7 +67,7 @@ uint64_t guest_mem_low_top(const struct guest_mem *m)
 int guest_mem_map(struct guest_mem *m, uint64_t bytes, bool hugepages, char *err, size_t errlen)
 {
     guest_mem_init(m);
-    if (bytes < 2 * MiB)
+    if (bytes < GUEST_MEM_MIN_BYTES)
         return errf(err, errlen, "guest memory %llu bytes is too small (minimum 2 MiB)",
                     (unsigned long long)bytes);
     size_t len = bytes;

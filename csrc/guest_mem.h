@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #define GUEST_MEM_MAX_REGIONS 8
+#define GUEST_MEM_MIN_BYTES (2ull << 20) /* room for the boot tables and a tiny kernel */
 
 struct guest_mem_region {
     uint64_t gpa;
