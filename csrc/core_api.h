@@ -199,7 +199,10 @@ int vmm_vdev_test_attach(struct vmm_vdev *dev, uint8_t *mem, uint64_t gpa, uint6
 int vmm_vdev_test_queue(struct vmm_vdev *dev, int qi, uint32_t size, uint64_t desc, uint64_t avail, uint64_t used, char *err, size_t errlen);
 int vmm_vdev_test_notify(struct vmm_vdev *dev, int qi);
 uint64_t vmm_vdev_test_irqs(struct vmm_vdev *dev, int qi);
-/* vhost-user backend server for one device on a Unix socket path, on its own thread. */
+/* vhost-user backend server for one device on a Unix socket path. Every server of the
+ * process (the back-ends of a VM) is served by one event loop thread, which also serves
+ * the devices' own backend fds (vsock's sockets, net's socket); it exists while a server
+ * does. */
 struct vmm_vhost_user;
 struct vmm_vhost_user *vmm_vhost_user_start(struct vmm_vdev *dev, const char *path, char *err, size_t errlen);
 /* 1 while a front-end (QEMU) is connected. */

@@ -16,6 +16,7 @@ void vdev_init(struct vdev *d, const char *name, uint32_t device_id, const struc
     d->features = features | (1ull << VIRTIO_F_VERSION_1);
     d->nqueues = nqueues;
     d->queue_max = queue_max;
+    d->poll_fd = -1;
     pthread_mutex_init(&d->lock, NULL);
 }
 
@@ -99,6 +100,12 @@ void vdev_unbind(struct vdev *d)
         release(opaque);
 }
 
+void vdev_poll_ready(void *opaque, int fd)
+{
+    struct vdev *d = opaque;
+    d->ops->poll(d);
+}
+
 bool vdev_bound_to(struct vdev *d, vdev_irq_fn irq)
 {
     pthread_mutex_lock(&d->lock);
@@ -111,15 +118,18 @@ void vdev_free(struct vdev *d)
 {
     if (!d)
         return;
-    if (d->ops->destroy)
-        d->ops->destroy(d);
-    /* The device's state is gone: no reset, only the queues and the transport's leftovers
-     * (a transport still bound here is the test transport; the others unbind first). */
+    /* The binding ends first, so the transport's event loop no longer polls the device
+     * (a transport still bound here is the test transport; the others unbind first). No
+     * reset: the device's state is about to go anyway. */
     void (*release)(void *) = NULL;
     void *opaque = NULL;
+    pthread_mutex_lock(&d->lock);
     forget_binding(d, &release, &opaque);
+    pthread_mutex_unlock(&d->lock);
     if (release)
         release(opaque);
+    if (d->ops->destroy)
+        d->ops->destroy(d);
     for (int i = 0; i < d->nqueues; i++)
         vq_teardown(&d->vq[i]);
     pthread_mutex_destroy(&d->lock);

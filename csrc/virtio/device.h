@@ -6,9 +6,15 @@
  * vdev_bind() and nothing else: virtio-mmio (in-process, KVM engine), vhost-user (QEMU
  * engine) or the test transport (Python tests). One bind point means one place that
  * refuses a device already serving another transport (two transports driving the same
- * queues would corrupt them). Transports call the ops with d->lock held; a device thread
- * that touches queues (vsock's socket thread, net's backend thread) takes d->lock too, so
- * a transport replacing guest memory or a queue never races a device using it. */
+ * queues would corrupt them). Transports call the ops with d->lock held.
+ *
+ * A device owns no thread. One with a backend of its own (vsock's Unix sockets, net's
+ * socket or tap) keeps its backend fds in an epoll set of its own and exposes that set as
+ * d->poll_fd; the transport's event loop (the VM's device I/O loop for virtio-mmio, the
+ * server's loop for vhost-user, a small loop for the test transport) waits on it beside
+ * the queue notifies and calls ops->poll, which takes d->lock, so a transport replacing
+ * guest memory or a queue never races a device using it. Nesting the device's set in the
+ * loop keeps the device's per-fd bookkeeping (vsock's connection generations) its own. */
 #ifndef VIRTIO_DEVICE_H
 #define VIRTIO_DEVICE_H
 #include <pthread.h>
@@ -40,7 +46,11 @@ struct vdev_ops {
     void (*reset)(struct vdev *d);
     /* Optional: the driver wrote config space (already stored in d->config). */
     void (*config_write)(struct vdev *d, uint32_t off, uint32_t len);
-    /* Stop threads and free everything the device owns (not the struct vdev itself). */
+    /* Optional: the device's backend (host sockets, tap) has work; d->poll_fd was readable.
+     * Runs on the event loop of the transport the device is bound to, takes d->lock itself
+     * and never blocks. */
+    void (*poll)(struct vdev *d);
+    /* Free everything the device owns (not the struct vdev itself). */
     void (*destroy)(struct vdev *d);
 };
 
@@ -62,6 +72,7 @@ struct vdev {
     void *irq_opaque;
     const char *transport;   /* who the device is bound to ("a VM (virtio-mmio)", ...), or NULL */
     void (*release)(void *opaque); /* the transport's clean-up when the binding ends, or NULL */
+    int poll_fd;              /* -1, or the device's backend epoll set (see above) */
     struct vmm_vdev_counters c;
     char broken[200]; /* first reason a queue broke, for the user */
 };
@@ -84,9 +95,12 @@ int vdev_bind(struct vdev *d, const struct guest_mem *mem, vdev_irq_fn irq, void
 /* Ends the binding (if any): resets the device, which then has no memory and raises no
  * interrupt, and calls the transport's release. Takes d->lock. */
 void vdev_unbind(struct vdev *d);
+/* An event loop's handler (ioloop_fn) for d->poll_fd: runs the device's poll op. */
+void vdev_poll_ready(void *d, int fd);
 /* True if d is bound to the transport whose interrupt callback is irq. */
 bool vdev_bound_to(struct vdev *d, vdev_irq_fn irq);
-/* Stops the device's threads, ends any binding and frees d (NULL is ok). */
+/* Ends any binding (without a reset: the device is going), frees what the device owns and
+ * d itself (NULL is ok). */
 void vdev_free(struct vdev *d);
 
 #define counter_add(field, n) __atomic_fetch_add(&(field), (n), __ATOMIC_RELAXED)

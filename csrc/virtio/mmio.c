@@ -1,10 +1,10 @@
 /* The virtio-mmio transport, version 2. See mmio.h.
  *
- * Threads: register accesses arrive on vCPU threads (MMIO exits); queue notifies on the
- * VM's device I/O thread (ioeventfd, or our own eventfd written by the QueueNotify exit
- * when KVM has no ioeventfd for us); interrupts from whichever thread completed work
- * (the I/O thread, or a device's own thread for vsock and net). All transport state
- * except InterruptStatus lives under d->lock, like the device's; InterruptStatus is set
+ * Threads: register accesses arrive on vCPU threads (MMIO exits); queue notifies and the
+ * device's backend events (d->poll_fd) on the VM's device I/O thread (ioeventfd, or our
+ * own eventfd written by the QueueNotify exit when KVM has no ioeventfd for us);
+ * interrupts from whichever thread completed work (the I/O thread, or a vCPU). All
+ * transport state except InterruptStatus lives under d->lock, like the device's; InterruptStatus is set
  * by the interrupt path (d->lock held) and cleared by InterruptACK, both atomically.
  *
  * Interrupts are edges: the IRQs we hand out are ISA IRQs, which the MP table declares
@@ -392,9 +392,12 @@ static int irqfd(struct virtio_mmio *t, bool assign)
     return ioctl(t->vm->vm_fd, KVM_IRQFD, &f);
 }
 
-/* Notify path: an eventfd per queue, handed to KVM as an ioeventfd when we may. */
+/* Notify path: an eventfd per queue, handed to KVM as an ioeventfd when we may; and the
+ * device's backend fds, so one loop serves everything the device waits for. */
 static int wire_notify(struct virtio_mmio *t, struct ioloop *io, bool use_ioeventfd, char *err, size_t errlen)
 {
+    if (t->d->poll_fd >= 0 && ioloop_add(io, t->d->poll_fd, vdev_poll_ready, t->d, err, errlen) < 0)
+        return -1;
     for (int i = 0; i < t->d->nqueues; i++) {
         t->kick[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (t->kick[i] < 0)
@@ -472,6 +475,8 @@ struct virtio_mmio *virtio_mmio_attach(struct vmm_vm *vm, struct ioloop *io, str
         for (int i = 0; i < VDEV_MAX_QUEUES; i++)
             if (t->kick[i] >= 0)
                 ioloop_del(io, t->kick[i]);
+        if (d->poll_fd >= 0)
+            ioloop_del(io, d->poll_fd);
         vdev_unbind(d);
         release_fds(t);
         free(t);

@@ -6,20 +6,32 @@
  * addresses), notifies run the device on the caller's thread and interrupts are only
  * counted, per queue. Attaching again to a device this transport already holds starts
  * over with the new memory (fuzzers do that between rounds); a device bound to another
- * transport is refused. */
+ * transport is refused. A device with a backend of its own (vsock's sockets, net's
+ * socket) gets a small event loop of its own here, as it would get the VM's or the
+ * server's: the tests drive the queues, the loop the host side. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core_api.h"
 #include "device.h"
+#include "ioloop.h"
 
 #define DEV(p) ((struct vdev *)(p))
 
 struct test_transport {
     struct guest_mem mem;
+    struct ioloop *loop;     /* serves the device's backend (d->poll_fd), if it has one */
     uint64_t irqs[VDEV_MAX_QUEUES];
 };
+
+/* The binding ended: stop the loop (no poll runs after this), then forget the memory. */
+static void test_release(void *opaque)
+{
+    struct test_transport *t = opaque;
+    ioloop_free(t->loop);
+    free(t);
+}
 
 static void test_irq(void *opaque, int qi)
 {
@@ -46,8 +58,14 @@ int vmm_vdev_test_attach(struct vmm_vdev *dev, uint8_t *mem, uint64_t gpa, uint6
     }
     if (vdev_bound_to(d, test_irq))
         vdev_unbind(d); /* start over: frees the previous memory description */
-    if (vdev_bind(d, &t->mem, test_irq, t, "the test transport", free, err, errlen) < 0) {
+    if (vdev_bind(d, &t->mem, test_irq, t, "the test transport", test_release, err, errlen) < 0) {
         free(t);
+        return -1;
+    }
+    if (d->poll_fd >= 0 && ((t->loop = ioloop_new(err, errlen)) == NULL ||
+                            ioloop_add(t->loop, d->poll_fd, vdev_poll_ready, d, err, errlen) < 0 ||
+                            ioloop_start(t->loop, err, errlen) < 0)) {
+        vdev_unbind(d); /* releases t and its loop */
         return -1;
     }
     pthread_mutex_lock(&d->lock);

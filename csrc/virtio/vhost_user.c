@@ -1,6 +1,7 @@
 /* The vhost-user server: a Unix listener for one front-end at a time, the request
- * dispatch and config space, the server thread (control connection, kick eventfds and a
- * safety-net tick), start and stop. The wire format is vhost_user_msg.c, memory and rings
+ * dispatch and config space, the server's events on the back-end process's event loop
+ * (control connection, kick eventfds, the device's backend fds and a safety-net tick),
+ * start and stop. The wire format is vhost_user_msg.c, memory and rings
  * vhost_user_rings.c; vhost_user.h says how they fit together. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -11,10 +12,12 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "ioloop.h"
 #include "vhost_user.h"
 
 void vu_epoll_set(struct vmm_vhost_user *s, int fd, uint64_t tag, bool add)
@@ -195,7 +198,7 @@ static void accept_conn(struct vmm_vhost_user *s)
     int c = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (c < 0)
         return;
-    /* A front-end that stops in the middle of a message must not hold this thread (and
+    /* A front-end that stops in the middle of a message must not hold the loop (and
      * every kick of the device) forever. */
     struct timeval tv = { .tv_sec = VU_MSG_TIMEOUT_S };
     setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -208,43 +211,80 @@ static void accept_conn(struct vmm_vhost_user *s)
     vu_epoll_set(s, c, TAG_CONN, true);
 }
 
-static uint64_t now_ms(void)
+/* Arms the tick timer while some ring runs: see vu_rings_tick(). */
+static void set_ticking(struct vmm_vhost_user *s, bool on)
 {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
+    if (on == s->ticking)
+        return;
+    struct timespec period = { .tv_nsec = on ? VU_TICK_MS * 1000000L : 0 };
+    struct itimerspec t = { .it_interval = period, .it_value = period };
+    timerfd_settime(s->tick_fd, 0, &t, NULL);
+    s->ticking = on;
 }
 
-static void *server_thread(void *arg)
+/* The server's epoll set is ready (the loop thread): one batch of its events. */
+static void server_events(void *opaque, int fd)
 {
-    struct vmm_vhost_user *s = arg;
-    uint64_t next_tick = now_ms() + VU_TICK_MS;
-    for (;;) {
-        struct epoll_event evs[8];
-        bool ticking = vu_any_ring_started(s);
-        uint64_t now = now_ms();
-        if (ticking && now >= next_tick) {
+    struct vmm_vhost_user *s = opaque;
+    struct epoll_event evs[8];
+    int n = epoll_wait(s->epfd, evs, 8, 0);
+    for (int i = 0; i < n; i++) {
+        uint64_t tag = evs[i].data.u64, expirations;
+        if (tag == TAG_TICK && read(s->tick_fd, &expirations, sizeof(expirations)) > 0)
             vu_rings_tick(s);
-            next_tick = now + VU_TICK_MS;
-        }
-        int n = epoll_wait(s->epfd, evs, 8, ticking ? (int)(next_tick - now > VU_TICK_MS ? VU_TICK_MS : next_tick - now) : -1);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            break;
-        for (int i = 0; i < n; i++) {
-            uint64_t tag = evs[i].data.u64;
-            if (tag == TAG_STOP)
-                return NULL;
-            if (tag == TAG_LISTEN)
-                accept_conn(s);
-            else if (tag == TAG_CONN && s->conn >= 0 && serve_one(s) < 0)
-                drop_conn(s);
-            else if (tag >= TAG_KICK0 && tag < TAG_KICK0 + VDEV_MAX_QUEUES && s->ring[tag - TAG_KICK0].kick >= 0)
-                vu_ring_kick(s, (int)(tag - TAG_KICK0));
+        else if (tag == TAG_LISTEN)
+            accept_conn(s);
+        else if (tag == TAG_CONN && s->conn >= 0 && serve_one(s) < 0)
+            drop_conn(s);
+        else if (tag == TAG_BACKEND)
+            s->d->ops->poll(s->d);
+        else if (tag >= TAG_KICK0 && tag < TAG_KICK0 + VDEV_MAX_QUEUES && s->ring[tag - TAG_KICK0].kick >= 0)
+            vu_ring_kick(s, (int)(tag - TAG_KICK0));
+    }
+    set_ticking(s, vu_any_ring_started(s));
+}
+
+/* The back-end process's event loop, shared by every server in it (with the QEMU engine,
+ * the back-ends of a VM): made with the first server, freed with the last. */
+static pthread_mutex_t process_loop_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ioloop *process_loop;
+static int process_loop_users;
+
+static int join_process_loop(struct vmm_vhost_user *s, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&process_loop_lock);
+    int rc = 0;
+    if (!process_loop && !(process_loop = ioloop_new(err, errlen)))
+        rc = -1;
+    if (rc == 0 && (rc = ioloop_add(process_loop, s->epfd, server_events, s, err, errlen)) == 0) {
+        process_loop_users++;
+        s->in_loop = true;
+        if (ioloop_start(process_loop, err, errlen) < 0) {
+            pthread_mutex_unlock(&process_loop_lock);
+            return -1; /* stop() leaves the loop */
         }
     }
-    return NULL;
+    if (process_loop && process_loop_users == 0) {
+        ioloop_free(process_loop);
+        process_loop = NULL;
+    }
+    pthread_mutex_unlock(&process_loop_lock);
+    return rc;
+}
+
+/* Returns once the loop can no longer run server_events for s. */
+static void leave_process_loop(struct vmm_vhost_user *s)
+{
+    if (!s->in_loop)
+        return;
+    pthread_mutex_lock(&process_loop_lock);
+    ioloop_del(process_loop, s->epfd);
+    s->in_loop = false;
+    if (--process_loop_users == 0) {
+        ioloop_free(process_loop);
+        process_loop = NULL;
+    }
+    pthread_mutex_unlock(&process_loop_lock);
 }
 
 static int listen_on(const char *path, char *err, size_t errlen)
@@ -275,7 +315,7 @@ struct vmm_vhost_user *vmm_vhost_user_start(struct vmm_vdev *dev, const char *pa
     }
     s->d = d;
     s->conn = -1;
-    s->listen_fd = s->epfd = s->stop_efd = -1;
+    s->listen_fd = s->epfd = s->tick_fd = -1;
     /* Bind first: a device serving another transport gets no socket file. */
     if (vdev_bind(d, &s->mem, vu_irq, s, "a vhost-user server", NULL, err, errlen) < 0) {
         free(s);
@@ -287,34 +327,23 @@ struct vmm_vhost_user *vmm_vhost_user_start(struct vmm_vdev *dev, const char *pa
         s->ring[i] = (struct vu_ring){ .kick = -1, .call = -1, .err = -1 };
     s->listen_fd = listen_on(path, err, errlen);
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
-    s->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (s->listen_fd < 0 || s->epfd < 0 || s->stop_efd < 0) {
+    s->tick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (s->listen_fd < 0 || s->epfd < 0 || s->tick_fd < 0) {
         if (s->listen_fd >= 0)
-            snprintf(err, errlen, "cannot create epoll/eventfd: %s", strerror(errno));
-        goto fail;
+            snprintf(err, errlen, "cannot create epoll/timerfd: %s", strerror(errno));
+        vmm_vhost_user_stop(s);
+        return NULL;
     }
-    vu_epoll_set(s, s->stop_efd, TAG_STOP, true);
     s->protocol_features = offered_protocol_features(d);
+    vu_epoll_set(s, s->tick_fd, TAG_TICK, true);
     vu_epoll_set(s, s->listen_fd, TAG_LISTEN, true);
-    if (pthread_create(&s->thread, NULL, server_thread, s) != 0) {
-        snprintf(err, errlen, "cannot start the vhost-user thread");
-        goto fail;
+    if (d->poll_fd >= 0)
+        vu_epoll_set(s, d->poll_fd, TAG_BACKEND, true);
+    if (join_process_loop(s, err, errlen) < 0) {
+        vmm_vhost_user_stop(s);
+        return NULL;
     }
-    s->thread_started = true;
     return s;
-fail:
-    if (s->listen_fd >= 0) {
-        close(s->listen_fd);
-        unlink(path);
-    }
-    if (s->epfd >= 0)
-        close(s->epfd);
-    if (s->stop_efd >= 0)
-        close(s->stop_efd);
-    vdev_unbind(d);
-    pthread_mutex_destroy(&s->conn_lock);
-    free(s);
-    return NULL;
 }
 
 int vmm_vhost_user_connected(struct vmm_vhost_user *s) { return s->conn >= 0; }
@@ -325,22 +354,21 @@ void vmm_vhost_user_stop(struct vmm_vhost_user *s)
 {
     if (!s)
         return;
-    if (s->thread_started) {
-        eventfd_write(s->stop_efd, 1);
-        pthread_mutex_lock(&s->conn_lock);
-        if (s->conn >= 0)
-            shutdown(s->conn, SHUT_RDWR); /* wakes a thread blocked reading a message */
-        pthread_mutex_unlock(&s->conn_lock);
-        pthread_join(s->thread, NULL);
-    }
+    pthread_mutex_lock(&s->conn_lock);
+    if (s->conn >= 0)
+        shutdown(s->conn, SHUT_RDWR); /* wakes the loop if it is blocked reading our message */
+    pthread_mutex_unlock(&s->conn_lock);
+    leave_process_loop(s);
     if (s->conn >= 0)
         vu_close_fd(&s->conn);
     vu_reset_all(s);
     vdev_unbind(s->d);
-    close(s->listen_fd);
-    unlink(s->path);
-    close(s->epfd);
-    close(s->stop_efd);
+    if (s->listen_fd >= 0) {
+        close(s->listen_fd);
+        unlink(s->path);
+    }
+    vu_close_fd(&s->epfd);
+    vu_close_fd(&s->tick_fd);
     pthread_mutex_destroy(&s->conn_lock);
     free(s);
 }

@@ -6,16 +6,20 @@
  *   vhost_user_rings.c  what the front-end sets up: the memory table (mapped here) and the
  *                       rings (addresses, kick/call fds, start and stop)
  *   vhost_user.c        the server: listener, one connection, the request dispatch and
- *                       config space, the thread, start and stop
+ *                       config space, its events on the process's loop, start and stop
  *
  * Protocol: QEMU docs/interop/vhost-user.rst. The front-end (QEMU) owns the virtio
  * transport; we receive its guest memory as fds (mapped here), the rings' addresses in
  * its address space, an eventfd per queue to wait on (kick) and one to signal (call).
- * One thread serves everything: the control connection and the kick eventfds, so a
- * memory-table change never races queue processing on this thread; device threads of
- * their own (vsock, net) are kept out by d->lock, which we hold while changing memory or
- * rings. Every message is length-checked; a malformed one closes the connection (the
- * device is reset and the server waits for the next front-end), never the process. */
+ * Each server keeps its fds in an epoll set of its own (listener, control connection, kick
+ * eventfds, the device's backend fds d->poll_fd, and a tick timer), and every server of
+ * the process waits on one event loop (ioloop.c): one thread serves all the back-ends of a
+ * VM, and for each server a memory-table change never races its queue processing; d->lock
+ * is held while changing memory or rings. Every message is length-checked; a malformed one
+ * closes the connection (the device is reset and the server waits for the next
+ * front-end), never the process. Reading a message blocks the loop until it is whole (at
+ * most VU_MSG_TIMEOUT_S): the front-end of all of them is the same QEMU, which is stuck
+ * anyway if it stops in the middle of a message. */
 #ifndef VIRTIO_VHOST_USER_H
 #define VIRTIO_VHOST_USER_H
 #include <pthread.h>
@@ -103,9 +107,9 @@ struct vu_map {
 struct vmm_vhost_user {
     struct vdev *d;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    int listen_fd, conn, epfd, stop_efd;
-    pthread_t thread;
-    bool thread_started;
+    int listen_fd, conn, epfd, tick_fd;
+    bool ticking;           /* tick_fd armed (while some ring runs) */
+    bool in_loop;           /* epfd is on the process's event loop */
     struct guest_mem mem;
     struct vu_map maps[GUEST_MEM_MAX_REGIONS];
     int nmaps;
@@ -113,15 +117,16 @@ struct vmm_vhost_user {
     uint64_t protocol_features;
     bool proto_acked;
     char error[200];
-    /* Guards s->conn between the server thread (which closes it) and stop (which shuts
-     * it down to wake a thread blocked in the middle of a message). */
+    /* Guards s->conn between the loop thread (which closes it) and stop (which shuts it
+     * down to wake the loop if it is blocked in the middle of one of our messages). */
     pthread_mutex_t conn_lock;
 };
 
 /* epoll tags */
-#define TAG_STOP 1
+#define TAG_TICK 1
 #define TAG_LISTEN 2
 #define TAG_CONN 3
+#define TAG_BACKEND 4   /* the device's backend fds (d->poll_fd) */
 #define TAG_KICK0 16
 
 static inline void vu_close_fd(int *fd)

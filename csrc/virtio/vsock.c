@@ -25,6 +25,7 @@ static void vsock_destroy(struct vdev *d)
 static const struct vdev_ops vsock_ops = {
     .notify = vsock_notify,
     .reset = vsock_reset,
+    .poll = vsock_poll,
     .destroy = vsock_destroy,
 };
 
@@ -52,7 +53,7 @@ struct vdev *vsock_new(uint64_t guest_cid, const char *uds_path, char *err, size
     memcpy(v->d.config, &guest_cid, 8);
     v->d.config_len = 8;
     v->next_host_port = FIRST_HOST_PORT;
-    v->listen_fd = v->epfd = v->stop_efd = -1;
+    v->listen_fd = v->epfd = -1;
     snprintf(v->path, sizeof(v->path), "%s", uds_path);
     if (host_start(v, err, errlen) < 0)
         goto fail;

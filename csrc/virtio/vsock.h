@@ -6,7 +6,7 @@
  *   vsock_packet.c  packets: the tx queue (from the guest) and the rx queue (to it)
  *   vsock_conn.c    the connection table and the credit scheme on the host socket side
  *   vsock_host.c    the host side: the Unix listener, "CONNECT <port>" / "OK <port>", guest
- *                   connections to "<path>_<port>", and the socket thread
+ *                   connections to "<path>_<port>", and their events (vsock_poll)
  *
  * Host side: one Unix listening socket per VM at `path`. A host program connects, writes
  * "CONNECT <port>\n" and, once the guest accepts, reads "OK <hostport>\n" followed by the
@@ -21,9 +21,10 @@
  * and only when the guest gave us an rx buffer; otherwise the socket is left unread (the
  * host program blocks on its own socket buffer).
  *
- * Threads: the transport calls notify (tx queue: packets from the guest; rx queue: new
- * buffers) with d->lock held; the socket thread (vsock_host.c) serves the Unix sockets and
- * takes d->lock too. All connection state is touched only under d->lock. */
+ * Threads: none of our own. The transport calls notify (tx queue: packets from the guest;
+ * rx queue: new buffers) with d->lock held; its event loop calls vsock_poll when a Unix
+ * socket is ready (d->poll_fd), which takes d->lock too. All connection state is touched
+ * only under d->lock. */
 #ifndef VIRTIO_VSOCK_H
 #define VIRTIO_VSOCK_H
 #include <pthread.h>
@@ -106,9 +107,7 @@ struct vsock {
     struct vdev d;
     uint64_t cid;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    int listen_fd, epfd, stop_efd;
-    pthread_t thread;
-    bool thread_started;
+    int listen_fd, epfd;     /* epfd: the listener and every connection; d.poll_fd */
     struct conn *conns[MAX_CONNS];
     uint32_t gens[MAX_CONNS];
     int nslots;              /* slots in use are below this */
@@ -118,7 +117,6 @@ struct vsock {
     struct iovec *scratch;   /* rx payload view */
 };
 
-#define TAG_STOP (~0ull)
 #define TAG_LISTEN (~0ull - 1)
 
 /* vsock_conn.c: the connection table and credit. */
@@ -153,9 +151,11 @@ void vsock_notify(struct vdev *d, int qi);
 struct conn *host_dial(struct vsock *v, uint32_t local_port, uint32_t peer_port);
 /* The guest accepted a host client's CONNECT: "OK <port>\n", then the stream. */
 void host_established(struct vsock *v, struct conn *c);
-/* Listens on v->path and starts the socket thread. */
+/* Listens on v->path; the listener goes into the device's socket set (d.poll_fd). */
 int host_start(struct vsock *v, char *err, size_t errlen);
-/* Stops the socket thread, closes every connection and the listener (removing its file). */
+/* Closes every connection and the listener (removing its file). */
 void host_stop(struct vsock *v);
+/* The device's poll op: serves the host sockets that are ready. */
+void vsock_poll(struct vdev *d);
 
 #endif

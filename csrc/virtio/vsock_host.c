@@ -1,14 +1,14 @@
 /* virtio-vsock host side: the Unix sockets (see vsock.h). A host program connects to the
  * listener at `path` and says "CONNECT <port>\n" (read here without consuming stream data
- * after it); a guest connection to host port P dials "<path>_P". The socket thread waits
- * on the listener and every connection's socket and moves data under d->lock. */
+ * after it); a guest connection to host port P dials "<path>_P". The listener and every
+ * connection's socket are in the device's own epoll set (d->poll_fd), which the
+ * transport's event loop waits on; vsock_poll moves data under d->lock. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -112,31 +112,24 @@ static void conn_event(struct vsock *v, uint64_t tag, uint32_t events)
     }
 }
 
-static void *vsock_thread(void *arg)
+/* The host sockets have work (the transport's event loop saw d->poll_fd readable): one
+ * batch of socket events, then whatever that lets us hand the guest. */
+void vsock_poll(struct vdev *d)
 {
-    struct vsock *v = arg;
-    for (;;) {
-        struct epoll_event evs[32];
-        int n = epoll_wait(v->epfd, evs, 32, -1);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return NULL;
-        pthread_mutex_lock(&v->d.lock);
-        for (int i = 0; i < n; i++) {
-            uint64_t tag = evs[i].data.u64;
-            if (tag == TAG_STOP) {
-                pthread_mutex_unlock(&v->d.lock);
-                return NULL;
-            }
-            if (tag == TAG_LISTEN)
-                accept_host(v);
-            else
-                conn_event(v, tag, evs[i].events);
-        }
-        pump_rx(v);
-        pthread_mutex_unlock(&v->d.lock);
+    struct vsock *v = (struct vsock *)d;
+    struct epoll_event evs[32];
+    int n = epoll_wait(v->epfd, evs, 32, 0);
+    if (n <= 0)
+        return;
+    pthread_mutex_lock(&v->d.lock);
+    for (int i = 0; i < n; i++) {
+        if (evs[i].data.u64 == TAG_LISTEN)
+            accept_host(v);
+        else
+            conn_event(v, evs[i].data.u64, evs[i].events);
     }
+    pump_rx(v);
+    pthread_mutex_unlock(&v->d.lock);
 }
 
 static int vsock_listen(struct vsock *v, char *err, size_t errlen)
@@ -180,30 +173,17 @@ int host_start(struct vsock *v, char *err, size_t errlen)
     if (vsock_listen(v, err, errlen) < 0)
         return -1;
     v->epfd = epoll_create1(EPOLL_CLOEXEC);
-    v->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (v->epfd < 0 || v->stop_efd < 0) {
-        snprintf(err, errlen, "cannot create epoll/eventfd: %s", strerror(errno));
+    struct epoll_event e = { .events = EPOLLIN, .data.u64 = TAG_LISTEN };
+    if (v->epfd < 0 || epoll_ctl(v->epfd, EPOLL_CTL_ADD, v->listen_fd, &e) < 0) {
+        snprintf(err, errlen, "cannot create the vsock socket set: %s", strerror(errno));
         return -1;
     }
-    struct epoll_event e1 = { .events = EPOLLIN, .data.u64 = TAG_STOP };
-    struct epoll_event e2 = { .events = EPOLLIN, .data.u64 = TAG_LISTEN };
-    epoll_ctl(v->epfd, EPOLL_CTL_ADD, v->stop_efd, &e1);
-    epoll_ctl(v->epfd, EPOLL_CTL_ADD, v->listen_fd, &e2);
-    if (pthread_create(&v->thread, NULL, vsock_thread, v) != 0) {
-        snprintf(err, errlen, "cannot start the vsock thread");
-        return -1;
-    }
-    v->thread_started = true;
+    v->d.poll_fd = v->epfd;
     return 0;
 }
 
 void host_stop(struct vsock *v)
 {
-    if (v->thread_started) {
-        eventfd_write(v->stop_efd, 1);
-        pthread_join(v->thread, NULL);
-        v->thread_started = false;
-    }
     close_all(v);
     if (v->listen_fd >= 0) {
         close(v->listen_fd);
@@ -211,7 +191,5 @@ void host_stop(struct vsock *v)
     }
     if (v->epfd >= 0)
         close(v->epfd);
-    if (v->stop_efd >= 0)
-        close(v->stop_efd);
-    v->listen_fd = v->epfd = v->stop_efd = -1;
+    v->listen_fd = v->epfd = v->d.poll_fd = -1;
 }
