@@ -7,10 +7,20 @@ a VM's virtio-mmio transport."""
 import pytest
 
 from vmm.engines import kvm_backing
-from virtio_driver import VERSION_1, GuestMem
 from vmm._core import ffi, lib
 from vmm.devices import Disk, VhostUserServer
 from vmm.errors import VmmError
+
+
+VERSION_1 = 1 << 32
+
+
+class GuestMem:
+    """A buffer the test transport takes as guest memory."""
+
+    def __init__(self, size=1 << 16, gpa=0x10000):
+        self.size, self.gpa = size, gpa
+        self.buf = ffi.new("uint8_t[]", size)
 
 
 @pytest.fixture
