@@ -128,6 +128,32 @@ int vmm_vm_add_python_device(struct vmm_vm *vm, int is_mmio, uint64_t base, uint
 /* python-callback */ uint64_t vmm_python_device_access(void *handle, uint64_t offset, uint32_t size,
                                                         int is_write, uint64_t value);
 
+/* --- kernel files and the core's limits (the one source Python reads them from) ------- */
+struct vmm_kernel_info {
+    char kind[16];            /* "elf-pvh", "elf-64" or "bzimage" */
+    uint64_t entry;           /* guest-physical entry point */
+    uint64_t load_start;      /* lowest guest-physical byte loaded */
+    uint64_t load_end;        /* highest guest-physical byte the kernel needs + 1 */
+    uint64_t cmdline_max;     /* longest command line the kernel takes, without the NUL */
+    uint64_t initrd_addr_max; /* highest address the initrd may end at (inclusive) */
+};
+/* What the loader would learn from a kernel file, without loading it (no KVM, no guest
+ * memory): the same parser and the same errors ("<path> is not a kernel: ..."). */
+int vmm_kernel_inspect(const char *path, struct vmm_kernel_info *out, char *err, size_t errlen);
+
+struct vmm_core_limits {
+    uint32_t max_cpus;            /* vCPUs per VM (the core's fixed table; KVM may allow fewer) */
+    uint32_t max_devices;         /* virtio-mmio devices per VM (one per free ISA IRQ) */
+    uint64_t min_memory_bytes;    /* smallest guest RAM vmm_vm_create takes */
+    uint64_t mmio_hole;           /* RAM below 4 GiB ends here (the 32-bit MMIO hole starts) */
+    uint64_t high_ram_base;       /* RAM beyond mmio_hole continues from here (4 GiB) */
+    uint64_t kernel_min;          /* no kernel segment may load below this */
+    uint64_t cmdline_size;        /* Linux's COMMAND_LINE_SIZE, with the NUL */
+    uint64_t virtio_mmio_base;    /* device i's window is at base + i * window */
+    uint64_t virtio_mmio_window;
+};
+void vmm_core_limits(struct vmm_core_limits *out);
+
 /* Load kernel (+initrd, cmdline) into a scratch memory of memory_bytes without KVM:
  * the same loader and checks as vmm_vm_load_kernel, for tests with hostile files. */
 int vmm_kernel_load_check(const char *kernel, const char *initrd, const char *cmdline,
@@ -163,14 +189,20 @@ const char *vmm_vdev_broken(struct vmm_vdev *dev);
 uint64_t vmm_vdev_features(struct vmm_vdev *dev);
 uint32_t vmm_vdev_config_read(struct vmm_vdev *dev, uint32_t off, uint8_t *buf, uint32_t len);
 void vmm_vdev_reset(struct vmm_vdev *dev);
-/* Test transport: guest memory is the caller's buffer mem (size bytes at guest address
- * gpa); features are what the "driver" accepts; notify runs the device in the caller's
- * thread; interrupts are counted per queue. */
+/* A device serves one transport at a time (the test transport, a vhost-user server or a
+ * VM's virtio-mmio): each refuses a device bound to another, with a message naming both.
+ * Test transport (csrc/virtio/test_transport.c): guest memory is the caller's buffer mem
+ * (size bytes at guest address gpa); features are what the "driver" accepts; notify runs
+ * the device in the caller's thread; interrupts are counted per queue. Attaching again to
+ * a device it already holds starts over with the new memory. */
 int vmm_vdev_test_attach(struct vmm_vdev *dev, uint8_t *mem, uint64_t gpa, uint64_t size, uint64_t features, char *err, size_t errlen);
 int vmm_vdev_test_queue(struct vmm_vdev *dev, int qi, uint32_t size, uint64_t desc, uint64_t avail, uint64_t used, char *err, size_t errlen);
 int vmm_vdev_test_notify(struct vmm_vdev *dev, int qi);
 uint64_t vmm_vdev_test_irqs(struct vmm_vdev *dev, int qi);
-/* vhost-user backend server for one device on a Unix socket path, on its own thread. */
+/* vhost-user backend server for one device on a Unix socket path. Every server of the
+ * process (the back-ends of a VM) is served by one event loop thread, which also serves
+ * the devices' own backend fds (vsock's sockets, net's socket); it exists while a server
+ * does. */
 struct vmm_vhost_user;
 struct vmm_vhost_user *vmm_vhost_user_start(struct vmm_vdev *dev, const char *path, char *err, size_t errlen);
 /* 1 while a front-end (QEMU) is connected. */

@@ -18,7 +18,8 @@ void e820_build(struct e820_table *t, const struct guest_mem *m)
     t->n = 0;
     add(t, 0, LAYOUT_LOW_RAM_END, E820_RAM);
     add(t, LAYOUT_LOW_RAM_END, LAYOUT_HIGH_RAM - LAYOUT_LOW_RAM_END, E820_RESERVED);
-    if (m->low_size > LAYOUT_HIGH_RAM)
-        add(t, LAYOUT_HIGH_RAM, m->low_size - LAYOUT_HIGH_RAM, E820_RAM);
-    add(t, LAYOUT_4G, m->high_size, E820_RAM);
+    uint64_t low = guest_mem_low_top(m);
+    if (low > LAYOUT_HIGH_RAM)
+        add(t, LAYOUT_HIGH_RAM, low - LAYOUT_HIGH_RAM, E820_RAM);
+    add(t, LAYOUT_4G, guest_mem_size(m) - low, E820_RAM);
 }

@@ -1,3 +1,4 @@
+/* Checked guest-physical -> host translation, and a VM's RAM mapping. See guest_mem.h. */
 #include "guest_mem.h"
 
 #include <errno.h>
@@ -9,10 +10,64 @@
 
 #define HUGE_2M (2 * MiB)
 
+void guest_mem_init(struct guest_mem *m) { memset(m, 0, sizeof(*m)); }
+
+/* True if [a, a+alen) and [b, b+blen) intersect; both ranges already known not to wrap. */
+static int ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+int guest_mem_add(struct guest_mem *m, uint64_t gpa, uint64_t size, void *host)
+{
+    if (m->nregions >= GUEST_MEM_MAX_REGIONS || size == 0 || host == NULL)
+        return -1;
+    if (gpa + size < gpa) /* wraps the 64-bit space */
+        return -1;
+    for (int i = 0; i < m->nregions; i++)
+        if (ranges_overlap(gpa, size, m->r[i].gpa, m->r[i].size))
+            return -1;
+    m->r[m->nregions++] = (struct guest_mem_region){ .gpa = gpa, .size = size, .host = host };
+    return 0;
+}
+
+void *guest_mem_ptr(const struct guest_mem *m, uint64_t gpa, uint64_t len)
+{
+    if (m == NULL)
+        return NULL;
+    for (int i = 0; i < m->nregions; i++) {
+        const struct guest_mem_region *r = &m->r[i];
+        if (gpa < r->gpa)
+            continue;
+        uint64_t off = gpa - r->gpa;
+        /* Written so that nothing can overflow: off <= size is checked before size - off. */
+        if (off > r->size || len > r->size - off)
+            continue;
+        return r->host + off;
+    }
+    return NULL;
+}
+
+uint64_t guest_mem_size(const struct guest_mem *m)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < m->nregions; i++)
+        n += m->r[i].size;
+    return n;
+}
+
+uint64_t guest_mem_low_top(const struct guest_mem *m)
+{
+    for (int i = 0; i < m->nregions; i++)
+        if (m->r[i].gpa == 0)
+            return m->r[i].size;
+    return 0;
+}
+
 int guest_mem_map(struct guest_mem *m, uint64_t bytes, bool hugepages, char *err, size_t errlen)
 {
-    memset(m, 0, sizeof(*m));
-    if (bytes < 2 * MiB)
+    guest_mem_init(m);
+    if (bytes < GUEST_MEM_MIN_BYTES)
         return errf(err, errlen, "guest memory %llu bytes is too small (minimum 2 MiB)",
                     (unsigned long long)bytes);
     size_t len = bytes;
@@ -34,29 +89,18 @@ int guest_mem_map(struct guest_mem *m, uint64_t bytes, bool hugepages, char *err
     }
     if (!hugepages)
         madvise(p, len, MADV_MERGEABLE); /* harmless where KSM is off */
-    m->host = p;
+    m->map = p;
     m->map_len = len;
-    m->size = len;
-    m->low_size = len < LAYOUT_MMIO_HOLE ? len : LAYOUT_MMIO_HOLE;
-    m->high_size = len - m->low_size;
+    uint64_t low = len < LAYOUT_MMIO_HOLE ? len : LAYOUT_MMIO_HOLE;
+    guest_mem_add(m, 0, low, m->map);
+    if (len > low)
+        guest_mem_add(m, LAYOUT_4G, len - low, m->map + low);
     return 0;
 }
 
 void guest_mem_unmap(struct guest_mem *m)
 {
-    if (m->host)
-        munmap(m->host, m->map_len);
-    memset(m, 0, sizeof(*m));
-}
-
-void *gpa_ptr(const struct guest_mem *m, uint64_t gpa, uint64_t len)
-{
-    if (!m->host)
-        return NULL;
-    /* Written as subtractions so a hostile gpa + len cannot wrap around. */
-    if (gpa < m->low_size && len <= m->low_size - gpa)
-        return m->host + gpa;
-    if (gpa >= LAYOUT_4G && gpa - LAYOUT_4G < m->high_size && len <= m->high_size - (gpa - LAYOUT_4G))
-        return m->host + m->low_size + (gpa - LAYOUT_4G);
-    return NULL;
+    if (m->map)
+        munmap(m->map, m->map_len);
+    guest_mem_init(m);
 }

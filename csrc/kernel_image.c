@@ -3,10 +3,17 @@
 #include "kernel_image.h"
 
 #include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "boot_params.h"
+#include "core_api.h"
 #include "guest_mem.h"
 #include "layout.h"
 #include "util.h"
@@ -17,7 +24,7 @@
 int kimage_too_small(const struct guest_mem *m, const struct kimage *k, char *err, size_t errlen)
 {
     return errf(err, errlen, "memory %llu MiB is too small for kernel %s (needs at least %llu MiB)",
-                (unsigned long long)(m->size / MiB), k->path,
+                (unsigned long long)(guest_mem_size(m) / MiB), k->path,
                 (unsigned long long)(align_up(k->load_end, MiB) / MiB));
 }
 
@@ -66,8 +73,10 @@ static int parse_elf(struct kimage *k, char *err, size_t errlen)
     if (k->len < sizeof(eh))
         return errf(err, errlen, "%s is not a kernel: truncated ELF header", k->path);
     memcpy(&eh, k->buf, sizeof(eh));
-    if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB || eh.e_machine != EM_X86_64)
-        return errf(err, errlen, "%s is not a kernel: not a 64-bit little-endian x86-64 ELF", k->path);
+    if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB)
+        return errf(err, errlen, "%s is not a kernel: not a 64-bit little-endian ELF", k->path);
+    if (eh.e_machine != EM_X86_64)
+        return errf(err, errlen, "%s is not a kernel: ELF machine %u is not x86-64", k->path, eh.e_machine);
     if (eh.e_type != ET_EXEC)
         return errf(err, errlen, "%s is not a kernel: ELF type %u is not an executable", k->path, eh.e_type);
     if (eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum == 0 || eh.e_phnum > 256 ||
@@ -77,6 +86,7 @@ static int parse_elf(struct kimage *k, char *err, size_t errlen)
     uint64_t pvh_entry = 0;
     bool pvh = false, any_load = false;
     k->load_end = 0;
+    k->load_start = UINT64_MAX;
     for (int i = 0; i < eh.e_phnum; i++) {
         Elf64_Phdr ph;
         memcpy(&ph, k->buf + eh.e_phoff + (uint64_t)i * sizeof(ph), sizeof(ph));
@@ -92,6 +102,8 @@ static int parse_elf(struct kimage *k, char *err, size_t errlen)
             return errf(err, errlen, "%s is not a kernel: segment %d loads at 0x%llx, below 1 MiB",
                         k->path, i, (unsigned long long)ph.p_paddr);
         any_load = true;
+        if (ph.p_paddr < k->load_start)
+            k->load_start = ph.p_paddr;
         if (ph.p_paddr + ph.p_memsz > k->load_end)
             k->load_end = ph.p_paddr + ph.p_memsz;
     }
@@ -117,7 +129,7 @@ static int load_elf(struct guest_mem *m, const struct kimage *k, char *err, size
         memcpy(&ph, k->buf + eh.e_phoff + (uint64_t)i * sizeof(ph), sizeof(ph));
         if (ph.p_type != PT_LOAD || ph.p_memsz == 0)
             continue;
-        uint8_t *dst = gpa_ptr(m, ph.p_paddr, ph.p_memsz);
+        uint8_t *dst = guest_mem_ptr(m, ph.p_paddr, ph.p_memsz);
         if (!dst)
             return kimage_too_small(m, k, err, errlen);
         memcpy(dst, k->buf + ph.p_offset, ph.p_filesz);
@@ -148,6 +160,7 @@ static int parse_bzimage(struct kimage *k, char *err, size_t errlen)
     k->kind = "bzimage";
     k->mode = BOOT_LONG64;
     k->entry = LAYOUT_KERNEL_MIN + 0x200;
+    k->load_start = LAYOUT_KERNEL_MIN;
     k->load_end = LAYOUT_KERNEL_MIN + (k->len - k->pm_offset);
     if (version >= 0x20a && k->len >= HDR_INIT_SIZE + 4) {
         /* The decompressor runs at pref_address and needs init_size bytes there. */
@@ -166,7 +179,7 @@ static int parse_bzimage(struct kimage *k, char *err, size_t errlen)
 static int load_bzimage(struct guest_mem *m, const struct kimage *k, char *err, size_t errlen)
 {
     uint64_t size = k->len - k->pm_offset;
-    uint8_t *dst = gpa_ptr(m, LAYOUT_KERNEL_MIN, size);
+    uint8_t *dst = guest_mem_ptr(m, LAYOUT_KERNEL_MIN, size);
     if (!dst)
         return kimage_too_small(m, k, err, errlen);
     memcpy(dst, k->buf + k->pm_offset, size);
@@ -189,7 +202,49 @@ int kimage_parse(struct kimage *k, char *err, size_t errlen)
 
 int kimage_load(struct guest_mem *m, const struct kimage *k, char *err, size_t errlen)
 {
-    if (k->load_end > guest_low_top(m))
+    if (k->load_end > guest_mem_low_top(m))
         return kimage_too_small(m, k, err, errlen);
     return strcmp(k->kind, "bzimage") == 0 ? load_bzimage(m, k, err, errlen) : load_elf(m, k, err, errlen);
+}
+
+/* ---- inspection without loading (Python's vmm.kernel_image) ------------------------- */
+
+/* The file is mapped, not read: parsing touches only the headers, so inspecting a 20 MiB
+ * vmlinux before every boot costs a few page faults, not a copy. (A file truncated while
+ * it is inspected would fault; kernels are not rewritten under a starting VM.) */
+int vmm_kernel_inspect(const char *path, struct vmm_kernel_info *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errf(err, errlen, "cannot read kernel %s: %s", path, strerror(errno));
+    struct stat st;
+    int e = fstat(fd, &st) < 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR : !S_ISREG(st.st_mode) ? EINVAL : 0;
+    if (e) {
+        close(fd);
+        return errf(err, errlen, "cannot read kernel %s: %s", path, strerror(e));
+    }
+    void *map = NULL;
+    if (st.st_size > 0) {
+        map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            return errf(err, errlen, "cannot read kernel %s: %s", path, strerror(e));
+        }
+    }
+    close(fd);
+    struct kimage k = { .buf = map, .len = (uint64_t)st.st_size, .path = path };
+    int rc = kimage_parse(&k, err, errlen);
+    if (map)
+        munmap(map, (size_t)st.st_size);
+    if (rc < 0)
+        return -1;
+    snprintf(out->kind, sizeof(out->kind), "%s", k.kind);
+    out->entry = k.entry;
+    out->load_start = k.load_start;
+    out->load_end = k.load_end;
+    out->cmdline_max = k.cmdline_max;
+    out->initrd_addr_max = k.initrd_addr_max;
+    return 0;
 }

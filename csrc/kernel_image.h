@@ -1,5 +1,5 @@
 /* Parsing a kernel file (ELF vmlinux or bzImage) and copying it into guest memory.
- * The same rules as vmm/kernel_image.py, which Python runs before a VM exists. */
+ * Python inspects a file through vmm_kernel_inspect() (the same parser) before a VM exists. */
 #ifndef VMM_KERNEL_IMAGE_H
 #define VMM_KERNEL_IMAGE_H
 #include <stddef.h>
@@ -15,6 +15,7 @@ struct kimage {
     const char *kind;         /* "elf-pvh", "elf-64", "bzimage" */
     int mode;                 /* enum boot_mode */
     uint64_t entry;
+    uint64_t load_start;      /* lowest guest-physical byte loaded */
     uint64_t load_end;        /* highest guest-physical byte needed + 1 */
     uint64_t initrd_addr_max; /* inclusive */
     uint64_t cmdline_max;     /* bytes, without the NUL */

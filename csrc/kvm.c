@@ -126,22 +126,19 @@ static int get_msr_list(struct vmm_vm *vm, char *err, size_t errlen)
     return 0;
 }
 
+/* One KVM memory slot per guest-memory region (one below the MMIO hole, one above 4 GiB). */
 static int set_memory(struct vmm_vm *vm, char *err, size_t errlen)
 {
-    struct kvm_userspace_memory_region low = {
-        .slot = 0, .guest_phys_addr = 0, .memory_size = vm->mem.low_size,
-        .userspace_addr = (uintptr_t)vm->mem.host,
-    };
-    if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &low) < 0)
-        return errf(err, errlen, "KVM_SET_USER_MEMORY_REGION (low RAM): %s", strerror(errno));
-    if (!vm->mem.high_size)
-        return 0;
-    struct kvm_userspace_memory_region high = {
-        .slot = 1, .guest_phys_addr = LAYOUT_4G, .memory_size = vm->mem.high_size,
-        .userspace_addr = (uintptr_t)(vm->mem.host + vm->mem.low_size),
-    };
-    if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &high) < 0)
-        return errf(err, errlen, "KVM_SET_USER_MEMORY_REGION (RAM above 4 GiB): %s", strerror(errno));
+    for (int i = 0; i < vm->mem.nregions; i++) {
+        const struct guest_mem_region *r = &vm->mem.r[i];
+        struct kvm_userspace_memory_region slot = {
+            .slot = (uint32_t)i, .guest_phys_addr = r->gpa, .memory_size = r->size,
+            .userspace_addr = (uintptr_t)r->host,
+        };
+        if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &slot) < 0)
+            return errf(err, errlen, "KVM_SET_USER_MEMORY_REGION (RAM at 0x%llx): %s",
+                        (unsigned long long)r->gpa, strerror(errno));
+    }
     return 0;
 }
 

@@ -40,8 +40,8 @@ static uint8_t *add_intsrc(uint8_t *e, int type, int irqtype, int bus_irq, int a
 int mptable_write(struct guest_mem *m, int ncpus, char *err, size_t errlen)
 {
     const size_t size = 44 + 20 * ncpus + 8 + 8 + 16 * 8 + 2 * 8;
-    uint8_t *fp = gpa_ptr(m, LAYOUT_MPFP, 16);
-    uint8_t *t = gpa_ptr(m, LAYOUT_MPTABLE, size);
+    uint8_t *fp = guest_mem_ptr(m, LAYOUT_MPFP, 16);
+    uint8_t *t = guest_mem_ptr(m, LAYOUT_MPTABLE, size);
     if (!fp || !t || LAYOUT_MPTABLE + size > LAYOUT_MPFP)
         return errf(err, errlen, "no room for the MP table (%d vCPUs)", ncpus);
     memset(t, 0, size);

@@ -10,7 +10,6 @@
 #include "core_api.h"
 #include "e820.h"
 #include "guest_mem.h"
-#include "virtio/mem.h"
 #include "x86_boot.h"
 
 #define VMM_MAX_CPUS 64
@@ -47,9 +46,8 @@ struct vmm_vm {
     struct vcpu vcpus[VMM_MAX_CPUS];
     struct bus pio, mmio;
     struct serial *serial;
-    /* virtio devices (vm_virtio.c): guest RAM as devices see it, the device I/O thread,
-     * and one virtio-mmio transport per device. */
-    struct vm_mem vmem;
+    /* virtio devices (vm_virtio.c): the device I/O thread and one virtio-mmio transport
+     * per device (they see guest RAM through mem, like the loader). */
     struct ioloop *io;
     struct virtio_mmio *vdevs[VMM_MAX_VDEVS];
     int nvdevs;

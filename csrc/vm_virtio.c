@@ -1,5 +1,5 @@
-/* A KVM VM's virtio devices: where each one sits (MMIO window, IRQ), the guest-memory
- * view they share, and the device I/O thread that serves their queue notifies.
+/* A KVM VM's virtio devices: where each one sits (MMIO window, IRQ) and the device I/O
+ * thread that serves their queue notifies.
  *
  * IRQs: ISA IRQs, because KVM's default routing sends GSI 0-15 to both the PIC and the
  * IOAPIC (a guest with `noapic` still gets them) and our MP table declares an ISA
@@ -17,18 +17,6 @@
 #include "vm.h"
 
 static const int free_irqs[VMM_MAX_VDEVS] = { 5, 6, 7, 9, 10, 11, 14, 15 };
-
-/* Guest RAM as the devices see it: the same one or two slots KVM has. */
-static int build_vmem(struct vmm_vm *vm, char *err, size_t errlen)
-{
-    vm_mem_init(&vm->vmem);
-    if (vm_mem_add(&vm->vmem, 0, vm->mem.low_size, vm->mem.host) < 0)
-        return errf(err, errlen, "cannot describe guest RAM to devices");
-    if (vm->mem.high_size &&
-        vm_mem_add(&vm->vmem, LAYOUT_4G, vm->mem.high_size, vm->mem.host + vm->mem.low_size) < 0)
-        return errf(err, errlen, "cannot describe guest RAM above 4 GiB to devices");
-    return 0;
-}
 
 /* The one place that decides where the index-th device sits: Python builds the guest's
  * command line from it before any VM exists, and vmm_vm_add_device uses the same. */
@@ -51,8 +39,6 @@ int vmm_vm_add_device(struct vmm_vm *vm, struct vmm_vdev *dev, int flags,
     if (vm->nvdevs >= VMM_MAX_VDEVS)
         return errf(err, errlen, "too many virtio devices (limit %d, one per free IRQ)", VMM_MAX_VDEVS);
     if (!vm->io) {
-        if (build_vmem(vm, err, errlen) < 0)
-            return -1;
         vm->io = ioloop_new(err, errlen);
         if (!vm->io)
             return -1;

@@ -45,7 +45,7 @@ static int load_initrd(struct guest_mem *m, const struct kimage *k, const char *
         close(fd);
         return errf(err, errlen, "initrd %s is empty", path);
     }
-    uint64_t top = guest_low_top(m);
+    uint64_t top = guest_mem_low_top(m);
     if (k->initrd_addr_max + 1 < top)
         top = k->initrd_addr_max + 1;
     uint64_t floor = align_up(k->load_end, 4096);
@@ -57,7 +57,7 @@ static int load_initrd(struct guest_mem *m, const struct kimage *k, const char *
                     (unsigned long long)top);
     }
     uint64_t addr = (top - size) & ~0xfffULL;
-    uint8_t *dst = gpa_ptr(m, addr, size);
+    uint8_t *dst = guest_mem_ptr(m, addr, size);
     uint64_t got = 0;
     while (dst && got < size) {
         ssize_t r = read(fd, dst + got, size - got);
@@ -83,7 +83,7 @@ static int load_cmdline(struct guest_mem *m, const struct kimage *k, const char 
     if (n > max)
         return errf(err, errlen, "kernel command line is %zu bytes; %s takes at most %llu", n, k->path,
                     (unsigned long long)max);
-    uint8_t *dst = gpa_ptr(m, LAYOUT_CMDLINE, n + 1);
+    uint8_t *dst = guest_mem_ptr(m, LAYOUT_CMDLINE, n + 1);
     if (!dst)
         return errf(err, errlen, "guest memory too small for the command line");
     memcpy(dst, cmdline, n + 1);
@@ -95,7 +95,7 @@ static int load_cmdline(struct guest_mem *m, const struct kimage *k, const char 
 static int write_zero_page(struct guest_mem *m, const struct e820_table *e820, const struct kimage *k,
                            const struct boot_info *bi, char *err, size_t errlen)
 {
-    uint8_t *zp = gpa_ptr(m, LAYOUT_ZERO_PAGE, 4096);
+    uint8_t *zp = guest_mem_ptr(m, LAYOUT_ZERO_PAGE, 4096);
     if (!zp)
         return errf(err, errlen, "guest memory too small for the zero page");
     memset(zp, 0, 4096);
@@ -131,9 +131,9 @@ static int write_zero_page(struct guest_mem *m, const struct e820_table *e820, c
 static int write_pvh_info(struct guest_mem *m, const struct e820_table *e820, const struct boot_info *bi,
                           char *err, size_t errlen)
 {
-    uint8_t *si = gpa_ptr(m, LAYOUT_PVH_INFO, PVH_INFO_SIZE);
-    uint8_t *mod = gpa_ptr(m, LAYOUT_PVH_MODLIST, PVH_MODLIST_SIZE);
-    uint8_t *mm = gpa_ptr(m, LAYOUT_PVH_MEMMAP, PVH_MEMMAP_ENTRY * E820_MAX);
+    uint8_t *si = guest_mem_ptr(m, LAYOUT_PVH_INFO, PVH_INFO_SIZE);
+    uint8_t *mod = guest_mem_ptr(m, LAYOUT_PVH_MODLIST, PVH_MODLIST_SIZE);
+    uint8_t *mm = guest_mem_ptr(m, LAYOUT_PVH_MEMMAP, PVH_MEMMAP_ENTRY * E820_MAX);
     if (!si || !mod || !mm)
         return errf(err, errlen, "guest memory too small for the PVH start info");
     memset(si, 0, PVH_INFO_SIZE);
@@ -169,8 +169,8 @@ static uint64_t gdt_entry(uint16_t flags, uint32_t base, uint32_t limit)
 
 static int write_tables(struct guest_mem *m, int mode, char *err, size_t errlen)
 {
-    uint8_t *gdt = gpa_ptr(m, LAYOUT_GDT, 8 * LAYOUT_GDT_ENTRIES);
-    uint8_t *idt = gpa_ptr(m, LAYOUT_IDT, 8);
+    uint8_t *gdt = guest_mem_ptr(m, LAYOUT_GDT, 8 * LAYOUT_GDT_ENTRIES);
+    uint8_t *idt = guest_mem_ptr(m, LAYOUT_IDT, 8);
     if (!gdt || !idt)
         return errf(err, errlen, "guest memory too small for the GDT");
     /* Code: 0xa09b = 64-bit (L), 0xc09b = 32-bit (D/B); data 0xc093; TSS 0x808b (busy). */
@@ -183,8 +183,8 @@ static int write_tables(struct guest_mem *m, int mode, char *err, size_t errlen)
     put64(idt, 0);
     if (mode != BOOT_LONG64)
         return 0;
-    uint8_t *pml4 = gpa_ptr(m, LAYOUT_PML4, 4096), *pdpt = gpa_ptr(m, LAYOUT_PDPT, 4096);
-    uint8_t *pd = gpa_ptr(m, LAYOUT_PD, 4 * 4096);
+    uint8_t *pml4 = guest_mem_ptr(m, LAYOUT_PML4, 4096), *pdpt = guest_mem_ptr(m, LAYOUT_PDPT, 4096);
+    uint8_t *pd = guest_mem_ptr(m, LAYOUT_PD, 4 * 4096);
     if (!pml4 || !pdpt || !pd)
         return errf(err, errlen, "guest memory too small for the page tables");
     memset(pml4, 0, 4096);

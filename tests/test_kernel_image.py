@@ -1,6 +1,7 @@
-"""Kernel file inspection (vmm.kernel_image, pure Python) and the C loader on hostile input.
+"""Kernel file inspection (vmm.kernel_image over the C parser) and the C loader on hostile
+input, and the core's limits as Python sees them.
 
-Every malformed ELF or bzImage must be a ConfigError naming the file, from Python and
+Every malformed ELF or bzImage must be a ConfigError naming the file, from inspection and
 from the C loader alike (vmm_kernel_load_check runs the real loader on scratch memory,
 no KVM needed); nothing may crash.
 """
@@ -212,3 +213,27 @@ def test_command_line_too_long(write):
     kernel = write(make_elf())
     with pytest.raises(ConfigError, match="command line is 3000 bytes"):
         load_check(kernel, cmdline="x" * 3000)
+
+
+# --- the core's limits ------------------------------------------------------------------------------
+
+def test_core_limits_come_from_the_c_core():
+    lim = kernel_image.core_limits()
+    assert (lim.max_cpus, lim.max_devices) == (64, 8)
+    assert (lim.mmio_hole, lim.high_ram_base, lim.kernel_min) == (3 << 30, 4 << 30, 1 << 20)
+    assert (lim.min_memory_bytes, lim.cmdline_size) == (2 << 20, 2048)
+    assert (lim.virtio_mmio_base, lim.virtio_mmio_window) == (0xD0100000, 0x1000)
+
+
+def test_the_core_limits_are_the_ones_linux_and_the_layout_need():
+    lim = kernel_image.core_limits()
+    assert lim.cmdline_size == 2048          # x86 COMMAND_LINE_SIZE
+    assert lim.mmio_hole == 0xC0000000 and lim.high_ram_base == 1 << 32
+    assert lim.max_cpus >= 2 and lim.min_memory_bytes >= 1 << 20
+
+
+def test_unreadable_kernel_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^cannot read kernel {tmp_path}/nope: No such file or directory$"):
+        kernel_image.inspect(tmp_path / "nope")
+    with pytest.raises(ConfigError, match=rf"^cannot read kernel {tmp_path}: Is a directory$"):
+        kernel_image.inspect(tmp_path)

@@ -13,6 +13,7 @@ import threading
 import pytest
 
 import vmm
+from vmm import kernel_image
 from vmm.devices import Disk, Vsock
 from vmm.engines.virtio_device import open_device
 from vmm.errors import ConfigError
@@ -25,7 +26,7 @@ from vmm._core import ffi, lib  # noqa: E402
 from vmm import KvmOptions, PythonDevice  # noqa: E402
 
 REPORT_PORT = 0x500
-VIRTIO_BASE = 0xD0100000  # LAYOUT_VIRTIO_MMIO
+VIRTIO_BASE = kernel_image.core_limits().virtio_mmio_base  # LAYOUT_VIRTIO_MMIO
 WAIT = 20
 MAGIC, VERSION_1_HIGH = 0x74726976, 0x1
 ACK_DRIVER_FEATURES_OK, NEEDS_RESET = 0xB, 0x40

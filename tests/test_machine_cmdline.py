@@ -3,10 +3,10 @@ part, with an error naming the parts and the overflow. (Machine() applying it wi
 engines' own parts: test_machine_limits.py.)"""
 import pytest
 
-from vmm.cmdline import COMMAND_LINE_SIZE, KernelCmdline, caller_parts
+from vmm.cmdline import KernelCmdline, caller_parts, command_line_size
 from vmm.errors import ConfigError
 
-LIMIT = COMMAND_LINE_SIZE - 1  # bytes, the NUL not counted
+LIMIT = command_line_size() - 1  # bytes, the NUL not counted
 
 
 def test_parts_are_kept_verbatim_in_order():

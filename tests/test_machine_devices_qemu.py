@@ -311,8 +311,9 @@ def test_device_stats_move_and_nothing_leaks(initrd, tmp_path):
     assert after[2]["frames_in"] > 0
     # Counters stay readable after the machine is stopped: their last values.
     assert g.machine.device_stats == after
-    # While running: QEMU and passt are our children, the servers our threads ...
-    assert len(during[0]) == 2 and during[1] >= 3, during
+    # While running: QEMU and passt are our children, the servers' one event loop (all
+    # three share it) our thread ...
+    assert len(during[0]) == 2 and during[1] >= 1, during
     # ... and once stopped every one of them is gone, with every fd and the host socket.
     assert _fds() == fds
     assert _children() == kids

@@ -171,3 +171,30 @@ def test_stop_does_not_hang_on_a_stalled_front_end(tmp_path):
     assert time.monotonic() - t < 2
     dev.close()
     c.close()
+
+
+def _threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_servers_of_a_process_share_one_event_loop(tmp_path):
+    """One thread serves every server and its device's backend (vsock's sockets here); it
+    exists while a server does."""
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(4096))
+    before = _threads()
+    devs = [open_device(Disk(str(img))), open_device(Disk(str(img), read_only=True)),
+            open_device(Vsock(9, str(tmp_path / "v.sock")))]
+    assert _threads() == before  # a device owns no thread
+    servers = [VhostUserServer(d, str(tmp_path / f"s{i}.sock")) for i, d in enumerate(devs)]
+    assert _threads() == before + 1
+    servers[0].stop()
+    assert _threads() == before + 1
+    c = Client(servers[1].path)  # the others still answer
+    assert c.call(GET_QUEUE_NUM, b"") == struct.pack("<Q", 1)
+    c.close()
+    for s in servers[1:]:
+        s.stop()
+    assert _threads() == before
+    for d in devs:
+        d.close()

@@ -18,8 +18,13 @@ from typing import List, Tuple
 
 from .errors import ConfigError
 
-# Linux's COMMAND_LINE_SIZE on x86, the terminating NUL included.
-COMMAND_LINE_SIZE = 2048
+
+
+def command_line_size() -> int:
+    """Linux's COMMAND_LINE_SIZE on x86, the terminating NUL included (the C core's loader
+    enforces the same number, so it is read from there)."""
+    from .kernel_image import core_limits
+    return core_limits().cmdline_size
 
 
 class KernelCmdline:
@@ -28,8 +33,8 @@ class KernelCmdline:
     A description may hold `{n}`, replaced by the part's size in bytes ("the kvm engine's
     {n}-byte prefix")."""
 
-    def __init__(self, capacity: int = COMMAND_LINE_SIZE):
-        self.capacity = capacity
+    def __init__(self, capacity: int = 0):
+        self.capacity = capacity or command_line_size()
         self._parts: List[Tuple[str, str]] = []
 
     def append(self, text: str, what: str) -> "KernelCmdline":

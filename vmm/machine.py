@@ -150,8 +150,9 @@ def _validate(spec: MachineSpec) -> None:
         raise ConfigError(f"initrd not found: {spec.initrd}")
     if not isinstance(spec.cpus, int) or not 1 <= spec.cpus <= Machine.MAX_CPUS:
         raise ConfigError(f"cpus must be between 1 and {Machine.MAX_CPUS}, got {spec.cpus}")
-    if not isinstance(spec.memory_mib, int) or spec.memory_mib < 2:
-        raise ConfigError(f"memory_mib must be at least 2, got {spec.memory_mib}")
+    least = kernel_image.core_limits().min_memory_bytes >> 20
+    if not isinstance(spec.memory_mib, int) or spec.memory_mib < least:
+        raise ConfigError(f"memory_mib must be at least {least}, got {spec.memory_mib}")
     # Not a kernel, or too little memory for it: say so before any engine starts.
     kernel_image.check_memory(kernel_image.inspect(spec.kernel), spec.memory_mib)
 

@@ -1,7 +1,9 @@
-/* Pieces shared by every device: see device.h. */
+/* Pieces shared by every device, and the one binding contract between a device and its
+ * transport: see device.h. */
 #include "device.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void vdev_init(struct vdev *d, const char *name, uint32_t device_id, const struct vdev_ops *ops,
@@ -14,6 +16,7 @@ void vdev_init(struct vdev *d, const char *name, uint32_t device_id, const struc
     d->features = features | (1ull << VIRTIO_F_VERSION_1);
     d->nqueues = nqueues;
     d->queue_max = queue_max;
+    d->poll_fd = -1;
     pthread_mutex_init(&d->lock, NULL);
 }
 
@@ -47,4 +50,88 @@ void vdev_reset(struct vdev *d)
     d->broken[0] = 0;
     if (d->ops->reset)
         d->ops->reset(d);
+}
+
+int vdev_bind(struct vdev *d, const struct guest_mem *mem, vdev_irq_fn irq, void *opaque,
+              const char *transport, void (*release)(void *opaque), char *err, size_t errlen)
+{
+    pthread_mutex_lock(&d->lock);
+    if (d->transport) {
+        const char *owner = d->transport;
+        pthread_mutex_unlock(&d->lock);
+        snprintf(err, errlen, "virtio-%s device is already attached (to %s); it cannot also serve %s",
+                 d->name, owner, transport);
+        return -1;
+    }
+    vdev_reset(d);
+    d->mem = mem;
+    d->irq = irq;
+    d->irq_opaque = opaque;
+    d->transport = transport;
+    d->release = release;
+    pthread_mutex_unlock(&d->lock);
+    return 0;
+}
+
+/* Forgets the binding (lock held) and returns the transport's release call to make once
+ * the lock is dropped. */
+static void forget_binding(struct vdev *d, void (**release)(void *), void **opaque)
+{
+    *release = d->release;
+    *opaque = d->irq_opaque;
+    d->mem = NULL;
+    d->irq = NULL;
+    d->irq_opaque = NULL;
+    d->transport = NULL;
+    d->release = NULL;
+}
+
+void vdev_unbind(struct vdev *d)
+{
+    void (*release)(void *) = NULL;
+    void *opaque = NULL;
+    pthread_mutex_lock(&d->lock);
+    if (d->transport) {
+        vdev_reset(d); /* also folds the queues' rejected counts into d->c */
+        forget_binding(d, &release, &opaque);
+    }
+    pthread_mutex_unlock(&d->lock);
+    if (release)
+        release(opaque);
+}
+
+void vdev_poll_ready(void *opaque, int fd)
+{
+    struct vdev *d = opaque;
+    d->ops->poll(d);
+}
+
+bool vdev_bound_to(struct vdev *d, vdev_irq_fn irq)
+{
+    pthread_mutex_lock(&d->lock);
+    bool yes = d->transport && d->irq == irq;
+    pthread_mutex_unlock(&d->lock);
+    return yes;
+}
+
+void vdev_free(struct vdev *d)
+{
+    if (!d)
+        return;
+    /* The binding ends first, so the transport's event loop no longer polls the device
+     * (a transport still bound here is the test transport; the others unbind first). No
+     * reset: the device's state is about to go anyway. */
+    void (*release)(void *) = NULL;
+    void *opaque = NULL;
+    pthread_mutex_lock(&d->lock);
+    forget_binding(d, &release, &opaque);
+    pthread_mutex_unlock(&d->lock);
+    if (release)
+        release(opaque);
+    if (d->ops->destroy)
+        d->ops->destroy(d);
+    for (int i = 0; i < d->nqueues; i++)
+        vq_teardown(&d->vq[i]);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
 }

@@ -2,18 +2,28 @@
  *
  * A device is a struct vdev (embedded first in the device's own struct) plus its ops.
  * It knows guest memory only through d->mem and its queues, and raises interrupts only
- * through d->irq, which the transport supplies: virtio-mmio (in-process, KVM engine) or
- * vhost-user (QEMU engine). Transports call the ops with d->lock held; a device thread
- * that touches queues (vsock's socket thread, net's backend thread) takes d->lock too, so
- * a transport replacing guest memory or a queue never races a device using it. */
+ * through d->irq. Both come from the one transport the device is bound to, through
+ * vdev_bind() and nothing else: virtio-mmio (in-process, KVM engine), vhost-user (QEMU
+ * engine) or the test transport (Python tests). One bind point means one place that
+ * refuses a device already serving another transport (two transports driving the same
+ * queues would corrupt them). Transports call the ops with d->lock held.
+ *
+ * A device owns no thread. One with a backend of its own (vsock's Unix sockets, net's
+ * socket or tap) keeps its backend fds in an epoll set of its own and exposes that set as
+ * d->poll_fd; the transport's event loop (the VM's device I/O loop for virtio-mmio, the
+ * server's loop for vhost-user, a small loop for the test transport) waits on it beside
+ * the queue notifies and calls ops->poll, which takes d->lock, so a transport replacing
+ * guest memory or a queue never races a device using it. Nesting the device's set in the
+ * loop keeps the device's per-fd bookkeeping (vsock's connection generations) its own. */
 #ifndef VIRTIO_DEVICE_H
 #define VIRTIO_DEVICE_H
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core_api.h"
-#include "mem.h"
+#include "guest_mem.h"
 #include "queue.h"
 
 #define VDEV_MAX_QUEUES 4
@@ -25,6 +35,9 @@
 
 struct vdev;
 
+/* A transport's interrupt callback: raise the guest interrupt for queue qi. */
+typedef void (*vdev_irq_fn)(void *opaque, int qi);
+
 struct vdev_ops {
     /* Queue qi may have new buffers. */
     void (*notify)(struct vdev *d, int qi);
@@ -33,7 +46,11 @@ struct vdev_ops {
     void (*reset)(struct vdev *d);
     /* Optional: the driver wrote config space (already stored in d->config). */
     void (*config_write)(struct vdev *d, uint32_t off, uint32_t len);
-    /* Stop threads and free everything the device owns (not the struct vdev itself). */
+    /* Optional: the device's backend (host sockets, tap) has work; d->poll_fd was readable.
+     * Runs on the event loop of the transport the device is bound to, takes d->lock itself
+     * and never blocks. */
+    void (*poll)(struct vdev *d);
+    /* Free everything the device owns (not the struct vdev itself). */
     void (*destroy)(struct vdev *d);
 };
 
@@ -48,11 +65,14 @@ struct vdev {
     int nqueues;
     uint16_t queue_max;
     struct vq vq[VDEV_MAX_QUEUES];
-    const struct vm_mem *mem;
     pthread_mutex_t lock;
-    /* Supplied by the transport; called with d->lock held. */
-    void (*irq)(void *opaque, int qi);
+    /* Set by vdev_bind(), cleared by vdev_unbind(); read under d->lock. */
+    const struct guest_mem *mem;
+    vdev_irq_fn irq;         /* called with d->lock held */
     void *irq_opaque;
+    const char *transport;   /* who the device is bound to ("a VM (virtio-mmio)", ...), or NULL */
+    void (*release)(void *opaque); /* the transport's clean-up when the binding ends, or NULL */
+    int poll_fd;              /* -1, or the device's backend epoll set (see above) */
     struct vmm_vdev_counters c;
     char broken[200]; /* first reason a queue broke, for the user */
 };
@@ -65,6 +85,23 @@ void vdev_signal(struct vdev *d, int qi);
 void vdev_note_broken(struct vdev *d, int qi);
 /* Tears down every queue and calls the device's reset; lock held. */
 void vdev_reset(struct vdev *d);
+
+/* Binds d to a transport: resets it, then hands it guest memory and the interrupt
+ * callback. transport names the binding for error messages ("a vhost-user server");
+ * release (may be NULL) is called with opaque once the binding ends, by vdev_unbind() or
+ * vdev_free(). Refuses (-1, err names both) a device that is already bound. Takes d->lock. */
+int vdev_bind(struct vdev *d, const struct guest_mem *mem, vdev_irq_fn irq, void *opaque,
+              const char *transport, void (*release)(void *opaque), char *err, size_t errlen);
+/* Ends the binding (if any): resets the device, which then has no memory and raises no
+ * interrupt, and calls the transport's release. Takes d->lock. */
+void vdev_unbind(struct vdev *d);
+/* An event loop's handler (ioloop_fn) for d->poll_fd: runs the device's poll op. */
+void vdev_poll_ready(void *d, int fd);
+/* True if d is bound to the transport whose interrupt callback is irq. */
+bool vdev_bound_to(struct vdev *d, vdev_irq_fn irq);
+/* Ends any binding (without a reset: the device is going), frees what the device owns and
+ * d itself (NULL is ok). */
+void vdev_free(struct vdev *d);
 
 #define counter_add(field, n) __atomic_fetch_add(&(field), (n), __ATOMIC_RELAXED)
 

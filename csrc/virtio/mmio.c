@@ -1,10 +1,10 @@
 /* The virtio-mmio transport, version 2. See mmio.h.
  *
- * Threads: register accesses arrive on vCPU threads (MMIO exits); queue notifies on the
- * VM's device I/O thread (ioeventfd, or our own eventfd written by the QueueNotify exit
- * when KVM has no ioeventfd for us); interrupts from whichever thread completed work
- * (the I/O thread, or a device's own thread for vsock and net). All transport state
- * except InterruptStatus lives under d->lock, like the device's; InterruptStatus is set
+ * Threads: register accesses arrive on vCPU threads (MMIO exits); queue notifies and the
+ * device's backend events (d->poll_fd) on the VM's device I/O thread (ioeventfd, or our
+ * own eventfd written by the QueueNotify exit when KVM has no ioeventfd for us);
+ * interrupts from whichever thread completed work (the I/O thread, or a vCPU). All
+ * transport state except InterruptStatus lives under d->lock, like the device's; InterruptStatus is set
  * by the interrupt path (d->lock held) and cleared by InterruptACK, both atomically.
  *
  * Interrupts are edges: the IRQs we hand out are ISA IRQs, which the MP table declares
@@ -392,9 +392,12 @@ static int irqfd(struct virtio_mmio *t, bool assign)
     return ioctl(t->vm->vm_fd, KVM_IRQFD, &f);
 }
 
-/* Notify path: an eventfd per queue, handed to KVM as an ioeventfd when we may. */
+/* Notify path: an eventfd per queue, handed to KVM as an ioeventfd when we may; and the
+ * device's backend fds, so one loop serves everything the device waits for. */
 static int wire_notify(struct virtio_mmio *t, struct ioloop *io, bool use_ioeventfd, char *err, size_t errlen)
 {
+    if (t->d->poll_fd >= 0 && ioloop_add(io, t->d->poll_fd, vdev_poll_ready, t->d, err, errlen) < 0)
+        return -1;
     for (int i = 0; i < t->d->nqueues; i++) {
         t->kick[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (t->kick[i] < 0)
@@ -454,13 +457,6 @@ static void release_fds(struct virtio_mmio *t)
 struct virtio_mmio *virtio_mmio_attach(struct vmm_vm *vm, struct ioloop *io, struct vdev *d,
                                        uint64_t base, int irq, int flags, char *err, size_t errlen)
 {
-    pthread_mutex_lock(&d->lock);
-    bool taken = d->irq != NULL || d->mem != NULL;
-    pthread_mutex_unlock(&d->lock);
-    if (taken) {
-        errf(err, errlen, "virtio-%s device is already attached (to a VM or a vhost-user server)", d->name);
-        return NULL;
-    }
     struct virtio_mmio *t = calloc(1, sizeof(*t));
     if (!t) {
         errf(err, errlen, "out of memory");
@@ -469,22 +465,24 @@ struct virtio_mmio *virtio_mmio_attach(struct vmm_vm *vm, struct ioloop *io, str
     t->vm = vm, t->d = d, t->base = base, t->irq = irq, t->irqfd = -1;
     for (int i = 0; i < VDEV_MAX_QUEUES; i++)
         t->kick[i] = -1;
+    /* Bind first: a device serving another transport must not get this window's fds. */
+    if (vdev_bind(d, &vm->mem, mmio_irq, t, "a VM (virtio-mmio)", NULL, err, errlen) < 0) {
+        free(t);
+        return NULL;
+    }
     if (wire_notify(t, io, !(flags & VMM_VDEV_NO_IOEVENTFD), err, errlen) < 0 ||
         bus_register(&vm->mmio, d->name, base, VIRTIO_MMIO_WINDOW, mmio_access, t, err, errlen) < 0) {
         for (int i = 0; i < VDEV_MAX_QUEUES; i++)
             if (t->kick[i] >= 0)
                 ioloop_del(io, t->kick[i]);
+        if (d->poll_fd >= 0)
+            ioloop_del(io, d->poll_fd);
+        vdev_unbind(d);
         release_fds(t);
         free(t);
         return NULL;
     }
     wire_irq(t, !(flags & VMM_VDEV_NO_IRQFD));
-    pthread_mutex_lock(&d->lock);
-    vdev_reset(d);
-    d->mem = &vm->vmem;
-    d->irq = mmio_irq;
-    d->irq_opaque = t;
-    pthread_mutex_unlock(&d->lock);
     return t;
 }
 
@@ -492,13 +490,7 @@ void virtio_mmio_detach(struct virtio_mmio *t)
 {
     if (!t)
         return;
-    struct vdev *d = t->d;
-    pthread_mutex_lock(&d->lock);
-    vdev_reset(d); /* also folds the queues' rejected counts into d->c */
-    d->irq = NULL;
-    d->irq_opaque = NULL;
-    d->mem = NULL;
-    pthread_mutex_unlock(&d->lock);
+    vdev_unbind(t->d);
     release_fds(t);
     free(t);
 }

@@ -3,22 +3,21 @@
  *
  * No offloads are offered, so every packet starts with a 12-byte virtio_net_hdr_v1 that
  * says "nothing to do"; we strip it on the way out and prepend a zero one on the way in.
- * Backend -> guest runs on our own thread: input is read in large chunks and split into
- * frames, each handed to the guest as it gives rx buffers; when it has none we stop
- * reading (the backend buffers, or drops, as a wire would). Guest -> backend runs on the
- * transport's notify, frame by frame, and pauses (never blocks) while the backend is full. */
+ * Backend -> guest runs when the backend fd is ready (net_poll, on the transport's event
+ * loop): input is read in large chunks and split into frames, each handed to the guest as
+ * it gives rx buffers; when it has none we stop reading (the backend buffers, or drops, as
+ * a wire would). Guest -> backend runs on the transport's notify, frame by frame, and
+ * pauses (never blocks) while the backend is full. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -39,16 +38,14 @@
 struct net {
     struct vdev d;
     int fd, kind;
-    int epfd, stop_efd;
-    pthread_t thread;
-    bool thread_started;
+    int epfd;              /* the backend fd alone; exposed as d.poll_fd */
     bool reading;          /* we want EPOLLIN */
     bool tx_blocked;       /* txbuf[tx_off..tx_len) still has to reach the stream backend */
     uint32_t tx_off, tx_len;
     uint32_t events;       /* registered with epoll */
     bool dead;             /* the backend closed or broke its framing */
     /* Bytes read from the backend, rbuf[rstart..rend), parsed into frames in place. All
-     * of the rx state is used under d.lock only, by the reader thread and by notify. */
+     * of the rx state is used under d.lock only, by net_poll and by notify. */
     uint8_t *rbuf;
     uint32_t rstart, rend;
     bool frame_ready;      /* frame/frame_len (inside rbuf) wait for a guest buffer */
@@ -161,7 +158,7 @@ static int next_tap_frame(struct net *n)
 }
 
 /* Moves frames from the backend to the guest until either runs dry; lock held. Called by
- * the reader thread (input arrived) and by notify (the guest added rx buffers). */
+ * net_poll (input arrived) and by notify (the guest added rx buffers). */
 static void pump_rx(struct net *n)
 {
     struct vq *q = &n->d.vq[Q_RX];
@@ -209,28 +206,21 @@ static void backend_writable(struct net *n)
     pthread_mutex_unlock(&n->d.lock);
 }
 
-static void *net_thread(void *arg)
+/* The backend fd is ready (the transport's event loop saw d.poll_fd readable). */
+static void net_poll(struct vdev *d)
 {
-    struct net *n = arg;
-    for (;;) {
-        struct epoll_event evs[4];
-        int k = epoll_wait(n->epfd, evs, 4, -1);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0)
-            return NULL;
-        for (int i = 0; i < k; i++) {
-            if (evs[i].data.u64 == 0)
-                return NULL; /* stop */
-            if (evs[i].events & EPOLLOUT)
-                backend_writable(n);
-            if (evs[i].events & EPOLLIN)
-                backend_readable(n);
-            if (evs[i].events & (EPOLLHUP | EPOLLERR)) {
-                pthread_mutex_lock(&n->d.lock);
-                backend_dead(n, "the backend hung up");
-                pthread_mutex_unlock(&n->d.lock);
-            }
+    struct net *n = (struct net *)d;
+    struct epoll_event evs[4];
+    int k = epoll_wait(n->epfd, evs, 4, 0);
+    for (int i = 0; i < k; i++) {
+        if (evs[i].events & EPOLLOUT)
+            backend_writable(n);
+        if (evs[i].events & EPOLLIN)
+            backend_readable(n);
+        if (evs[i].events & (EPOLLHUP | EPOLLERR)) {
+            pthread_mutex_lock(&n->d.lock);
+            backend_dead(n, "the backend hung up");
+            pthread_mutex_unlock(&n->d.lock);
         }
     }
 }
@@ -239,7 +229,7 @@ static void *net_thread(void *arg)
 
 /* Pushes the pending framed bytes to the stream backend without blocking. The guest's
  * tx queue waits (we stop popping) while a frame is only partly written: never block the
- * device on the backend, whose own writes towards us our reader thread must keep taking. */
+ * device on the backend, whose own writes towards us net_poll must keep taking. */
 static int flush_stream_tx(struct net *n)
 {
     while (n->tx_off < n->tx_len) {
@@ -302,7 +292,7 @@ static void process_tx(struct net *n)
             vq_push(q, r.head, 0);
         }
         if (n->tx_blocked)
-            break; /* resumed by the reader thread when the backend takes more */
+            break; /* resumed by net_poll when the backend takes more */
         if (rc < 0) {
             vdev_note_broken(&n->d, Q_TX);
             break;
@@ -332,16 +322,10 @@ static void net_reset(struct vdev *d)
 static void net_destroy(struct vdev *d)
 {
     struct net *n = (struct net *)d;
-    if (n->thread_started) {
-        eventfd_write(n->stop_efd, 1);
-        pthread_join(n->thread, NULL);
-    }
     if (n->fd >= 0)
         close(n->fd);
     if (n->epfd >= 0)
         close(n->epfd);
-    if (n->stop_efd >= 0)
-        close(n->stop_efd);
     free(n->rbuf);
     free(n->txbuf);
     free(n->scratch);
@@ -350,6 +334,7 @@ static void net_destroy(struct vdev *d)
 static const struct vdev_ops net_ops = {
     .notify = net_notify,
     .reset = net_reset,
+    .poll = net_poll,
     .destroy = net_destroy,
 };
 
@@ -401,21 +386,14 @@ struct vdev *net_new(int backend_fd, int kind, const uint8_t mac[6], char *err, 
     n->d.config_len = 8;
     fcntl(backend_fd, F_SETFL, fcntl(backend_fd, F_GETFL) | O_NONBLOCK);
     n->epfd = epoll_create1(EPOLL_CLOEXEC);
-    n->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    struct epoll_event stop = { .events = EPOLLIN, .data.u64 = 0 };
     struct epoll_event in = { .events = EPOLLIN, .data.u64 = 1 };
-    if (n->epfd < 0 || n->stop_efd < 0 || epoll_ctl(n->epfd, EPOLL_CTL_ADD, n->stop_efd, &stop) < 0 ||
-        epoll_ctl(n->epfd, EPOLL_CTL_ADD, backend_fd, &in) < 0) {
+    if (n->epfd < 0 || epoll_ctl(n->epfd, EPOLL_CTL_ADD, backend_fd, &in) < 0) {
         snprintf(err, errlen, "cannot poll the net backend fd %d: %s", backend_fd, strerror(errno));
         goto fail;
     }
     n->reading = true;
     n->events = EPOLLIN;
-    if (pthread_create(&n->thread, NULL, net_thread, n) != 0) {
-        snprintf(err, errlen, "cannot start the net thread");
-        goto fail;
-    }
-    n->thread_started = true;
+    n->d.poll_fd = n->epfd;
     return &n->d;
 fail:
     net_destroy(&n->d);

@@ -35,14 +35,14 @@ static int mark_broken(struct vq *q, const char *fmt, ...)
     return -1;
 }
 
-static void *ring_ptr(const struct vm_mem *mem, uint64_t gpa, uint64_t len, uint64_t align)
+static void *ring_ptr(const struct guest_mem *mem, uint64_t gpa, uint64_t len, uint64_t align)
 {
     if (gpa & (align - 1))
         return NULL;
-    return vm_mem_ptr(mem, gpa, len);
+    return guest_mem_ptr(mem, gpa, len);
 }
 
-int vq_setup(struct vq *q, const struct vm_mem *mem, uint16_t size, uint64_t desc,
+int vq_setup(struct vq *q, const struct guest_mem *mem, uint16_t size, uint64_t desc,
              uint64_t avail, uint64_t used, uint64_t features, char *err, size_t errlen)
 {
     q->ready = false;
@@ -111,7 +111,7 @@ static int add_segment(struct vq *q, struct vq_req *r, const struct vring_desc *
         return 0; /* readable after writable: the spec forbids it */
     if (d->len == 0)
         return 1; /* nothing to map; harmless */
-    void *p = vm_mem_ptr(q->mem, d->addr, d->len);
+    void *p = guest_mem_ptr(q->mem, d->addr, d->len);
     if (!p)
         return 0;
     struct iovec *v = wr ? &r->wr[r->nw++] : &r->rd[r->nr++];
@@ -140,7 +140,7 @@ static int enter_indirect(struct vq *q, struct walk *w, const struct vring_desc 
     uint32_t n = d->len / sizeof(struct vring_desc);
     if (n > VQ_MAX_INDIRECT)
         return mark_broken(q, "indirect table of %u entries exceeds %u", n, VQ_MAX_INDIRECT);
-    const void *t = vm_mem_ptr(q->mem, d->addr, d->len);
+    const void *t = guest_mem_ptr(q->mem, d->addr, d->len);
     if (!t || (d->addr & 15))
         return 0;
     w->table = t;

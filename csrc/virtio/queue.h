@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#include "mem.h"
+#include "guest_mem.h"
 
 #define VQ_MAX_SIZE 32768
 /* Linux sizes indirect tables by the request (e.g. blk's seg_max), not by the queue size,
@@ -61,7 +61,7 @@ struct vq {
     struct vring_desc *desc;
     uint16_t *avail;   /* flags, idx, ring[size], used_event */
     uint8_t *used;     /* flags u16, idx u16, {id u32, len u32}[size], avail_event u16 */
-    const struct vm_mem *mem;
+    const struct guest_mem *mem;
 
     uint16_t last_avail;    /* next avail entry we will consume */
     uint16_t used_idx;      /* our copy of used->idx */
@@ -78,7 +78,7 @@ struct vq {
 /* Sets up (or re-translates) a queue. size must be a power of 2 in 1..VQ_MAX_SIZE; the
  * three rings must be aligned as the spec requires and lie in guest RAM. On failure
  * writes a one-line reason to err and leaves the queue not ready. */
-int vq_setup(struct vq *q, const struct vm_mem *mem, uint16_t size, uint64_t desc,
+int vq_setup(struct vq *q, const struct guest_mem *mem, uint16_t size, uint64_t desc,
              uint64_t avail, uint64_t used, uint64_t features, char *err, size_t errlen);
 /* Forgets the rings and frees the scratch; keeps nothing of the guest. */
 void vq_teardown(struct vq *q);

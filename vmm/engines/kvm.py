@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from .._binding import check, ffi, lib
 from ..cmdline import KernelCmdline, caller_parts
 from ..errors import ConfigError, EngineUnavailable, GuestError
+from ..kernel_image import core_limits
 from .base import Engine, ExitStatus, MachineSpec
 from .options import KvmOptions
 from .device_order import attached_devices, stats_entry
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 # The exact prefix every guest gets: console on the UART we emulate, reset through the
 # i8042 (our clean "shutdown"), and a panic resets at once instead of hanging.
 CMDLINE_PREFIX = "console=ttyS0 reboot=k panic=-1 "
-# from the C core: see kernel_image (VMM_MAX_CPUS in csrc/vm.h, the core's fixed vCPU table)
-CORE_MAX_CPUS = 64
 
 _KINDS = {lib.VMM_EXIT_SHUTDOWN: "shutdown", lib.VMM_EXIT_HOST_STOP: "host-stop",
           lib.VMM_EXIT_ERROR: "error"}
@@ -105,10 +104,11 @@ def _read_struct(vm, ctype, getter):
 
 def max_vcpus() -> int:
     """The most vCPUs a VM can have here: the C core's table, or less if KVM says so."""
+    core_max = core_limits().max_cpus   # the C core's fixed vCPU table
     kvm_max = probe()["capabilities"].get("MAX_VCPUS") or 0
     # KVM_CAP_MAX_VCPUS of 0 means "ask KVM_CAP_NR_VCPUS"; every KVM since 2011 answers,
     # and the core's own table still bounds it.
-    return min(CORE_MAX_CPUS, kvm_max) if kvm_max > 0 else CORE_MAX_CPUS
+    return min(core_max, kvm_max) if kvm_max > 0 else core_max
 
 
 class KvmEngine(Engine):

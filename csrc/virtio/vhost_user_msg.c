@@ -1,0 +1,103 @@
+/* vhost-user messages: the wire format (a 12-byte header, a payload of at most
+ * VU_MAX_PAYLOAD bytes, fds as SCM_RIGHTS) and the checks every payload goes through before
+ * a handler sees it. A message that fails a check closes the connection (see vhost_user.h). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "vhost_user.h"
+
+int vu_fail(struct vmm_vhost_user *s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->error, sizeof(s->error), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "vmm: vhost-user %s: %s; closing the connection\n", s->path, s->error);
+    return -1;
+}
+
+/* Reads one message with its fds. 1 ok, 0 peer closed, -1 error (reason set). */
+int vu_read_msg(struct vmm_vhost_user *s, struct vu_msg *m)
+{
+    char ctl[CMSG_SPACE(sizeof(int) * VU_MAX_FDS)];
+    struct iovec iov = { .iov_base = &m->h, .iov_len = sizeof(m->h) };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl) };
+    m->nfds = 0;
+    ssize_t n;
+    do
+        n = recvmsg(s->conn, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (m->nfds < VU_MAX_FDS)
+                m->fds[m->nfds++] = fd;
+            else
+                close(fd);
+        }
+    }
+    if (n == 0)
+        return 0;
+    if (n != (ssize_t)sizeof(m->h))
+        return vu_fail(s, "short message header (%zd bytes)", n);
+    if (mh.msg_flags & MSG_CTRUNC)
+        return vu_fail(s, "request %u carried too many fds", m->h.request);
+    if ((m->h.flags & 0x3) != VU_VERSION)
+        return vu_fail(s, "request %u has protocol version %u", m->h.request, m->h.flags & 3);
+    if (m->h.size > VU_MAX_PAYLOAD)
+        return vu_fail(s, "request %u payload of %u bytes is too large", m->h.request, m->h.size);
+    if (m->h.size && recv(s->conn, m->payload, m->h.size, MSG_WAITALL) != (ssize_t)m->h.size)
+        return vu_fail(s, "request %u payload truncated", m->h.request);
+    return 1;
+}
+
+int vu_send_reply(struct vmm_vhost_user *s, const struct vu_msg *req, const void *payload, uint32_t len)
+{
+    struct vu_hdr h = { .request = req->h.request, .flags = VU_VERSION | VU_FLAG_REPLY, .size = len };
+    struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)payload, len } };
+    struct msghdr mh = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
+    ssize_t n = sendmsg(s->conn, &mh, MSG_NOSIGNAL);
+    return n == (ssize_t)(sizeof(h) + len) ? 0 : vu_fail(s, "cannot send a reply: %s", strerror(errno));
+}
+
+int vu_reply_u64(struct vmm_vhost_user *s, const struct vu_msg *m, uint64_t v)
+{
+    return vu_send_reply(s, m, &v, sizeof(v));
+}
+
+int vu_payload_u64(struct vmm_vhost_user *s, const struct vu_msg *m, uint64_t *v)
+{
+    if (m->h.size != sizeof(*v))
+        return vu_fail(s, "request %u: payload of %u bytes, expected 8", m->h.request, m->h.size);
+    memcpy(v, m->payload, sizeof(*v));
+    return 0;
+}
+
+/* vring state {index, num}, with index checked. */
+int vu_payload_state(struct vmm_vhost_user *s, const struct vu_msg *m, uint32_t *idx, uint32_t *num)
+{
+    if (m->h.size != 8)
+        return vu_fail(s, "request %u: vring state of %u bytes, expected 8", m->h.request, m->h.size);
+    memcpy(idx, m->payload, 4);
+    memcpy(num, m->payload + 4, 4);
+    if (*idx >= (uint32_t)s->d->nqueues)
+        return vu_fail(s, "request %u names ring %u (device has %d)", m->h.request, *idx, s->d->nqueues);
+    return 0;
+}
+
+int vu_take_fd(struct vu_msg *m)
+{
+    if (m->nfds < 1)
+        return -1;
+    int fd = m->fds[0];
+    memmove(m->fds, m->fds + 1, sizeof(int) * (size_t)(--m->nfds));
+    return fd;
+}
