@@ -107,6 +107,9 @@ int vmm_vm_start(struct vmm_vm *vm, char *err, size_t errlen);
 int vmm_vm_wait(struct vmm_vm *vm, int timeout_ms);
 /* Ask the VM to end (host stop); returns at once; vmm_vm_wait tells when it has. */
 void vmm_vm_stop(struct vmm_vm *vm);
+/* paused=1: stop running guest code; returns once every vCPU is out of the guest.
+ * paused=0: let them run again. Devices keep serving host-side I/O meanwhile. */
+int vmm_vm_pause(struct vmm_vm *vm, int paused, char *err, size_t errlen);
 void vmm_vm_exit_info(struct vmm_vm *vm, struct vmm_exit_info *out);
 void vmm_vm_stats(struct vmm_vm *vm, struct vmm_exit_stats *out);
 void vmm_vm_timeline(struct vmm_vm *vm, struct vmm_timeline *out);

@@ -207,6 +207,7 @@ struct vmm_vm *vmm_vm_create(const struct vmm_vm_config *cfg, char *err, size_t 
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&vm->ended_cond, &ca);
+    pthread_cond_init(&vm->pause_cond, &ca);
     pthread_condattr_destroy(&ca);
 
     if (cfg->console_fd >= 0) {
@@ -277,6 +278,7 @@ void vm_end(struct vmm_vm *vm, int kind, int code, const char *fmt, ...)
         timeline_mark(&vm->t_exit);
     }
     __atomic_store_n(&vm->stopping, 1, __ATOMIC_SEQ_CST);
+    pthread_cond_broadcast(&vm->pause_cond); /* a parked vCPU must see stopping too */
     pthread_mutex_unlock(&vm->lock);
     vcpus_kick(vm);
 }
@@ -309,6 +311,49 @@ int vmm_vm_wait(struct vmm_vm *vm, int timeout_ms)
     int ended = !vm->started || vm->running_threads == 0;
     pthread_mutex_unlock(&vm->lock);
     return ended;
+}
+
+int vmm_vm_pause(struct vmm_vm *vm, int paused, char *err, size_t errlen)
+{
+    if (!vm->started)
+        return errf(err, errlen, "the VM is not running");
+    pthread_mutex_lock(&vm->lock);
+    vm->paused = paused != 0;
+    pthread_cond_broadcast(&vm->pause_cond);
+    pthread_mutex_unlock(&vm->lock);
+    if (!paused)
+        return 0;
+    vcpus_kick(vm);
+    /* Return once every live vCPU is parked (or the VM ended): a paused guest runs no
+     * instruction after this returns. A vCPU blocked on its console fd is kicked out of
+     * that too; re-kick now and then, a kick can land just before a blocking call. */
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += 5;
+    int rc = 0;
+    pthread_mutex_lock(&vm->lock);
+    while (vm->paused && vm->parked < vm->running_threads && !vm->stopping) {
+        struct timespec slice;
+        clock_gettime(CLOCK_MONOTONIC, &slice);
+        if (slice.tv_sec > deadline.tv_sec ||
+            (slice.tv_sec == deadline.tv_sec && slice.tv_nsec >= deadline.tv_nsec)) {
+            rc = errf(err, errlen, "the vCPUs did not stop within 5 s");
+            break;
+        }
+        slice.tv_nsec += 20 * 1000000L;
+        if (slice.tv_nsec >= 1000000000L) {
+            slice.tv_sec++;
+            slice.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&vm->pause_cond, &vm->lock, &slice);
+        if (vm->parked < vm->running_threads) {
+            pthread_mutex_unlock(&vm->lock);
+            vcpus_kick(vm);
+            pthread_mutex_lock(&vm->lock);
+        }
+    }
+    pthread_mutex_unlock(&vm->lock);
+    return rc;
 }
 
 void vmm_vm_stop(struct vmm_vm *vm)
@@ -396,6 +441,7 @@ void vmm_vm_destroy(struct vmm_vm *vm)
     free(vm->cpuid);
     free(vm->msrs);
     pthread_cond_destroy(&vm->ended_cond);
+    pthread_cond_destroy(&vm->pause_cond);
     pthread_mutex_destroy(&vm->lock);
     free(vm);
 }

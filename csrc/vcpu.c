@@ -198,6 +198,25 @@ static void thread_ended(struct vcpu *c)
     pthread_mutex_unlock(&vm->lock);
 }
 
+/* While the VM is paused, wait outside KVM_RUN; on resume, clear the kick that got us
+ * out, so the next KVM_RUN enters the guest. A pause() after the clear sets immediate_exit
+ * again (it takes the lock first), so no pause is lost. */
+static void park_while_paused(struct vcpu *c)
+{
+    struct vmm_vm *vm = c->vm;
+    pthread_mutex_lock(&vm->lock);
+    if (vm->paused && !vm->stopping) {
+        vm->parked++;
+        pthread_cond_broadcast(&vm->pause_cond);
+        while (vm->paused && !vm->stopping)
+            pthread_cond_wait(&vm->pause_cond, &vm->lock);
+        vm->parked--;
+    }
+    if (!vm->stopping && c->run)
+        __atomic_store_n(&c->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&vm->lock);
+}
+
 static void *vcpu_thread(void *arg)
 {
     struct vcpu *c = arg;
@@ -215,8 +234,10 @@ static void *vcpu_thread(void *arg)
     while (!__atomic_load_n(&vm->stopping, __ATOMIC_SEQ_CST)) {
         timeline_mark(&vm->t_first_vcpu_entry);
         if (ioctl(c->fd, KVM_RUN, 0) < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue; /* kicked: the loop condition decides */
+            if (errno == EINTR || errno == EAGAIN) {
+                park_while_paused(c); /* kicked: by a pause, or the loop condition decides */
+                continue;
+            }
             char what[96];
             snprintf(what, sizeof(what), "KVM_RUN failed (%s)", strerror(errno));
             end_with_error(c, what);

@@ -64,6 +64,11 @@ struct vmm_vm {
     volatile int stopping;
     pthread_mutex_t lock;
     pthread_cond_t ended_cond;
+    /* Pause (vmm_vm_pause): vCPU threads park outside KVM_RUN while paused is set; parked
+     * counts them, pause_cond wakes both sides. Under lock. */
+    bool paused;
+    int parked;
+    pthread_cond_t pause_cond;
     int running_threads;
     struct vmm_exit_info exit;
 

@@ -211,6 +211,14 @@ void x86_describe_vcpu(struct vcpu *c, char *buf, size_t len)
         snprintf(buf, len, "(registers unavailable: %s)", strerror(errno));
         return;
     }
+    /* On AMD SVM, KVM resets the vCPU (clears the VMCB) before it reports a triple fault,
+     * so what it hands back is the power-on state, not the faulting one. Printing those
+     * registers would point the user at 0xfff0 for a fault that happened elsewhere. */
+    if (r.rip == 0xfff0 && s.cs.selector == 0xf000 && s.cs.base == 0xffff0000 && !(s.cr0 & 1)) {
+        snprintf(buf, len, "registers unavailable (KVM had already reset the vCPU, as it does "
+                 "on AMD SVM)");
+        return;
+    }
     snprintf(buf, len,
              "rip=0x%llx rsp=0x%llx rflags=0x%llx rax=0x%llx cr0=0x%llx cr2=0x%llx cr3=0x%llx "
              "cr4=0x%llx efer=0x%llx cs=0x%x(base=0x%llx l=%u db=%u) ss=0x%x",

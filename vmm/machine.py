@@ -10,7 +10,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Optional  # typing is loaded by then: costs nothing
 
-from .errors import ConfigError
+from .errors import ConfigError, GuestError
 from . import engines as _engines
 from . import kernel_image
 # Defined below the engines (which return them) and re-exported: vmm.machine.ExitStatus and
@@ -89,6 +89,20 @@ class Machine:
         if self._status is None:
             self._status = self._engine.wait(timeout)
         return self._status
+
+    def pause(self) -> None:
+        """Freeze the guest: no guest instruction runs until resume() (host-side device
+        back ends keep serving what is already queued). Returns once the guest is frozen.
+        stop() works on a paused machine."""
+        if not self._started or self._status is not None:
+            raise GuestError("pause() needs a running machine")
+        self._engine.pause()
+
+    def resume(self) -> None:
+        """Let a paused guest run again."""
+        if not self._started or self._status is not None:
+            raise GuestError("resume() needs a running machine")
+        self._engine.resume()
 
     def stop(self) -> ExitStatus:
         """Stop the machine from the host (idempotent). Releases every resource."""

@@ -116,5 +116,11 @@ class Engine(abc.ABC):
         engines.virtio_device.Device.counters), with "kind" and "name" keys added."""
         return []
 
+    def pause(self) -> None:
+        raise NotImplementedError(f"the {self.name} engine cannot pause")
+
+    def resume(self) -> None:
+        raise NotImplementedError(f"the {self.name} engine cannot pause")
+
     def console_input(self, data: bytes) -> None:
         raise NotImplementedError(f"the {self.name} engine takes no console input")

@@ -30,6 +30,7 @@ from ..cmdline import KernelCmdline, caller_parts
 from ..errors import ConfigError, EngineUnavailable, GuestError
 from ..kernel_image import core_limits
 from .base import Engine, ExitStatus, MachineSpec
+from .panic_watch import PanicWatch
 from .options import KvmOptions
 from .device_order import attached_devices, stats_entry
 
@@ -147,6 +148,7 @@ class KvmEngine(Engine):
         self._reader = None
         self._read_fd = None
         self._status = None
+        self._panic = PanicWatch()  # the console's panic line turns a reset into an error
         self._final = None  # what the getters return once the VM is gone
         self._attached = []  # (kind, name, virtio_device.Device) attached to the VM
         self._cmdline = ""  # the kernel command line, once loaded
@@ -175,7 +177,8 @@ class KvmEngine(Engine):
             self._create(write_fd)
         finally:
             os.close(write_fd)  # the core holds its own dup; EOF comes when it closes that
-        self._reader = threading.Thread(target=self._read_console, args=(read_fd, on_console),
+        self._reader = threading.Thread(target=self._read_console,
+                                        args=(read_fd, on_console, self._panic),
                                         name="kvm-console", daemon=True)
         self._reader.start()
         check(lib.vmm_vm_start, self._vm, error=GuestError, context="cannot start the VM")
@@ -220,14 +223,16 @@ class KvmEngine(Engine):
                                  f"not where the command line says ({mmio_slot(i)})")
 
     @staticmethod
-    def _read_console(fd, on_console):
+    def _read_console(fd, on_console, panic):
         while True:
             try:
                 data = os.read(fd, 65536)
             except OSError:
-                return
+                data = b""
             if not data:
+                panic.feed(b"", at_eof=True)
                 return
+            panic.feed(data)
             try:
                 on_console(data)
             except Exception:
@@ -260,8 +265,22 @@ class KvmEngine(Engine):
         info = ffi.new("struct vmm_exit_info *")
         lib.vmm_vm_exit_info(vm, info)
         if self._status is None and info.kind != lib.VMM_EXIT_RUNNING:
-            self._status = ExitStatus(_KINDS.get(info.kind, "error"),
-                                      ffi.string(info.message).decode(errors="replace"), info.code)
+            kind = _KINDS.get(info.kind, "error")
+            message = ffi.string(info.message).decode(errors="replace")
+            if kind == "shutdown" and self._panic.line is not None:
+                # panic=-1 made the guest reset; say why, as the qemu engine does.
+                kind, message = "error", self._panic.message()
+            self._status = ExitStatus(kind, message, info.code)
+
+    def pause(self):
+        with self._ref() as vm:
+            if vm is not None:
+                check(lib.vmm_vm_pause, vm, 1, error=GuestError, context="cannot pause the VM")
+
+    def resume(self):
+        with self._ref() as vm:
+            if vm is not None:
+                check(lib.vmm_vm_pause, vm, 0, error=GuestError, context="cannot resume the VM")
 
     def stop(self):
         with self._ref() as vm:

@@ -33,6 +33,7 @@ from ..cmdline import KernelCmdline, caller_parts
 from ..errors import ConfigError, EngineUnavailable
 from . import qemu_binary
 from .base import Engine, ExitStatus, MachineSpec
+from .panic_watch import PanicWatch
 from .options import QemuOptions
 from .vhost_backends import VhostBackends
 
@@ -44,7 +45,6 @@ BOOT_TIMER_INIT_STARTED = 123
 # reboot=t: without ACPI the guest resets by triple fault, which -no-reboot turns into
 # QEMU exiting. panic=-1: a panicking guest resets at once instead of hanging.
 BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1"
-PANIC_MARKER = b"Kernel panic - not syncing"
 STDERR_TAIL = 4096
 STOP_GRACE_S = 2.0
 MAX_CPUS_TCG = 255
@@ -156,8 +156,8 @@ class QemuEngine(Engine):
         self._closed = False
         self._times = {}
         self._stderr = bytearray()
-        self._partial_line = bytearray()
-        self._panic_line: Optional[str] = None
+        self._panic = PanicWatch()
+        self._paused = False
         self._backends = VhostBackends(spec)
 
     # --- start -------------------------------------------------------------------------
@@ -208,7 +208,7 @@ class QemuEngine(Engine):
             self._kill()
         finally:
             sel.close()
-            self._scan_for_panic(b"", at_eof=True)
+            self._panic.feed(b"", at_eof=True)
             rc = proc.wait()
             ended = time.monotonic_ns()
             # The status first: whoever sees "exit" in the timeline may call stop() at once,
@@ -227,27 +227,15 @@ class QemuEngine(Engine):
             del self._stderr[:-STDERR_TAIL]
         else:
             self._times.setdefault("first_console", now)
-            self._scan_for_panic(data)
+            self._panic.feed(data)
             try:
                 on_console(data)
             except Exception:
                 pass  # a failing console sink must not take the VM's reader down
 
-    def _scan_for_panic(self, data: bytes, at_eof: bool = False) -> None:
-        """Remember the first whole line holding `Kernel panic`; lines may span reads."""
-        if self._panic_line is not None:
-            return
-        lines = (self._partial_line + data).split(b"\n")
-        # The last piece is unfinished unless QEMU is gone; keep it (bounded) for later.
-        self._partial_line = bytearray() if at_eof else bytearray(lines.pop()[-4096:])
-        for line in lines:
-            if PANIC_MARKER in line:
-                self._panic_line = line.decode(errors="replace").strip()
-                return
-
     def _classify(self, rc: int) -> ExitStatus:
-        if self._panic_line is not None:
-            return ExitStatus("error", f"guest kernel panic: {self._panic_line}", rc)
+        if self._panic.line is not None:
+            return ExitStatus("error", self._panic.message(), rc)
         if self._stop_requested:
             return ExitStatus("host-stop", "stopped by the host", rc)
         if rc == 0:
@@ -269,12 +257,36 @@ class QemuEngine(Engine):
         self._done.wait(timeout)
         return self._status if self._done.is_set() else None
 
+    def pause(self) -> None:
+        """SIGSTOP freezes the whole QEMU process, vCPUs and all; returns once the kernel
+        reports it stopped. Our vhost-user back ends live in this process and keep going."""
+        if self._proc is None or self._done.is_set():
+            return
+        self._paused = True
+        self._signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not self._done.is_set():
+            try:
+                with open(f"/proc/{self._proc.pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+                        return
+            except (OSError, IndexError):
+                return
+            time.sleep(0.002)
+
+    def resume(self) -> None:
+        if self._proc is not None and not self._done.is_set():
+            self._paused = False
+            self._signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """SIGTERM (QEMU exits cleanly), then SIGKILL if it lingers."""
         if self._proc is None or self._done.is_set():
             return
         self._stop_requested = True
         self._signal(signal.SIGTERM)
+        if self._paused:
+            self._signal(signal.SIGCONT)  # a stopped QEMU acts on SIGTERM once it runs
         if not self._done.wait(STOP_GRACE_S):
             self._kill()
 
