@@ -25,6 +25,7 @@ neither always runs first), excludes the warm-up round, and reports medians of R
 4. Exit statistics of one sandbox boot (create, one exec, graceful stop) by reason, beside
    those of one bare READY boot, largest first, plus the virtio devices' counters.
 """
+import json
 import os
 import select
 import shutil
@@ -156,6 +157,25 @@ def qemu_kvm_argv(kernel_path, initrd, cpu):
     return argv
 
 
+# Where a fresh `python -m vmm boot` spends its time: its --json timeline is on the
+# system-wide CLOCK_MONOTONIC, so each phase can be placed after the spawn.
+SPAWN_PHASES = ("process_start", "machine_created", "vm_created", "kernel_loaded",
+                "first_vcpu_entry", "boot_timer")
+
+
+def spawn_phases(kernel_path, initrd, sink):
+    """Spawn to the init's boot-timer write (it comes just before READY), and every
+    phase before it into sink; returns seconds to the boot-timer write."""
+    t0 = time.monotonic_ns()
+    p = subprocess.run(vmm_boot_argv(kernel_path, initrd) + ["--json"], capture_output=True,
+                       timeout=WAIT_S)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")[-800:]
+    tl = json.loads(p.stdout)["timeline_ns"]
+    phases = {ph: (tl[ph] - t0) / 1e9 for ph in SPAWN_PHASES if ph in tl}
+    sink.append(phases)
+    return phases["boot_timer"]
+
+
 @pytest.fixture(scope="module")
 def qemu_cpu(guest):
     """The first of QEMU_CPUS with which plain QEMU boots the guest to READY here (its
@@ -174,11 +194,14 @@ def qemu_cpu(guest):
 @LONG
 def test_boot_to_ready_vs_qemu_microvm_kvm(benchmark, compare, guest, qemu_cpu, capsys):
     cpu, tried = qemu_cpu
+    phases = []
     got = _alternate(benchmark, {
         "ours_process": lambda: spawn_to_ready(vmm_boot_argv(*guest)),
         "qemu_process": lambda: spawn_to_ready(qemu_kvm_argv(*guest, cpu)),
         "ours_in_process": lambda: boot_to_ready(*guest, engine="kvm", memory_mib=MEMORY_MIB),
+        "ours_json_timer": lambda: spawn_phases(*guest, phases),
     })
+    phases = phases[WARMUP:]
     med = {n: statistics.median(v) for n, v in got.items()}
     benchmark.extra_info.update({n: _summary(v) for n, v in got.items()}, qemu_cpu=cpu,
                                 qemu_cpu_fallbacks=tried)
@@ -201,8 +224,20 @@ def test_boot_to_ready_vs_qemu_microvm_kvm(benchmark, compare, guest, qemu_cpu, 
         f"    in-process Machine(engine='kvm') to READY (no spawn)  {_ms(med['ours_in_process']):9.1f} ms"
         f"  (= {med['ours_in_process'] / med['qemu_process']:.3f} of QEMU's spawn to READY)",
     ]
+    lines.append("    where the fresh process spends it (python -m vmm boot --json, same rounds; "
+                 "ms since spawn, median; process_start has 10 ms resolution):")
+    prev = 0.0
+    for ph in SPAWN_PHASES:
+        vals = [r[ph] for r in phases if ph in r]
+        if vals:
+            m = statistics.median(vals)
+            lines.append(f"      {ph:<18} {_ms(m):9.1f}   (+{_ms(m - prev):.1f})")
+            prev = m
     for n, v in got.items():
         lines.append(f"    samples {n:<16} " + " ".join(f"{_ms(s):.0f}" for s in v))
+    benchmark.extra_info["spawn_phases_median_ms"] = {
+        ph: _ms(statistics.median([r[ph] for r in phases if ph in r]))
+        for ph in SPAWN_PHASES if any(ph in r for r in phases)}
     _say(capsys, "\n".join(lines))
 
 
@@ -298,23 +333,50 @@ def test_sandbox_first_exec_vs_bare_boot(benchmark, compare, guest, image, capsy
 
 # --- exit statistics ----------------------------------------------------------------------------
 
+KVM_DEBUGFS = Path("/sys/kernel/debug/kvm")
+
+
+def kvm_counters() -> dict:
+    """KVM's own counters for this process's one live VM (debugfs, its vCPUs summed): the
+    exits KVM handled itself as well as those it passed to the VMM. They vanish with the
+    VM, so read before it is destroyed. {} where debugfs is not mounted or readable (the
+    nested tier's L1 mounts it)."""
+    try:
+        dirs = [d for d in KVM_DEBUGFS.iterdir() if d.name.startswith(f"{os.getpid()}-")]
+    except OSError:
+        return {}
+    if len(dirs) != 1:
+        return {}
+    out = {}
+    for f in dirs[0].iterdir():
+        try:
+            if f.is_file():
+                out[f.name] = int(f.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue   # not a counter (or not readable)
+    return out
+
+
 def _bare_boot_exit_stats(kernel_path, initrd):
     with vmm.Machine(kernel_path, initrd=initrd, engine="kvm", memory_mib=SANDBOX_MEMORY_MIB) as m:
         m.start()
         status = m.wait(WAIT_S)
+        in_kernel = kvm_counters()   # the guest has reset, the VM is not destroyed yet
         stats = dict(m.exit_stats)
     assert status is not None and status.kind == "shutdown", status
-    return stats
+    return stats, in_kernel
 
 
 def _sandbox_exit_stats(image, kernel_path):
     sb = vmm.Sandbox.create(image, engine="kvm", memory_mib=SANDBOX_MEMORY_MIB, kernel=kernel_path)
     try:
         assert sb.exec(["true"], timeout=30).code == 0
+        in_kernel = kvm_counters()   # before the stop: boot and first exec, not the shutdown
     finally:
         status = sb.stop()
     # read after the VM has ended: the engine keeps its final counts
-    return dict(sb.machine.exit_stats), list(sb.machine.device_stats), status, sb.stopped_gracefully
+    return (dict(sb.machine.exit_stats), list(sb.machine.device_stats), status,
+            sb.stopped_gracefully, in_kernel)
 
 
 # Not exits of their own: accesses within io/mmio exits that no device claimed.
@@ -341,14 +403,16 @@ def test_sandbox_boot_exit_stats(benchmark, guest, image, capsys):
     result = {}
 
     def probe():
-        result["bare"] = _bare_boot_exit_stats(*guest)
-        result["sandbox"], result["devices"], result["status"], result["graceful"] = \
-            _sandbox_exit_stats(image, guest[0])
+        result["bare"], result["bare_kvm"] = _bare_boot_exit_stats(*guest)
+        (result["sandbox"], result["devices"], result["status"], result["graceful"],
+         result["sandbox_kvm"]) = _sandbox_exit_stats(image, guest[0])
     benchmark.pedantic(probe, rounds=1, iterations=1)
     sandbox, bare = result["sandbox"], result["bare"]
     assert sum(v for r, v in sandbox.items() if r not in SUB_COUNTS) > 0, "no exits counted"
     benchmark.extra_info.update(sandbox_exit_stats=sandbox, bare_boot_exit_stats=bare,
-                                sandbox_device_stats=result["devices"])
+                                sandbox_device_stats=result["devices"],
+                                sandbox_kvm_counters=result["sandbox_kvm"],
+                                bare_boot_kvm_counters=result["bare_kvm"])
     lines = ["\n[4] kvm exits of one sandbox boot (create, exec(['true']), graceful stop: "
              f"{result['graceful']}, {result['status'].kind}) beside one bare READY boot, "
              f"{SANDBOX_MEMORY_MIB} MiB, largest first (unclaimed_* are io/mmio exits that "
@@ -357,4 +421,15 @@ def test_sandbox_boot_exit_stats(benchmark, guest, image, capsys):
     for d in result["devices"]:
         counters = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("kind", "name") and v)
         lines.append(f"      {d.get('kind')} {d.get('name')}: {counters or 'no activity'}")
+    sk, bk = result["sandbox_kvm"], result["bare_kvm"]
+    if sk:
+        lines.append("    KVM's own counters (debugfs, per VM; every exit, including those KVM "
+                     "handles without the VMM; sandbox read after the first exec, bare after "
+                     "the guest's reset), nonzero, largest first:")
+        lines.append(f"    {'counter':<26} {'sandbox':>10} {'bare READY':>11}")
+        for k in sorted(set(sk) | set(bk), key=lambda k: (-sk.get(k, 0), k)):
+            if sk.get(k) or bk.get(k):
+                lines.append(f"    {k:<26} {sk.get(k, 0):10d} {bk.get(k, 0):11d}")
+    else:
+        lines.append("    (KVM's own counters: /sys/kernel/debug/kvm is not readable here)")
     _say(capsys, "\n".join(lines))
