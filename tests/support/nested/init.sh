@@ -32,6 +32,9 @@ mkdir -p /newroot/nested-out
 mount -t 9p -o "$opts" nestedout /newroot/nested-out || { say "no-out: 9p mount failed"; finish; }
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
+# KVM's own per-VM counters (exits handled inside KVM, by reason) live in debugfs; the
+# benchmarks read them. Harmless if it fails.
+mount -t debugfs debugfs /newroot/sys/kernel/debug 2>/dev/null || true
 mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
