@@ -20,35 +20,21 @@ from pathlib import Path
 
 import pytest
 
-from support.sandbox_image import MARKER, build_busybox_image, have_busybox, qemu_available  # noqa: E402
+from support.sandbox_image import MARKER, build_busybox_image, have_busybox  # noqa: E402
+from support.test_engine import ENGINE, engine_marks  # noqa: E402
 
 import vmm  # noqa: E402
 from vmm.agent import AgentError  # noqa: E402
 from vmm.sandbox.runtime_dir import PREFIX as RUNTIME_DIR_PREFIX, runtime_base  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.qemu,
-              pytest.mark.skipif(not qemu_available(), reason="no qemu-system-x86_64"),
+# qemu by default; VMM_TEST_ENGINE=kvm runs the same tests where a Linux guest can boot
+# under /dev/kvm (the nested tier does, inside L1).
+pytestmark = [pytest.mark.slow, *engine_marks(),
               pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)"),
               pytest.mark.skipif(not shutil.which("musl-gcc"), reason="no musl-gcc (musl-tools)")]
 
-
-# qemu by default; VMM_SANDBOX_ENGINE=kvm runs the same tests where a Linux guest can
-# boot under /dev/kvm (hardware virtualization; not the kvm_pvm of docs/platform.md).
-ENGINE = os.environ.get("VMM_SANDBOX_ENGINE", "qemu")
 BOOT_TIMEOUT = 60
 T = 30  # per-command timeout: generous for a loaded host running TCG
-
-
-def _engine_skip():
-    if ENGINE == "kvm":
-        from vmm.engines import kvm_backing
-        if kvm_backing() != "hardware":
-            return f"/dev/kvm here is {kvm_backing()!r}: a Linux guest cannot boot under it"
-    return None
-
-
-if _engine_skip():
-    pytestmark.append(pytest.mark.skip(reason=_engine_skip()))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -438,6 +424,12 @@ def test_stop_is_forced_when_the_guest_hangs(kernel_path, image):
     assert sb.stop() is status  # idempotent
     with pytest.raises(vmm.SandboxNotRunning):
         sb.exec(["true"])
+
+
+def test_two_vcpus(kernel_path, image):
+    with vmm.Sandbox.create(image, engine=ENGINE, cpus=2, boot_timeout=BOOT_TIMEOUT) as two:
+        r = two.exec(["sh", "-c", "grep -c ^processor /proc/cpuinfo"], timeout=T)
+        assert r.stdout.strip() == b"2", r
 
 
 def test_guest_wall_clock_is_the_hosts(sb):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import vmm
+from support.test_engine import ENGINE
 from vmm.guest import initramfs, kernel
 
 HERE = Path(__file__).resolve().parent
@@ -161,10 +162,10 @@ class GuestRun:
         self.lines = []  # (monotonic seconds, text)
         self._partial = b""
         self._cond = threading.Condition()
-        self.machine = vmm.Machine(kernel.guest_kernel(), initrd=initrd, engine="qemu",
+        options = vmm.QemuOptions(extra_args=qemu_args) if qemu_args else None
+        self.machine = vmm.Machine(kernel.guest_kernel(), initrd=initrd, engine=ENGINE,
                                    cmdline="quiet " + " ".join(words), memory_mib=memory_mib,
-                                   console=self._on_console,
-                                   options=vmm.QemuOptions(extra_args=qemu_args), **devices)
+                                   console=self._on_console, options=options, **devices)
 
     def _on_console(self, data: bytes) -> None:
         now = time.monotonic()

@@ -5,7 +5,6 @@ layer tar, turned into an EROFS root disk by the project's own image code
     image = build_busybox_image(tmp_dir)   # -> Path of image.erofs (reused if present)
 """
 import io
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -67,7 +66,3 @@ def build_busybox_image(directory: Path) -> Path:
     build_root_disk([LayerSource(str(layer), "application/vnd.oci.image.layer.v1.tar")], str(tmp))
     tmp.rename(image)
     return image
-
-
-def qemu_available() -> bool:
-    return shutil.which("qemu-system-x86_64") is not None

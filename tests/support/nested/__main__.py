@@ -2,7 +2,7 @@
 into a nested failure by hand.
 
     PYTHONPATH=tests python3 -m support.nested benchmarks/bench_kvm_boot.py --benchmark-only -s
-    PYTHONPATH=tests python3 -m support.nested tests/test_sandbox_vm.py -k hostname --env VMM_SANDBOX_ENGINE=kvm
+    PYTHONPATH=tests python3 -m support.nested tests/test_sandbox_vm.py -k hostname --env VMM_TEST_ENGINE=kvm
 
 The exit code is the inner pytest's (2 if L1 could not start).
 """
