@@ -4,12 +4,12 @@ The build itself (layers -> filesystem, with whiteouts and hostile-entry handlin
 in rootfs.py. Here: the cache. A disk is built into tmp/ and renamed into disks/ under a
 per-manifest flock, so two processes asking at once build it once and both get the path.
 """
+import contextlib
 import os
 import time
 
 from .errors import ImageError
 from .locks import file_lock
-from .store import _unlink
 
 
 def root_disk(store, image, progress=None):
@@ -34,5 +34,6 @@ def root_disk(store, image, progress=None):
             os.chmod(tmp, 0o444)
             os.rename(tmp, final)
         finally:
-            _unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)   # renamed already, or never written
     return final
