@@ -80,8 +80,10 @@ class Machine:
         self._started = True
         try:
             self._engine.start(self._on_console)
-        except BaseException:
+        except BaseException as e:
             self._engine.close()
+            # The same ending on every engine: a machine that failed to start never ran.
+            self._status = ExitStatus("error", f"the machine did not start: {e}")
             raise
 
     def wait(self, timeout: Optional[float] = None) -> Optional[ExitStatus]:

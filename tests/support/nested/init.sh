@@ -2,7 +2,7 @@
 # PID 1 of the L1 VM (the nested tier). Loads kvm-amd and the 9p/overlay/virtio modules,
 # mounts the host's root read-only over 9p with a tmpfs overlay on top (so tests can write
 # anywhere without touching the host), mounts the writable results directory at
-# /nested-out, and runs /nested-out/job.sh in a chroot of that root. Every line it prints
+# /nested-out, and runs /nested-out/job.sh with that root as its root (switch_root). Every line it prints
 # for the host starts with "nested:"; the host reads the job's outcome from /nested-out.
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -51,6 +51,9 @@ if ip link set eth0 up 2>/dev/null; then
 fi
 
 say "ready: $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpu(s)"
-chroot /newroot /bin/sh /nested-out/job.sh
-say "job exited $?"
-finish
+# switch_root, not chroot: a chrooted process may not create user namespaces (EPERM), and
+# passt, which the device tests start, sandboxes itself in one. After switch_root the new
+# root is the namespace's root. The job shell becomes PID 1: it powers L1 off itself.
+exec switch_root /newroot /bin/sh -c \
+    'sh /nested-out/job.sh; echo "nested: job exited $?"; sync; echo "nested: poweroff";
+     echo o > /proc/sysrq-trigger; sleep 10'

@@ -79,7 +79,7 @@ def job_script(runs: Sequence[Run], cwd: str, env: Dict[str, str]) -> str:
     """A shell script running each pytest invocation in turn; invocation i writes its output
     to pytest.log and its exit code to rc.i."""
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
-    lines = ["#!/bin/sh", "# Written by the host's nested runner; run by L1's init in a chroot.",
+    lines = ["#!/bin/sh", "# Written by the host's nested runner; run as L1's PID 1 after switch_root.",
              exports.rstrip("\n"), f"cd {shlex.quote(cwd)} || exit 97"]
     for i, (args, run_env) in enumerate(runs):
         argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
