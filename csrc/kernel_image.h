@@ -9,8 +9,9 @@ struct guest_mem;
 
 /* What the parser learned about a kernel file before anything is written. */
 struct kimage {
-    const uint8_t *buf;       /* the whole file */
+    const uint8_t *buf;       /* the whole file (mapped) */
     uint64_t len;
+    int fd;                   /* the open file, or -1: loading preads from it when >= 0 */
     const char *path;
     const char *kind;         /* "elf-pvh", "elf-64", "bzimage" */
     int mode;                 /* enum boot_mode */

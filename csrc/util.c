@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,7 +29,8 @@ int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-int read_file(const char *path, uint64_t max_bytes, uint8_t **out, uint64_t *len, char *err, size_t errlen)
+int map_file(const char *path, uint64_t max_bytes, void **out, uint64_t *len, int *fd_out,
+             char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -43,27 +45,16 @@ int read_file(const char *path, uint64_t max_bytes, uint8_t **out, uint64_t *len
         return errf(err, errlen, "%s is %llu bytes; the limit is %llu", path,
                     (unsigned long long)st.st_size, (unsigned long long)max_bytes);
     }
-    uint8_t *buf = malloc(st.st_size ? st.st_size : 1);
-    if (!buf) {
+    /* An empty file maps to nothing: the parser then says it is not a kernel. */
+    void *map = st.st_size ? mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+    if (map == MAP_FAILED) {
+        int e = errno;
         close(fd);
-        return errf(err, errlen, "out of memory reading %s", path);
+        return errf(err, errlen, "cannot map %s: %s", path, strerror(e));
     }
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, st.st_size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            /* A short read means the file shrank under us: treat as an error, not as data. */
-            free(buf);
-            close(fd);
-            return errf(err, errlen, "cannot read %s: %s", path, r < 0 ? strerror(errno) : "file shrank");
-        }
-        got += r;
-    }
-    close(fd);
-    *out = buf;
-    *len = got;
+    *out = map;
+    *len = (uint64_t)st.st_size;
+    *fd_out = fd;
     return 0;
 }
 

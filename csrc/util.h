@@ -14,8 +14,9 @@ int errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(p
 /* CLOCK_MONOTONIC in ns: the same clock as Python's time.monotonic_ns(). */
 int64_t now_ns(void);
 
-/* Read a whole regular file into a malloc'd buffer; at most max_bytes. */
-int read_file(const char *path, uint64_t max_bytes, uint8_t **out, uint64_t *len, char *err, size_t errlen);
+/* Map a file read-only (MAP_PRIVATE) and keep it open: *out (NULL when empty), *len, *fd. */
+int map_file(const char *path, uint64_t max_bytes, void **out, uint64_t *len, int *fd_out,
+             char *err, size_t errlen);
 
 /* write() all of buf, retrying on EINTR unless *abort becomes true (a host stop). */
 int write_all(int fd, const void *buf, size_t len, const volatile int *abort);

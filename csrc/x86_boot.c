@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -206,11 +207,12 @@ int x86_load(struct guest_mem *m, const struct e820_table *e820, const char *ker
              const char *initrd, const char *cmdline, struct boot_info *out,
              char *err, size_t errlen)
 {
-    struct kimage k = { .path = kernel };
-    uint8_t *buf = NULL;
-    if (read_file(kernel, KERNEL_FILE_MAX, &buf, &k.len, err, errlen) < 0)
+    /* Mapped for parsing (only the headers are touched), read with pread for loading. */
+    struct kimage k = { .path = kernel, .fd = -1 };
+    void *map = NULL;
+    if (map_file(kernel, KERNEL_FILE_MAX, &map, &k.len, &k.fd, err, errlen) < 0)
         return -1;
-    k.buf = buf;
+    k.buf = map;
     struct boot_info bi = { 0 };
     int rc = kimage_parse(&k, err, errlen);
     if (rc == 0)
@@ -224,7 +226,9 @@ int x86_load(struct guest_mem *m, const struct e820_table *e820, const char *ker
                                   : write_zero_page(m, e820, &k, &bi, err, errlen);
     if (rc == 0)
         rc = write_tables(m, k.mode, err, errlen);
-    free(buf);
+    if (map)
+        munmap(map, k.len);
+    close(k.fd);
     if (rc < 0)
         return -1;
     bi.mode = k.mode;
