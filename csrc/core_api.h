@@ -244,6 +244,50 @@ int vmm_vm_add_device(struct vmm_vm *vm, struct vmm_vdev *dev, int flags,
 int vmm_virtio_mmio_slot(int index, struct vmm_virtio_mmio_info *out);
 /* The index-th added device's transport state; -1 if there is none. */
 int vmm_vm_device_info(struct vmm_vm *vm, int index, struct vmm_virtio_mmio_info *out);
+/* --- egress policy of virtio-net (csrc/virtio/net_policy.c) --------------------------- */
+/* One rule: frames whose IP destination is in addr/prefix (and, if proto is set, whose
+ * transport is proto with a destination port in [port_lo, port_hi]) get action. Rules are
+ * tried in order, the first match decides, and a frame no rule matches is denied. */
+enum vmm_net_action { VMM_NET_DENY = 0, VMM_NET_ALLOW = 1 };
+struct vmm_net_rule {
+    uint8_t action;       /* enum vmm_net_action */
+    uint8_t family;       /* 4 or 6 */
+    uint8_t prefix;       /* 0..32 or 0..128 */
+    uint8_t proto;        /* 0 = any transport; 6 = TCP, 17 = UDP */
+    uint8_t addr[16];     /* network address, big-endian; IPv4 in the first 4 bytes */
+    uint16_t port_lo;     /* with proto set: destination ports port_lo..port_hi */
+    uint16_t port_hi;
+};
+enum vmm_net_verdict {
+    VMM_NET_PASS = 0,      /* send the frame on */
+    VMM_NET_DENIED = 1,    /* drop it (and inject the reply, if one was built) */
+    VMM_NET_MALFORMED = 2  /* drop it: truncated or inconsistent headers */
+};
+struct vmm_net_policy_stats {
+    uint64_t passed;        /* frames a rule allowed */
+    uint64_t infra;         /* ARP, DHCP, DHCPv6, ICMPv6 ND passed without rules */
+    uint64_t denied;        /* frames a rule or the default denied, or not IP at all */
+    uint64_t default_denied;/* ... of which no rule matched */
+    uint64_t port_unknown;  /* ... of which were non-first fragments a port rule needed */
+    uint64_t other_ethertype; /* ... of which were neither ARP, IPv4 nor IPv6 */
+    uint64_t malformed;     /* frames dropped as truncated or malformed */
+    uint64_t resets;        /* TCP RSTs built for denied segments */
+};
+struct vmm_net_policy;
+/* Copies the table (nrules <= 4096); NULL and err on a bad rule (named by its index). */
+struct vmm_net_policy *vmm_net_policy_new(const struct vmm_net_rule *rules, size_t nrules,
+                                          char *err, size_t errlen);
+void vmm_net_policy_free(struct vmm_net_policy *p);
+/* Decides one guest-transmitted Ethernet frame (no virtio header): enum vmm_net_verdict.
+ * reply (capacity *reply_len, 96 bytes is always enough; may be NULL) receives a TCP RST
+ * frame for the guest when a TCP segment other than an RST is denied; *reply_len is set
+ * to its length, 0 when there is none. Safe to call from one thread while another reads
+ * the counters. */
+int vmm_net_policy_check(struct vmm_net_policy *p, const uint8_t *frame, size_t len,
+                         uint8_t *reply, size_t *reply_len);
+void vmm_net_policy_stats(struct vmm_net_policy *p, struct vmm_net_policy_stats *out);
+/* Copies min(n, nrules) per-rule hit counters into hits; returns nrules. */
+size_t vmm_net_policy_hits(struct vmm_net_policy *p, uint64_t *hits, size_t n);
 /* cffi-end */
 
 #endif
