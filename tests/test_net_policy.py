@@ -1,7 +1,7 @@
 """The egress policy (vmm/net/policy.py -> csrc/virtio/net_policy.c) on synthetic frames.
 
-Every address here is only bytes in a frame built in this file and handed to the C
-decision function: nothing is sent anywhere."""
+Every address here is only bytes in a frame built by tests/support/net_frames.py and
+handed to the C decision function: nothing is sent anywhere."""
 import ipaddress
 import os
 import random
@@ -12,71 +12,9 @@ import pytest
 
 from vmm.errors import ConfigError
 from vmm.net.policy import DENIED, MALFORMED, PASS, Policy, PolicyEngine, parse_rule
-
-GUEST_MAC = bytes.fromhex("525400123456")
-GW_MAC = bytes.fromhex("9a5521000001")
-GUEST4, GUEST6 = "10.0.2.15", "fd00::15"
-GATEWAY4, GATEWAY6 = "10.0.2.2", "fd00::2"
-PUBLIC4, PUBLIC6 = "93.184.216.34", "2606:2800:220:1::1"
-TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
-SYN, ACK, RST, FIN, PSH = 0x02, 0x10, 0x04, 0x01, 0x08
-
-
-# ---- frame builders -------------------------------------------------------------------
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
-    if len(src) == 4:
-        return src + dst + struct.pack("!BBH", 0, proto, length)
-    return src + dst + struct.pack("!IxxxB", length, proto)
-
-
-def tcp(sport=40000, dport=443, seq=1000, ack=0, flags=SYN, payload=b"", doff=5, opts=b""):
-    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, flags, 65535, 0, 0)
-    return hdr + opts + payload
-
-
-def udp(sport=40000, dport=53, payload=b"q"):
-    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-
-
-def eth(ethertype, payload, vlan=None, dst=GW_MAC, src=GUEST_MAC):
-    tag = struct.pack("!HH", 0x8100, vlan) if vlan is not None else b""
-    return dst + src + tag + struct.pack("!H", ethertype) + payload
-
-
-def ip4(dst, l4=b"", proto=TCP, src=GUEST4, options=b"", frag=0, total=None, ihl=None):
-    ihl = ihl if ihl is not None else 5 + len(options) // 4
-    total = total if total is not None else 20 + len(options) + len(l4)
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total, 1, frag, 64, proto, 0,
-                      ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
-    return hdr + options + l4
-
-
-def ip6(dst, l4=b"", proto=TCP, src=GUEST6, plen=None, ext=b""):
-    plen = plen if plen is not None else len(ext) + len(l4)
-    return struct.pack("!IHBB16s16s", 6 << 28, plen, proto, 64,
-                       ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed) + ext + l4
-
-
-def frame4(dst, l4=None, proto=TCP, **kw):
-    return eth(0x0800, ip4(dst, tcp() if l4 is None else l4, proto, **kw))
-
-
-def frame6(dst, l4=None, proto=TCP, **kw):
-    return eth(0x86DD, ip6(dst, tcp() if l4 is None else l4, proto, **kw))
-
-
-def frame(dst, l4=None, proto=TCP):
-    return (frame6 if ":" in dst else frame4)(dst, l4, proto)
+from support.net_frames import (ACK, FIN, GATEWAY4, GATEWAY6, GUEST4, GUEST6, GUEST_MAC, GW_MAC, ICMP,
+                                ICMP6, PSH, PUBLIC4, PUBLIC6, RST, SYN, TCP, UDP, eth, ext, frag6,
+                                frame, frame4, frame6, ip4, ip6, parse_rst, tcp, udp)
 
 
 def engine(scope="public", rules=(), gateways=(GATEWAY4, GATEWAY6), dns=()):
@@ -194,16 +132,20 @@ def test_infrastructure_frames_pass_in_every_scope():
               + ipaddress.ip_address(GATEWAY4).packed, dst=b"\xff" * 6)
     dhcp = frame4("255.255.255.255", udp(68, 67, bytes(240)), UDP, src="0.0.0.0")
     dhcp6 = frame6("ff02::1:2", udp(546, 547, bytes(20)), UDP, src="fe80::1")
-    nd = [frame6("ff02::2", bytes([133, 0, 0, 0]) + bytes(4), ICMP6, src="fe80::1"),
-          frame6("ff02::1:ff00:2", bytes([135, 0, 0, 0]) + bytes(20), ICMP6, src="fe80::1"),
-          frame6("fe80::2", bytes([136, 0, 0, 0]) + bytes(20), ICMP6, src="fe80::1")]
+    nd = [frame6("ff02::2", bytes([133, 0, 0, 0]) + bytes(4), ICMP6, src="fe80::1", hop_limit=255),
+          frame6("ff02::1:ff00:2", bytes([135, 0, 0, 0]) + bytes(20), ICMP6, src="fe80::1",
+                 hop_limit=255),
+          frame6("fe80::2", bytes([136, 0, 0, 0]) + bytes(20), ICMP6, src="fe80::1", hop_limit=255)]
     for scope in ("public", "private", "host", "all"):
         e = engine(scope, rules=["deny@0.0.0.0/0", "deny@::/0"])
         for f in [arp, dhcp, dhcp6] + nd:
             assert verdict(e, f) == PASS, scope
         assert e.stats()["infra"] == 3 + len(nd)
-        # ICMPv6 that is not ND (echo) is judged by the rules
-        assert verdict(e, frame6("fe80::2", bytes([128, 0, 0, 0]) + bytes(4), ICMP6)) == DENIED
+        # ICMPv6 that is not ND (echo), or "ND" that could have crossed a router (hop
+        # limit below 255: receivers drop it as ND), is judged by the rules
+        assert verdict(e, frame6("fe80::2", bytes([128, 0, 0, 0]) + bytes(4), ICMP6,
+                                 hop_limit=255)) == DENIED
+        assert verdict(e, frame6(PUBLIC6, bytes([135, 0, 0, 0]) + bytes(20), ICMP6)) == DENIED
         # a "DHCP" that is not from port 68 is judged by the rules
         assert verdict(e, frame4("255.255.255.255", udp(69, 67), UDP)) == DENIED
 
@@ -399,16 +341,6 @@ def test_ipv4_fragments():
     assert e.check(frame4("10.0.0.1", b"x" * 16, TCP, frag=100)) == (DENIED, b"")
 
 
-def ext(nh, body=bytes(6)):
-    """An 8-byte-unit extension header (hop-by-hop, routing, destination options)."""
-    assert (len(body) + 2) % 8 == 0
-    return bytes([nh, (len(body) + 2) // 8 - 1]) + body
-
-
-def frag6(nh, offset=0, more=False):
-    return struct.pack("!BBHI", nh, 0, offset << 3 | more, 0x1234)
-
-
 def test_ipv6_extension_headers():
     e = engine("all", rules=["deny@::/0:tcp:22"])
     chain = ext(60, bytes(6)) + ext(6, bytes(14))  # hop-by-hop -> dest options (16 B) -> TCP
@@ -469,32 +401,6 @@ def test_truncated_frames_are_malformed_and_counted():
 
 
 # ---- the RST ---------------------------------------------------------------------------
-
-def parse_rst(reply, family, vlan=None):
-    """Checks the reply's headers and checksums; returns (ip fields, tcp fields)."""
-    off = 14
-    assert reply[0:6] == GUEST_MAC and reply[6:12] == GW_MAC
-    if vlan is not None:
-        assert struct.unpack("!HH", reply[12:16]) == (0x8100, vlan)
-        off = 18
-    assert struct.unpack("!H", reply[off - 2:off]) == (0x0800 if family == 4 else 0x86DD,)
-    ip = reply[off:]
-    if family == 4:
-        assert len(ip) == 40
-        ver_ihl, _, total, _, _, ttl, proto, _, src, dst = struct.unpack("!BBHHHBBH4s4s", ip[:20])
-        assert (ver_ihl, total, proto) == (0x45, 40, TCP) and ttl > 0
-        assert csum(ip[:20]) == 0, "IPv4 header checksum"
-        seg = ip[20:]
-    else:
-        assert len(ip) == 60
-        vtf, plen, nh, hlim, src, dst = struct.unpack("!IHBB16s16s", ip[:40])
-        assert (vtf >> 28, plen, nh) == (6, 20, TCP) and hlim > 0
-        seg = ip[40:]
-    assert csum(pseudo(src, dst, TCP, len(seg)) + seg) == 0, "TCP checksum"
-    sport, dport, seq, ack, doff, flags, win, _, urg = struct.unpack("!HHIIBBHHH", seg)
-    assert doff >> 4 == 5 and urg == 0
-    return (ipaddress.ip_address(src), ipaddress.ip_address(dst)), (sport, dport, seq, ack, flags)
-
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_denied_syn_gets_an_rst(family):

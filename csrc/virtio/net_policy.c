@@ -5,7 +5,8 @@
  * whose headers are truncated or inconsistent is dropped and counted, never guessed at.
  *
  * What passes without rules is what a guest needs to bring its link up: ARP, DHCP
- * (UDP 68 -> 67), DHCPv6 (UDP 546 -> 547) and ICMPv6 neighbour discovery (types 133-136).
+ * (UDP 68 -> 67), DHCPv6 (UDP 546 -> 547) and ICMPv6 neighbour discovery (types 133-136,
+ * hop limit 255).
  *
  * Fragments: a non-first fragment carries no ports. It is decided by its addresses and
  * protocol alone, and if the first rule whose address and protocol match it restricts
@@ -55,6 +56,7 @@ struct pkt {
     int family;              /* 4 or 6 */
     const uint8_t *src, *dst;/* addresses inside the frame */
     uint8_t proto;           /* upper-layer protocol */
+    uint8_t hop_limit;       /* IPv6 */
     int has_ports;           /* 0 for a non-first fragment */
     uint16_t sport, dport;
     const uint8_t *l4;       /* TCP header (has_ports and proto TCP) */
@@ -187,6 +189,7 @@ static int parse_ip6(struct pkt *k, const uint8_t *ip, size_t len)
     if (40 + plen > len)
         return -1; /* (jumbograms have payload length 0 and never fit our MTU) */
     k->family = 6;
+    k->hop_limit = ip[7];
     k->src = ip + 8;
     k->dst = ip + 24;
     uint8_t nh = ip[6];
@@ -262,7 +265,9 @@ static int infrastructure(const struct pkt *k)
     if (k->proto == P_UDP && k->has_ports)
         return (k->family == 4 && k->sport == 68 && k->dport == 67) ||
                (k->family == 6 && k->sport == 546 && k->dport == 547);
-    if (k->family == 6 && k->proto == P_ICMP6 && k->l4)
+    /* ND is link-local by construction: receivers drop it unless the hop limit is 255
+     * (RFC 4861), so anything else is not ND and goes to the rules. */
+    if (k->family == 6 && k->proto == P_ICMP6 && k->l4 && k->hop_limit == 255)
         return k->l4[0] >= 133 && k->l4[0] <= 136;
     return 0;
 }
