@@ -317,7 +317,9 @@ static uint16_t csum(uint32_t sum, const uint8_t *d, size_t n)
 }
 
 /* An RST for the denied TCP segment k, as the peer would send it (RFC 9293 3.10.7.1):
- * to a segment with ACK, seq = its ack; else ack = its seq + its length. Returns bytes. */
+ * to a segment with ACK, seq = its ack; else ack = its seq + its length (of a first
+ * fragment, only the bytes it carries: the guest then ignores the RST and times out,
+ * which for a fragmented SYN, something no stack sends, is acceptable). Returns bytes. */
 static size_t build_rst(const struct pkt *k, uint8_t *out, size_t cap)
 {
     size_t iplen = k->family == 4 ? 20 : 40, n = k->l2len + iplen + 20;
