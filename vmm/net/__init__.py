@@ -1,0 +1,1 @@
+"""Sandbox networking: the Network config (network.py), published ports (ports.py)."""
