@@ -197,4 +197,7 @@ int pid1_vsock_port(void);
 const char *pid1_transport(void);
 void log_msg(const char *fmt, ...);
 
+/* net.c: eth0, resolv.conf and hosts from vmm.net= (PID 1, after the root switch) */
+void net_setup(const char *spec, const char *hostname);
+
 #endif

@@ -11,6 +11,7 @@
  *   vmm.data=/dev/vdb     writable disk, ext4 ("none", or a missing device: tmpfs upper)
  *   vmm.port=1024         vsock port the agent listens on
  *   vmm.hostname=sandbox  hostname
+ *   vmm.net=...           eth0, resolv.conf, hosts (net.c); absent: only lo
  *   vmm.debug=1           log each step on the console
  *
  * The kernel does not pass dotted parameters to init, so they are read from /proc/cmdline.
@@ -283,6 +284,10 @@ void pid1_setup(void)
 	const char *host = param("vmm.hostname", "sandbox", buf, sizeof(buf));
 	sethostname(host, strlen(host));
 	loopback_up();
+	char net[256];
+	const char *net_spec = param("vmm.net", NULL, net, sizeof(net));
+	if (net_spec)
+		net_setup(net_spec, host);
 	setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
 }
 

@@ -40,14 +40,17 @@ def passt_socketpair():
     return ours, theirs
 
 
-def start_passt():
-    """(our fd, passt process): passt on one end of a socketpair; we keep the other."""
+def start_passt(options=()):
+    """(our fd, passt process): passt on one end of a socketpair; we keep the other.
+    options: more passt options (a sandbox's addresses and port forwards,
+    vmm/net/network.py)."""
     exe = shutil.which("passt")
     if not exe:
         raise ConfigError("net backend passt needs the passt program (Debian package passt)")
     ours, theirs = passt_socketpair()
     try:
-        proc = subprocess.Popen([exe, "--foreground", "--quiet", "--fd", str(theirs.fileno())],
+        proc = subprocess.Popen([exe, "--foreground", "--quiet", "--fd", str(theirs.fileno()),
+                                 *options],
                                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:

@@ -9,6 +9,7 @@ guest/agent/PROTOCOL.md ("PID-1 configuration") lists them with their defaults:
     vmm.data=     the writable disk (/dev/vdb), or `none` for a tmpfs upper layer
     vmm.port=     the vsock port the agent listens on
     vmm.hostname= the guest's hostname (omitted: the agent's default)
+    vmm.net=      eth0's address, gateway, MTU, DNS (vmm/net/network.py); omitted: no NIC
 
 The engine puts its own console/reboot/panic arguments in front, and Machine checks the
 whole line against the kernel's capacity.
@@ -27,7 +28,7 @@ WRITABLE_DEVICE = "/dev/vdb"  # ... and the writable disk, if any, second
 
 
 def agent_cmdline(*, writable: bool, hostname: Optional[str], port: int = DEFAULT_VSOCK_PORT,
-                  extra: str = "") -> str:
+                  net: str = "", extra: str = "") -> str:
     """The kernel command line of a sandbox (the engine adds console/reboot/panic).
 
     hostname must already be checked (checks.check_hostname): a space in it would
@@ -37,6 +38,8 @@ def agent_cmdline(*, writable: bool, hostname: Optional[str], port: int = DEFAUL
              f"vmm.data={WRITABLE_DEVICE if writable else 'none'}", f"vmm.port={port}"]
     if hostname is not None:
         parts.append(f"vmm.hostname={hostname}")
+    if net:
+        parts.append(net)
     if extra:
         parts.append(extra)
     return " ".join(parts)

@@ -29,9 +29,11 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from ..agent import (DEFAULT_VSOCK_PORT, AgentClient, AgentError, ExecResult, Process,
                      SandboxNotRunning, Timeout)
-from ..devices import Disk, Vsock
+from ..devices import Disk, Net, Vsock
 from ..errors import ConfigError
 from ..machine import ExitStatus, Machine
+from ..net.network import Nat, Network, NetworkState, guest_state, kernel_arg
+from ..net.ports import reserve_ports
 from .agent_cmdline import agent_cmdline
 from .checks import check_env, check_hostname, check_timeout, check_workdir, existing_disk
 from .console import ConsoleLog
@@ -43,6 +45,7 @@ from .writable_disk import format_writable_disk
 DEFAULT_BOOT_TIMEOUT = 60.0   # TCG boots in seconds; a loaded host needs headroom
 DEFAULT_STOP_TIMEOUT = 10.0
 GUEST_CID = 3                 # each sandbox has its own vsock device: no CID clashes
+DEFAULT_NETWORK = Network()   # NAT, scope public, no published ports (frozen: shareable)
 
 
 class Sandbox:
@@ -57,6 +60,8 @@ class Sandbox:
         self._client: Optional[AgentClient] = None
         self._console: Optional[ConsoleLog] = None
         self._disk_lock: Optional[DiskLock] = None
+        self._nat: Optional[Nat] = None
+        self.network: Optional[NetworkState] = None  # None: no NIC
         self.runtime_dir: Optional[str] = None
         self.socket_path: Optional[str] = None
         self.console_log: Optional[str] = None
@@ -75,7 +80,7 @@ class Sandbox:
                hostname: Optional[str] = None, engine: str = "auto", kernel=None, initrd=None,
                rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
                boot_timeout: float = DEFAULT_BOOT_TIMEOUT, console_log=None,
-               extra_cmdline: str = "") -> "Sandbox":
+               extra_cmdline: str = "", network: Optional[Network] = DEFAULT_NETWORK) -> "Sandbox":
         """Boot a sandbox and wait until its agent is ready and configured.
 
         image_disk: EROFS or ext4 root file system, attached read-only.
@@ -83,8 +88,11 @@ class Sandbox:
         env, workdir, rlimits: defaults for every exec. kernel/initrd: override the
         project's guest kernel and agent initramfs. console_log: keep the guest console
         in this file (default: a file in the private runtime dir, removed on stop).
+        network: a vmm.net.network.Network (NAT through passt, published ports), or None
+        for no NIC at all; sb.network then says what the guest got.
         Raises BootFailed (with the console tail) if the guest is not ready within
-        boot_timeout seconds or ends before that.
+        boot_timeout seconds or ends before that; ConfigError for a published host port
+        in use, before anything boots.
         """
         image_disk = existing_disk(image_disk, "image disk")
         if writable_disk is not None:
@@ -95,20 +103,24 @@ class Sandbox:
         check_env(env)
         check_workdir(workdir)
         check_timeout("boot_timeout", boot_timeout)
+        if network is not None and not isinstance(network, Network):
+            raise ConfigError(f"network must be a vmm.net.Network or None, not {network!r}")
         # The instance's half of construction (the class's own method, not a reach inside).
         return cls(_private=True)._start(
             image_disk, writable_disk, console_log=console_log, kernel=kernel, initrd=initrd,
             cpus=cpus, memory_mib=memory_mib, engine=engine, hostname=hostname,
             extra_cmdline=extra_cmdline, boot_timeout=boot_timeout, env=env, workdir=workdir,
-            rlimits=rlimits)
+            rlimits=rlimits, network=network)
 
     def _start(self, image_disk: str, writable_disk: Optional[str], *, console_log, kernel,
                initrd, cpus, memory_mib, engine, hostname, extra_cmdline, boot_timeout, env,
-               workdir, rlimits) -> "Sandbox":
+               workdir, rlimits, network) -> "Sandbox":
         """The second half of create(), on checked arguments: set up, boot, wait for
         READY, configure; on any failure release everything and raise."""
         self._times["sandbox_create"] = time.monotonic_ns()
         self.hostname = hostname
+        if network is not None:  # host ports checked (and 0 picked) before anything starts
+            self.network = guest_state(network, reserve_ports(network.published()))
         try:
             self._setup(image_disk, writable_disk, console_log)
             self._boot(kernel=kernel, initrd=initrd, cpus=cpus, memory_mib=memory_mib,
@@ -143,13 +155,21 @@ class Sandbox:
         disks = [Disk(image_disk, read_only=True, serial="image")]
         if writable:
             disks.append(Disk(writable_disk, read_only=False, serial="data"))
+        nets = []
+        net_arg = ""
+        if self.network is not None:
+            self._nat = Nat(self.network)
+            nets.append(Net(backend="passt", fd=self._nat.fd))
+            net_arg = kernel_arg(self.network)
         self.machine = Machine(kernel, initrd=initrd,
                                cmdline=agent_cmdline(writable=writable, hostname=hostname,
-                                                     extra=extra_cmdline),
+                                                     net=net_arg, extra=extra_cmdline),
                                cpus=cpus, memory_mib=memory_mib, engine=engine,
                                console=self._console.write, disks=disks,
-                               vsock=Vsock(GUEST_CID, self.socket_path))
+                               vsock=Vsock(GUEST_CID, self.socket_path), nets=nets)
         self.machine.start()
+        if self._nat is not None:
+            self._nat.release_fd()  # the device holds its own copy now
 
     def _wait_ready(self, timeout: float) -> None:
         """Connect to the agent and take its READY, or raise BootFailed.
@@ -339,6 +359,8 @@ class Sandbox:
             self._client.close()
         if self.machine is not None:
             self.machine.stop()   # forced if still running; idempotent
+        if self._nat is not None:
+            self._nat.close()     # after the device let go of its end
         if self._console is not None:
             self._console.close()
         if self.runtime_dir is not None:

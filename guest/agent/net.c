@@ -1,0 +1,177 @@
+/*
+ * The sandbox's network, configured by PID 1 before READY: no DHCP client in the guest,
+ * because the host chose every value (vmm/net/network.py) and a DHCP exchange would only
+ * cost boot time. One kernel parameter carries it:
+ *
+ *   vmm.net=ADDR/PREFIX,GATEWAY,MTU,DNS,HOSTALIAS   e.g. 10.0.2.15/24,10.0.2.2,1500,10.0.2.3,0
+ *
+ * eth0 gets the address, netmask and MTU and goes up, with a default route via GATEWAY
+ * (all with ioctls: no tools in the image are assumed). /etc/resolv.conf and /etc/hosts are
+ * written after the switch into the overlay, so they land in its upper (writable) layer and
+ * never in the image. HOSTALIAS=1 adds host.microsandbox.internal for the gateway, which
+ * passt maps to the host's loopback.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+#define NET_IF "eth0"
+#define NET_WAIT_MS 2000 /* a virtio-net probed a little after init starts */
+
+struct net_conf {
+	struct in_addr addr, mask, gw, dns;
+	int prefix, mtu, host_alias;
+};
+
+static int parse_conf(const char *spec, struct net_conf *c)
+{
+	char s[256], *fields[5];
+	int n = 0;
+	if (strlen(spec) >= sizeof(s))
+		return -1;
+	strcpy(s, spec);
+	for (char *p = s, *tok; n < 5 && (tok = strsep(&p, ",")) != NULL;)
+		fields[n++] = tok;
+	if (n != 5)
+		return -1;
+	char *slash = strchr(fields[0], '/');
+	if (!slash)
+		return -1;
+	*slash = 0;
+	char *pend, *mend;
+	long prefix = strtol(slash + 1, &pend, 10), mtu = strtol(fields[2], &mend, 10);
+	if (prefix < 1 || prefix > 32 || *pend || mtu < 576 || mtu > 65535 || *mend)
+		return -1;
+	if (inet_pton(AF_INET, fields[0], &c->addr) != 1 || inet_pton(AF_INET, fields[1], &c->gw) != 1 ||
+	    inet_pton(AF_INET, fields[3], &c->dns) != 1)
+		return -1;
+	c->prefix = (int)prefix;
+	c->mtu = (int)mtu;
+	c->mask.s_addr = htonl(prefix == 32 ? 0xffffffffu : ~(0xffffffffu >> prefix));
+	c->host_alias = strcmp(fields[4], "1") == 0;
+	return 0;
+}
+
+static void set_sin(struct sockaddr *sa, struct in_addr a)
+{
+	struct sockaddr_in *sin = (struct sockaddr_in *)sa;
+	memset(sin, 0, sizeof(*sin));
+	sin->sin_family = AF_INET;
+	sin->sin_addr = a;
+}
+
+static int if_ioctl(int fd, unsigned long req, struct ifreq *ifr, const char *what)
+{
+	snprintf(ifr->ifr_name, sizeof(ifr->ifr_name), "%s", NET_IF);
+	if (ioctl(fd, req, ifr) == 0)
+		return 0;
+	log_msg("agent: network: %s on %s: %s", what, NET_IF, strerror(errno));
+	return -1;
+}
+
+static int wait_for_interface(void)
+{
+	/* Short polls: the interface is usually there already, and every ms here is boot
+	 * time (the issue allows a network 5% of boot-to-ready). */
+	for (int i = 0; i < NET_WAIT_MS; i++) {
+		if (if_nametoindex(NET_IF))
+			return 0;
+		nanosleep(&(struct timespec){0, 1000 * 1000}, NULL);
+	}
+	log_msg("agent: network: no %s after %d ms", NET_IF, NET_WAIT_MS);
+	return -1;
+}
+
+static int configure_interface(const struct net_conf *c)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	struct ifreq ifr = {0};
+	int rc = -1;
+	set_sin(&ifr.ifr_addr, c->addr);
+	if (if_ioctl(fd, SIOCSIFADDR, &ifr, "address") < 0)
+		goto out;
+	set_sin(&ifr.ifr_netmask, c->mask);
+	if (if_ioctl(fd, SIOCSIFNETMASK, &ifr, "netmask") < 0)
+		goto out;
+	ifr.ifr_mtu = c->mtu;
+	if (if_ioctl(fd, SIOCSIFMTU, &ifr, "mtu") < 0)
+		goto out;
+	if (if_ioctl(fd, SIOCGIFFLAGS, &ifr, "flags") < 0)
+		goto out;
+	ifr.ifr_flags |= IFF_UP;
+	if (if_ioctl(fd, SIOCSIFFLAGS, &ifr, "link up") < 0)
+		goto out;
+	/* The default route via the gateway (on-link: the interface route came with the
+	 * address and mask above). */
+	struct rtentry rt;
+	memset(&rt, 0, sizeof(rt));
+	set_sin(&rt.rt_dst, (struct in_addr){0});
+	set_sin(&rt.rt_genmask, (struct in_addr){0});
+	set_sin(&rt.rt_gateway, c->gw);
+	rt.rt_flags = RTF_UP | RTF_GATEWAY;
+	rt.rt_dev = (char *)NET_IF;
+	if (ioctl(fd, SIOCADDRT, &rt) < 0 && errno != EEXIST) {
+		log_msg("agent: network: default route via gateway: %s", strerror(errno));
+		goto out;
+	}
+	rc = 0;
+out:
+	close(fd);
+	return rc;
+}
+
+/* Replace path with text: unlink first, so a symlink the image ships (resolv.conf often
+ * is one) is replaced in the upper layer instead of followed. */
+static void write_file(const char *path, const char *text)
+{
+	unlink(path);
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	size_t len = strlen(text);
+	if (fd < 0 || write(fd, text, len) != (ssize_t)len)
+		log_msg("agent: network: writing %s: %s", path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+static void write_name_files(const struct net_conf *c, const char *hostname)
+{
+	char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN], d[INET_ADDRSTRLEN], text[1024];
+	inet_ntop(AF_INET, &c->addr, a, sizeof(a));
+	inet_ntop(AF_INET, &c->gw, g, sizeof(g));
+	inet_ntop(AF_INET, &c->dns, d, sizeof(d));
+	mkdir("/etc", 0755);
+	snprintf(text, sizeof(text), "nameserver %s\n", d);
+	write_file("/etc/resolv.conf", text);
+	int n = snprintf(text, sizeof(text), "127.0.0.1\tlocalhost\n::1\tlocalhost\n%s\t%s\n", a, hostname);
+	if (c->host_alias && n > 0 && (size_t)n < sizeof(text))
+		snprintf(text + n, sizeof(text) - (size_t)n, "%s\thost.microsandbox.internal\n", g);
+	write_file("/etc/hosts", text);
+}
+
+void net_setup(const char *spec, const char *hostname)
+{
+	struct net_conf c;
+	if (parse_conf(spec, &c) < 0) {
+		log_msg("agent: network: bad vmm.net=%s; no network", spec);
+		return;
+	}
+	if (wait_for_interface() == 0)
+		configure_interface(&c);
+	write_name_files(&c, hostname);
+}

@@ -1,0 +1,135 @@
+"""vmm.net.Network: what network a sandbox gets, and what it got (NetworkState).
+
+    Sandbox.create(image, network=Network(ports=["4324:4321"]))   # NAT through passt
+    Sandbox.create(image, network=None)                           # no NIC: only lo
+
+The guest is configured without DHCP: the host picks every value and passes it on the
+kernel command line (`vmm.net=`, parsed by guest/agent/net.c before READY). The values are
+fixed and sandbox-private rather than copied from the host (passt's default):
+
+- the guest's config is then the same on every host and every boot, so tests, docs and
+  a user's scripts can rely on it, and nothing about the host's own addresses leaks in;
+- passt is a socket-level NAT, so the guest's address never appears on the host's wire;
+  it only has to not clash with what the guest itself wants to reach. 10.0.2.0/24 is the
+  range QEMU's user networking made familiar for exactly this role;
+- the gateway (10.0.2.2) is passt's own: traffic to it reaches the host's loopback
+  (passt's gateway mapping), which is what scope "host" and host.microsandbox.internal
+  name. DNS goes to 10.0.2.3, which passt forwards to the host's resolver
+  (--dns-forward), unless `dns=` names a server the guest asks directly;
+- MTU 1500: our virtio-net device offers neither mergeable nor big receive buffers, so a
+  guest's receive buffers hold one 1500-byte frame.
+
+IPv4 only for now (passt runs with --ipv4-only). `scope` and `rules` are stored as given;
+the policy layer validates and enforces them.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from ..errors import ConfigError
+from .ports import PublishedPort, parse_ports, passt_args
+
+GUEST_ADDRESS = "10.0.2.15"
+GUEST_PREFIX = 24
+GATEWAY = "10.0.2.2"
+DNS_FORWARD = "10.0.2.3"
+MTU = 1500
+HOST_ALIAS = "host.microsandbox.internal"
+
+
+@dataclass(frozen=True)
+class Network:
+    """A sandbox's network: NAT through passt, scope, ordered rules, published ports
+    (`[bind:]host:guest[/tcp|/udp]`) and an optional DNS server for the guest."""
+    scope: str = "public"
+    ports: Tuple[str, ...] = ()
+    rules: Tuple[str, ...] = ()
+    dns: Optional[str] = None
+
+    def __post_init__(self):
+        for name in ("ports", "rules"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ConfigError(f"Network {name} must be a list of strings, not one string")
+            object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.scope, str):
+            raise ConfigError(f"Network scope must be a string, not {self.scope!r}")
+        parse_ports(self.ports)   # a bad spec fails here, when the config is made
+        if self.dns is not None:
+            try:
+                object.__setattr__(self, "dns", str(ipaddress.IPv4Address(self.dns)))
+            except ValueError:
+                raise ConfigError(f"Network dns {self.dns!r} is not an IPv4 address") from None
+
+    def published(self) -> List[PublishedPort]:
+        return parse_ports(self.ports)
+
+
+@dataclass(frozen=True)
+class NetworkState:
+    """What a running sandbox's network is: `sb.network`."""
+    address: str                # "10.0.2.15/24"
+    gateway: str
+    dns: str
+    mtu: int
+    ports: Tuple[PublishedPort, ...] = field(default_factory=tuple)
+    scope: str = "public"
+    rules: Tuple[str, ...] = ()
+
+    @property
+    def published(self) -> List[str]:
+        """The published ports as `127.0.0.1:4324->4321/tcp`."""
+        return [str(p) for p in self.ports]
+
+
+def guest_state(network: Network, ports: List[PublishedPort]) -> NetworkState:
+    """The guest configuration for `network`, with its host ports already reserved."""
+    return NetworkState(f"{GUEST_ADDRESS}/{GUEST_PREFIX}", GATEWAY,
+                        network.dns or DNS_FORWARD, MTU, tuple(ports), network.scope,
+                        network.rules)
+
+
+def kernel_arg(state: NetworkState) -> str:
+    """`vmm.net=ADDR/PREFIX,GATEWAY,MTU,DNS,HOSTALIAS` for the agent (guest/agent/net.c)."""
+    alias = 1 if state.scope in ("host", "all") else 0
+    return f"vmm.net={state.address},{state.gateway},{state.mtu},{state.dns},{alias}"
+
+
+def passt_options(state: NetworkState) -> List[str]:
+    """passt's options for this guest: the fixed addresses above, DNS forwarding, the
+    published ports."""
+    return ["--ipv4-only", "--address", GUEST_ADDRESS, "--netmask", str(GUEST_PREFIX),
+            "--gateway", GATEWAY, "--mtu", str(MTU), "--dns-forward", DNS_FORWARD,
+            *passt_args(state.ports)]
+
+
+class Nat:
+    """The host end of a sandbox's NIC: passt, started with this guest's options on one
+    end of a socketpair. `fd` goes to the virtio-net device (Net(fd=...), which takes a
+    duplicate); close() ends passt and is safe to repeat."""
+
+    def __init__(self, state: NetworkState):
+        from ..engines.net_backend import start_passt  # subprocess: only sandboxes with a NIC
+        self.fd, self._proc = start_passt(passt_options(state))
+
+    def release_fd(self) -> None:
+        """Our copy of the socket, once the device holds its own."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def close(self) -> None:
+        self.release_fd()
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+            self._proc = None
