@@ -288,6 +288,9 @@ int vmm_net_policy_check(struct vmm_net_policy *p, const uint8_t *frame, size_t 
 void vmm_net_policy_stats(struct vmm_net_policy *p, struct vmm_net_policy_stats *out);
 /* Copies min(n, nrules) per-rule hit counters into hits; returns nrules. */
 size_t vmm_net_policy_hits(struct vmm_net_policy *p, uint64_t *hits, size_t n);
+/* The virtio-net device checks every frame the guest sends against `policy` (NULL: none)
+ * from now on. The caller keeps the policy alive until the device is freed. */
+int vmm_net_set_policy(struct vmm_vdev *dev, struct vmm_net_policy *policy, char *err, size_t errlen);
 /* cffi-end */
 
 #endif

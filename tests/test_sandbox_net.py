@@ -125,6 +125,34 @@ def test_guest_reaches_host_loopback_through_the_gateway(sb):
         srv.server_close()
 
 
+def test_public_scope_refuses_the_host_at_once_and_counts_it(kernel_path, image):
+    """Scope public (the default) keeps the guest off the host's own services: our
+    virtio-net device drops the SYN to the gateway and answers it with an RST, so the
+    connect fails at once instead of timing out; the deny rule counts the hit."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    try:
+        with vmm.Sandbox.create(image, engine=ENGINE, boot_timeout=BOOT_TIMEOUT,
+                                network=Network(rules=["deny@203.0.113.0/24:tcp:443"])) as s:
+            t0 = time.monotonic()
+            r = s.exec(["sh", "-c", f"echo x | nc -w 20 {GATEWAY} {port}; echo rc=$?"], timeout=T)
+            elapsed = time.monotonic() - t0
+            assert b"rc=1" in r.stdout, r
+            assert elapsed < 10, f"a refused connect took {elapsed:.1f} s (no RST?)"
+            srv.settimeout(0.5)
+            with pytest.raises(socket.timeout):
+                srv.accept()   # nothing reached the host
+            stats = s.network.stats()
+            assert stats["resets"] >= 1 and stats["denied"] >= 1, stats
+            hits = {row["rule"]: row["hits"] for row in stats["rules"]}
+            assert hits["deny@203.0.113.0/24:tcp:443"] == 0
+            assert any(h > 0 and GATEWAY in rule for rule, h in hits.items()), hits
+    finally:
+        srv.close()
+
+
 def test_no_network_means_only_lo(kernel_path, image):
     with vmm.Sandbox.create(image, engine=ENGINE, boot_timeout=BOOT_TIMEOUT, network=None) as s:
         assert s.network is None

@@ -60,6 +60,9 @@ class Net:
     socket_path: Optional[str] = None
     tap: Optional[str] = None
     fd: Optional[int] = None
+    # An egress policy (vmm.net.policy.Policy) the device enforces on every frame the
+    # guest sends; None lets everything through.
+    policy: Optional[object] = None
 
     def __post_init__(self):
         if self.backend not in NET_BACKENDS:

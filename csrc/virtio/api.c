@@ -36,6 +36,16 @@ struct vmm_vdev *vmm_net_new(int backend_fd, int kind, const uint8_t *mac, char 
     return (struct vmm_vdev *)net_new(backend_fd, kind, mac, err, errlen);
 }
 
+int vmm_net_set_policy(struct vmm_vdev *dev, struct vmm_net_policy *policy, char *err, size_t errlen)
+{
+    if (DEV(dev)->device_id != VIRTIO_ID_NET) {
+        copy_err(err, errlen, "an egress policy applies to a virtio-net device only");
+        return -1;
+    }
+    net_set_policy(DEV(dev), policy);
+    return 0;
+}
+
 void vmm_vdev_free(struct vmm_vdev *dev) { vdev_free(DEV(dev)); }
 
 const char *vmm_vdev_name(struct vmm_vdev *dev) { return DEV(dev)->name; }

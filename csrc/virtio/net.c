@@ -23,6 +23,7 @@
 
 #include "device.h"
 #include "devices.h"
+#include "net_policy.h"
 
 #define VIRTIO_NET_F_MAC 5
 #define VIRTIO_NET_F_STATUS 16
@@ -34,6 +35,9 @@
 #define NET_HDR_LEN 12
 #define MAX_FRAME 65550u /* 64 KiB payload plus Ethernet header, with some slack */
 #define RBUF_SIZE (256u * 1024) /* backend input, read in large chunks and split into frames */
+/* Policy replies (RSTs for denied TCP) waiting for a guest rx buffer. A few suffice: a lost
+ * one only means the guest's retransmitted SYN is refused again. */
+#define REPLY_SLOTS 8
 
 struct net {
     struct vdev d;
@@ -53,6 +57,12 @@ struct net {
     uint32_t frame_len;
     uint8_t *txbuf;        /* 4-byte length + frame, for the stream backend */
     struct iovec *scratch;
+    /* Egress policy (vmm_net_set_policy; not owned): every guest frame is checked before
+     * it reaches the backend. Denied TCP gets an RST back, queued in replies[]. */
+    struct vmm_net_policy *policy;
+    uint8_t replies[REPLY_SLOTS][NET_POLICY_REPLY_MAX];
+    uint16_t reply_len[REPLY_SLOTS];
+    unsigned reply_head, reply_count;
 };
 
 /* The backend events we wait for: input while we can take a frame, output while a frame
@@ -111,6 +121,48 @@ static bool deliver(struct net *n)
     return true;
 }
 
+/* A policy reply for the guest; the oldest is overwritten when all slots wait. */
+static void queue_reply(struct net *n, const uint8_t *frame, size_t len)
+{
+    if (len > NET_POLICY_REPLY_MAX)
+        return;
+    unsigned slot = (n->reply_head + n->reply_count) % REPLY_SLOTS;
+    if (n->reply_count == REPLY_SLOTS)
+        n->reply_head = (n->reply_head + 1) % REPLY_SLOTS;
+    else
+        n->reply_count++;
+    memcpy(n->replies[slot], frame, len);
+    n->reply_len[slot] = (uint16_t)len;
+}
+
+/* Hands waiting policy replies to the guest while it has rx buffers; lock held. */
+static void deliver_replies(struct net *n)
+{
+    struct vq *q = &n->d.vq[Q_RX];
+    while (n->reply_count && q->ready && !q->broken) {
+        struct vq_req r;
+        int rc = vq_pop(q, &r);
+        if (rc < 0)
+            vdev_note_broken(&n->d, Q_RX);
+        if (rc != 1)
+            return;
+        unsigned slot = n->reply_head;
+        uint32_t len = n->reply_len[slot];
+        n->reply_head = (n->reply_head + 1) % REPLY_SLOTS;
+        n->reply_count--;
+        if (r.wlen < NET_HDR_LEN + (uint64_t)len) {
+            vq_push(q, r.head, 0);
+            continue;
+        }
+        uint8_t hdr[NET_HDR_LEN] = { 0 };
+        hdr[10] = 1; /* num_buffers */
+        buf_to_iov(r.wr, r.nw, 0, hdr, sizeof(hdr));
+        buf_to_iov(r.wr, r.nw, NET_HDR_LEN, n->replies[slot], len);
+        vq_push(q, r.head, NET_HDR_LEN + len);
+        counter_add(n->d.c.frames_in, 1);
+    }
+}
+
 /* Next whole frame from the stream: parsed from what was read already, else read more
  * (non-blocking). 1: n->frame is set; 0: need more input; -1: backend gone or bad length. */
 static int next_stream_frame(struct net *n)
@@ -162,6 +214,7 @@ static int next_tap_frame(struct net *n)
 static void pump_rx(struct net *n)
 {
     struct vq *q = &n->d.vq[Q_RX];
+    deliver_replies(n);
     while (!n->dead && q->ready && !q->broken) {
         if (!n->frame_ready) {
             int rc = n->kind == NET_BACKEND_TAP ? next_tap_frame(n) : next_stream_frame(n);
@@ -260,13 +313,28 @@ static void send_frame(struct net *n, const struct vq_req *r)
     }
     uint32_t len = (uint32_t)(r->rlen - NET_HDR_LEN);
     int rc;
-    if (n->kind == NET_BACKEND_TAP) {
+    if (n->policy) {
+        /* The policy needs the frame whole (it checks IP lengths against it). */
+        iov_to_buf(r->rd, r->nr, NET_HDR_LEN, n->txbuf + 4, len);
+        uint8_t reply[NET_POLICY_REPLY_MAX];
+        size_t reply_len = sizeof(reply);
+        if (vmm_net_policy_check(n->policy, n->txbuf + 4, len, reply, &reply_len) != VMM_NET_PASS) {
+            counter_add(n->d.c.rejected, 1);
+            if (reply_len)
+                queue_reply(n, reply, reply_len);
+            return;
+        }
+    }
+    if (n->kind == NET_BACKEND_TAP && n->policy) {
+        rc = write(n->fd, n->txbuf + 4, len) == (ssize_t)len ? 0 : -1; /* copied above */
+    } else if (n->kind == NET_BACKEND_TAP) {
         int cnt = iov_slice(r->rd, r->nr, NET_HDR_LEN, len, n->scratch);
         rc = cnt <= IOV_MAX && writev(n->fd, n->scratch, cnt) == (ssize_t)len ? 0 : -1; /* a full tap drops, like a wire */
     } else {
         uint8_t be[4] = { (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len };
         memcpy(n->txbuf, be, 4);
-        iov_to_buf(r->rd, r->nr, NET_HDR_LEN, n->txbuf + 4, len);
+        if (!n->policy)
+            iov_to_buf(r->rd, r->nr, NET_HDR_LEN, n->txbuf + 4, len);
         n->tx_off = 0;
         n->tx_len = 4 + len;
         rc = flush_stream_tx(n);
@@ -301,6 +369,10 @@ static void process_tx(struct net *n)
             break;
     }
     vdev_signal(&n->d, Q_TX);
+    if (n->reply_count) {
+        deliver_replies(n);
+        vdev_signal(&n->d, Q_RX);
+    }
 }
 
 static void net_notify(struct vdev *d, int qi)
@@ -315,8 +387,17 @@ static void net_notify(struct vdev *d, int qi)
 static void net_reset(struct vdev *d)
 {
     /* A held frame is dropped; bytes of a stream frame not yet complete stay, to keep the
-     * framing. */
+     * framing. Waiting policy replies go too. */
     ((struct net *)d)->frame_ready = false;
+    ((struct net *)d)->reply_count = 0;
+}
+
+void net_set_policy(struct vdev *d, struct vmm_net_policy *policy)
+{
+    struct net *n = (struct net *)d;
+    pthread_mutex_lock(&d->lock);
+    n->policy = policy;
+    pthread_mutex_unlock(&d->lock);
 }
 
 static void net_destroy(struct vdev *d)

@@ -59,7 +59,16 @@ def _open_net(net: Net) -> "Device":
             proc.kill()
             proc.wait()
         raise
-    return Device(p, "net", helper=proc)
+    dev = Device(p, "net", helper=proc)
+    if net.policy is not None:
+        from ..net.policy import PolicyEngine
+        try:
+            dev.policy = PolicyEngine(net.policy)   # freed after the device (close())
+            _binding.check(_binding.lib.vmm_net_set_policy, p, dev.policy.handle)
+        except BaseException:
+            dev.close()
+            raise
+    return dev
 
 
 class Device:
@@ -70,6 +79,7 @@ class Device:
         self.kind = kind
         self._servers = 0
         self._helper = helper  # a backend process we started (passt), ended on close
+        self.policy = None     # net: the PolicyEngine the C device checks frames against
 
     @property
     def ptr(self):
@@ -87,7 +97,10 @@ class Device:
     def counters(self) -> dict:
         c = _binding.ffi.new("struct vmm_vdev_counters *")
         _binding.lib.vmm_vdev_counters(self.ptr, c)
-        return {k: getattr(c, k) for k in COUNTERS}
+        out = {k: getattr(c, k) for k in COUNTERS}
+        if self.policy is not None:
+            out["policy"] = self.policy.stats()   # verdict counts and per-rule hits
+        return out
 
     @property
     def broken(self) -> Optional[str]:
@@ -113,6 +126,7 @@ class Device:
             raise VmmError(f"virtio-{self.kind} device still has a running vhost-user server")
         _binding.lib.vmm_vdev_free(self._p)
         self._p = None
+        self.policy = None  # the C device that used it is gone
         if self._helper is not None:
             self._helper.terminate()
             try:

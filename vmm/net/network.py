@@ -19,8 +19,9 @@ fixed and sandbox-private rather than copied from the host (passt's default):
 - MTU 1500: our virtio-net device offers neither mergeable nor big receive buffers, so a
   guest's receive buffers hold one 1500-byte frame.
 
-IPv4 only for now (passt runs with --ipv4-only). `scope` and `rules` are stored as given;
-the policy layer validates and enforces them.
+IPv4 only for now (passt runs with --ipv4-only). `scope` and `rules` are checked when the
+Network is made (vmm/net/policy.py) and enforced by our virtio-net device on every frame
+the guest sends (csrc/virtio/net_policy.c); scope "none" means no NIC, like network=None.
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ import ipaddress
 import os
 import subprocess
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from ..errors import ConfigError
+from .policy import Policy
 from .ports import PublishedPort, parse_ports, passt_args
 
 GUEST_ADDRESS = "10.0.2.15"
@@ -64,9 +66,20 @@ class Network:
                 object.__setattr__(self, "dns", str(ipaddress.IPv4Address(self.dns)))
             except ValueError:
                 raise ConfigError(f"Network dns {self.dns!r} is not an IPv4 address") from None
+        self.policy()             # so does a bad scope or rule
 
     def published(self) -> List[PublishedPort]:
         return parse_ports(self.ports)
+
+    def policy(self) -> Policy:
+        """The egress policy: this scope and rules, the gateway as the host's address, DNS
+        allowed to the guest's resolver."""
+        return Policy.parse(self.scope, self.rules, gateways=[GATEWAY],
+                            dns=[self.dns or DNS_FORWARD])
+
+    @property
+    def has_nic(self) -> bool:
+        return self.scope != "none"
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,13 @@ class NetworkState:
     ports: Tuple[PublishedPort, ...] = field(default_factory=tuple)
     scope: str = "public"
     rules: Tuple[str, ...] = ()
+    # Where stats() reads the live counters (the sandbox sets it when its VM starts).
+    counters: Optional[Callable[[], dict]] = field(default=None, compare=False, repr=False)
+
+    def stats(self) -> dict:
+        """The egress policy's counters: passed, denied, malformed, resets, and each rule
+        with its hits ({"rules": [{"rule", "source", "hits"}, ...]}); {} before boot."""
+        return self.counters() if self.counters is not None else {}
 
     @property
     def published(self) -> List[str]:

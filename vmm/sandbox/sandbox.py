@@ -33,6 +33,7 @@ from ..devices import Disk, Net, Vsock
 from ..errors import ConfigError
 from ..machine import ExitStatus, Machine
 from ..net.network import Nat, Network, NetworkState, guest_state, kernel_arg
+from ..net.policy import Policy
 from ..net.ports import reserve_ports
 from .agent_cmdline import agent_cmdline
 from .checks import check_env, check_hostname, check_timeout, check_workdir, existing_disk
@@ -119,6 +120,8 @@ class Sandbox:
         READY, configure; on any failure release everything and raise."""
         self._times["sandbox_create"] = time.monotonic_ns()
         self.hostname = hostname
+        if network is not None and not network.has_nic:
+            network = None  # scope "none": no NIC, as network=None
         if network is not None:  # host ports checked (and 0 picked) before anything starts
             self.network = guest_state(network, reserve_ports(network.published()))
         try:
@@ -159,7 +162,9 @@ class Sandbox:
         net_arg = ""
         if self.network is not None:
             self._nat = Nat(self.network)
-            nets.append(Net(backend="passt", fd=self._nat.fd))
+            policy = Policy.parse(self.network.scope, self.network.rules,
+                                  gateways=[self.network.gateway], dns=[self.network.dns])
+            nets.append(Net(backend="passt", fd=self._nat.fd, policy=policy))
             net_arg = kernel_arg(self.network)
         self.machine = Machine(kernel, initrd=initrd,
                                cmdline=agent_cmdline(writable=writable, hostname=hostname,
@@ -170,6 +175,9 @@ class Sandbox:
         self.machine.start()
         if self._nat is not None:
             self._nat.release_fd()  # the device holds its own copy now
+            machine = self.machine
+            object.__setattr__(self.network, "counters", lambda: next(
+                (d.get("policy", {}) for d in machine.device_stats if d["kind"] == "net"), {}))
 
     def _wait_ready(self, timeout: float) -> None:
         """Connect to the agent and take its READY, or raise BootFailed.
