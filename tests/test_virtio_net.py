@@ -226,3 +226,30 @@ def test_slow_peer_applies_backpressure_without_blocking(stream_net):
     while g.tx.used_idx() != g.tx.avail_idx and time.monotonic() < deadline:
         time.sleep(0.01)
     assert g.tx.used_idx() == g.tx.avail_idx
+
+
+def test_passt_send_buffer_can_be_chosen(monkeypatch):
+    """VMM_PASST_SNDBUF: the send buffer of passt's socket, for tests and benchmarks of a
+    host without CAP_NET_ADMIN (bytes, or "default" for the kernel's own)."""
+    from vmm.engines import net_backend as nb
+    from vmm.errors import ConfigError
+    monkeypatch.delenv(nb.SNDBUF_ENV, raising=False)
+    assert nb.passt_sndbuf() == nb.PASST_SNDBUF
+    monkeypatch.setenv(nb.SNDBUF_ENV, "default")
+    assert nb.passt_sndbuf() is None
+    monkeypatch.setenv(nb.SNDBUF_ENV, "106496")
+    assert nb.passt_sndbuf() == 106496
+    for bad in ("0", "-5", "lots"):
+        monkeypatch.setenv(nb.SNDBUF_ENV, bad)
+        with pytest.raises(ConfigError, match=nb.SNDBUF_ENV):
+            nb.passt_sndbuf()
+    plain = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, theirs = nb.passt_socketpair(None)
+    small_ours, small = nb.passt_socketpair(106496)
+    try:
+        default = plain[1].getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        assert theirs.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == default
+        assert small.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 106496  # doubled
+    finally:
+        for s in (*plain, ours, theirs, small_ours, small):
+            s.close()
