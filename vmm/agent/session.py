@@ -15,14 +15,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, BinaryIO, Iterator, Optional, Tuple, Union
+from typing import BinaryIO, Iterator, Optional, Protocol, Tuple, Union
 
 from . import protocol as P
 from .errors import Timeout
 from .protocol import G, T
-
-if TYPE_CHECKING:
-    from .connection import Connection
 
 # The message type a session receives (with an empty payload) when the connection ends;
 # never a real type on the wire, where types are unsigned.
@@ -41,10 +38,21 @@ def chunks(data: Union[bytes, BinaryIO]) -> Iterator[bytes]:
         yield chunk
 
 
+class Carrier(Protocol):
+    """What a session needs of its connection (connection.Connection is one): the session
+    layer sits below the connection and does not import it."""
+
+    def send(self, sid: int, type_: int, payload: bytes) -> None: ...
+
+    def send_quiet(self, sid: int, type_: int, payload: bytes) -> None: ...
+
+    def release(self, session: "Session") -> None: ...
+
+
 class Session:
     """One session's inbound queue and its outbound credit (bytes we may still send)."""
 
-    def __init__(self, conn: "Connection", sid: int):
+    def __init__(self, conn: Carrier, sid: int):
         self._conn = conn
         self.id = sid
         self._events: "queue.SimpleQueue[Tuple[int, bytes]]" = queue.SimpleQueue()
