@@ -24,15 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.qemu,
 BOOT_TIMEOUT = 120
 
 
-@pytest.fixture(scope="module")
-def kernel_path():
-    from vmm.guest import kernel
-    try:
-        return kernel.guest_kernel(build=False)
-    except Exception as e:  # building the kernel is the kernel helper's/test's job
-        pytest.skip(f"guest kernel not built: {e}")
-
-
 def make_rootfs(root: Path) -> None:
     (root / "bin").mkdir(parents=True)
     shutil.copy("/bin/busybox", root / "bin" / "busybox")

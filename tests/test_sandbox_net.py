@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from support.sandbox_image import build_busybox_image, have_busybox  # noqa: E402
+from support.sandbox_image import have_busybox  # noqa: E402
 from support.test_engine import ENGINE, engine_marks  # noqa: E402
 
 import vmm  # noqa: E402
@@ -30,20 +30,6 @@ pytestmark = [pytest.mark.slow, *engine_marks(),
 
 BOOT_TIMEOUT = 60
 T = 30
-
-
-@pytest.fixture(scope="session")
-def kernel_path():
-    from vmm.guest import kernel
-    try:
-        return kernel.guest_kernel(build=False)
-    except Exception as e:
-        pytest.skip(f"guest kernel not built: {e}")
-
-
-@pytest.fixture(scope="session")
-def image(tmp_path_factory):
-    return build_busybox_image(tmp_path_factory.getbasetemp() / "sandbox-net-image")
 
 
 def sha256(path) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support.sandbox_image import MARKER, build_busybox_image, have_busybox  # noqa: E402
+from support.sandbox_image import MARKER, have_busybox  # noqa: E402
 from support.test_engine import ENGINE, engine_marks  # noqa: E402
 
 import vmm  # noqa: E402
@@ -48,20 +48,6 @@ def private_runtime_base():
         assert runtime_base() == base
         yield base
     shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def kernel_path():
-    from vmm.guest import kernel
-    try:
-        return kernel.guest_kernel(build=False)
-    except Exception as e:
-        pytest.skip(f"guest kernel not built: {e}")
-
-
-@pytest.fixture(scope="session")
-def image(tmp_path_factory):
-    return build_busybox_image(tmp_path_factory.getbasetemp() / "sandbox-image")
 
 
 @pytest.fixture(scope="module")
