@@ -6,6 +6,14 @@ import subprocess
 import sys
 
 FUZZ_SECONDS = float(os.environ.get("VMM_FUZZ_SECONDS", "5"))
+
+
+def _seed(name: str) -> int:
+    """$VMM_FUZZ_SEED replays a run exactly (its failure message names the seed); else a
+    fresh one, printed so a passing run can be replayed too."""
+    seed = int(os.environ.get("VMM_FUZZ_SEED") or int.from_bytes(os.urandom(4), "little"))
+    print(f"{name}: seed {seed} (replay with VMM_FUZZ_SEED={seed})")
+    return seed
 TESTS = os.path.dirname(os.path.abspath(__file__))
 # The runners import `support.*` (tests/) and `vmm` (the checkout above it, or PYTHONPATH).
 env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -15,10 +23,10 @@ env = dict(os.environ, PYTHONPATH=os.pathsep.join(
 def test_queue_walker_fuzz(tmp_path):
     disk = tmp_path / "fuzz.img"
     disk.write_bytes(bytes(64 * 512))
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = _seed("queue walker fuzz")
     r = subprocess.run([sys.executable, "-m", "support.fuzz_queue", str(FUZZ_SECONDS), str(seed), str(disk)],
                        capture_output=True, text=True, timeout=FUZZ_SECONDS + 60, env=env)
-    assert r.returncode == 0, f"fuzz seed {seed} failed (rc {r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, f"fuzz seed {seed} failed (replay: VMM_FUZZ_SEED={seed}) (rc {r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
     print(r.stdout)
     # The run did real work: requests served, bad chains rejected, broken queues reset.
     stats = dict(kv.split("=") for kv in r.stdout.split())
@@ -26,10 +34,10 @@ def test_queue_walker_fuzz(tmp_path):
 
 
 def test_vsock_packet_fuzz(tmp_path):
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = _seed("vsock packet fuzz")
     secs = min(FUZZ_SECONDS, 3.0)
     r = subprocess.run([sys.executable, "-m", "support.fuzz_vsock", str(secs), str(seed), str(tmp_path)],
                        capture_output=True, text=True, timeout=secs + 60, env=env)
-    assert r.returncode == 0, f"vsock fuzz seed {seed} failed (rc {r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, f"vsock fuzz seed {seed} failed (replay: VMM_FUZZ_SEED={seed}) (rc {r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
     stats = dict(kv.split("=") for kv in r.stdout.split())
     assert int(stats["packets"]) > 100
