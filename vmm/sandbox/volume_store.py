@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 from typing import List, Optional, Union
 
@@ -94,7 +95,7 @@ class VolumeStore:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         if os.path.exists(path):
             raise VolumeExists(f"volume {name!r} already exists")
-        tmp = os.path.join(self.root, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        tmp = os.path.join(self.root, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         format_writable_disk(tmp, nbytes)
         try:
             os.link(tmp, path)  # fails if a concurrent create won
