@@ -183,6 +183,11 @@ static int open_mount_point(const char *path, char *what, size_t whatlen)
 			next = openat(dir, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		}
 		int e = errno;
+		struct stat st;
+		/* O_DIRECTORY wins over O_NOFOLLOW: a symlink fails with ENOTDIR, not ELOOP. */
+		if (next < 0 && e == ENOTDIR && fstatat(dir, comp, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    S_ISLNK(st.st_mode))
+			e = ELOOP;
 		close(dir);
 		if (next < 0) {
 			errno = e;
