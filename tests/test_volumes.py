@@ -142,6 +142,8 @@ def test_check_mounts_refusals(disks, tmp_path):
         check_mounts(VolumeMount(disks[0], "/d"))
     with pytest.raises(ConfigError, match="VolumeMount"):
         check_mounts(["data:/data"])
+    with pytest.raises(ConfigError, match="33 volumes: a sandbox mounts at most 32"):
+        check_mounts([VolumeMount(disks[0], f"/v{i}") for i in range(33)])
 
 
 def test_rw_lock_excludes_everyone_ro_locks_share(disks):

@@ -30,6 +30,7 @@ MAX_GUEST_PATH = 240  # bytes; with %-escapes the command line still fits (agent
 # The agent's own mounts: a volume over one of them would hide what the sandbox needs.
 RESERVED_PATHS = ("/proc", "/sys", "/dev")
 HOST_PREFIXES = ("/", "./", "../")
+MAX_VOLUMES = 32  # the agent's table (guest/agent/volumes.c); the kvm engine allows fewer
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -131,6 +132,8 @@ def check_mounts(volumes, *other_disks: Optional[str]) -> Tuple[VolumeMount, ...
     if isinstance(volumes, (str, bytes, VolumeMount)):
         raise ConfigError("volumes must be a list of VolumeMount")
     mounts = list(volumes)
+    if len(mounts) > MAX_VOLUMES:
+        raise ConfigError(f"{len(mounts)} volumes: a sandbox mounts at most {MAX_VOLUMES}")
     seen_paths, seen_disks = {}, {}
     others = {os.path.realpath(d) for d in other_disks if d is not None}
     for m in mounts:
