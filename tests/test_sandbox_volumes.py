@@ -71,7 +71,8 @@ def fs_state(path):
                 if line.startswith("Filesystem state:"))
 
 
-def test_volume_is_mounted_before_the_first_exec_and_outlives_the_sandbox(kernel_path, image, store):
+def test_volume_is_mounted_before_the_first_exec_and_outlives_the_sandbox(kernel_path, image,
+                                                                          store):
     store.create("data", "64M")
     with boot(image, [store.mount("data", "/data")]) as sb:
         # The very first request: the agent mounted it before READY.
@@ -135,8 +136,8 @@ def test_a_volume_attached_read_write_is_not_shared(kernel_path, image, store):
     store.create("shared", "32M")
     with boot(image, [store.mount("shared", "/s")]) as sb:
         for ro in (False, True):
-            with pytest.raises(ConfigError,
-                               match="volume 'shared' cannot be attached .* in use by another sandbox"):
+            with pytest.raises(ConfigError, match="volume 'shared' cannot be attached .* "
+                                                  "in use by another sandbox"):
                 boot(image, [store.mount("shared", "/s", read_only=ro)])
         with pytest.raises(Exception, match="in use"):
             store.remove("shared")
@@ -194,3 +195,26 @@ def test_a_disk_that_is_not_ext4_is_a_boot_failure_naming_the_volume(kernel_path
         boot(image, [VolumeMount(str(junk), "/junk")])
     assert e.value.reason.startswith(f"volume {junk} at /junk could not be mounted: "
                                      "mounting it on /junk: "), e.value.reason
+
+
+def test_after_a_crash_a_read_only_mount_skips_the_journal(kernel_path, image, store):
+    store.create("crashy", "32M")
+    sb = boot(image, [store.mount("crashy", "/c")])
+    try:
+        sb.exec(["sh", "-c", "echo synced > /c/f && sync"], timeout=T)
+        sb.machine.stop()  # forced, as a killed supervisor would leave it: no unmount
+    finally:
+        sb.stop()
+    assert fs_state(store.disk_path("crashy")) == "clean"  # ext4: clean, but ...
+    out = subprocess.run(["dumpe2fs", "-h", store.disk_path("crashy")], capture_output=True,
+                         text=True).stdout
+    assert "needs_recovery" in out  # ... its journal was never closed
+    # A read-only device cannot replay it: the agent mounts without it (what was synced).
+    with boot(image, [store.mount("crashy", "/c", read_only=True)]) as sb:
+        assert sb.fs.read("/c/f") == b"synced\n"
+        assert "needs journal recovery" in sb.console
+    # Read-write, the journal is replayed as usual.
+    with boot(image, [store.mount("crashy", "/c")]) as sb:
+        assert sb.fs.read("/c/f") == b"synced\n"
+    assert "needs_recovery" not in subprocess.run(
+        ["dumpe2fs", "-h", store.disk_path("crashy")], capture_output=True, text=True).stdout

@@ -96,7 +96,8 @@ def test_volume_arg_goes_on_the_command_line():
 def test_volume_arg_budget_is_a_clear_error():
     many = [(volume_serial(i), "/" + ",".join("x" * 20 for _ in range(6)) + str(i), False)
             for i in range(8)]
-    with pytest.raises(ConfigError, match=rf"8 volume mounts need \d+ bytes .* {VOLUME_ARG_BUDGET}"):
+    with pytest.raises(ConfigError,
+                       match=rf"8 volume mounts need \d+ bytes .* {VOLUME_ARG_BUDGET}"):
         volume_arg(many)
 
 
@@ -152,7 +153,8 @@ def test_rw_lock_excludes_everyone_ro_locks_share(disks):
     first = lock_mounts([rw])
     assert lock_state(disks[0]) == "rw"
     for other in (rw, ro):
-        with pytest.raises(ConfigError, match="volume 'a' cannot be attached .* in use by another sandbox"):
+        with pytest.raises(ConfigError,
+                           match="volume 'a' cannot be attached .* in use by another sandbox"):
             lock_mounts([other])
     first[0].release()
     readers = [lock_mounts([ro]), lock_mounts([ro])]  # ro shares
@@ -183,7 +185,8 @@ def test_sandbox_create_refuses_a_volume_in_use_before_booting(disks, tmp_path):
     finally:
         held[0].release()
     with pytest.raises(ConfigError, match="both mounted"):
-        vmm.Sandbox.create(image, volumes=[VolumeMount(disks[0], "/d"), VolumeMount(disks[1], "/d")])
+        vmm.Sandbox.create(image, volumes=[VolumeMount(disks[0], "/d"),
+                                           VolumeMount(disks[1], "/d")])
 
 
 def test_mount_failure_names_the_volume(disks):

@@ -225,7 +225,8 @@ static int mount_volume(struct volume *v)
 	if (rc < 0 && v->read_only && errno == EROFS) {
 		/* A read-only disk whose journal needs replaying (its last writer crashed) can
 		 * only be mounted without the journal: what was committed before the crash. */
-		log_msg("agent: volume %s needs journal recovery; mounting it read-only without", v->serial);
+		log_msg("agent: volume %s needs journal recovery; mounting it read-only "
+			"without replaying the journal", v->serial);
 		rc = mount(dev, target, "ext4", flags, "noload");
 	}
 	int e = errno;

@@ -168,7 +168,8 @@ class VolumeStore:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise VolumeInUse(f"volume {name!r} is in use by a sandbox; stop it first") from None
+                raise VolumeInUse(f"volume {name!r} is in use by a sandbox; "
+                                  "stop it first") from None
             os.unlink(path)
         finally:
             os.close(fd)

@@ -177,7 +177,8 @@ def lock_mounts(mounts: Sequence[VolumeMount]) -> List[DiskLock]:
 FATAL_LINE = re.compile(r"agent: FATAL: volume (\S+): (.*)")
 
 
-def mount_failure(console: str, mounts: Sequence[VolumeMount], serials: Sequence[str]) -> Optional[str]:
+def mount_failure(console: str, mounts: Sequence[VolumeMount],
+                  serials: Sequence[str]) -> Optional[str]:
     """The reason for BootFailed when the agent could not mount a volume (its
     `agent: FATAL: volume SERIAL: ...` console line), naming the volume; else None."""
     by_serial = dict(zip(serials, mounts))
