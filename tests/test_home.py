@@ -27,7 +27,8 @@ def test_layout(tmp_path):
     assert rel == {"images": "images", "image_blobs": "images/blobs", "image_tmp": "images/tmp",
                    "image_locks": "images/locks", "image_disks": "images/disks",
                    "image_index": "images/index.db", "sandboxes": "sandboxes",
-                   "database": "msb.db"}
+                   "database": "msb.db",
+                   "volumes": "volumes"}
     assert h.sandbox("astro-demo") == tmp_path / "sandboxes" / "astro-demo"
 
 

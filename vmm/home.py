@@ -11,6 +11,8 @@
       sandboxes/<name>/             one directory per named sandbox: its writable disk,
                                     logs and runtime sockets
       msb.db                        the sandbox database (SQLite)
+      volumes/<name>.ext4           named volumes (vmm/sandbox/volume_store.py), with
+      volumes/<name>.json           their metadata
 
 Every path is read from the environment when a Home is made, not at import, so a test or
 a caller can point MSB_HOME elsewhere for one call.
@@ -41,6 +43,7 @@ class Home:
         self.image_index = self.images / "index.db"
         self.sandboxes = self.root / "sandboxes"
         self.database = self.root / "msb.db"
+        self.volumes = self.root / "volumes"
 
     def sandbox(self, name: str) -> Path:
         """sandboxes/<name>/. The name becomes a path component, so it may not climb out."""

@@ -12,6 +12,7 @@
  *   vmm.port=1024         vsock port the agent listens on
  *   vmm.hostname=sandbox  hostname
  *   vmm.net=...           eth0, resolv.conf, hosts (net.c); absent: only lo
+ *   vmm.vol=...           volumes: extra ext4 disks mounted in the new root (volumes.c)
  *   vmm.debug=1           log each step on the console
  *
  * The kernel does not pass dotted parameters to init, so they are read from /proc/cmdline.
@@ -281,6 +282,14 @@ void pid1_setup(void)
 		pid1_poweroff();
 	}
 	later_mounts();
+	/* After /tmp's tmpfs, so a volume may be mounted there too; a volume that cannot be
+	 * mounted is fatal, as a missing root is: the first exec must see every volume. */
+	static char vols[2048];
+	const char *vol_spec = param("vmm.vol", NULL, vols, sizeof(vols));
+	if (vol_spec && volumes_mount(vol_spec) < 0) {
+		log_msg("agent: FATAL: cannot mount the volumes; powering off");
+		pid1_poweroff();
+	}
 	const char *host = param("vmm.hostname", "sandbox", buf, sizeof(buf));
 	sethostname(host, strlen(host));
 	loopback_up();
@@ -315,6 +324,7 @@ static void kill_everything(void)
 
 static void unmount_all(void)
 {
+	volumes_unmount(); /* for a clean journal, before the root they sit in goes */
 	umount2("/tmp", MNT_DETACH);
 	umount2("/dev/shm", MNT_DETACH);
 	umount2("/dev/pts", MNT_DETACH);

@@ -13,6 +13,7 @@ import click
 
 from .._version import __version__
 from . import boundary, images
+from . import volumes
 
 LOG_LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
               "debug": logging.DEBUG, "trace": 5}
@@ -39,6 +40,7 @@ def msb(log_level):
 
 
 images.register(msb)
+volumes.register(msb)
 
 
 def main(argv=None):

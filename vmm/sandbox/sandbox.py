@@ -11,8 +11,9 @@ The machine gets the agent initramfs (vmm.guest.agent), the image disk read-only
 /dev/vda, the writable disk (if any) as /dev/vdb, and a vsock device whose host end is a
 Unix socket in a private runtime directory (runtime_dir.py). The guest kernel is quiet;
 its console goes to a log file (console.py). Without a writable disk the sandbox is
-ephemeral (a tmpfs upper layer). What the guest learns on its kernel command line is in
-agent_cmdline.py.
+ephemeral (a tmpfs upper layer). Volumes (volumes.py) follow as more disks, each mounted
+at its guest path before the agent is ready. What the guest learns on its kernel command
+line is in agent_cmdline.py.
 
 Where the layers sit: Machine (vmm.machine) boots and owns the VM; AgentClient
 (vmm.agent) speaks the protocol; this module ties the two into one object with one
@@ -25,7 +26,7 @@ import os
 import shutil
 import threading
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..agent import (DEFAULT_VSOCK_PORT, AgentClient, AgentError, ExecResult, Process,
                      SandboxNotRunning, Timeout)
@@ -35,12 +36,13 @@ from ..machine import ExitStatus, Machine
 from ..net.network import Nat, Network, NetworkState, guest_state, kernel_arg
 from ..net.policy import Policy
 from ..net.ports import reserve_ports
-from .agent_cmdline import agent_cmdline
+from .agent_cmdline import agent_cmdline, volume_arg, volume_serial
 from .checks import check_env, check_hostname, check_timeout, check_workdir, existing_disk
 from .console import ConsoleLog
 from .disk_lock import DiskLock
 from .errors import BootFailed
 from .runtime_dir import make_runtime_dir
+from .volumes import VolumeMount, check_mounts, lock_mounts, mount_failure
 from .writable_disk import format_writable_disk
 
 DEFAULT_BOOT_TIMEOUT = 60.0   # TCG boots in seconds; a loaded host needs headroom
@@ -61,6 +63,8 @@ class Sandbox:
         self._client: Optional[AgentClient] = None
         self._console: Optional[ConsoleLog] = None
         self._disk_lock: Optional[DiskLock] = None
+        self._volume_locks: List[DiskLock] = []
+        self.volumes: Tuple[VolumeMount, ...] = ()   # in mount order
         self._nat: Optional[Nat] = None
         self.network: Optional[NetworkState] = None  # None: no NIC
         self.runtime_dir: Optional[str] = None
@@ -81,7 +85,8 @@ class Sandbox:
                hostname: Optional[str] = None, engine: str = "auto", kernel=None, initrd=None,
                rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
                boot_timeout: float = DEFAULT_BOOT_TIMEOUT, console_log=None,
-               extra_cmdline: str = "", network: Optional[Network] = DEFAULT_NETWORK) -> "Sandbox":
+               extra_cmdline: str = "", network: Optional[Network] = DEFAULT_NETWORK,
+               volumes: Sequence[VolumeMount] = ()) -> "Sandbox":
         """Boot a sandbox and wait until its agent is ready and configured.
 
         image_disk: EROFS or ext4 root file system, attached read-only.
@@ -91,9 +96,13 @@ class Sandbox:
         in this file (default: a file in the private runtime dir, removed on stop).
         network: a vmm.net.network.Network (NAT through passt, published ports), or None
         for no NIC at all; sb.network then says what the guest got.
+        volumes: VolumeMounts (ext4 disk files, e.g. named volumes from volume_store.py),
+        mounted at their guest paths before the first exec; a read-write one must not be
+        in use by another sandbox.
         Raises BootFailed (with the console tail) if the guest is not ready within
-        boot_timeout seconds or ends before that; ConfigError for a published host port
-        in use, before anything boots.
+        boot_timeout seconds or ends before that (naming the volume if one could not be
+        mounted); ConfigError for a published host port or a volume in use, before
+        anything boots.
         """
         image_disk = existing_disk(image_disk, "image disk")
         if writable_disk is not None:
@@ -104,6 +113,7 @@ class Sandbox:
         check_env(env)
         check_workdir(workdir)
         check_timeout("boot_timeout", boot_timeout)
+        mounts = check_mounts(volumes, image_disk, writable_disk)
         if network is not None and not isinstance(network, Network):
             raise ConfigError(f"network must be a vmm.net.Network or None, not {network!r}")
         # The instance's half of construction (the class's own method, not a reach inside).
@@ -111,15 +121,16 @@ class Sandbox:
             image_disk, writable_disk, console_log=console_log, kernel=kernel, initrd=initrd,
             cpus=cpus, memory_mib=memory_mib, engine=engine, hostname=hostname,
             extra_cmdline=extra_cmdline, boot_timeout=boot_timeout, env=env, workdir=workdir,
-            rlimits=rlimits, network=network)
+            rlimits=rlimits, network=network, volumes=mounts)
 
     def _start(self, image_disk: str, writable_disk: Optional[str], *, console_log, kernel,
                initrd, cpus, memory_mib, engine, hostname, extra_cmdline, boot_timeout, env,
-               workdir, rlimits, network) -> "Sandbox":
+               workdir, rlimits, network, volumes) -> "Sandbox":
         """The second half of create(), on checked arguments: set up, boot, wait for
         READY, configure; on any failure release everything and raise."""
         self._times["sandbox_create"] = time.monotonic_ns()
         self.hostname = hostname
+        self.volumes = volumes
         if network is not None and not network.has_nic:
             network = None  # scope "none": no NIC, as network=None
         if network is not None:  # host ports checked (and 0 picked) before anything starts
@@ -141,6 +152,7 @@ class Sandbox:
     def _setup(self, image_disk: str, writable_disk: Optional[str], console_log) -> None:
         if writable_disk is not None:
             self._disk_lock = DiskLock(writable_disk)
+        self._volume_locks = lock_mounts(self.volumes)
         self.runtime_dir = make_runtime_dir()
         self.socket_path = os.path.join(self.runtime_dir, "agent.sock")
         self.console_log = os.fspath(console_log) if console_log is not None else \
@@ -158,6 +170,10 @@ class Sandbox:
         disks = [Disk(image_disk, read_only=True, serial="image")]
         if writable:
             disks.append(Disk(writable_disk, read_only=False, serial="data"))
+        disks += [Disk(v.disk_path, read_only=v.read_only, serial=volume_serial(i))
+                  for i, v in enumerate(self.volumes)]
+        volumes = volume_arg([(volume_serial(i), v.guest_path, v.read_only)
+                              for i, v in enumerate(self.volumes)])
         nets = []
         net_arg = ""
         if self.network is not None:
@@ -168,7 +184,8 @@ class Sandbox:
             net_arg = kernel_arg(self.network)
         self.machine = Machine(kernel, initrd=initrd,
                                cmdline=agent_cmdline(writable=writable, hostname=hostname,
-                                                     net=net_arg, extra=extra_cmdline),
+                                                     net=net_arg, volumes=volumes,
+                                                     extra=extra_cmdline),
                                cpus=cpus, memory_mib=memory_mib, engine=engine,
                                console=self._console.write, disks=disks,
                                vsock=Vsock(GUEST_CID, self.socket_path), nets=nets)
@@ -219,7 +236,11 @@ class Sandbox:
         connector.join(10)
         if "client" in box:  # it connected just as we gave up
             box["client"].close()
-        if ended is not None:
+        failed_mount = mount_failure(self._console.tail(), self.volumes,
+                                     [volume_serial(i) for i in range(len(self.volumes))])
+        if failed_mount is not None:
+            reason = failed_mount
+        elif ended is not None:
             reason = f"the VM ended before its agent was ready ({ended.kind}: {ended.message})"
         elif error is None or isinstance(error, Timeout):
             reason = f"no ready agent within the boot timeout of {timeout:g}s"
@@ -376,6 +397,8 @@ class Sandbox:
             self.runtime_dir = None
         if self._disk_lock is not None:
             self._disk_lock.release()
+        for lock in self._volume_locks:
+            lock.release()
 
     def __enter__(self) -> "Sandbox":
         return self
