@@ -17,10 +17,11 @@ pytestmark = [pytest.mark.nested, pytest.mark.slow,
               pytest.mark.timeout(int(os.environ.get("VMM_NESTED_TIMEOUT", "2400")) + 300)]
 
 # What runs inside L1, on the kvm engine: every kvm-marked test, and the real-Linux device
-# and Sandbox VM and network tests with their engine switched to kvm.
+# and Sandbox VM, network and volume tests with their engine switched to kvm.
 RUNS = [
     (["tests", "-m", "kvm and not nested"], {}),
-    (["tests/test_machine_devices.py", "tests/test_sandbox_vm.py", "tests/test_sandbox_net.py"],
+    (["tests/test_machine_devices.py", "tests/test_sandbox_vm.py", "tests/test_sandbox_net.py",
+      "tests/test_sandbox_volumes.py"],
      {"VMM_TEST_ENGINE": "kvm"}),
 ]
 
