@@ -105,6 +105,16 @@ def test_allow_rule_opens_only_learned_addresses():
     assert (st["dns_answers"], st["dns_learned"], st["dns_entries"]) == (1, 1, 1)
 
 
+def test_allow_domain_rule_puts_dns_ahead_of_a_catch_all_deny():
+    e = engine(["allow@*.npmjs.org", "deny@0.0.0.0/0"], dns=(RESOLVER4,))
+    assert [r.source for r in e.table[:3]] == [f"dns {RESOLVER4}"] * 2 + ["allow@*.npmjs.org"]
+    assert e.check(frame4(RESOLVER4, udp(dport=53), UDP))[0] == PASS
+    assert e.check(frame4(RESOLVER4, udp(dport=54), UDP))[0] == DENIED
+    # Without an allow@ domain rule a caller's deny still overrides DNS.
+    e = engine(["deny@*.npmjs.org", "deny@0.0.0.0/0"], dns=(RESOLVER4,))
+    assert e.check(frame4(RESOLVER4, udp(dport=53), UDP))[0] == DENIED
+
+
 def test_deny_rule_blocks_learned_address_with_rst():
     e = engine(["deny@example.com"])
     assert e.check(frame4(OTHER))[0] == PASS                     # public scope
@@ -140,7 +150,8 @@ def test_one_answer_feeds_every_matching_rule():
     assert e.check(frame4(NPM, tcp(dport=22)))[0] == DENIED
     assert e.check(frame4(NPM, tcp(dport=443)))[0] == PASS
     assert e.check(frame4(NPM, tcp(dport=80)))[0] == DENIED
-    assert [r["hits"] for r in e.stats()["rules"][:3]] == [1, 1, 1]
+    assert [hits(e, r) for r in ("deny@registry.npmjs.org:tcp:22", "allow@*.npmjs.org:tcp:443",
+                                 "deny@*.npmjs.org")] == [1, 1, 1]
 
 
 def test_ipv6_answers_and_resolver():
@@ -405,7 +416,10 @@ def test_dns_fuzz_no_crash():
         for _ in range(200):
             msg = _mutate(rng, rng.choice(seeds)) if rng.random() < 0.95 else \
                 bytes(rng.randrange(256) for _ in range(rng.randrange(80)))
-            r = e.observe(dns_frame(msg, src=rng.choice([RESOLVER4, RESOLVER6])))
+            f = dns_frame(msg, src=rng.choice([RESOLVER4, RESOLVER6]))
+            if rng.random() < 0.1:  # now and then the headers around it too (lengths, ports)
+                f = f[:14] + _mutate(rng, f[14:62]) + f[62:]
+            r = e.observe(f)
             assert r >= -1
             results["learned" if r > 0 else r] += 1
             # Judging frames to whatever was learned stays consistent.
@@ -413,7 +427,7 @@ def test_dns_fuzz_no_crash():
             assert e.check(frame4(dst, tcp(dport=rng.choice([443, 80]))))[0] in (PASS, DENIED)
             n += 1
     st = e.stats()
-    assert st["dns_answers"] == n and st["dns_malformed"] == results[-1]
+    assert st["dns_answers"] <= n and st["dns_malformed"] == results[-1]
     assert st["dns_entries"] <= 256 and results["learned"] > 0 and results[-1] > 0
     print(f"{n} DNS answers: {results}, {st['dns_learned']} addresses learned, "
           f"{st['dns_evicted']} evicted")

@@ -33,7 +33,8 @@ Scopes (as microsandbox names them):
 - `all`: every destination.
 The DNS servers given (normally the gateway, where passt answers DNS) are allowed on
 port 53 in every scope with a NIC, ahead of the scope's own denials: a caller's `deny`
-rule still overrides them. ARP, DHCP and IPv6 neighbour discovery pass in C without rules.
+rule still overrides them, unless the caller has an `allow@DOMAIN` rule, which cannot work
+without DNS: then they come first. ARP, DHCP and IPv6 neighbour discovery pass in C without rules.
 """
 from __future__ import annotations
 
@@ -245,18 +246,24 @@ class Policy:
         return self.scope != "none"
 
     def table(self) -> list[Rule]:
-        """The ordered table: the caller's rules, DNS, then the scope's."""
+        """The ordered table: the caller's rules, DNS, then the scope's; DNS first when an
+        `allow@DOMAIN` rule needs it (so `allow@*.x.org`, `deny@0.0.0.0/0` works)."""
         if not self.has_nic:
             return []
-        out = list(self.rules)
+        out = []
 
         def add(action, cidr, why, protocol=None, ports=(0, 65535)):
             net = cidr if not isinstance(cidr, str) else ipaddress.ip_network(cidr)
             out.append(Rule(action, net, protocol, ports, source=why))
 
+        dns_first = any(r.domain and r.action == "allow" for r in self.rules)
+        if not dns_first:
+            out.extend(self.rules)
         for d in self.dns:
             for proto in ("udp", "tcp"):
                 add("allow", _host(d), f"dns {d}", proto, (53, 53))
+        if dns_first:
+            out.extend(self.rules)
         scope = self.scope
         if scope == "all":
             for c in _ANY:
