@@ -577,8 +577,7 @@ int vmm_net_policy_observe(struct vmm_net_policy *p, const uint8_t *frame, size_
         return 0;
     bump(p->st.dns_answers);
     size_t ulen = be16(k.l4 + 4);
-    static const struct dns_answer empty;
-    struct dns_answer a = empty;
+    struct dns_answer a;
     int rc = ulen < 8 || ulen > k.l4len ? DNS_MALFORMED /* a first fragment lands here too */
            : dns_parse_response(k.l4 + 8, ulen - 8, &a);
     if (rc == DNS_MALFORMED) {
