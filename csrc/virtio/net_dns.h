@@ -49,6 +49,7 @@ struct dns_table {
     uint64_t tick;          /* a use counter: the least recently used entry is evicted */
     size_t nbuckets;        /* a power of two */
     int32_t *buckets;       /* entry index chains by hash of (domain, family, addr), -1 ends */
+    uint32_t *addr_refs;    /* entries per slot of the address's own hash */
     struct dns_entry *entries;
     int32_t free_head;
     uint64_t evicted, expired;
@@ -61,6 +62,8 @@ int dns_table_configure(struct dns_table *t, size_t cap, uint32_t ttl_min, uint3
 int64_t dns_table_now(struct dns_table *t);
 /* Records addr for domain pattern number `domain` (lock held by the caller). */
 void dns_table_learn(struct dns_table *t, uint32_t domain, const struct dns_addr *a, int64_t now);
+/* 0: no domain has learned addr (so dns_table_has is 0 for every domain); else maybe. */
+int dns_table_may_have(struct dns_table *t, uint8_t family, const uint8_t *addr);
 /* Is addr learned (and not expired) for `domain`? A hit marks the entry used and keeps it
  * for at least ttl_min more seconds (lock held by the caller). */
 int dns_table_has(struct dns_table *t, uint32_t domain, uint8_t family, const uint8_t *addr, int64_t now);

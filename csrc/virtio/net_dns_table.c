@@ -31,6 +31,16 @@ struct dns_entry {
 
 static size_t alen(uint8_t family) { return family == 4 ? 4 : 16; }
 
+/* The address alone: addr_refs[] counts entries per slot of this hash, so a frame to an
+ * address no domain has learned (most frames) costs one lookup, not one per domain rule. */
+static uint32_t addr_hash(uint8_t family, const uint8_t *addr)
+{
+    uint32_t h = 2166136261u ^ family;
+    for (size_t i = 0; i < alen(family); i++)
+        h = (h ^ addr[i]) * 16777619u;
+    return h;
+}
+
 static uint32_t hash(uint32_t domain, uint8_t family, const uint8_t *addr)
 {
     uint32_t h = 2166136261u;
@@ -48,14 +58,18 @@ static int alloc(struct dns_table *t, size_t cap)
     while (nb < cap * 2)
         nb *= 2;
     int32_t *b = malloc(nb * sizeof(*b));
+    uint32_t *refs = calloc(nb, sizeof(*refs));
     struct dns_entry *e = calloc(cap, sizeof(*e));
-    if (!b || !e) {
+    if (!b || !e || !refs) {
         free(b);
         free(e);
+        free(refs);
         return -1;
     }
     free(t->buckets);
     free(t->entries);
+    free(t->addr_refs);
+    t->addr_refs = refs;
     t->buckets = b;
     t->entries = e;
     t->nbuckets = nb;
@@ -86,6 +100,7 @@ int dns_table_init(struct dns_table *t, size_t cap)
 
 void dns_table_destroy(struct dns_table *t)
 {
+    free(t->addr_refs);
     free(t->buckets);
     free(t->entries);
     pthread_mutex_destroy(&t->lock);
@@ -132,6 +147,7 @@ static void drop(struct dns_table *t, int32_t i)
     int32_t *l;
     find(t, e->domain, e->family, e->addr, &l); /* the link that points at i */
     *l = e->next;
+    t->addr_refs[addr_hash(e->family, e->addr) & (t->nbuckets - 1)]--;
     e->live = 0;
     e->next = t->free_head;
     t->free_head = i;
@@ -175,11 +191,17 @@ void dns_table_learn(struct dns_table *t, uint32_t domain, const struct dns_addr
         find(t, domain, a->family, a->addr, &l); /* the chain's end, after any drop */
         e->next = -1;
         *l = i;
+        t->addr_refs[addr_hash(a->family, a->addr) & (t->nbuckets - 1)]++;
         t->count++;
     }
     struct dns_entry *e = &t->entries[i];
     e->expires_ms = now + (int64_t)ttl * 1000; /* the latest answer is the one that holds */
     e->used = ++t->tick;
+}
+
+int dns_table_may_have(struct dns_table *t, uint8_t family, const uint8_t *addr)
+{
+    return t->addr_refs[addr_hash(family, addr) & (t->nbuckets - 1)] != 0;
 }
 
 int dns_table_has(struct dns_table *t, uint32_t domain, uint8_t family, const uint8_t *addr, int64_t now)

@@ -418,12 +418,13 @@ static int addr_in(const struct vmm_net_rule *r, const struct pkt *k)
  * the caller holds p->dns.lock and passes the time. */
 static long match(struct vmm_net_policy *p, const struct pkt *k, int64_t now)
 {
+    int learned = p->ndomains && dns_table_may_have(&p->dns, (uint8_t)k->family, k->dst);
     for (size_t i = 0; i < p->n; i++) {
         const struct vmm_net_rule *r = &p->rules[i].r;
         if (r->proto && r->proto != k->proto)
             continue;
         int32_t d = p->rules[i].domain;
-        if (d >= 0 ? !dns_table_has(&p->dns, (uint32_t)d, (uint8_t)k->family, k->dst, now)
+        if (d >= 0 ? !learned || !dns_table_has(&p->dns, (uint32_t)d, (uint8_t)k->family, k->dst, now)
                    : !addr_in(r, k))
             continue;
         if (r->proto && !(r->port_lo == 0 && r->port_hi == 65535)) {
