@@ -257,6 +257,10 @@ struct vmm_net_rule {
     uint8_t addr[16];     /* network address, big-endian; IPv4 in the first 4 bytes */
     uint16_t port_lo;     /* with proto set: destination ports port_lo..port_hi */
     uint16_t port_hi;
+    /* NULL: a CIDR rule. Else a domain rule ("name" or "*.suffix": lower case, punycode,
+     * no trailing dot; copied): its addresses are those DNS answers for a matching name
+     * taught the policy (vmm_net_policy_observe), and family, prefix and addr are unused. */
+    const char *domain;
 };
 enum vmm_net_verdict {
     VMM_NET_PASS = 0,      /* send the frame on */
@@ -272,6 +276,24 @@ struct vmm_net_policy_stats {
     uint64_t other_ethertype; /* ... of which were neither ARP, IPv4 nor IPv6 */
     uint64_t malformed;     /* frames dropped as truncated or malformed */
     uint64_t resets;        /* TCP RSTs built for denied segments */
+    uint64_t dns_answers;   /* DNS responses from a resolver seen on the receive path */
+    uint64_t dns_malformed; /* ... of which were truncated or malformed (still delivered) */
+    uint64_t dns_learned;   /* addresses recorded or refreshed for domain rules */
+    uint64_t dns_evicted;   /* learned addresses pushed out of a full table */
+    uint64_t dns_expired;   /* learned addresses whose (clamped) TTL ran out */
+    uint64_t dns_entries;   /* learned addresses held now */
+};
+/* Where domain rules learn from: DNS responses (UDP source port 53) from these resolvers
+ * only, kept in a table of max_entries addresses whose TTLs are clamped to
+ * [ttl_min, ttl_max] seconds. Zeros mean the defaults: 4096 entries, 30 s .. 3600 s. */
+#define VMM_NET_MAX_RESOLVERS 8
+struct vmm_net_dns_config {
+    uint32_t nresolvers;
+    uint8_t family[8];    /* 4 or 6, per resolver */
+    uint8_t addr[8][16];
+    uint32_t max_entries;
+    uint32_t ttl_min;
+    uint32_t ttl_max;
 };
 struct vmm_net_policy;
 /* Copies the table (nrules <= 4096); NULL and err on a bad rule (named by its index). */
@@ -286,6 +308,17 @@ void vmm_net_policy_free(struct vmm_net_policy *p);
 int vmm_net_policy_check(struct vmm_net_policy *p, const uint8_t *frame, size_t len,
                          uint8_t *reply, size_t *reply_len);
 void vmm_net_policy_stats(struct vmm_net_policy *p, struct vmm_net_policy_stats *out);
+/* Sets the resolvers and the table's limits (before the policy is in use; the table is
+ * emptied). -1 and err on a bad value. */
+int vmm_net_policy_set_dns(struct vmm_net_policy *p, const struct vmm_net_dns_config *cfg,
+                           char *err, size_t errlen);
+/* Shows the policy one Ethernet frame the backend sends the guest (receive path), so
+ * domain rules learn from DNS answers. The frame is not judged and is always delivered.
+ * Returns the addresses learned, 0 (not a DNS response from a resolver, or nothing to
+ * learn), or -1 for a DNS response it could not parse (counted in dns_malformed). */
+int vmm_net_policy_observe(struct vmm_net_policy *p, const uint8_t *frame, size_t len);
+/* Tests: the policy's clock reads now_ms from now on (-1: the monotonic clock again). */
+void vmm_net_policy_set_clock(struct vmm_net_policy *p, int64_t now_ms);
 /* Copies min(n, nrules) per-rule hit counters into hits; returns nrules. */
 size_t vmm_net_policy_hits(struct vmm_net_policy *p, uint64_t *hits, size_t n);
 /* The virtio-net device checks every frame the guest sends against `policy` (NULL: none)

@@ -223,6 +223,8 @@ static void pump_rx(struct net *n)
             if (rc <= 0)
                 break;
             n->frame_ready = true;
+            if (n->policy) /* domain rules learn from DNS answers; the frame goes on as is */
+                vmm_net_policy_observe(n->policy, n->frame, n->frame_len);
         }
         if (deliver(n)) {
             n->frame_ready = false;

@@ -15,14 +15,23 @@
  * the flags of the first, RFC 1858) is malformed.
  *
  * A denied TCP segment (other than an RST) gets an RST back, built here, so the guest's
- * connect fails at once instead of timing out. */
+ * connect fails at once instead of timing out.
+ *
+ * Domain rules (`allow@*.npmjs.org`) have no addresses of their own: the device shows us
+ * what the backend sends the guest (vmm_net_policy_observe), we parse DNS responses from
+ * the configured resolvers (net_dns.c) and record the addresses a matching question
+ * resolved to (net_dns_table.c). On transmit a domain rule then matches a destination
+ * learned for its name, at its own place in the order, with its own protocol/port filter
+ * and hit counter, exactly as a CIDR rule would. */
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "net_dns.h"
 #include "net_policy.h"
 
 #define MAX_RULES 4096
+#define DNS_DEFAULT_ENTRIES 4096
 #define MAX_EXT_HEADERS 8 /* IPv6 extension headers walked before we give up */
 
 #define ETH_ARP 0x0806
@@ -39,15 +48,56 @@
 #define TCP_ACK 0x10
 
 struct net_policy_rule {
-    struct vmm_net_rule r;
+    struct vmm_net_rule r;  /* r.domain is not kept: see domain */
+    int32_t domain;         /* index into domains[] for a domain rule, -1 for a CIDR rule */
     uint64_t hits;
 };
 
 struct vmm_net_policy {
     size_t n;
     struct vmm_net_policy_stats st;
+    size_t ndomains;        /* distinct names of the domain rules, each learned once */
+    char **domains;
+    struct dns_table dns;   /* its lock: learning (rx) vs matching (tx) */
+    size_t nres;
+    uint8_t res_family[VMM_NET_MAX_RESOLVERS];
+    uint8_t res_addr[VMM_NET_MAX_RESOLVERS][16];
     struct net_policy_rule rules[];
 };
+
+/* A rule's name as the parser writes names: LDH labels of 1..63 bytes, lower case, no
+ * trailing dot, at most 253 bytes; "*." before it for a wildcard. (vmm/net/policy.py says
+ * the same in words a user reads; this only keeps the C table sane.) */
+static int domain_ok(const char *d)
+{
+    if (d[0] == '*' && d[1] == '.')
+        d += 2;
+    size_t n = strnlen(d, DNS_NAME_MAX + 1), label = 0;
+    if (n == 0 || n > DNS_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i <= n; i++) {
+        char c = d[i];
+        if (c == '.' || c == 0) {
+            if (label == 0 || label > 63)
+                return 0;
+            label = 0;
+        } else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_') {
+            label++;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void policy_free(struct vmm_net_policy *p)
+{
+    for (size_t i = 0; i < p->ndomains; i++)
+        free(p->domains[i]);
+    free(p->domains);
+    dns_table_destroy(&p->dns);
+    free(p);
+}
 
 /* What the parser learned of a frame: enough to match rules and to answer a TCP segment. */
 struct pkt {
@@ -80,8 +130,9 @@ struct vmm_net_policy *vmm_net_policy_new(const struct vmm_net_rule *rules, size
     for (size_t i = 0; i < nrules; i++) {
         const struct vmm_net_rule *r = &rules[i];
         const char *bad = r->action > VMM_NET_ALLOW ? "action"
-                        : r->family != 4 && r->family != 6 ? "family"
-                        : r->prefix > (r->family == 4 ? 32 : 128) ? "prefix"
+                        : r->domain && !domain_ok(r->domain) ? "domain"
+                        : !r->domain && r->family != 4 && r->family != 6 ? "family"
+                        : !r->domain && r->prefix > (r->family == 4 ? 32 : 128) ? "prefix"
                         : r->proto != 0 && r->proto != P_TCP && r->proto != P_UDP ? "protocol"
                         : r->port_lo > r->port_hi ? "port range" : NULL;
         if (bad) {
@@ -94,19 +145,96 @@ struct vmm_net_policy *vmm_net_policy_new(const struct vmm_net_rule *rules, size
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    p->n = nrules;
+    size_t ndomain_rules = 0;
     for (size_t i = 0; i < nrules; i++)
+        ndomain_rules += rules[i].domain != NULL;
+    if (dns_table_init(&p->dns, ndomain_rules ? DNS_DEFAULT_ENTRIES : 1) < 0) {
+        free(p);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->domains = calloc(ndomain_rules ? ndomain_rules : 1, sizeof(char *));
+    if (!p->domains)
+        goto oom;
+    p->n = nrules;
+    for (size_t i = 0; i < nrules; i++) {
         p->rules[i].r = rules[i];
+        p->rules[i].r.domain = NULL;
+        p->rules[i].domain = -1;
+        if (!rules[i].domain)
+            continue;
+        size_t d = 0;
+        while (d < p->ndomains && strcmp(p->domains[d], rules[i].domain) != 0)
+            d++;
+        if (d == p->ndomains) {
+            if (!(p->domains[d] = strdup(rules[i].domain)))
+                goto oom;
+            p->ndomains++;
+        }
+        p->rules[i].domain = (int32_t)d;
+    }
     return p;
+oom:
+    policy_free(p);
+    snprintf(err, errlen, "out of memory");
+    return NULL;
 }
 
-void vmm_net_policy_free(struct vmm_net_policy *p) { free(p); }
+void vmm_net_policy_free(struct vmm_net_policy *p)
+{
+    if (p)
+        policy_free(p);
+}
+
+int vmm_net_policy_set_dns(struct vmm_net_policy *p, const struct vmm_net_dns_config *cfg,
+                           char *err, size_t errlen)
+{
+    if (cfg->nresolvers > VMM_NET_MAX_RESOLVERS) {
+        snprintf(err, errlen, "%u DNS resolvers; at most %d", cfg->nresolvers, VMM_NET_MAX_RESOLVERS);
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->nresolvers; i++)
+        if (cfg->family[i] != 4 && cfg->family[i] != 6) {
+            snprintf(err, errlen, "DNS resolver %zu has a bad family", i);
+            return -1;
+        }
+    uint32_t cap = cfg->max_entries ? cfg->max_entries : DNS_DEFAULT_ENTRIES;
+    uint32_t lo = cfg->ttl_min, hi = cfg->ttl_max;
+    if (!lo && !hi) {
+        lo = 30;
+        hi = 3600;
+    }
+    pthread_mutex_lock(&p->dns.lock);
+    int rc = dns_table_configure(&p->dns, p->ndomains ? cap : 1, lo, hi);
+    if (rc == 0) {
+        p->nres = cfg->nresolvers;
+        memcpy(p->res_family, cfg->family, sizeof(p->res_family));
+        memcpy(p->res_addr, cfg->addr, sizeof(p->res_addr));
+    }
+    pthread_mutex_unlock(&p->dns.lock);
+    if (rc < 0)
+        snprintf(err, errlen, "bad DNS table limits: %u entries (1..1048576), TTL %u..%u s "
+                 "(min <= max <= 604800), or out of memory", cap, lo, hi);
+    return rc;
+}
+
+void vmm_net_policy_set_clock(struct vmm_net_policy *p, int64_t now_ms)
+{
+    pthread_mutex_lock(&p->dns.lock);
+    p->dns.manual_now_ms = now_ms < 0 ? -1 : now_ms;
+    pthread_mutex_unlock(&p->dns.lock);
+}
 
 void vmm_net_policy_stats(struct vmm_net_policy *p, struct vmm_net_policy_stats *out)
 {
     uint64_t *dst = (uint64_t *)out, *src = (uint64_t *)&p->st;
     for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
         dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+    pthread_mutex_lock(&p->dns.lock);
+    out->dns_evicted = p->dns.evicted;
+    out->dns_expired = p->dns.expired;
+    out->dns_entries = p->dns.count;
+    pthread_mutex_unlock(&p->dns.lock);
 }
 
 size_t vmm_net_policy_hits(struct vmm_net_policy *p, uint64_t *hits, size_t n)
@@ -286,12 +414,18 @@ static int addr_in(const struct vmm_net_rule *r, const struct pkt *k)
 }
 
 /* The first rule that decides k: its index, -1 when none matches, -2 when the first
- * candidate needs ports that k (a non-first fragment) does not carry. */
-static long match(struct vmm_net_policy *p, const struct pkt *k)
+ * candidate needs ports that k (a non-first fragment) does not carry. With domain rules
+ * the caller holds p->dns.lock and passes the time. */
+static long match(struct vmm_net_policy *p, const struct pkt *k, int64_t now)
 {
+    int learned = p->ndomains && dns_table_may_have(&p->dns, (uint8_t)k->family, k->dst);
     for (size_t i = 0; i < p->n; i++) {
         const struct vmm_net_rule *r = &p->rules[i].r;
-        if (!addr_in(r, k) || (r->proto && r->proto != k->proto))
+        if (r->proto && r->proto != k->proto)
+            continue;
+        int32_t d = p->rules[i].domain;
+        if (d >= 0 ? !learned || !dns_table_has(&p->dns, (uint32_t)d, (uint8_t)k->family, k->dst, now)
+                   : !addr_in(r, k))
             continue;
         if (r->proto && !(r->port_lo == 0 && r->port_hi == 65535)) {
             if (!k->has_ports)
@@ -391,7 +525,14 @@ int vmm_net_policy_check(struct vmm_net_policy *p, const uint8_t *frame, size_t 
         bump(p->st.other_ethertype);
         return VMM_NET_DENIED;
     }
-    long i = match(p, &k);
+    long i;
+    if (p->ndomains) {
+        pthread_mutex_lock(&p->dns.lock);
+        i = match(p, &k, dns_table_now(&p->dns));
+        pthread_mutex_unlock(&p->dns.lock);
+    } else {
+        i = match(p, &k, 0);
+    }
     if (i >= 0)
         bump(p->rules[i].hits);
     if (i >= 0 && p->rules[i].r.action == VMM_NET_ALLOW) {
@@ -412,4 +553,50 @@ int vmm_net_policy_check(struct vmm_net_policy *p, const uint8_t *frame, size_t 
         }
     }
     return VMM_NET_DENIED;
+}
+
+/* ---- learning from DNS (receive path) ---- */
+
+static int from_resolver(const struct vmm_net_policy *p, const struct pkt *k)
+{
+    for (size_t i = 0; i < p->nres; i++)
+        if (p->res_family[i] == k->family && memcmp(p->res_addr[i], k->src, k->family == 4 ? 4 : 16) == 0)
+            return 1;
+    return 0;
+}
+
+int vmm_net_policy_observe(struct vmm_net_policy *p, const uint8_t *frame, size_t len)
+{
+    struct pkt k;
+    uint16_t et;
+    if (!p || !frame || !p->ndomains || !p->nres)
+        return 0;
+    /* Only UDP (TCP DNS is not followed: a name the guest resolves over TCP teaches us
+     * nothing). A frame parse() rejects was not a DNS response we could read anyway. */
+    if (parse(&k, frame, len, &et) < 0 || !k.family || k.proto != P_UDP || !k.has_ports ||
+        k.sport != 53 || !from_resolver(p, &k))
+        return 0;
+    bump(p->st.dns_answers);
+    size_t ulen = be16(k.l4 + 4);
+    struct dns_answer a;
+    int rc = ulen < 8 || ulen > k.l4len ? DNS_MALFORMED /* a first fragment lands here too */
+           : dns_parse_response(k.l4 + 8, ulen - 8, &a);
+    if (rc == DNS_MALFORMED) {
+        bump(p->st.dns_malformed);
+        return -1;
+    }
+    if (rc != DNS_LEARNED)
+        return 0;
+    int learned = 0;
+    pthread_mutex_lock(&p->dns.lock);
+    int64_t now = dns_table_now(&p->dns);
+    for (size_t d = 0; d < p->ndomains; d++) {
+        if (!dns_name_matches(p->domains[d], a.qname))
+            continue;
+        for (size_t i = 0; i < a.naddrs; i++, learned++)
+            dns_table_learn(&p->dns, (uint32_t)d, &a.addrs[i], now);
+    }
+    pthread_mutex_unlock(&p->dns.lock);
+    __atomic_fetch_add(&p->st.dns_learned, (uint64_t)learned, __ATOMIC_RELAXED);
+    return learned;
 }

@@ -6,6 +6,20 @@ so it needs its `/prefix` (or brackets, `[2001:db8::1]:tcp:22`) for the rest to 
 apart. The caller's rules come first, in the order given; then what the scope says; the
 first rule that matches a frame's destination decides, and a frame none matches is denied.
 
+Domain rules, `allow|deny@DOMAIN[:tcp|udp[:PORT[-PORT]]]`: DOMAIN is a name
+(`registry.npmjs.org`) or `*.suffix`, which matches every name below suffix at any depth
+but not suffix itself (`*.npmjs.org` covers `registry.npmjs.org`, not `npmjs.org`: add
+both if both are meant). Names are ASCII (an internationalised name is written in its
+punycode form, `xn--...`), case-insensitive, with an optional trailing dot. The device
+learns a domain rule's addresses from the DNS answers the guest's resolver (the `dns`
+servers below) sends it over UDP: the A/AAAA records answering a question whose name
+matches, including those at the end of a CNAME chain, are recorded under the question's
+name for their TTL clamped to 30 s .. 1 h (kept while the guest uses them). A frame to
+such an address is then judged by the domain rule at its place in the order. What they
+cannot see: a name the guest resolves some other way (DNS over HTTPS or TLS, DNS over
+TCP, its own resolver, /etc/hosts), a hard-coded address, or a name resolved before the
+sandbox started; those frames are judged by the other rules.
+
 Scopes (as microsandbox names them):
 - `none`: no NIC at all (nothing here is compiled; `Policy.has_nic` is False);
 - `public` (default): the internet only. Denied: the gateway (the host's own services,
@@ -19,7 +33,8 @@ Scopes (as microsandbox names them):
 - `all`: every destination.
 The DNS servers given (normally the gateway, where passt answers DNS) are allowed on
 port 53 in every scope with a NIC, ahead of the scope's own denials: a caller's `deny`
-rule still overrides them. ARP, DHCP and IPv6 neighbour discovery pass in C without rules.
+rule still overrides them, unless the caller has an `allow@DOMAIN` rule, which cannot work
+without DNS: then they come first. ARP, DHCP and IPv6 neighbour discovery pass in C without rules.
 """
 from __future__ import annotations
 
@@ -46,6 +61,8 @@ _PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "f
 _ANY = ("0.0.0.0/0", "::/0")
 
 _RULE = re.compile(r"^(allow|deny)@(.+)$")
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+MAX_NAME = 253  # a name's length in text form, without the trailing dot (RFC 1035)
 _PORTS = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
 
 
@@ -54,13 +71,14 @@ class Rule:
     """One row of the table: frames to `network` (with `protocol`, to a destination
     port in ports) get `action`. `source` is the rule as written, or what added it."""
     action: str                       # "allow" | "deny"
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
     protocol: str | None = None       # None = any transport
     ports: tuple[int, int] = (0, 65535)
     source: str = ""
+    domain: str | None = None         # a domain rule's name or *.suffix (network None)
 
     def __str__(self):
-        s = f"{self.action}@{self.network}"
+        s = f"{self.action}@{self.domain or self.network}"
         if self.protocol:
             s += f":{self.protocol}"
             if self.ports != (0, 65535):
@@ -92,25 +110,87 @@ def _split_cidr(rest: str, text: str) -> tuple[str, str]:
     return head, sep + tail
 
 
+def _is_domain(rest: str) -> bool:
+    """Whether a rule's target is a name rather than a CIDR: no brackets or slash, not an
+    IPv6 address's colons, and a letter, '*' or non-ASCII before the first colon that
+    does not make an IPv4 address."""
+    head = rest.partition(":")[0]
+    if rest.startswith("[") or "/" in rest or rest.count(":") > 2 or "::" in rest:
+        return False
+    return any(c.isalpha() or c == "*" or not c.isascii() for c in head)
+
+
+def parse_domain(name: str, text: str = "") -> str:
+    """A domain rule's name, checked and normalised (lower case, no trailing dot)."""
+    where = f"policy rule {text or name!r}"
+    if not name.isascii():
+        try:
+            hint = f" ({name.encode('idna').decode()!r})"
+        except UnicodeError:
+            hint = ""
+        raise ConfigError(f"{where}: {name!r} is not ASCII: write an internationalised name "
+                          f"in its punycode form{hint}")
+    d = name.lower()
+    wildcard = d.startswith("*.")
+    body = d[2:] if wildcard else d
+    if body.endswith(".") and not body.endswith(".."):  # a fully qualified name's root
+        body = body[:-1]
+    d = "*." + body if wildcard else body
+    if not body:
+        raise ConfigError(f"{where}: {name!r} has no name after '*.'" if wildcard else
+                          f"{where}: empty domain name")
+    if len(d) > MAX_NAME:
+        raise ConfigError(f"{where}: {name!r} is {len(d)} characters long; a domain name has "
+                          f"at most {MAX_NAME}")
+    labels = body.split(".")
+    for label in labels:
+        if "*" in label:
+            raise ConfigError(f"{where}: {name!r}: '*' may only stand alone as the first label "
+                              "('*.example.org' matches the names below example.org)")
+        if not label:
+            raise ConfigError(f"{where}: {name!r} has an empty label (two dots in a row, or a "
+                              "leading dot)")
+        if len(label) > 63:
+            raise ConfigError(f"{where}: {name!r}: the label {label[:20]!r}... is {len(label)} "
+                              "characters long; a label has at most 63")
+        if not _LABEL.match(label):
+            raise ConfigError(f"{where}: {name!r}: bad label {label!r} (letters, digits, '-' "
+                              "and '_', not starting or ending with '-')")
+    if not wildcard and len(labels) < 2:
+        raise ConfigError(f"{where}: {name!r} is neither a CIDR nor a domain name with at "
+                          "least two labels (name.example)")
+    if labels[-1].isdigit():
+        raise ConfigError(f"{where}: {name!r} is neither a CIDR nor a domain name (its last "
+                          "label is all digits)")
+    return d
+
+
 def parse_rule(text: str) -> Rule:
-    """`allow|deny@CIDR[:tcp|udp[:PORT[-PORT]]]` -> Rule; ConfigError naming the rule."""
+    """`allow|deny@CIDR|DOMAIN[:tcp|udp[:PORT[-PORT]]]` -> Rule; ConfigError naming the rule."""
     if not isinstance(text, str):
         raise ConfigError(f"policy rule {text!r}: not a string")
     m = _RULE.match(text.strip())
     if not m:
-        raise ConfigError(f"policy rule {text!r}: expected allow|deny@CIDR[:tcp|udp[:PORT[-PORT]]]")
+        raise ConfigError(f"policy rule {text!r}: expected "
+                          "allow|deny@CIDR|DOMAIN[:tcp|udp[:PORT[-PORT]]]")
     action, rest = m.groups()
-    cidr, tail = _split_cidr(rest, text)
-    try:
-        network = ipaddress.ip_network(cidr, strict=True)
-    except ValueError as e:
-        raise ConfigError(f"policy rule {text!r}: {cidr!r} is not a CIDR ({e})") from None
+    network = domain = None
+    if _is_domain(rest):
+        name, sep, tail = rest.partition(":")
+        tail = sep + tail
+        domain = parse_domain(name, text)
+    else:
+        cidr, tail = _split_cidr(rest, text)
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError as e:
+            raise ConfigError(f"policy rule {text!r}: {cidr!r} is not a CIDR ({e})") from None
     protocol, ports = None, (0, 65535)
     if tail:
         parts = tail[1:].split(":") if tail.startswith(":") else None
         if not parts or len(parts) > 2 or parts[0] not in PROTOCOLS:
-            raise ConfigError(f"policy rule {text!r}: after the CIDR comes :tcp or :udp, "
-                              f"optionally :PORT or :PORT-PORT (got {tail!r})")
+            raise ConfigError(f"policy rule {text!r}: after the {'domain' if domain else 'CIDR'} "
+                              f"comes :tcp or :udp, optionally :PORT or :PORT-PORT (got {tail!r})")
         protocol = parts[0]
         if len(parts) == 2:
             pm = _PORTS.match(parts[1])
@@ -120,7 +200,7 @@ def parse_rule(text: str) -> Rule:
                 raise ConfigError(f"policy rule {text!r}: {parts[1]!r} is not a port or "
                                   "port range within 0-65535 (low-high)")
             ports = (lo, hi)
-    return Rule(action, network, protocol, ports, source=text)
+    return Rule(action, network, protocol, ports, source=text, domain=domain)
 
 
 def _addresses(values: Iterable[str], what: str) -> list:
@@ -166,18 +246,24 @@ class Policy:
         return self.scope != "none"
 
     def table(self) -> list[Rule]:
-        """The ordered table: the caller's rules, DNS, then the scope's."""
+        """The ordered table: the caller's rules, DNS, then the scope's; DNS first when an
+        `allow@DOMAIN` rule needs it (so `allow@*.x.org`, `deny@0.0.0.0/0` works)."""
         if not self.has_nic:
             return []
-        out = list(self.rules)
+        out = []
 
         def add(action, cidr, why, protocol=None, ports=(0, 65535)):
             net = cidr if not isinstance(cidr, str) else ipaddress.ip_network(cidr)
             out.append(Rule(action, net, protocol, ports, source=why))
 
+        dns_first = any(r.domain and r.action == "allow" for r in self.rules)
+        if not dns_first:
+            out.extend(self.rules)
         for d in self.dns:
             for proto in ("udp", "tcp"):
                 add("allow", _host(d), f"dns {d}", proto, (53, 53))
+        if dns_first:
+            out.extend(self.rules)
         scope = self.scope
         if scope == "all":
             for c in _ANY:
@@ -197,13 +283,23 @@ class Policy:
         return out
 
 
+@dataclass(frozen=True)
+class DnsLimits:
+    """The learned-address table of domain rules: at most `entries` addresses, each kept
+    for its record's TTL clamped to [ttl_min, ttl_max] seconds."""
+    entries: int = 4096
+    ttl_min: int = 30
+    ttl_max: int = 3600
+
+
 class PolicyEngine:
-    """The C policy object built from a Policy's table: `check(frame)`, counters.
+    """The C policy object built from a Policy's table: `check(frame)`, counters, and
+    `observe(frame)` for what the backend sends the guest (domain rules learn from DNS).
 
-    The virtio-net device will own one on its transmit path; on its own (tests, tools)
-    it decides frames handed to it from Python."""
+    The virtio-net device owns one on its transmit path and shows it every received
+    frame; on its own (tests, tools) it decides and observes frames handed to it."""
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, dns_limits: DnsLimits = DnsLimits()):
         from .. import _binding
         if not policy.has_nic:
             raise ConfigError("network scope 'none' has no NIC and so no policy to enforce")
@@ -211,17 +307,32 @@ class PolicyEngine:
         self.table = policy.table()
         ffi = _binding.ffi
         rows = ffi.new("struct vmm_net_rule[]", max(1, len(self.table)))
+        names = []  # alive until vmm_net_policy_new has copied them
         for row, rule in zip(rows, self.table):
             row.action = 1 if rule.action == "allow" else 0
+            row.proto = PROTOCOLS.get(rule.protocol, 0)
+            row.port_lo, row.port_hi = rule.ports
+            if rule.domain:
+                names.append(ffi.new("char[]", rule.domain.encode()))
+                row.domain = names[-1]
+                continue
             row.family = rule.network.version
             row.prefix = rule.network.prefixlen
-            row.proto = PROTOCOLS.get(rule.protocol, 0)
             packed = rule.network.network_address.packed
             row.addr[0:len(packed)] = packed
-            row.port_lo, row.port_hi = rule.ports
         ptr = _binding.check(_binding.lib.vmm_net_policy_new, rows, len(self.table),
                              context="network policy")
         self._ptr = ffi.gc(ptr, _binding.lib.vmm_net_policy_free)
+        cfg = ffi.new("struct vmm_net_dns_config *")
+        resolvers = list(policy.dns)[:_binding.lib.VMM_NET_MAX_RESOLVERS]
+        cfg.nresolvers = len(resolvers)
+        for i, r in enumerate(resolvers):
+            cfg.family[i] = r.version
+            cfg.addr[i][0:len(r.packed)] = r.packed
+        cfg.max_entries, cfg.ttl_min, cfg.ttl_max = (dns_limits.entries, dns_limits.ttl_min,
+                                                     dns_limits.ttl_max)
+        _binding.check(_binding.lib.vmm_net_policy_set_dns, self._ptr, cfg,
+                       context="network policy DNS table")
         self._reply = ffi.new("uint8_t[]", 128)
         self._reply_len = ffi.new("size_t *")
 
@@ -236,6 +347,17 @@ class PolicyEngine:
         verdict = self._b.lib.vmm_net_policy_check(self._ptr, frame, len(frame),
                                                    self._reply, self._reply_len)
         return verdict, bytes(self._b.ffi.buffer(self._reply, self._reply_len[0]))
+
+    def observe(self, frame: bytes) -> int:
+        """Shows the policy a frame on its way to the guest: the addresses it learned from
+        it (a DNS answer for a domain rule's name), 0, or -1 for a DNS answer it could not
+        parse. The device does this for every received frame."""
+        return self._b.lib.vmm_net_policy_observe(self._ptr, frame, len(frame))
+
+    def set_clock(self, now_ms: int | None):
+        """Tests: the policy's clock reads now_ms (milliseconds) until set again; None
+        returns it to the monotonic clock."""
+        self._b.lib.vmm_net_policy_set_clock(self._ptr, -1 if now_ms is None else now_ms)
 
     def stats(self) -> dict:
         """The engine's counters, and each rule's hits keyed by the rule (in table order)."""
