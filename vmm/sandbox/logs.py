@@ -96,7 +96,8 @@ class LogWriter:
         self._lock_fd: Optional[int] = None
         self._decoders: dict = {}
         # flock belongs to the open file description, shared by this process's threads:
-        # one thread's unlock would release another's lock, so threads take turns here.
+        # one thread's unlock would release another's lock, so threads take turns here
+        # (the per-stream decoders are kept under it too).
         self._mutex = threading.Lock()
 
     # -- public -------------------------------------------------------------------------
@@ -105,18 +106,20 @@ class LogWriter:
         """Append data from source as one or more entries. Never raises for I/O."""
         if source not in SOURCES:
             raise ValueError(f"unknown log source {source!r} (one of {', '.join(SOURCES)})")
-        if isinstance(data, str):
-            # A str with lone surrogates cannot be UTF-8: they become '?'.
-            text = data.encode("utf-8", "replace").decode("utf-8")
-        else:
-            text = self._decoder(source, exec_id).decode(bytes(data))
-        self._append_text(source, text, exec_id)
+        with self._mutex:
+            if isinstance(data, str):
+                # A str with lone surrogates cannot be UTF-8: they become '?'.
+                text = data.encode("utf-8", "replace").decode("utf-8")
+            else:
+                text = self._decoder(source, exec_id).decode(bytes(data))
+            self._append_text(source, text, exec_id)
 
     def flush(self, source: str, exec_id: Optional[str] = None) -> None:
         """End a stream: an incomplete UTF-8 sequence held back is written (as U+FFFD)."""
-        decoder = self._decoders.pop((source, exec_id), None)
-        if decoder is not None:
-            self._append_text(source, decoder.decode(b"", final=True), exec_id)
+        with self._mutex:
+            decoder = self._decoders.pop((source, exec_id), None)
+            if decoder is not None:
+                self._append_text(source, decoder.decode(b"", final=True), exec_id)
 
     def close(self) -> None:
         for source, exec_id in list(self._decoders):
@@ -142,14 +145,12 @@ class LogWriter:
         return self._decoders[key]
 
     def _append_text(self, source, text, exec_id):
+        """(called holding self._mutex)"""
         if not text:
             return
         stamp = now_stamp()
-        lines = [_line(stamp, source, text[i:i + CHUNK_CHARS], exec_id)
-                 for i in range(0, len(text), CHUNK_CHARS)]
-        with self._mutex:
-            for line in lines:
-                self._append_line(line)
+        for i in range(0, len(text), CHUNK_CHARS):
+            self._append_line(_line(stamp, source, text[i:i + CHUNK_CHARS], exec_id))
 
     def _append_line(self, line: bytes) -> None:
         try:
