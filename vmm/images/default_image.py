@@ -49,12 +49,13 @@ MTIME = 0                       # fixed times: the digest must not depend on whe
 INSTALL_HINT = "install Debian's busybox-static (apt-get install busybox-static)"
 
 PASSWD = (b"root:x:0:0:root:/root:/bin/sh\n"
-          b"nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+          b"nobody:x:65534:65534:nobody:/home/nobody:/bin/sh\n")
+NOBODY = 65534
 GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 OS_RELEASE = (b'NAME="msb default"\nID=msb-default\n'
               b'PRETTY_NAME="msb default image (busybox)"\n')
-DIRS = {"bin": 0o755, "dev": 0o755, "etc": 0o755, "home": 0o755, "proc": 0o755,
+DIRS = {"bin": 0o755, "dev": 0o755, "etc": 0o755, "home": 0o755, "home/nobody": 0o755, "proc": 0o755,
         "root": 0o700, "run": 0o755, "sbin": 0o755, "sys": 0o755, "tmp": 0o1777,
         "usr": 0o755, "usr/bin": 0o755, "usr/sbin": 0o755, "var": 0o755, "var/tmp": 0o1777}
 ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
@@ -105,8 +106,9 @@ def _build(store: Store, busybox: Path, busybox_digest: str) -> StoredImage:
     return store.lookup(DEFAULT_REFERENCE)
 
 
-def layer_tar(busybox: Path) -> bytes:
-    """The image's only layer: a tar whose bytes depend on the busybox binary alone."""
+def layer_tar(busybox: Path, extra_files=()) -> bytes:
+    """The image's only layer: a tar whose bytes depend on the busybox binary alone.
+    extra_files: (path, bytes, mode) added as root-owned files (the test image's markers)."""
     applets = _applet_paths(busybox)
     data = Path(busybox).read_bytes()
     entries = [(name, tarfile.DIRTYPE, mode, b"", "") for name, mode in DIRS.items()]
@@ -116,12 +118,13 @@ def layer_tar(busybox: Path) -> bytes:
     for name, content in (("etc/passwd", PASSWD), ("etc/group", GROUP), ("etc/hosts", HOSTS),
                           ("etc/os-release", OS_RELEASE)):
         entries.append((name, tarfile.REGTYPE, 0o644, content, ""))
+    entries += [(name, tarfile.REGTYPE, mode, content, "") for name, content, mode in extra_files]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, kind, mode, content, link in sorted(entries):
             info = tarfile.TarInfo(name)
             info.type, info.mode, info.mtime, info.linkname = kind, mode, MTIME, link
-            info.uid = info.gid = 0
+            info.uid = info.gid = NOBODY if name == "home/nobody" else 0
             info.uname = info.gname = ""
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content) if kind == tarfile.REGTYPE else None)
