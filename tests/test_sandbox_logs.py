@@ -382,7 +382,8 @@ def test_cli_errors(home):
 def test_cli_follow_prints_new_entries_and_ends_at_until(home):
     logs = home / "sandboxes" / "demo" / "logs"
     proc = subprocess.Popen([sys.executable, "-m", "vmm.cli", "logs", "demo", "-f", "--tail", "1"],
-                            stdout=subprocess.PIPE, env=dict(os.environ, MSB_HOME=str(home)))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, MSB_HOME=str(home)))
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
     try:
@@ -392,9 +393,24 @@ def test_cli_follow_prints_new_entries_and_ends_at_until(home):
                 w.write("stdout", f"new {i}\n".encode())
         got = [lines.get(timeout=20) for _ in range(20)]
         assert got == [f"new {i}\n".encode() for i in range(20)]
+        proc.send_signal(signal.SIGINT)       # Ctrl-C is how a follow ends: exit 0
+        assert proc.wait(20) == 0
+        assert proc.stderr.read() == b""
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
     # --until in the past: prints what there is and ends by itself
     p = msb(home, "logs", "demo", "-f", "--until", "2025-11-29T10:02:00Z")
     assert (p.returncode, p.stdout) == (0, b"a\nb\n")
+
+
+def test_cli_reader_going_away_is_not_an_error(tmp_path):
+    logs = tmp_path / "sandboxes" / "big" / "logs"
+    with LogWriter(logs) as w:
+        for i in range(20000):
+            w.write("stdout", f"line {i}\n".encode())
+    p = subprocess.run(f"{sys.executable} -m vmm.cli logs big | head -1", shell=True,
+                       capture_output=True, env=dict(os.environ, MSB_HOME=str(tmp_path)),
+                       timeout=60)
+    assert (p.stdout, p.stderr) == (b"line 0\n", b"")

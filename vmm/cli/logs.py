@@ -51,6 +51,11 @@ def logs_cmd(name, tail, since, until, follow, timestamps, source, as_json):
     except BrokenPipeError:
         # `msb logs NAME | head`: the reader went away, which is not an error.
         _silence_stdout()
+    except KeyboardInterrupt:
+        if not follow:
+            raise
+        # Ctrl-C is how a follow ends: not an error.
+        printer.finish()
     return 0
 
 
