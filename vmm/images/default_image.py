@@ -19,13 +19,15 @@ an OCI config (Cmd /bin/sh) and a manifest, committed like an imported image, so
   and the store frees the old image's blobs.
 - Built once: the check and the build run under one store lock, so two `msb run` at once
   build it once; the second finds it done.
-- Once built it no longer needs busybox: with /bin/busybox gone, the stored image is used.
+- Once built it no longer needs busybox: with /bin/busybox gone (or replaced by Debian's
+  dynamically linked `busybox`, which cannot build it), the stored image is used.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import logging
 import struct
 import subprocess
 import tarfile
@@ -38,6 +40,8 @@ from .digest import digest_of
 from .errors import ImageError
 from .locks import file_lock
 from .store import Layer, Store, StoredImage
+
+log = logging.getLogger(__name__)
 
 DEFAULT_REFERENCE = "msb.invalid/default:busybox"
 BUSYBOX = Path("/bin/busybox")
@@ -65,26 +69,35 @@ def ensure_default_image(store: Store, busybox: Path = BUSYBOX) -> StoredImage:
     """The default image, built into store on first use (and after busybox changed)."""
     busybox = Path(busybox)
     current = _busybox_digest(busybox)
-    found = store.lookup(DEFAULT_REFERENCE)
-    if found is not None and _up_to_date(store, found, current):
+    found = _stored(store)
+    if found is not None and _built_from(found, current):
         return found
     with file_lock(store.paths.lock("default-image")):
-        found = store.lookup(DEFAULT_REFERENCE)     # another process may have built it
-        if found is not None and _up_to_date(store, found, current):
+        found = _stored(store)                      # another process may have built it
+        if found is not None and _built_from(found, current):
             return found
-        if current is None:
-            raise ImageError(f"no default image yet and {busybox} is missing to build it: "
-                             f"{INSTALL_HINT}, or name an image to run")
-        _check_static(busybox)
+        try:
+            _check_busybox(busybox, current)
+        except ImageError as e:
+            if found is None:
+                raise
+            # busybox gone, or replaced by Debian's dynamic one: the image built before
+            # still runs, so keep it rather than fail.
+            log.warning("default image not rebuilt (%s); using the one built before", e)
+            return found
         return _build(store, busybox, current)
 
 
-def _up_to_date(store: Store, image: StoredImage, busybox_digest: Optional[str]) -> bool:
-    labels = parse_config(image.config).labels
-    if not store.is_complete(image) or labels.get(LABEL_RECIPE) != RECIPE:
-        return False
-    # Without a busybox to compare with, the stored image is the best there is.
-    return busybox_digest is None or labels.get(LABEL_BUSYBOX) == busybox_digest
+def _stored(store: Store) -> Optional[StoredImage]:
+    """The stored default image, if it is whole and of this recipe."""
+    image = store.lookup(DEFAULT_REFERENCE)
+    if image is None or not store.is_complete(image):
+        return None
+    return image if parse_config(image.config).labels.get(LABEL_RECIPE) == RECIPE else None
+
+
+def _built_from(image: StoredImage, busybox_digest: Optional[str]) -> bool:
+    return parse_config(image.config).labels.get(LABEL_BUSYBOX) == busybox_digest
 
 
 def _build(store: Store, busybox: Path, busybox_digest: str) -> StoredImage:
@@ -167,7 +180,6 @@ def _applet_paths(busybox: Path) -> list:
     return paths
 
 
-
 def _busybox_digest(busybox: Path) -> Optional[str]:
     try:
         with open(busybox, "rb") as f:
@@ -176,12 +188,17 @@ def _busybox_digest(busybox: Path) -> Optional[str]:
         return None
 
 
-def _check_static(busybox: Path) -> None:
-    """A dynamically linked busybox (Debian's `busybox` package) would not run in an image
-    without a C library: refuse it with the fix."""
+def _check_busybox(busybox: Path, digest: Optional[str]) -> None:
+    """Refuse what cannot make the image, with the fix: no file, not a program, or a
+    dynamically linked busybox (Debian's `busybox` package), which would not run in an
+    image without a C library."""
+    if digest is None:
+        raise ImageError(f"the default image is built from {busybox}, which is missing: "
+                         f"{INSTALL_HINT} (or name an image to run)")
     with open(busybox, "rb") as f:
         head = f.read(64)
-        if head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) \
+                or head[5] not in (1, 2):
             raise ImageError(f"{busybox} is not an ELF program; {INSTALL_HINT}")
         is64, endian = head[4] == 2, "<" if head[5] == 1 else ">"
         if is64:
@@ -192,6 +209,8 @@ def _check_static(busybox: Path) -> None:
             phentsize, phnum = struct.unpack_from(endian + "HH", head, 42)
         f.seek(phoff)
         table = f.read(phentsize * phnum)
+    if phentsize < 4 or len(table) < phentsize * phnum:
+        raise ImageError(f"{busybox} is not a whole ELF program; {INSTALL_HINT}")
     for i in range(phnum):
         p_type, = struct.unpack_from(endian + "I", table, i * phentsize)
         if p_type == 3:     # PT_INTERP: needs a dynamic loader
