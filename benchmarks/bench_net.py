@@ -55,7 +55,7 @@ MEMORY_MIB = 512
 MIB = 64
 THROUGHPUT_ROUNDS = 7
 LATENCY_REQUESTS = 200
-BOOT_ROUNDS = 7
+BOOT_ROUNDS = 11
 BODY_PORT, SINK_PORT = 8080, 8081
 GUEST = Path(__file__).resolve().parent.parent / "tests" / "guest"
 T = 60
@@ -368,8 +368,14 @@ def test_boot_to_ready_with_a_network(benchmark, compare, image, guest_kernel, c
             "ratio <= 1.05", seconds=med["ours"])
     compare(benchmark, "sandbox boot to ready, NIC vs none", "baseline", "network=None",
             seconds=med["baseline"])
+    # Boot times on a shared machine spread widely (0.6-1.5 s here, outliers of seconds);
+    # the best of each side is shown too, as the least disturbed estimate.
+    best = {r: min(s) for r, s in samples.items()}
     benchmark.extra_info.update(ratio=round(med["ours"] / med["baseline"], 3),
+                                best_ratio=round(best["ours"] / best["baseline"], 3),
                                 **{f"{r}_samples_s": [round(x, 3) for x in s] for r, s in samples.items()})
     with capsys.disabled():
         print(f"\nboot to ready: with a NIC {med['ours'] * 1e3:.0f} ms, without "
-              f"{med['baseline'] * 1e3:.0f} ms; ratio {med['ours'] / med['baseline']:.3f} (target <= 1.05)")
+              f"{med['baseline'] * 1e3:.0f} ms; ratio {med['ours'] / med['baseline']:.3f} (target <= 1.05); "
+              f"best of {BOOT_ROUNDS}: {best['ours'] * 1e3:.0f} vs {best['baseline'] * 1e3:.0f} ms, "
+              f"ratio {best['ours'] / best['baseline']:.3f}")
