@@ -87,7 +87,7 @@ def public_sb(need_netns, kernel_path, image):
         yield sb
 
 
-def test_namespace_is_the_only_way_out(public_sb):
+def test_the_namespace_holds_only_the_test_interface(public_sb):
     # The child refused to boot unless isolated and checked passt runs in its namespace;
     # this shows what the namespace holds: lo and the test interface(s), nothing else.
     assert set(public_sb.info["links"]) - {"lo", netns.LINK, netns.PEER} == set()
