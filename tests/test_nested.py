@@ -20,8 +20,7 @@ pytestmark = [pytest.mark.nested, pytest.mark.slow,
 # and Sandbox VM and network tests with their engine switched to kvm.
 RUNS = [
     (["tests", "-m", "kvm and not nested"], {}),
-    (["tests/test_machine_devices.py", "tests/test_sandbox_vm.py", "tests/test_sandbox_net.py",
-      "tests/test_sandbox_net_ns.py"],
+    (["tests/test_machine_devices.py", "tests/test_sandbox_vm.py", "tests/test_sandbox_net.py"],
      {"VMM_TEST_ENGINE": "kvm"}),
 ]
 

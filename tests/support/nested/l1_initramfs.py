@@ -21,10 +21,8 @@ from .l1_kernel import L1Kernel, L1Unavailable
 
 # What L1 must load: kvm-amd (SVM as TCG emulates it), virtio-pci with 9p for the host's
 # root and the results directory, overlay for a writable root on top, virtio-net so passt
-# inside L1 has an interface with a default route to take its addresses from; dummy for
-# the test network namespace of tests/test_sandbox_net_ns.py (support/netns.py).
-WANTED_MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_net",
-                  "dummy")
+# inside L1 has an interface with a default route to take its addresses from.
+WANTED_MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_net")
 INIT = Path(__file__).with_name("init.sh")
 BUSYBOX = "/bin/busybox"
 
