@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.nested, pytest.mark.slow,
 RUNS = [
     (["tests", "-m", "kvm and not nested"], {}),
     (["tests/test_machine_devices.py", "tests/test_sandbox_vm.py", "tests/test_sandbox_net.py",
-      "tests/test_sandbox_volumes.py", "tests/test_sandbox_net_domains.py"],
+      "tests/test_sandbox_volumes.py", "tests/test_sandbox_net_domains.py",
+      "tests/test_sandbox_net_ns.py"],
      {"VMM_TEST_ENGINE": "kvm"}),
 ]
 
