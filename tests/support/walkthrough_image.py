@@ -10,9 +10,10 @@ the tests can serve it from loopback (walkthrough_servers.py):
 - npm/: the pnpm tarball corepack fetches on the first `pnpm` call.
 
 The build needs the internet once (Debian's mirror and the npm registry); its result is
-cached under ~/.cache/vmm/walkthrough/<key>/, the key covering every input (suite, mirrors,
-package lists, pinned versions and hashes, this file's source), published atomically
-under a lock so that concurrent runs build it once. Tests only ever read the cache.
+cached under ~/.cache/vmm/walkthrough/<key>/ ($VMM_CACHE/walkthrough/<key>/), the key
+covering every input (suite, mirrors, package lists, pinned versions and hashes, this
+file's source), published atomically under a lock so that concurrent runs build it once.
+Tests only ever read the cache.
 
     built = walkthrough_image()        # -> Built (building on first use)
     built.layout, built.ref_name       # an OCI layout directory skopeo can push
@@ -85,7 +86,7 @@ GATEWAY = "10.0.2.2"            # the sandbox's gateway: the host's loopback und
 # repository on another (ephemeral) port rewrites APT_SOURCES_PATH before apt runs.
 APT_DEFAULT_PORT = 3142
 APT_SOURCES_PATH = "/etc/apt/sources.list.d/debian.sources"
-CACHE_ROOT = Path.home() / ".cache" / "vmm" / "walkthrough"
+CACHE_ROOT = Path(os.environ.get("VMM_CACHE") or Path.home() / ".cache" / "vmm") / "walkthrough"
 NEEDED_HOSTS = (("deb.debian.org", 80), ("registry.npmjs.org", 443))
 
 ENTRYPOINT_SH = b"""#!/bin/sh
