@@ -11,11 +11,17 @@ result is cached under ~/.cache/vmm/walkthrough/); the tests never do: every ser
 reach is one walkthrough_servers.py starts on loopback. Without a cache and without those
 hosts the module skips, saying so.
 
-Slow tier, qemu (TCG) engine; the time of each step is printed (pytest -s shows it).
+The guest tests are the slow tier, on the qemu (TCG) engine; the time of each step is
+printed (pytest -s shows it). The fast tests check the cache and the local servers on the
+host alone.
 """
+import base64
+import hashlib
 import http.client
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -23,20 +29,30 @@ import time
 
 import pytest
 
+from support import walkthrough_image as wi
 from support.walkthrough_image import (APT_SOURCES_PATH, COREPACK, NODE_VERSION, NPM, PNPM,
                                        BuildUnavailable, project_files, walkthrough_image)
-from support.walkthrough_servers import walkthrough_servers
+from support.walkthrough_servers import AptRepository, NpmRegistry, walkthrough_servers
 
 import vmm
+import vmm.images
 from vmm.net.network import Network
 from vmm.sandbox.writable_disk import format_writable_disk
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not shutil.which("docker-registry") or not shutil.which("skopeo"),
-                                 reason="needs docker-registry and skopeo (scripts/setup.sh)"),
-              pytest.mark.skipif(not shutil.which("passt"), reason="no passt")]
+guest = [pytest.mark.slow,
+         pytest.mark.skipif(not shutil.which("docker-registry") or not shutil.which("skopeo"),
+                            reason="needs docker-registry and skopeo (scripts/setup.sh)"),
+         pytest.mark.skipif(not shutil.which("passt"), reason="no passt")]
 
 PROJECT = "/home/workspace"
+
+
+def guest_marks(fn):
+    for mark in guest:
+        fn = mark(fn)
+    return fn
+
+
 GUEST_PORT = 4321
 TIMES = {}
 
@@ -88,7 +104,6 @@ def pulled(servers, msb_home):
 
 @pytest.fixture(scope="module")
 def sb(kernel_path, pulled, tmp_path_factory):
-    import vmm.images
     disk = step("root disk (EROFS) build", lambda: vmm.images.root_disk(pulled))
     config = vmm.images.inspect(pulled)["config"]
     env = dict(item.split("=", 1) for item in config["env"])
@@ -110,14 +125,15 @@ def sh(sb, name, cmd, timeout=120, **kw):
     return r.stdout.decode()
 
 
+@guest_marks
 def test_config_is_the_official_images_shape(pulled):
-    import vmm.images
     config = vmm.images.inspect(pulled)["config"]
     assert config["cmd"] == ["node"] and config["entrypoint"] == ["docker-entrypoint.sh"]
     assert "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in config["env"]
     assert config["working_dir"] == "/"
 
 
+@guest_marks
 def test_node_npm_corepack(sb):
     assert sh(sb, "node --version", "node --version") == f"v{NODE_VERSION}\n"
     assert sh(sb, "npm --version", "npm --version") == f"{NPM.version}\n"
@@ -129,6 +145,7 @@ def test_node_npm_corepack(sb):
     assert sh(sb, "apt lists", "ls /var/lib/apt/lists | grep -v -e lock -e partial | wc -l") == "0\n"
 
 
+@guest_marks
 def test_apt_get_install_git_curl_from_the_local_repository(sb, servers):
     sb.fs.write(APT_SOURCES_PATH, servers.apt_sources().encode())
     sh(sb, "apt-get update && install git curl", "apt-get update && apt-get install -y git curl",
@@ -149,6 +166,7 @@ def _http_get(port, timeout=5):
         c.close()
 
 
+@guest_marks
 def test_corepack_pnpm_dev_server_through_a_published_port(sb, servers):
     sb.fs.mkdir(PROJECT, parents=True)
     for rel, data in project_files().items():
@@ -189,3 +207,114 @@ def test_corepack_pnpm_dev_server_through_a_published_port(sb, servers):
         proc.signal()   # SIGTERM to pnpm's process group; the server closes and exits
         drainer.join(60)
     assert proc.result is not None and not drainer.is_alive(), "pnpm dev did not end on SIGTERM"
+
+
+# -- fast: the cache and the local servers, on the host alone --------------------------------
+
+def _get(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", path, headers={"Host": f"10.0.2.2:{port}"})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def test_a_cached_build_is_used_without_contacting_anything(tmp_path, monkeypatch):
+    cached = tmp_path / wi.cache_key()
+    cached.mkdir()
+    (cached / "info.json").write_text("{}")
+    monkeypatch.setattr(wi, "_check_reachable", lambda: pytest.fail("contacted the build's hosts"))
+    monkeypatch.setattr(wi, "_build", lambda out: pytest.fail("built again"))
+    assert walkthrough_image(tmp_path).root == cached
+
+
+def test_no_cache_and_unreachable_hosts_is_build_unavailable(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setattr(wi, "NEEDED_HOSTS", (("127.0.0.1", closed),))
+    monkeypatch.setattr(wi, "_build", lambda out: pytest.fail("tried to build"))
+    with pytest.raises(BuildUnavailable, match=f"not cached .* cannot be built: 127.0.0.1:{closed}"):
+        walkthrough_image(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{wi.cache_key()}.lock"]
+
+
+def test_the_cache_key_covers_the_pins_and_packages(monkeypatch):
+    key = wi.cache_key()
+    monkeypatch.setattr(wi, "PNPM", wi.NpmPin("pnpm", "10.0.0", "sha512-other"))
+    assert wi.cache_key() != key
+    monkeypatch.undo()
+    monkeypatch.setattr(wi, "APT_PACKAGES", ("git",))
+    assert wi.cache_key() != key
+
+
+def test_failed_build_leaves_no_partial_cache(tmp_path, monkeypatch):
+    def broken(out):
+        (out / "layout").mkdir(parents=True)
+        raise RuntimeError("mirror said no")
+    monkeypatch.setattr(wi, "_check_reachable", lambda: None)
+    monkeypatch.setattr(wi.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(wi, "_build", broken)
+    with pytest.raises(RuntimeError, match="mirror said no"):
+        walkthrough_image(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{wi.cache_key()}.lock"]
+
+
+def test_apt_repository_serves_its_files_by_apts_quoted_names(tmp_path):
+    (tmp_path / "git_1%3a2.39.5_amd64.deb").write_bytes(b"a deb")
+    (tmp_path / "Release").write_text("Origin: x\n")
+    srv = AptRepository(tmp_path)
+    try:
+        assert _get(srv.port, "/./git_1%253a2.39.5_amd64.deb") == (200, b"a deb")
+        assert _get(srv.port, "/./Release") == (200, b"Origin: x\n")
+        assert _get(srv.port, "/./InRelease")[0] == 404
+        assert _get(srv.port, "/../../etc/passwd")[0] == 404
+        assert srv.requests[0] == ("git_1%3a2.39.5_amd64.deb", 200)
+    finally:
+        srv.stop()
+
+
+def test_apt_sources_name_the_gateway_and_trust_the_repository():
+    assert wi.apt_sources(4242) == "Types: deb\nURIs: http://10.0.2.2:4242/\nSuites: ./\nTrusted: yes\n"
+    assert wi.image_files()[APT_SOURCES_PATH] == wi.apt_sources(wi.APT_DEFAULT_PORT)
+
+
+def test_npm_registry_serves_pnpm_signed_with_its_own_key(tmp_path):
+    (tmp_path / PNPM.filename).write_bytes(b"the tarball")
+    srv = NpmRegistry(tmp_path, tmp_path)
+    try:
+        host = f"10.0.2.2:{srv.port}"
+        status, body = _get(srv.port, "/pnpm/latest")
+        doc = json.loads(body)
+        assert status == 200 and doc["version"] == PNPM.version
+        dist = doc["dist"]
+        assert dist["tarball"] == f"http://{host}/pnpm/-/{PNPM.filename}"
+        assert dist["integrity"] == PNPM.integrity
+        assert dist["shasum"] == hashlib.sha1(b"the tarball").hexdigest()
+        assert json.loads(_get(srv.port, f"/pnpm/{PNPM.version}")[1]) == doc
+        packument = json.loads(_get(srv.port, "/pnpm")[1])
+        assert packument["dist-tags"] == {"latest": PNPM.version}
+        assert packument["versions"][PNPM.version] == doc
+        assert _get(srv.port, f"/pnpm/-/{PNPM.filename}") == (200, b"the tarball")
+        assert _get(srv.port, "/pnpm/9.0.0")[0] == 404
+        # The signature verifies (as corepack checks it) against the key the guest is given.
+        (key,) = json.loads(srv.integrity_keys())["npm"]
+        (sig,) = dist["signatures"]
+        assert sig["keyid"] == key["keyid"]
+        (tmp_path / "key.der").write_bytes(base64.b64decode(key["key"]))
+        (tmp_path / "sig").write_bytes(base64.b64decode(sig["sig"]))
+        (tmp_path / "msg").write_bytes(f"pnpm@{PNPM.version}:{PNPM.integrity}".encode())
+        r = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(tmp_path / "key.der"),
+                            "-keyform", "DER", "-signature", str(tmp_path / "sig"),
+                            str(tmp_path / "msg")], capture_output=True, text=True)
+        assert r.returncode == 0 and "Verified OK" in r.stdout, r
+    finally:
+        srv.stop()
+
+
+def test_project_tree_has_a_dev_script_and_its_server():
+    files = project_files()
+    assert json.loads(files["package.json"])["scripts"]["dev"] == "node server.mjs"
+    assert b"--host" not in files["package.json"] and b"parseArgs" in files["server.mjs"]

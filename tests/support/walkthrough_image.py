@@ -205,13 +205,14 @@ def _build(out):
     _write_apt_index(out / "apt")
     tarballs = {p.name: _download(p, work) for p in (NODE, NPM, COREPACK)}
     shutil.copy(_download(PNPM, work), out / "npm" / PNPM.filename)
-    layers = [_gzip_layer(rootfs.read_bytes()), _gzip_layer(_node_layer(tarballs))]
+    raw = [rootfs.read_bytes(), _node_layer(tarballs)]
+    layers = [_gzip_layer(tar) for tar in raw]
     image = Image(layers=layers, env=[f"PATH={PATH_ENV}", f"NODE_VERSION={NODE_VERSION}"],
                   entrypoint=["docker-entrypoint.sh"], cmd=["node"], working_dir="/")
     digest = write_layout(out / "layout", [image], ref_name=IMAGE_TAG)
     info = {"manifest_digest": digest, "build_seconds": round(time.monotonic() - t0, 1),
             "compressed_bytes": sum(len(l.blob) for l in layers),
-            "uncompressed_bytes": sum(l.raw_size for l in layers),
+            "uncompressed_bytes": sum(len(tar) for tar in raw),
             "debs": sorted(p.name for p in (out / "apt").glob("*.deb")),
             "pnpm": {"version": PNPM.version, "integrity": PNPM.integrity}}
     shutil.rmtree(work)
@@ -266,7 +267,7 @@ def _write_apt_index(repo):
     for name, data in files.items():
         (repo / name).write_bytes(data)
     date = time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime())
-    release = [f"Origin: vmm-walkthrough", "Label: vmm-walkthrough", "Suite: walkthrough",
+    release = ["Origin: vmm-walkthrough", "Label: vmm-walkthrough", "Suite: walkthrough",
                "Codename: walkthrough", f"Date: {date}", "Architectures: amd64 all",
                "Description: what the msb walkthrough installs, served from loopback",
                "MD5Sum:", *(f" {hashlib.md5(d).hexdigest()} {len(d)} {n}" for n, d in files.items()),
@@ -289,15 +290,9 @@ def _download(pin, work):
     return path
 
 
-class _RawLayer(Layer):
-    raw_size: int = 0
-
-
 def _gzip_layer(raw):
-    layer = _RawLayer(gzip.compress(raw, compresslevel=6, mtime=0), sha256(raw),
-                      "application/vnd.oci.image.layer.v1.tar+gzip")
-    layer.raw_size = len(raw)
-    return layer
+    return Layer(gzip.compress(raw, compresslevel=6, mtime=0), sha256(raw),
+                 "application/vnd.oci.image.layer.v1.tar+gzip")
 
 
 def _node_layer(tarballs):
