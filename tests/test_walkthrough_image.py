@@ -16,6 +16,7 @@ printed (pytest -s shows it). The fast tests check the cache and the local serve
 host alone.
 """
 import base64
+import contextlib
 import hashlib
 import http.client
 import json
@@ -74,8 +75,9 @@ def built():
 
 @pytest.fixture(scope="module")
 def servers(built, tmp_path_factory):
-    with walkthrough_servers(built, tmp_path_factory.mktemp("walkthrough-servers")) as s:
-        yield s
+    with contextlib.ExitStack() as stack:
+        yield step("registry + skopeo push, apt, npm servers", lambda: stack.enter_context(
+            walkthrough_servers(built, tmp_path_factory.mktemp("walkthrough-servers"))))
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +118,7 @@ def sb(kernel_path, pulled, tmp_path_factory):
     s.stop()
     print("\nwalkthrough step times (qemu/TCG):")
     for name, secs in TIMES.items():
-        print(f"  {name:32s} {secs:7.1f} s")
+        print(f"  {name:42s} {secs:7.1f} s")
 
 
 def sh(sb, name, cmd, timeout=120, **kw):
@@ -225,7 +227,7 @@ def test_a_cached_build_is_used_without_contacting_anything(tmp_path, monkeypatc
     cached = tmp_path / wi.cache_key()
     cached.mkdir()
     (cached / "info.json").write_text("{}")
-    monkeypatch.setattr(wi, "_check_reachable", lambda: pytest.fail("contacted the build's hosts"))
+    monkeypatch.setattr(wi, "_check_reachable", lambda root: pytest.fail("contacted the build's hosts"))
     monkeypatch.setattr(wi, "_build", lambda out: pytest.fail("built again"))
     assert walkthrough_image(tmp_path).root == cached
 
@@ -254,7 +256,7 @@ def test_failed_build_leaves_no_partial_cache(tmp_path, monkeypatch):
     def broken(out):
         (out / "layout").mkdir(parents=True)
         raise RuntimeError("mirror said no")
-    monkeypatch.setattr(wi, "_check_reachable", lambda: None)
+    monkeypatch.setattr(wi, "_check_reachable", lambda root: None)
     monkeypatch.setattr(wi.shutil, "which", lambda name: "/usr/bin/" + name)
     monkeypatch.setattr(wi, "_build", broken)
     with pytest.raises(RuntimeError, match="mirror said no"):

@@ -170,11 +170,12 @@ def walkthrough_image(cache_root=CACHE_ROOT):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (final / "info.json").is_file():
             return Built(final)   # another run built it while we waited
-        _check_reachable()
+        _check_reachable(cache_root)
         if not shutil.which("mmdebstrap"):
             raise RuntimeError("mmdebstrap is not installed (scripts/setup.sh installs it)")
+        for stale in cache_root.glob(f"{final.name}.tmp-*"):   # killed builds (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = cache_root / f"{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
             _build(tmp)
             shutil.rmtree(final, ignore_errors=True)   # a partial one from a crashed run
@@ -184,12 +185,12 @@ def walkthrough_image(cache_root=CACHE_ROOT):
     return Built(final)
 
 
-def _check_reachable():
+def _check_reachable(cache_root):
     for host, port in NEEDED_HOSTS:
         try:
             socket.create_connection((host, port), timeout=10).close()
         except OSError as e:
-            raise BuildUnavailable(f"the walkthrough image is not cached ({CACHE_ROOT}) and "
+            raise BuildUnavailable(f"the walkthrough image is not cached ({cache_root}) and "
                                    f"cannot be built: {host}:{port} unreachable ({e})") from None
 
 
