@@ -46,6 +46,10 @@ guest = [pytest.mark.slow,
          pytest.mark.skipif(not shutil.which("passt"), reason="no passt")]
 
 PROJECT = "/home/workspace"
+# Scope host also lets the guest out to the internet (and DNS through the host's
+# resolver); these rules, checked first, keep it to the host's loopback.
+# (IPv6: global unicast only; the kernel's own link-local multicast is not the internet.)
+NO_INTERNET = [f"allow@{wi.GATEWAY}/32:tcp", "deny@0.0.0.0/0", "deny@2000::/3"]
 
 
 def guest_marks(fn):
@@ -113,7 +117,8 @@ def sb(kernel_path, pulled, tmp_path_factory):
     data = format_writable_disk(tmp_path_factory.mktemp("walkthrough-disk") / "data.ext4", "4G")
     s = step("boot", lambda: vmm.Sandbox.create(
         disk, writable_disk=data, memory_mib=1024, engine="qemu", env=env, boot_timeout=180,
-        hostname="astro-demo", network=Network(scope="host", ports=[f"0:{GUEST_PORT}"])))
+        hostname="astro-demo", network=Network(scope="host", ports=[f"0:{GUEST_PORT}"],
+                                               rules=NO_INTERNET)))
     yield s
     s.stop()
     print("\nwalkthrough step times (qemu/TCG):")
@@ -209,6 +214,15 @@ def test_corepack_pnpm_dev_server_through_a_published_port(sb, servers):
         proc.signal()   # SIGTERM to pnpm's process group; the server closes and exits
         drainer.join(60)
     assert proc.result is not None and not drainer.is_alive(), "pnpm dev did not end on SIGTERM"
+
+
+@guest_marks
+def test_nothing_in_the_walkthrough_tried_the_internet(sb):
+    """Runs after the steps above: none of them (apt, corepack, pnpm and its update
+    check) sent a packet anywhere but the host's loopback, nor asked DNS."""
+    hits = {row["rule"]: row["hits"] for row in sb.network.stats()["rules"]}
+    assert hits[NO_INTERNET[0]] > 0, hits
+    assert hits["deny@0.0.0.0/0"] == 0 and hits["deny@2000::/3"] == 0, hits
 
 
 # -- fast: the cache and the local servers, on the host alone --------------------------------
