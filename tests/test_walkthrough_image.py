@@ -9,7 +9,7 @@ fetched by corepack from the local npm registry; the project's dev server on
 Building the image needs the internet once (Debian's mirror and the npm registry; the
 result is cached under ~/.cache/vmm/walkthrough/); the tests never do: every server they
 reach is one walkthrough_servers.py starts on loopback. Without a cache and without those
-hosts the module skips, saying so.
+hosts the guest tests skip, saying so; any other build failure fails them.
 
 The guest tests are the slow tier, on the qemu (TCG) engine; the time of each step is
 printed (pytest -s shows it). The fast tests check the cache and the local servers on the
@@ -46,6 +46,7 @@ guest = [pytest.mark.slow,
          pytest.mark.skipif(not shutil.which("passt"), reason="no passt")]
 
 PROJECT = "/home/workspace"
+GUEST_PORT = 4321
 # Scope host also lets the guest out to the internet (and DNS through the host's
 # resolver); these rules, checked first, keep it to the host's loopback.
 # (IPv6: global unicast only; the kernel's own link-local multicast is not the internet.)
@@ -58,7 +59,6 @@ def guest_marks(fn):
     return fn
 
 
-GUEST_PORT = 4321
 TIMES = {}
 
 
