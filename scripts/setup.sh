@@ -12,6 +12,7 @@ APT_PACKAGES=(
   e2fsprogs erofs-utils                         # disks
   passt socat                                   # networking
   docker-registry skopeo umoci apache2-utils    # image tests and benchmarks
+  mmdebstrap                                    # the walkthrough test's image (built once)
 )
 
 missing=()
