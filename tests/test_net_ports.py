@@ -1,5 +1,6 @@
 """Published-port specs and the host-side checks made before a sandbox boots, and which
 passt runs and how one that fails to start is reported (no VM)."""
+import ipaddress
 import os
 import re
 import socket
@@ -11,7 +12,7 @@ import pytest
 import vmm
 from vmm.engines import net_backend
 from vmm.errors import ConfigError
-from vmm.net.network import Network, kernel_arg, guest_state, passt_options
+from vmm.net.network import Network, guest_state, host_has_ipv6, kernel_arg, passt_options
 from vmm.net.ports import PublishedPort, parse_port, parse_ports, passt_args, reserve_ports
 
 
@@ -107,14 +108,53 @@ def test_network_config():
 
 
 def test_guest_config_on_the_command_line_and_for_passt():
-    st = guest_state(Network(scope="host"), [])
+    st = guest_state(Network(scope="host"), [], ipv6=False)
     assert kernel_arg(st) == "vmm.net=10.0.2.15/24,10.0.2.2,1500,10.0.2.3,1"
-    assert kernel_arg(guest_state(Network(dns="9.9.9.9"), [])) == \
+    assert kernel_arg(guest_state(Network(dns="9.9.9.9"), [], ipv6=False)) == \
         "vmm.net=10.0.2.15/24,10.0.2.2,1500,9.9.9.9,0"
-    opts = passt_options(guest_state(Network(), parse_ports(["1234:80"])))
+    opts = passt_options(guest_state(Network(), parse_ports(["1234:80"]), ipv6=False))
+    assert opts[0] == "--ipv4-only"
     assert opts[opts.index("--address") + 1] == "10.0.2.15"
     assert opts[opts.index("--gateway") + 1] == "10.0.2.2"
     assert opts[-2:] == ["-t", "127.0.0.1/1234:80"]
+    assert st.gateways == ["10.0.2.2"] and st.address6 is None
+
+
+def test_guest_config_with_ipv6():
+    """Where passt offers IPv6: our ULA address and gateway, on the command line for the
+    agent, to passt as its second -a/-g, and the gateway to the policy as the host's."""
+    st = guest_state(Network(scope="host"), [], ipv6=True)
+    assert (st.address6, st.gateway6) == ("fd76:6d6d:0:2::15/64", "fd76:6d6d:0:2::2")
+    assert kernel_arg(st) == ("vmm.net=10.0.2.15/24,10.0.2.2,1500,10.0.2.3,1,"
+                              "fd76:6d6d:0:2::15/64,fd76:6d6d:0:2::2")
+    opts = passt_options(st)
+    assert "--ipv4-only" not in opts
+    assert [opts[i + 1] for i, o in enumerate(opts) if o == "--address"] == \
+        ["10.0.2.15", "fd76:6d6d:0:2::15"]
+    assert [opts[i + 1] for i, o in enumerate(opts) if o == "--gateway"] == \
+        ["10.0.2.2", "fd76:6d6d:0:2::2"]
+    assert st.gateways == ["10.0.2.2", "fd76:6d6d:0:2::2"]
+    for scope, verdict in (("host", "allow"), ("private", "deny"), ("public", "deny")):
+        table = Network(scope=scope).policy().table()
+        first = next(r for r in table if ipaddress.ip_address(st.gateway6) in r.network)
+        assert first.action == verdict, (scope, first)
+
+
+def test_host_ipv6_is_its_default_route(tmp_path):
+    """passt offers IPv6 where the host has a default route on a real interface; the
+    kernel's unreachable default on lo (flag RTF_REJECT) is not one."""
+    def routes(*lines):
+        f = tmp_path / "ipv6_route"
+        f.write_text("".join(line + "\n" for line in lines))
+        return str(f)
+    z = "0" * 32
+    lo_reject = f"{z} 00 {z} 00 {z} ffffffff 00000001 00000000 00200200       lo"
+    eth_default = f"{z} 00 {z} 00 fd00{'0' * 27}1 00000400 00000002 00000000 00000003     eth0"
+    eth_prefix = f"fd00{'0' * 28} 40 {z} 00 {z} 00000100 00000001 00000000 00000001     eth0"
+    assert host_has_ipv6(routes(eth_prefix, eth_default, lo_reject))
+    assert not host_has_ipv6(routes(eth_prefix, lo_reject))
+    assert not host_has_ipv6(routes())
+    assert not host_has_ipv6(str(tmp_path / "missing"))   # a kernel without IPv6
 
 
 def test_sandbox_rejects_a_network_that_is_not_one(tmp_path):

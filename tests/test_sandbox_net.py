@@ -23,7 +23,9 @@ from support.test_engine import ENGINE, engine_marks  # noqa: E402
 import vmm  # noqa: E402
 from vmm.engines import net_backend  # noqa: E402
 from vmm.net.ports import parse_ports, reserve_ports  # noqa: E402
-from vmm.net.network import DNS_FORWARD, GATEWAY, GUEST_ADDRESS, GUEST_PREFIX, MTU, Network  # noqa: E402
+from vmm.net.network import (DNS_FORWARD, GATEWAY, GATEWAY6, GUEST_ADDRESS,  # noqa: E402
+                              GUEST_ADDRESS6, GUEST_PREFIX, GUEST_PREFIX6, MTU, Network,
+                              host_has_ipv6)
 
 
 def have_passt() -> bool:
@@ -41,6 +43,8 @@ pytestmark = [pytest.mark.slow, *engine_marks(),
 
 BOOT_TIMEOUT = 60
 T = 30
+IPV6 = host_has_ipv6()   # passt offers the guest IPv6 where the host has it
+need_ipv6 = pytest.mark.skipif(not IPV6, reason="the host has no IPv6 default route")
 
 
 def sha256(path) -> str:
@@ -73,12 +77,21 @@ def test_eth0_configured_before_ready(sb):
     assert f"inet {GUEST_ADDRESS}/{GUEST_PREFIX}" in addr, addr
     assert f"mtu {MTU}" in addr and ",UP" in addr, addr
     assert f"default via {GATEWAY} dev eth0" in run(sb, "ip route"), sb.console
+    addr6 = run(sb, "ip -6 addr show dev eth0")
+    if IPV6:   # static: usable at once (no DAD), no address from passt's RAs
+        assert f"inet6 {GUEST_ADDRESS6}/{GUEST_PREFIX6} scope global" in addr6, addr6
+        assert "tentative" not in addr6 and addr6.count("scope global") == 1, addr6
+        assert f"default via {GATEWAY6} dev eth0" in run(sb, "ip -6 route"), sb.console
+    else:
+        assert "scope global" not in addr6, addr6
 
 
 def test_reported_network(sb):
     n = sb.network
     assert (n.address, n.gateway, n.dns, n.scope) == (f"{GUEST_ADDRESS}/{GUEST_PREFIX}",
                                                       GATEWAY, DNS_FORWARD, "host")
+    assert (n.address6, n.gateway6) == ((f"{GUEST_ADDRESS6}/{GUEST_PREFIX6}", GATEWAY6)
+                                        if IPV6 else (None, None))
     tcp, udp, banner = n.published
     assert tcp.startswith("127.0.0.1:") and tcp.endswith("->8080/tcp"), tcp
     assert udp.startswith("127.0.0.1:") and udp.endswith("->5353/udp"), udp
@@ -91,6 +104,9 @@ def test_resolv_conf_and_hosts_in_the_writable_layer(sb, image, image_hash):
     hosts = run(sb, "cat /etc/hosts")
     assert f"{GUEST_ADDRESS}\tnetbox\n" in hosts, hosts
     assert f"{GATEWAY}\thost.microsandbox.internal\n" in hosts, hosts   # scope host
+    if IPV6:
+        assert f"{GUEST_ADDRESS6}\tnetbox\n" in hosts, hosts
+        assert f"{GATEWAY6}\thost.microsandbox.internal\n" in hosts, hosts
     assert "127.0.0.1\tlocalhost\n" in hosts
     # Written through the overlay into its upper layer: the image disk is as it was.
     assert sha256(image) == image_hash
@@ -122,6 +138,29 @@ def test_guest_reaches_host_loopback_through_the_gateway(sb):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@need_ipv6
+def test_guest_reaches_host_ipv6_loopback_through_the_ipv6_gateway(sb):
+    """Scope host over IPv6: the guest's connection to the IPv6 gateway reaches a server
+    on the host's [::1] (passt maps its gateways to the host's loopback)."""
+    srv = socket.socket(socket.AF_INET6)
+    srv.bind(("::1", 0))
+    srv.listen(1)
+    peers = []
+
+    def serve():
+        c, peer = srv.accept()
+        with c:
+            peers.append(peer[0])
+            c.sendall(b"hello-from-host-ipv6-loopback\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        out = run(sb, f"{{ sleep 2; }} | nc -w 10 {GATEWAY6} {srv.getsockname()[1]}")
+    finally:
+        srv.close()
+    assert out == "hello-from-host-ipv6-loopback\n" and peers == ["::1"], (out, peers)
 
 
 def eth0_rx_bytes(sb) -> int:
@@ -176,6 +215,10 @@ def test_public_scope_refuses_the_host_at_once_and_counts_it(kernel_path, image)
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
     port = srv.getsockname()[1]
+    srv6 = socket.socket(socket.AF_INET6)
+    srv6.bind(("::1", 0))
+    srv6.listen(4)
+    port6 = srv6.getsockname()[1]
     try:
         with vmm.Sandbox.create(image, engine=ENGINE, boot_timeout=BOOT_TIMEOUT,
                                 network=Network(rules=["deny@203.0.113.0/24:tcp:443"])) as s:
@@ -192,8 +235,23 @@ def test_public_scope_refuses_the_host_at_once_and_counts_it(kernel_path, image)
             hits = {row["rule"]: row["hits"] for row in stats["rules"]}
             assert hits["deny@203.0.113.0/24:tcp:443"] == 0
             assert any(h > 0 and GATEWAY in rule for rule, h in hits.items()), hits
+            if IPV6:   # the IPv6 gateway, to a server on the host's [::1]: the same
+                t0 = time.monotonic()
+                r = s.exec(["sh", "-c", f"echo x | nc -w 20 {GATEWAY6} {port6}; echo rc=$?"],
+                           timeout=T)
+                elapsed = time.monotonic() - t0
+                assert b"rc=1" in r.stdout, r
+                assert elapsed < 10, f"a refused IPv6 connect took {elapsed:.1f} s (no RST?)"
+                srv6.settimeout(0.5)
+                with pytest.raises(socket.timeout):
+                    srv6.accept()
+                stats = s.network.stats()
+                assert stats["resets"] >= 2, stats
+                hits = {row["rule"]: row["hits"] for row in stats["rules"]}
+                assert hits[f"deny@{GATEWAY6}/128"] > 0, hits
     finally:
         srv.close()
+        srv6.close()
 
 
 def test_no_network_means_only_lo(kernel_path, image):
