@@ -130,9 +130,9 @@ def test_guest_reaches_host_loopback_through_the_gateway(sb):
     try:
         port = srv.server_address[1]
         # nc, by address: Debian's static busybox wget crashes in the guest (static glibc).
-        # The request is not half-closed (the sleep keeps nc's stdin open): Debian's
-        # passt of 2023-03 can loop on a connection the guest half-closed before the
-        # reply came.
+        # The request is not half-closed (the sleep keeps nc's stdin open): passt resets
+        # a connection the guest half-closed before the reply (the pinned one, losing
+        # what the guest had not read) or loops on it (Debian 12's).
         out = run(sb, f"{{ printf 'GET / HTTP/1.0\\r\\n\\r\\n'; sleep 2; }} | nc -w 10 {GATEWAY} {port}")
         assert out.startswith("HTTP/1.0 200") and out.endswith("hello-from-host-loopback\n"), out
     finally:
@@ -278,8 +278,8 @@ def test_published_tcp_port_reaches_a_guest_server(sb):
     try:
         wait_listening(sb, 8080)
         host_port = sb.network.ports[0].host
-        # The client speaks first, as HTTP does: this passt completes a forwarded
-        # connection's handshake with its first data frame.
+        # The client speaks first, as HTTP does (a server that talks first: the test
+        # after this one).
         with socket.create_connection(("127.0.0.1", host_port), timeout=T) as c:
             c.settimeout(T)
             c.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")

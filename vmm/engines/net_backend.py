@@ -19,17 +19,18 @@ from ..errors import ConfigError
 
 NET_STREAM, NET_TAP = 0, 1  # vmm_net_new's backend kinds
 
-# passt's end of the socketpair needs a send buffer larger than the guest's TCP receive
+# passt's end of the socketpair gets a send buffer larger than the guest's TCP receive
 # window. passt sends a guest as much as that window allows, in batches of up to 128
-# frames, with non-blocking writes in a tight loop; whatever does not fit in the socket is
-# dropped (partial sendmsg), and passt (Debian 12's) only recovers by resending everything
-# from the first loss (go-back-N) after duplicate ACKs or its timer. With the 208 KiB
-# default a 64 MiB download ran at 3-20 s instead of 0.3 s, the guest receiving its data
-# 8 times over. Reading the socket faster cannot fix it (passt outruns any reader), and
-# buffering more on our side makes it worse (every go-back-N round then reaches the guest
-# whole): measured for issue 10 item 5. 8 MiB (16 MiB once the kernel doubles it) holds a
-# whole window of a Linux guest (tcp_rmem max 6 MiB). Memory is charged only while frames
-# wait for us. Without CAP_NET_ADMIN the size is capped by net.core.wmem_max.
+# frames, with non-blocking writes; what does not fit in the socket is not sent. Debian
+# 12's passt drops the rest of the batch and recovers only by resending everything from
+# the first loss (go-back-N): with the 208 KiB default a 64 MiB download took 6.8 s
+# instead of 0.77 s, the guest receiving its data up to 9.6 times over, and reading the
+# socket faster or buffering more on our side cannot fix it (measured for issue 10 item
+# 5). The pinned passt (scripts/build-passt.sh) rewinds its sequence to the first frame
+# it could not send: 0.87 s with 208 KiB vs 0.84 s with 8 MiB. The large buffer stays for
+# the Debian fallback and costs nothing: memory is charged only while frames wait for us.
+# 8 MiB (16 MiB once the kernel doubles it) holds a whole window of a Linux guest
+# (tcp_rmem max 6 MiB). Without CAP_NET_ADMIN the size is capped by net.core.wmem_max.
 PASST_SNDBUF = 8 << 20
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
