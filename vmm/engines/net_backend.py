@@ -23,11 +23,11 @@ NET_STREAM, NET_TAP = 0, 1  # vmm_net_new's backend kinds
 # window. passt sends a guest as much as that window allows, in batches of up to 128
 # frames, with non-blocking writes; what does not fit in the socket is not sent. Debian
 # 12's passt drops the rest of the batch and recovers only by resending everything from
-# the first loss (go-back-N): with the 208 KiB default a 64 MiB download took 6.8 s
-# instead of 0.77 s, the guest receiving its data up to 9.6 times over, and reading the
+# the first loss (go-back-N): with the 208 KiB default a 64 MiB download took 5.0 s
+# instead of 0.60 s, the guest receiving its data up to 9.6 times over, and reading the
 # socket faster or buffering more on our side cannot fix it (measured for issue 10 item
 # 5). The pinned passt (scripts/build-passt.sh) rewinds its sequence to the first frame
-# it could not send: 0.87 s with 208 KiB vs 0.84 s with 8 MiB. The large buffer stays for
+# it could not send: 0.40 s with 208 KiB vs 0.40 s with 8 MiB. The large buffer stays for
 # the Debian fallback and costs nothing: memory is charged only while frames wait for us.
 # 8 MiB (16 MiB once the kernel doubles it) holds a whole window of a Linux guest
 # (tcp_rmem max 6 MiB). Without CAP_NET_ADMIN the size is capped by net.core.wmem_max.
