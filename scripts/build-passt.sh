@@ -11,9 +11,10 @@
 # net_backend.py looks there (after $VMM_PASST, before `passt` on PATH) and pins the same
 # hash: change both together (tests/test_net_ports.py checks they agree).
 #
-# Present: nothing to do. Otherwise download, check the sha256, build in a temporary
-# directory beside the entry and rename it into place, so a reader never sees a half-built
-# entry and a killed build leaves only a *.tmp.* directory (removed on the next run).
+# Present: nothing to do. Otherwise, holding <entry>.lock: download, check the sha256,
+# build in a temporary directory beside the entry and rename it into place, so a reader
+# never sees a half-built entry and a killed build leaves only a *.tmp.* directory
+# (removed by the next build).
 set -euo pipefail
 
 PASST_URL='http://deb.debian.org/debian/pool/main/p/passt/passt_0.0~git20250503.587980c.orig.tar.xz'
@@ -27,7 +28,14 @@ if [ -x "$entry/passt" ]; then
 fi
 
 mkdir -p "$root"
-rm -rf "$root/${PASST_SHA256:0:16}".tmp.*   # leftovers of a killed build
+# One builder at a time (parallel setups, CI jobs sharing a cache): the others wait here
+# and then find the entry.
+exec 9>"$entry.lock"
+flock 9
+if [ -x "$entry/passt" ]; then
+  exit 0
+fi
+rm -rf "$entry".tmp.*   # leftovers of a killed build (no other builder holds the lock)
 tmp=$(mktemp -d "$entry.tmp.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
@@ -58,13 +66,6 @@ for t in "${targets[@]}"; do
 done
 "$tmp/out/passt" --version >/dev/null   # it runs here
 
-# Publish: a rename of the whole directory. Another run that published first wins; ours
-# is then dropped with the temporary directory.
-if mv -T "$tmp/out" "$entry" 2>/dev/null; then
-  echo "build-passt: installed $entry/passt" >&2
-elif [ -x "$entry/passt" ]; then
-  :
-else
-  echo "build-passt: cannot publish $entry" >&2
-  exit 1
-fi
+# Publish: one rename of the whole directory.
+mv -T "$tmp/out" "$entry"
+echo "build-passt: installed $entry/passt" >&2
