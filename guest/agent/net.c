@@ -13,9 +13,13 @@
  * passt maps to the host's loopback.
  *
  * IPv6 (the two optional fields: the host gives them where passt offers IPv6) is static
- * too: before the link goes up, duplicate address detection, router advertisements and
- * SLAAC are turned off for eth0, so the address is usable at once (DAD would hold it
- * tentative for a second or more) and passt's RAs add nothing behind the host's back.
+ * too: before the link goes up, duplicate address detection and SLAAC are turned off for
+ * eth0, so the address is usable at once (DAD would hold it tentative for a second or
+ * more), and passt's router advertisements may add neither a route nor a prefix. RAs stay
+ * accepted, though: the router solicitation the kernel then sends is often the guest's
+ * first frame, from which passt learns the guest's MAC address; until then it cannot
+ * deliver a published port's first connection or datagram (accept_ra=0 left passt
+ * without a frame, the policy dropping the guest's multicast listener reports).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -187,10 +191,11 @@ static int configure_interface(const struct net_conf *c)
 	ifr.ifr_mtu = c->mtu;
 	if (if_ioctl(fd, SIOCSIFMTU, &ifr, "mtu") < 0)
 		goto out;
-	if (c->has6) { /* before the link goes up: no DAD, RS or SLAAC on it */
+	if (c->has6) { /* before the link goes up: no DAD, no SLAAC, RAs change nothing */
 		write_sysctl("accept_dad", "0");
-		write_sysctl("accept_ra", "0");
 		write_sysctl("autoconf", "0");
+		write_sysctl("accept_ra_defrtr", "0");
+		write_sysctl("accept_ra_pinfo", "0");
 	}
 	if (if_ioctl(fd, SIOCGIFFLAGS, &ifr, "flags") < 0)
 		goto out;
