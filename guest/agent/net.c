@@ -3,13 +3,23 @@
  * because the host chose every value (vmm/net/network.py) and a DHCP exchange would only
  * cost boot time. One kernel parameter carries it:
  *
- *   vmm.net=ADDR/PREFIX,GATEWAY,MTU,DNS,HOSTALIAS   e.g. 10.0.2.15/24,10.0.2.2,1500,10.0.2.3,0
+ *   vmm.net=ADDR/PREFIX,GATEWAY,MTU,DNS,HOSTALIAS[,ADDR6/PREFIX6,GATEWAY6]
+ *   e.g. 10.0.2.15/24,10.0.2.2,1500,10.0.2.3,0,fd76:6d6d:0:2::15/64,fd76:6d6d:0:2::2
  *
  * eth0 gets the address, netmask and MTU and goes up, with a default route via GATEWAY
  * (all with ioctls: no tools in the image are assumed). /etc/resolv.conf and /etc/hosts are
  * written after the switch into the overlay, so they land in its upper (writable) layer and
  * never in the image. HOSTALIAS=1 adds host.microsandbox.internal for the gateway, which
  * passt maps to the host's loopback.
+ *
+ * IPv6 (the two optional fields: the host gives them where passt offers IPv6) is static
+ * too: before the link goes up, duplicate address detection and SLAAC are turned off for
+ * eth0, so the address is usable at once (DAD would hold it tentative for a second or
+ * more), and passt's router advertisements may add neither a route nor a prefix. RAs stay
+ * accepted, though: the router solicitation the kernel then sends is often the guest's
+ * first frame, from which passt learns the guest's MAC address; until then it cannot
+ * deliver a published port's first connection or datagram (accept_ra=0 left passt
+ * without a frame, the policy dropping the guest's multicast listener reports).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -18,6 +28,7 @@
 #include <net/if.h>
 #include <net/route.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,18 +46,45 @@
 struct net_conf {
 	struct in_addr addr, mask, gw, dns;
 	int prefix, mtu, host_alias;
+	int has6, prefix6;
+	struct in6_addr addr6, gw6;
 };
+
+/* The kernel's struct in6_ifreq (linux/ipv6.h, which does not mix with musl's headers). */
+struct in6_ifreq_k {
+	struct in6_addr addr;
+	uint32_t prefixlen;
+	int ifindex;
+};
+
+static int parse_addr6(char *addr_prefix, char *gw, struct net_conf *c)
+{
+	char *slash = strchr(addr_prefix, '/'), *pend;
+	if (!slash)
+		return -1;
+	*slash = 0;
+	long prefix = strtol(slash + 1, &pend, 10);
+	if (prefix < 1 || prefix > 128 || *pend || inet_pton(AF_INET6, addr_prefix, &c->addr6) != 1 ||
+	    inet_pton(AF_INET6, gw, &c->gw6) != 1)
+		return -1;
+	c->prefix6 = (int)prefix;
+	c->has6 = 1;
+	return 0;
+}
 
 static int parse_conf(const char *spec, struct net_conf *c)
 {
-	char s[256], *fields[5];
+	char s[256], *fields[7];
 	int n = 0;
 	if (strlen(spec) >= sizeof(s))
 		return -1;
 	strcpy(s, spec);
-	for (char *p = s, *tok; n < 5 && (tok = strsep(&p, ",")) != NULL;)
+	for (char *p = s, *tok; n < 7 && (tok = strsep(&p, ",")) != NULL;)
 		fields[n++] = tok;
-	if (n != 5)
+	if (n != 5 && n != 7)
+		return -1;
+	c->has6 = 0;
+	if (n == 7 && parse_addr6(fields[5], fields[6], c) < 0)
 		return -1;
 	char *slash = strchr(fields[0], '/');
 	if (!slash)
@@ -96,6 +134,47 @@ static int wait_for_interface(void)
 	return -1;
 }
 
+static void write_sysctl(const char *name, const char *value)
+{
+	char path[128];
+	snprintf(path, sizeof(path), "/proc/sys/net/ipv6/conf/%s/%s", NET_IF, name);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, value, strlen(value)) < 0)
+		log_msg("agent: network: %s: %s", path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+/* The IPv6 address and default route, on the interface that is up by now. */
+static int configure_ipv6(const struct net_conf *c)
+{
+	int fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0), rc = -1;
+	if (fd < 0) {
+		log_msg("agent: network: no IPv6 socket: %s", strerror(errno));
+		return -1;
+	}
+	struct in6_ifreq_k ifr6 = {.addr = c->addr6, .prefixlen = (uint32_t)c->prefix6,
+				   .ifindex = (int)if_nametoindex(NET_IF)};
+	if (ioctl(fd, SIOCSIFADDR, &ifr6) < 0 && errno != EEXIST) {
+		log_msg("agent: network: IPv6 address on %s: %s", NET_IF, strerror(errno));
+		goto out;
+	}
+	struct in6_rtmsg rt;
+	memset(&rt, 0, sizeof(rt));
+	rt.rtmsg_gateway = c->gw6;
+	rt.rtmsg_flags = RTF_UP | RTF_GATEWAY;
+	rt.rtmsg_metric = 1;
+	rt.rtmsg_ifindex = ifr6.ifindex;
+	if (ioctl(fd, SIOCADDRT, &rt) < 0 && errno != EEXIST) {
+		log_msg("agent: network: IPv6 default route via gateway: %s", strerror(errno));
+		goto out;
+	}
+	rc = 0;
+out:
+	close(fd);
+	return rc;
+}
+
 static int configure_interface(const struct net_conf *c)
 {
 	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -112,6 +191,12 @@ static int configure_interface(const struct net_conf *c)
 	ifr.ifr_mtu = c->mtu;
 	if (if_ioctl(fd, SIOCSIFMTU, &ifr, "mtu") < 0)
 		goto out;
+	if (c->has6) { /* before the link goes up: no DAD, no SLAAC, RAs change nothing */
+		write_sysctl("accept_dad", "0");
+		write_sysctl("autoconf", "0");
+		write_sysctl("accept_ra_defrtr", "0");
+		write_sysctl("accept_ra_pinfo", "0");
+	}
 	if (if_ioctl(fd, SIOCGIFFLAGS, &ifr, "flags") < 0)
 		goto out;
 	ifr.ifr_flags |= IFF_UP;
@@ -130,7 +215,7 @@ static int configure_interface(const struct net_conf *c)
 		log_msg("agent: network: default route via gateway: %s", strerror(errno));
 		goto out;
 	}
-	rc = 0;
+	rc = c->has6 ? configure_ipv6(c) : 0;
 out:
 	close(fd);
 	return rc;
@@ -152,15 +237,25 @@ static void write_file(const char *path, const char *text)
 static void write_name_files(const struct net_conf *c, const char *hostname)
 {
 	char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN], d[INET_ADDRSTRLEN], text[1024];
+	char a6[INET6_ADDRSTRLEN], g6[INET6_ADDRSTRLEN];
 	inet_ntop(AF_INET, &c->addr, a, sizeof(a));
 	inet_ntop(AF_INET, &c->gw, g, sizeof(g));
 	inet_ntop(AF_INET, &c->dns, d, sizeof(d));
+	inet_ntop(AF_INET6, &c->addr6, a6, sizeof(a6));
+	inet_ntop(AF_INET6, &c->gw6, g6, sizeof(g6));
 	mkdir("/etc", 0755);
 	snprintf(text, sizeof(text), "nameserver %s\n", d);
 	write_file("/etc/resolv.conf", text);
-	int n = snprintf(text, sizeof(text), "127.0.0.1\tlocalhost\n::1\tlocalhost\n%s\t%s\n", a, hostname);
-	if (c->host_alias && n > 0 && (size_t)n < sizeof(text))
-		snprintf(text + n, sizeof(text) - (size_t)n, "%s\thost.microsandbox.internal\n", g);
+	/* hostname is at most 64 bytes (agent_cmdline checks it): every line fits. */
+	size_t n = 0;
+	n += (size_t)snprintf(text + n, sizeof(text) - n, "127.0.0.1\tlocalhost\n::1\tlocalhost\n%s\t%s\n",
+			      a, hostname);
+	if (c->has6 && n < sizeof(text))
+		n += (size_t)snprintf(text + n, sizeof(text) - n, "%s\t%s\n", a6, hostname);
+	if (c->host_alias && n < sizeof(text))
+		n += (size_t)snprintf(text + n, sizeof(text) - n, "%s\thost.microsandbox.internal\n", g);
+	if (c->host_alias && c->has6 && n < sizeof(text))
+		snprintf(text + n, sizeof(text) - n, "%s\thost.microsandbox.internal\n", g6);
 	write_file("/etc/hosts", text);
 }
 

@@ -10,23 +10,27 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 from .. import _binding
 from ..errors import ConfigError
 
 NET_STREAM, NET_TAP = 0, 1  # vmm_net_new's backend kinds
 
-# passt's end of the socketpair needs a send buffer larger than the guest's TCP receive
+# passt's end of the socketpair gets a send buffer larger than the guest's TCP receive
 # window. passt sends a guest as much as that window allows, in batches of up to 128
-# frames, with non-blocking writes in a tight loop; whatever does not fit in the socket is
-# dropped (partial sendmsg), and passt (Debian 12's) only recovers by resending everything
-# from the first loss (go-back-N) after duplicate ACKs or its timer. With the 208 KiB
-# default a 64 MiB download ran at 3-20 s instead of 0.3 s, the guest receiving its data
-# 8 times over. Reading the socket faster cannot fix it (passt outruns any reader), and
-# buffering more on our side makes it worse (every go-back-N round then reaches the guest
-# whole): measured for issue 10 item 5. 8 MiB (16 MiB once the kernel doubles it) holds a
-# whole window of a Linux guest (tcp_rmem max 6 MiB). Memory is charged only while frames
-# wait for us. Without CAP_NET_ADMIN the size is capped by net.core.wmem_max.
+# frames, with non-blocking writes; what does not fit in the socket is not sent. Debian
+# 12's passt drops the rest of the batch and recovers only by resending everything from
+# the first loss (go-back-N): with the 208 KiB default a 64 MiB download took 5.0 s
+# instead of 0.60 s, the guest receiving its data up to 9.6 times over, and reading the
+# socket faster or buffering more on our side cannot fix it (measured for issue 10 item
+# 5). The pinned passt (scripts/build-passt.sh) rewinds its sequence to the first frame
+# it could not send: 0.40 s with 208 KiB vs 0.40 s with 8 MiB. The large buffer stays for
+# the Debian fallback and costs nothing: memory is charged only while frames wait for us.
+# 8 MiB (16 MiB once the kernel doubles it) holds a whole window of a Linux guest
+# (tcp_rmem max 6 MiB). Without CAP_NET_ADMIN the size is capped by net.core.wmem_max.
 PASST_SNDBUF = 8 << 20
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
@@ -65,21 +69,113 @@ def passt_socketpair(sndbuf=PASST_SNDBUF):
     return ours, theirs
 
 
+# Which passt: $VMM_PASST (a path), else the build scripts/build-passt.sh keeps in the
+# cache (the pinned 2025-05 source: it rewinds its sequence numbers for frames its socket
+# could not take, and serves forwarded connections to guests that speak first), else
+# `passt` on PATH (Debian 12's, which works with the limits docs/platform.md lists).
+PASST_ENV = "VMM_PASST"
+# The tarball's sha256 that scripts/build-passt.sh pins; its first 16 hex digits name the
+# cache entry. Change both together (tests/test_net_ports.py checks they agree).
+PASST_SOURCE_SHA256 = "69d5eb843f7d648c2cc60bfbca6ea7b5014c6b6f07cdee362c2a8cf490515a49"
+
+# How long passt may take to get ready (options parsed, ports bound, PID file written);
+# it takes ~10 ms. One that exits or hangs instead is an error naming it and its stderr.
+PASST_START_TIMEOUT = 10.0
+_STDERR_SHOWN = 1000  # bytes of passt's stderr an error quotes
+
+
+def built_passt() -> Path:
+    """Where scripts/build-passt.sh installs the pinned passt: under the cache root of
+    vmm/guest/cache.py (${VMM_CACHE:-~/.cache/vmm}; a layer above this one, so not
+    imported)."""
+    root = Path(os.environ.get("VMM_CACHE") or Path.home() / ".cache" / "vmm")
+    return root / "passt" / PASST_SOURCE_SHA256[:16] / "passt"
+
+
+def passt_program() -> str:
+    """The passt to run: $VMM_PASST, else the cached build, else `passt` on PATH."""
+    chosen = os.environ.get(PASST_ENV, "").strip()
+    if chosen:
+        if not (os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
+            raise ConfigError(f"{PASST_ENV}={chosen!r} is not an executable file")
+        return chosen
+    built = built_passt()
+    if os.access(built, os.X_OK):
+        return str(built)
+    exe = shutil.which("passt")
+    if not exe:
+        raise ConfigError("net backend passt needs the passt program: run "
+                          "scripts/build-passt.sh, install Debian's package passt, or set "
+                          f"{PASST_ENV}")
+    return exe
+
+
+def _stderr_text(f) -> str:
+    f.seek(0)
+    text = f.read(_STDERR_SHOWN + 1).decode(errors="replace")
+    # Debian 12's passt also tells stderr each time syslog is missing: noise here.
+    lines = [ln for ln in text.splitlines() if ln.strip() and "to syslog" not in ln]
+    text = "\n".join(lines)
+    return text[:_STDERR_SHOWN] + ("..." if len(text) > _STDERR_SHOWN else "")
+
+
+def _wait_ready(proc, pid_file: str, exe: str, errors) -> None:
+    """Return once passt wrote its PID file (its set-up is done); ConfigError if it exits
+    or stays silent instead."""
+    deadline = time.monotonic() + PASST_START_TIMEOUT
+    delay = 0.001
+    while True:
+        if os.path.getsize(pid_file) > 0:
+            return
+        rc = proc.poll()
+        if rc is not None:
+            why = _stderr_text(errors) or "(nothing on stderr)"
+            raise ConfigError(f"passt ({exe}) exited with status {rc} at start: {why}")
+        if time.monotonic() > deadline:
+            raise ConfigError(f"passt ({exe}) did not get ready within "
+                              f"{PASST_START_TIMEOUT:.0f} s: {_stderr_text(errors)}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
 def start_passt(options=()):
     """(our fd, passt process): passt on one end of a socketpair; we keep the other.
     options: more passt options (a sandbox's addresses and port forwards,
-    vmm/net/network.py)."""
-    exe = shutil.which("passt")
-    if not exe:
-        raise ConfigError("net backend passt needs the passt program (Debian package passt)")
+    vmm/net/network.py). Returns once passt is ready; a passt that exits at start (a bad
+    option, a host port taken) is a ConfigError quoting its stderr, before any guest
+    boots without a working NIC."""
+    exe = passt_program()
     ours, theirs = passt_socketpair(passt_sndbuf())
+    # stderr goes to an anonymous file: read only if passt fails to start, and freed with
+    # the process (passt --quiet writes only warnings and errors there).
+    errors = tempfile.TemporaryFile(prefix="passt-stderr-")
+    proc = None
     try:
-        proc = subprocess.Popen([exe, "--foreground", "--quiet", "--fd", str(theirs.fileno()),
-                                 *options],
-                                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with tempfile.TemporaryDirectory(prefix="vmm-passt-") as d:
+            pid_file = os.path.join(d, "pid")
+            # passt started as root drops to nobody before it writes the file: let it
+            # (the directory's name is unguessable and unlistable; the file holds a PID).
+            with open(pid_file, "w"):
+                pass
+            if os.geteuid() == 0:
+                os.chmod(d, 0o711)
+                os.chmod(pid_file, 0o666)
+            proc = subprocess.Popen([exe, "--foreground", "--quiet",
+                                     "--fd", str(theirs.fileno()), "--pid", pid_file,
+                                     *options],
+                                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=errors)
+            theirs.close()
+            _wait_ready(proc, pid_file, exe, errors)
+    except BaseException:
+        ours.close()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
     finally:
         theirs.close()
+        errors.close()
     return ours.detach(), proc
 
 

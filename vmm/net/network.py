@@ -19,9 +19,18 @@ fixed and sandbox-private rather than copied from the host (passt's default):
 - MTU 1500: our virtio-net device offers neither mergeable nor big receive buffers, so a
   guest's receive buffers hold one 1500-byte frame.
 
-IPv4 only for now (passt runs with --ipv4-only). `scope` and `rules` are checked when the
-Network is made (vmm/net/policy.py) and enforced by our virtio-net device on every frame
-the guest sends (csrc/virtio/net_policy.c); scope "none" means no NIC, like network=None.
+IPv6 where passt provides it, which is where the host has an IPv6 default route (passt
+then offers IPv6; without one it runs --ipv4-only): the guest gets fd76:6d6d:0:2::15/64
+and gateway fd76:6d6d:0:2::2, set statically by the agent like IPv4 (no SLAAC and no
+duplicate-address wait before READY). fd76:6d6d::/48 is a ULA prefix of our own ("vmm"
+in its global ID) laid out like 10.0.2.0/24, so it clashes with nothing a host routes.
+passt maps the IPv6 gateway to the host's ::1 as it maps 10.0.2.2 to 127.0.0.1, and the
+egress policy treats both gateways alike. DNS stays on IPv4 (10.0.2.3 answers AAAA
+queries too).
+
+`scope` and `rules` are checked when the Network is made (vmm/net/policy.py) and enforced
+by our virtio-net device on every frame the guest sends (csrc/virtio/net_policy.c); scope
+"none" means no NIC, like network=None.
 """
 from __future__ import annotations
 
@@ -41,6 +50,30 @@ GATEWAY = "10.0.2.2"
 DNS_FORWARD = "10.0.2.3"
 MTU = 1500
 HOST_ALIAS = "host.microsandbox.internal"
+GUEST_ADDRESS6 = "fd76:6d6d:0:2::15"
+GUEST_PREFIX6 = 64
+GATEWAY6 = "fd76:6d6d:0:2::2"
+
+_RTF_REJECT = 0x0200
+
+
+def host_has_ipv6(routes: str = "/proc/net/ipv6_route") -> bool:
+    """Whether the host has an IPv6 default route on a real interface: what passt needs
+    to offer the guest IPv6 (its `-a`/`-g` template is the interface with the default
+    route). The kernel's own unreachable default on lo does not count."""
+    try:
+        with open(routes) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        dest, plen, flags, dev = fields[0], fields[1], int(fields[8], 16), fields[9]
+        if int(dest, 16) == 0 and int(plen, 16) == 0 and dev != "lo" and not flags & _RTF_REJECT:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -72,9 +105,9 @@ class Network:
         return parse_ports(self.ports)
 
     def policy(self) -> Policy:
-        """The egress policy: this scope and rules, the gateway as the host's address, DNS
-        allowed to the guest's resolver."""
-        return Policy.parse(self.scope, self.rules, gateways=[GATEWAY],
+        """The egress policy: this scope and rules, both gateways as the host's address
+        (whether or not the guest gets IPv6), DNS allowed to the guest's resolver."""
+        return Policy.parse(self.scope, self.rules, gateways=[GATEWAY, GATEWAY6],
                             dns=[self.dns or DNS_FORWARD])
 
     @property
@@ -92,6 +125,8 @@ class NetworkState:
     ports: Tuple[PublishedPort, ...] = field(default_factory=tuple)
     scope: str = "public"
     rules: Tuple[str, ...] = ()
+    address6: Optional[str] = None   # "fd76:6d6d:0:2::15/64", or None: no IPv6
+    gateway6: Optional[str] = None
     # Where stats() reads the live counters (the sandbox sets it when its VM starts).
     counters: Optional[Callable[[], dict]] = field(default=None, compare=False, repr=False)
 
@@ -101,30 +136,50 @@ class NetworkState:
         return self.counters() if self.counters is not None else {}
 
     @property
+    def gateways(self) -> List[str]:
+        """Every address through which the guest reaches the host (for the policy)."""
+        return [self.gateway] + ([self.gateway6] if self.gateway6 else [])
+
+    @property
     def published(self) -> List[str]:
         """The published ports as `127.0.0.1:4324->4321/tcp`."""
         return [str(p) for p in self.ports]
 
 
-def guest_state(network: Network, ports: List[PublishedPort]) -> NetworkState:
-    """The guest configuration for `network`, with its host ports already reserved."""
+def guest_state(network: Network, ports: List[PublishedPort],
+                ipv6: Optional[bool] = None) -> NetworkState:
+    """The guest configuration for `network`, with its host ports already reserved.
+    ipv6: whether the guest gets IPv6 (default: where the host has it, host_has_ipv6)."""
+    if ipv6 is None:
+        ipv6 = host_has_ipv6()
     return NetworkState(f"{GUEST_ADDRESS}/{GUEST_PREFIX}", GATEWAY,
                         network.dns or DNS_FORWARD, MTU, tuple(ports), network.scope,
-                        network.rules)
+                        network.rules,
+                        f"{GUEST_ADDRESS6}/{GUEST_PREFIX6}" if ipv6 else None,
+                        GATEWAY6 if ipv6 else None)
 
 
 def kernel_arg(state: NetworkState) -> str:
-    """`vmm.net=ADDR/PREFIX,GATEWAY,MTU,DNS,HOSTALIAS` for the agent (guest/agent/net.c)."""
+    """`vmm.net=ADDR/PREFIX,GATEWAY,MTU,DNS,HOSTALIAS[,ADDR6/PREFIX6,GATEWAY6]` for the
+    agent (guest/agent/net.c)."""
     alias = 1 if state.scope in ("host", "all") else 0
-    return f"vmm.net={state.address},{state.gateway},{state.mtu},{state.dns},{alias}"
+    arg = f"vmm.net={state.address},{state.gateway},{state.mtu},{state.dns},{alias}"
+    if state.address6:
+        arg += f",{state.address6},{state.gateway6}"
+    return arg
 
 
 def passt_options(state: NetworkState) -> List[str]:
     """passt's options for this guest: the fixed addresses above, DNS forwarding, the
-    published ports."""
-    return ["--ipv4-only", "--address", GUEST_ADDRESS, "--netmask", str(GUEST_PREFIX),
-            "--gateway", GATEWAY, "--mtu", str(MTU), "--dns-forward", DNS_FORWARD,
-            *passt_args(state.ports)]
+    published ports. passt maps each gateway it is given (-g) to the host's loopback
+    (the default of its --map-host-loopback, in Debian 12's passt and the pinned one)."""
+    opts = ["--address", GUEST_ADDRESS, "--netmask", str(GUEST_PREFIX),
+            "--gateway", GATEWAY, "--mtu", str(MTU), "--dns-forward", DNS_FORWARD]
+    if state.address6:
+        opts += ["--address", state.address6.split("/")[0], "--gateway", state.gateway6]
+    else:
+        opts.insert(0, "--ipv4-only")
+    return opts + passt_args(state.ports)
 
 
 class Nat:

@@ -179,7 +179,7 @@ class Sandbox:
         if self.network is not None:
             self._nat = Nat(self.network)
             policy = Policy.parse(self.network.scope, self.network.rules,
-                                  gateways=[self.network.gateway], dns=[self.network.dns])
+                                  gateways=self.network.gateways, dns=[self.network.dns])
             nets.append(Net(backend="passt", fd=self._nat.fd, policy=policy))
             net_arg = kernel_arg(self.network)
         self.machine = Machine(kernel, initrd=initrd,
