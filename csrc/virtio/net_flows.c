@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "net_flows.h"
@@ -39,9 +40,11 @@ struct flow {
 
 static size_t alen(uint8_t family) { return family == 4 ? 4 : 16; }
 
-static uint32_t hash(const struct flow_tuple *k)
+/* Seeded per table: the remote side picks its address and port, and must not be able to
+ * pile its flows into one chain. */
+static uint32_t hash(const struct flow_table *t, const struct flow_tuple *k)
 {
-    uint32_t h = 2166136261u;
+    uint32_t h = 2166136261u ^ t->seed;
     uint8_t head[6] = { k->family, k->proto, (uint8_t)(k->rport >> 8), (uint8_t)k->rport,
                         (uint8_t)(k->gport >> 8), (uint8_t)k->gport };
     for (size_t i = 0; i < sizeof(head); i++)
@@ -92,6 +95,11 @@ int flows_init(struct flow_table *t)
 {
     memset(t, 0, sizeof(*t));
     t->manual_now_ms = -1;
+    if (getrandom(&t->seed, sizeof(t->seed), GRND_NONBLOCK) != (ssize_t)sizeof(t->seed)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        t->seed = (uint32_t)ts.tv_nsec ^ (uint32_t)(uintptr_t)t;
+    }
     if (pthread_mutex_init(&t->lock, NULL) != 0)
         return -1;
     if (alloc(t, 1) < 0) { /* no port published yet: nothing is ever recorded */
@@ -193,7 +201,7 @@ static void lru_append(struct flow_table *t, int32_t i)
 /* The flow for k, or -1; *link is where its index is stored (to unlink it). */
 static int32_t find(struct flow_table *t, const struct flow_tuple *k, int32_t **link)
 {
-    int32_t *l = &t->buckets[hash(k) & (t->nbuckets - 1)];
+    int32_t *l = &t->buckets[hash(t, k) & (t->nbuckets - 1)];
     while (*l >= 0 && !same(&t->entries[*l], k))
         l = &t->entries[*l].hnext;
     *link = l;

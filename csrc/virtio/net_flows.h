@@ -41,6 +41,7 @@ struct flow_table {
     int32_t free_head;
     int32_t lru_head, lru_tail; /* least recently used first */
     int enabled;                /* some port is published: else nothing is looked at */
+    uint32_t seed;              /* of the hash */
     uint8_t tcp_ports[8192], udp_ports[8192]; /* published guest ports, one bit each */
     uint64_t opened, closed, expired, evicted;
 };
