@@ -222,14 +222,29 @@ def test_table_is_bounded_and_evicts_the_least_recently_used():
     assert passing == [0, 4, 5, 6, 7, 8, 9, 10]
 
 
-def test_a_flood_of_syns_never_grows_the_table():
+def test_a_flood_of_syns_never_grows_the_table_nor_evicts_answered_flows():
     e = engine(max_flows=64)
+    syn_in(e)                                                  # a conversation the guest has
+    assert verdict(e, synack()) == PASS
     for i in range(2000):
         syn_in(e, rport=1024 + i, src=f"10.9.0.{i % 250}")      # private: public denies it
     st = e.stats()
-    assert st["flows"] == 64 and st["flows_evicted"] == 2000 - 64
+    assert st["flows"] == 64 and st["flows_evicted"] == 2001 - 64
     assert verdict(e, synack(rport=1024 + 1999, dst="10.9.0.249")) == PASS
     assert verdict(e, synack(rport=1024, dst="10.9.0.0")) == DENIED
+    assert verdict(e, out(tcp(sport=WEB, dport=CLIENT, flags=ACK | PSH, payload=b"ok"))) == PASS
+    assert e.stats()["flows_evicted"] == 2001 - 64                # and none of it was that
+
+
+def test_when_every_flow_is_answered_the_least_recently_used_goes():
+    e = engine(max_flows=4)
+    for i in range(4):
+        syn_in(e, rport=CLIENT + i)
+        assert verdict(e, synack(rport=CLIENT + i)) == PASS
+    assert verdict(e, synack(rport=CLIENT)) == PASS            # 0 used again: 1 is the oldest
+    syn_in(e, rport=CLIENT + 4)
+    passing = [i for i in range(5) if verdict(e, synack(rport=CLIENT + i)) == PASS]
+    assert passing == [0, 2, 3, 4] and e.stats()["flows_evicted"] == 1
 
 
 def test_expired_flows_make_room_before_live_ones_are_evicted():
@@ -398,6 +413,7 @@ def test_flows_fuzz_no_crash_and_no_escape():
             n += 1
     st = e.stats()
     assert st["flows"] <= 32
+    assert st["flows_opened"] - st["flows_closed"] - st["flows_expired"] - st["flows_evicted"] == st["flows"]
     assert st["passed"] + st["denied"] + st["malformed"] + st["infra"] + st["replies"] == checks
     assert st["replies"] > 0 and st["flows_opened"] > 0
     print(f"{n} rounds: {results}; flows opened {st['flows_opened']}, closed {st['flows_closed']}, "

@@ -3,9 +3,11 @@
  *
  * Bounds: at most `cap` flows (4096 by default). A flow lives while traffic on it goes
  * either way: TCP 5 min idle, 10 s after FIN both ways (the last ACKs still pass), ended at
- * once by an RST; UDP 60 s idle. When the table is full, expired flows at the old end of
- * the list go first, then the least recently used one (counted in `evicted`): a peer
- * flooding a published port with SYNs can push out idle flows, never grow the table.
+ * once by an RST; UDP 60 s idle. When the table is full, expired flows at the old ends of
+ * the lists go first, then the least recently used flow the guest has not answered yet,
+ * and only when there is none the least recently used answered one (counted in
+ * `evicted`): a peer flooding a published port with SYNs or datagrams pushes out its own
+ * kind, not the conversations the guest is having, and never grows the table.
  *
  * What it trusts: receive-path frames come from passt, which relays what any network peer
  * sends to a published port, so an entry is only ever made for a published guest port, and
@@ -31,10 +33,11 @@
 
 struct flow {
     uint8_t family, proto, live, fin;
+    uint8_t answered;           /* the guest has replied: which LRU list it is on */
     uint16_t rport, gport;
     uint8_t raddr[16], gaddr[16];
     int32_t hnext;              /* the bucket's chain, or the free list */
-    int32_t prev, next;         /* the LRU list */
+    int32_t prev, next;         /* its LRU list */
     int64_t expires_ms;
 };
 
@@ -87,7 +90,7 @@ static int alloc(struct flow_table *t, size_t cap)
     for (size_t i = 0; i < cap; i++)
         e[i].hnext = i + 1 < cap ? (int32_t)(i + 1) : -1;
     t->free_head = 0;
-    t->lru_head = t->lru_tail = -1;
+    t->lru_head[0] = t->lru_tail[0] = t->lru_head[1] = t->lru_tail[1] = -1;
     return 0;
 }
 
@@ -179,23 +182,34 @@ static void lru_unlink(struct flow_table *t, int32_t i)
     if (f->prev >= 0)
         t->entries[f->prev].next = f->next;
     else
-        t->lru_head = f->next;
+        t->lru_head[f->answered] = f->next;
     if (f->next >= 0)
         t->entries[f->next].prev = f->prev;
     else
-        t->lru_tail = f->prev;
+        t->lru_tail[f->answered] = f->prev;
 }
 
 static void lru_append(struct flow_table *t, int32_t i)
 {
     struct flow *f = &t->entries[i];
-    f->prev = t->lru_tail;
+    int32_t *tail = &t->lru_tail[f->answered];
+    f->prev = *tail;
     f->next = -1;
-    if (t->lru_tail >= 0)
-        t->entries[t->lru_tail].next = i;
+    if (*tail >= 0)
+        t->entries[*tail].next = i;
     else
-        t->lru_head = i;
-    t->lru_tail = i;
+        t->lru_head[f->answered] = i;
+    *tail = i;
+}
+
+/* Moves flow i to the list of answered (1) or unanswered (0) flows. */
+static void set_answered(struct flow_table *t, int32_t i, uint8_t answered)
+{
+    if (t->entries[i].answered == answered)
+        return;
+    lru_unlink(t, i);
+    t->entries[i].answered = answered;
+    lru_append(t, i);
 }
 
 /* The flow for k, or -1; *link is where its index is stored (to unlink it). */
@@ -272,12 +286,13 @@ static int32_t lookup(struct flow_table *t, const struct flow_tuple *k, int64_t 
 
 static int32_t insert(struct flow_table *t, const struct flow_tuple *k, int64_t now)
 {
-    /* Expired flows at the old end make room first (O(1) each); then, if the table is
-     * still full, the least recently used flow goes. */
-    while (t->lru_head >= 0 && t->entries[t->lru_head].expires_ms <= now)
-        expire(t, t->lru_head);
+    /* Expired flows at the old ends make room first (O(1) each); then, if the table is
+     * still full, the least recently used unanswered flow goes, else an answered one. */
+    for (int a = 0; a < 2; a++)
+        while (t->lru_head[a] >= 0 && t->entries[t->lru_head[a]].expires_ms <= now)
+            expire(t, t->lru_head[a]);
     if (t->free_head < 0) {
-        drop(t, t->lru_head);
+        drop(t, t->lru_head[0] >= 0 ? t->lru_head[0] : t->lru_head[1]);
         t->evicted++;
     }
     int32_t i = t->free_head;
@@ -318,8 +333,10 @@ void flows_rx(struct flow_table *t, const struct flow_tuple *k, uint8_t tcp_flag
             drop(t, i);
             t->closed++;
         } else {
-            if (opens && k->proto == P_TCP)
+            if (opens && k->proto == P_TCP) {
                 f->fin = 0; /* a new connection on a tuple whose old one was closing */
+                set_answered(t, i, 0);
+            }
             if (k->proto == P_TCP && (tcp_flags & TCP_FIN))
                 f->fin |= FIN_REMOTE;
             touch(t, i, now);
@@ -345,6 +362,7 @@ int flows_tx_reply(struct flow_table *t, const struct flow_tuple *k, uint8_t tcp
         } else {
             if (k->proto == P_TCP && (tcp_flags & TCP_FIN))
                 f->fin |= FIN_GUEST;
+            set_answered(t, i, 1);
             touch(t, i, now);
         }
     }

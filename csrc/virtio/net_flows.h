@@ -39,7 +39,8 @@ struct flow_table {
     int32_t *buckets;           /* chains by hash of the tuple, -1 ends */
     struct flow *entries;
     int32_t free_head;
-    int32_t lru_head, lru_tail; /* least recently used first */
+    int32_t lru_head[2], lru_tail[2]; /* least recently used first: [0] flows the guest
+                                       * has not answered, [1] those it has */
     int enabled;                /* some port is published: else nothing is looked at */
     uint32_t seed;              /* of the hash */
     uint8_t tcp_ports[8192], udp_ports[8192]; /* published guest ports, one bit each */
