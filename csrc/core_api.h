@@ -328,8 +328,9 @@ int vmm_net_policy_observe(struct vmm_net_policy *p, const uint8_t *frame, size_
  * backend sends to one of them opens a flow (vmm_net_policy_observe), and the guest's
  * frames on that flow's exact reversed tuple pass whatever the rules say (counted in
  * `replies`); a TCP SYN without ACK from the guest is never a reply. At most max_flows
- * flows (0: 4096; at most 1048576), the least recently used evicted when full. Before the
- * policy is in use; the table is emptied. -1 and err on a bad value. */
+ * flows (0: 4096; at most 1048576); when full, the least recently used flow the guest has
+ * not answered is evicted, else the least recently used one. Before the policy is in
+ * use; the table is emptied. -1 and err on a bad value. */
 struct vmm_net_inbound_port {
     uint8_t proto;
     uint16_t port;

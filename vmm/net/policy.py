@@ -41,9 +41,10 @@ flow a remote side opens to a published guest port (a TCP SYN, a UDP datagram; p
 presents a client on the host's loopback as the gateway, which `public` denies) and lets
 the guest's frames on exactly that flow's reversed addresses and ports through
 (csrc/virtio/net_flows.c). Only the remote side opens a flow: a guest's own SYN is never a
-reply, whichever source port it binds. At most 4096 flows (the least recently used goes
-when full); TCP flows end on an RST, 10 s after FIN both ways or after 5 min idle, UDP
-flows after 60 s idle.
+reply, whichever source port it binds. At most 4096 flows: when full, the least recently
+used flow the guest has not answered goes first (a flood of SYNs pushes out its own kind,
+not live conversations), then the least recently used one. TCP flows end on an RST, 10 s
+after FIN both ways or after 5 min idle; UDP flows after 60 s idle.
 """
 from __future__ import annotations
 
