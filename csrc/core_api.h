@@ -282,6 +282,12 @@ struct vmm_net_policy_stats {
     uint64_t dns_evicted;   /* learned addresses pushed out of a full table */
     uint64_t dns_expired;   /* learned addresses whose (clamped) TTL ran out */
     uint64_t dns_entries;   /* learned addresses held now */
+    uint64_t replies;       /* guest frames passed as replies on a tracked inbound flow */
+    uint64_t flows_opened;  /* inbound flows recorded (a SYN or a datagram to a published port) */
+    uint64_t flows_closed;  /* ... ended by an RST, or by FIN both ways and a short linger */
+    uint64_t flows_expired; /* ... idle too long (TCP 5 min, UDP 60 s) */
+    uint64_t flows_evicted; /* ... pushed out of a full table, least recently used first */
+    uint64_t flows;         /* inbound flows tracked now */
 };
 /* Where domain rules learn from: DNS responses (UDP source port 53) from these resolvers
  * only, kept in a table of max_entries addresses whose TTLs are clamped to
@@ -313,10 +319,24 @@ void vmm_net_policy_stats(struct vmm_net_policy *p, struct vmm_net_policy_stats 
 int vmm_net_policy_set_dns(struct vmm_net_policy *p, const struct vmm_net_dns_config *cfg,
                            char *err, size_t errlen);
 /* Shows the policy one Ethernet frame the backend sends the guest (receive path), so
- * domain rules learn from DNS answers. The frame is not judged and is always delivered.
- * Returns the addresses learned, 0 (not a DNS response from a resolver, or nothing to
- * learn), or -1 for a DNS response it could not parse (counted in dns_malformed). */
+ * domain rules learn from DNS answers and inbound flows are tracked. The frame is not
+ * judged and is always delivered. Returns the addresses learned, 0 (not a DNS response
+ * from a resolver, or nothing to learn), or -1 for a DNS response it could not parse (counted in dns_malformed). */
 int vmm_net_policy_observe(struct vmm_net_policy *p, const uint8_t *frame, size_t len);
+/* Inbound flows (csrc/virtio/net_flows.c): the guest ports published to the outside
+ * (proto 6 or 17, port 1..65535 each). A TCP SYN (without ACK) or a UDP datagram the
+ * backend sends to one of them opens a flow (vmm_net_policy_observe), and the guest's
+ * frames on that flow's exact reversed tuple pass whatever the rules say (counted in
+ * `replies`); a TCP SYN without ACK from the guest is never a reply. At most max_flows
+ * flows (0: 4096; at most 1048576); when full, the least recently used flow the guest has
+ * not answered is evicted, else the least recently used one. Before the policy is in
+ * use; the table is emptied. -1 and err on a bad value. */
+struct vmm_net_inbound_port {
+    uint8_t proto;
+    uint16_t port;
+};
+int vmm_net_policy_set_inbound(struct vmm_net_policy *p, const struct vmm_net_inbound_port *ports,
+                               size_t nports, uint32_t max_flows, char *err, size_t errlen);
 /* Tests: the policy's clock reads now_ms from now on (-1: the monotonic clock again). */
 void vmm_net_policy_set_clock(struct vmm_net_policy *p, int64_t now_ms);
 /* Copies min(n, nrules) per-rule hit counters into hits; returns nrules. */

@@ -22,12 +22,18 @@
  * the configured resolvers (net_dns.c) and record the addresses a matching question
  * resolved to (net_dns_table.c). On transmit a domain rule then matches a destination
  * learned for its name, at its own place in the order, with its own protocol/port filter
- * and hit counter, exactly as a CIDR rule would. */
+ * and hit counter, exactly as a CIDR rule would.
+ *
+ * Replies on published ports: the same hook records the flows a remote side opens to a
+ * published guest port (net_flows.c), and the guest's frames on such a flow's reversed
+ * tuple pass before the rules are asked (passt presents a host client as the gateway,
+ * which scope public denies). */
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "net_dns.h"
+#include "net_flows.h"
 #include "net_policy.h"
 
 #define MAX_RULES 4096
@@ -59,6 +65,7 @@ struct vmm_net_policy {
     size_t ndomains;        /* distinct names of the domain rules, each learned once */
     char **domains;
     struct dns_table dns;   /* its lock: learning (rx) vs matching (tx) */
+    struct flow_table flows;/* inbound flows to published ports, its own lock */
     size_t nres;
     uint8_t res_family[VMM_NET_MAX_RESOLVERS];
     uint8_t res_addr[VMM_NET_MAX_RESOLVERS][16];
@@ -96,6 +103,7 @@ static void policy_free(struct vmm_net_policy *p)
         free(p->domains[i]);
     free(p->domains);
     dns_table_destroy(&p->dns);
+    flows_destroy(&p->flows);
     free(p);
 }
 
@@ -148,7 +156,13 @@ struct vmm_net_policy *vmm_net_policy_new(const struct vmm_net_rule *rules, size
     size_t ndomain_rules = 0;
     for (size_t i = 0; i < nrules; i++)
         ndomain_rules += rules[i].domain != NULL;
+    if (flows_init(&p->flows) < 0) {
+        free(p);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
     if (dns_table_init(&p->dns, ndomain_rules ? DNS_DEFAULT_ENTRIES : 1) < 0) {
+        flows_destroy(&p->flows);
         free(p);
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -218,11 +232,18 @@ int vmm_net_policy_set_dns(struct vmm_net_policy *p, const struct vmm_net_dns_co
     return rc;
 }
 
+int vmm_net_policy_set_inbound(struct vmm_net_policy *p, const struct vmm_net_inbound_port *ports,
+                               size_t nports, uint32_t max_flows, char *err, size_t errlen)
+{
+    return flows_configure(&p->flows, ports, nports, max_flows, err, errlen);
+}
+
 void vmm_net_policy_set_clock(struct vmm_net_policy *p, int64_t now_ms)
 {
     pthread_mutex_lock(&p->dns.lock);
     p->dns.manual_now_ms = now_ms < 0 ? -1 : now_ms;
     pthread_mutex_unlock(&p->dns.lock);
+    flows_set_clock(&p->flows, now_ms);
 }
 
 void vmm_net_policy_stats(struct vmm_net_policy *p, struct vmm_net_policy_stats *out)
@@ -235,6 +256,7 @@ void vmm_net_policy_stats(struct vmm_net_policy *p, struct vmm_net_policy_stats 
     out->dns_expired = p->dns.expired;
     out->dns_entries = p->dns.count;
     pthread_mutex_unlock(&p->dns.lock);
+    flows_stats(&p->flows, out);
 }
 
 size_t vmm_net_policy_hits(struct vmm_net_policy *p, uint64_t *hits, size_t n)
@@ -525,6 +547,13 @@ int vmm_net_policy_check(struct vmm_net_policy *p, const uint8_t *frame, size_t 
         bump(p->st.other_ethertype);
         return VMM_NET_DENIED;
     }
+    if (k.has_ports && flows_published(&p->flows, k.proto, k.sport)) {
+        struct flow_tuple t = { (uint8_t)k.family, k.proto, k.dport, k.sport, k.dst, k.src };
+        if (flows_tx_reply(&p->flows, &t, k.proto == P_TCP ? k.l4[13] : 0)) {
+            bump(p->st.replies);
+            return VMM_NET_PASS;
+        }
+    }
     long i;
     if (p->ndomains) {
         pthread_mutex_lock(&p->dns.lock);
@@ -569,12 +598,16 @@ int vmm_net_policy_observe(struct vmm_net_policy *p, const uint8_t *frame, size_
 {
     struct pkt k;
     uint16_t et;
-    if (!p || !frame || !p->ndomains || !p->nres)
-        return 0;
-    /* Only UDP (TCP DNS is not followed: a name the guest resolves over TCP teaches us
-     * nothing). A frame parse() rejects was not a DNS response we could read anyway. */
-    if (parse(&k, frame, len, &et) < 0 || !k.family || k.proto != P_UDP || !k.has_ports ||
-        k.sport != 53 || !from_resolver(p, &k))
+    int dns = p && p->ndomains && p->nres;
+    if (!p || !frame || (!dns && !p->flows.enabled) || parse(&k, frame, len, &et) < 0 || !k.family)
+        return 0; /* a frame parse() rejects opens no flow and is no DNS answer we could read */
+    if (k.has_ports && flows_published(&p->flows, k.proto, k.dport)) {
+        struct flow_tuple t = { (uint8_t)k.family, k.proto, k.sport, k.dport, k.src, k.dst };
+        flows_rx(&p->flows, &t, k.proto == P_TCP ? k.l4[13] : 0);
+    }
+    /* DNS: only UDP (TCP DNS is not followed: a name the guest resolves over TCP teaches
+     * us nothing). */
+    if (!dns || k.proto != P_UDP || !k.has_ports || k.sport != 53 || !from_resolver(p, &k))
         return 0;
     bump(p->st.dns_answers);
     size_t ulen = be16(k.l4 + 4);

@@ -35,6 +35,16 @@ The DNS servers given (normally the gateway, where passt answers DNS) are allowe
 port 53 in every scope with a NIC, ahead of the scope's own denials: a caller's `deny`
 rule still overrides them, unless the caller has an `allow@DOMAIN` rule, which cannot work
 without DNS: then they come first. ARP, DHCP and IPv6 neighbour discovery pass in C without rules.
+
+Replies on published ports pass whatever the scope and rules say: the device records each
+flow a remote side opens to a published guest port (a TCP SYN, a UDP datagram; passt
+presents a client on the host's loopback as the gateway, which `public` denies) and lets
+the guest's frames on exactly that flow's reversed addresses and ports through
+(csrc/virtio/net_flows.c). Only the remote side opens a flow: a guest's own SYN is never a
+reply, whichever source port it binds. At most 4096 flows: when full, the least recently
+used flow the guest has not answered goes first (a flood of SYNs pushes out its own kind,
+not live conversations), then the least recently used one. TCP flows end on an RST, 10 s
+after FIN both ways or after 5 min idle; UDP flows after 60 s idle.
 """
 from __future__ import annotations
 
@@ -44,11 +54,13 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from ..errors import ConfigError
+from .ports import PublishedPort
 
 SCOPES = ("none", "public", "private", "host", "all")
 DEFAULT_SCOPE = "public"
 PROTOCOLS = {"tcp": 6, "udp": 17}
 MAX_RULES = 4096  # the C table's limit (net_policy.c)
+MAX_FLOWS = 4096  # inbound flows tracked by default (net_flows.c)
 
 # Verdicts of `PolicyEngine.check` (enum vmm_net_verdict).
 PASS, DENIED, MALFORMED = 0, 1, 2
@@ -222,15 +234,19 @@ class Policy:
     """A scope and the caller's rules, checked; `table()` is what the device enforces.
 
     gateways: the addresses the guest reaches the host through (IPv4 and/or IPv6);
-    dns: DNS servers allowed on port 53 whatever the scope."""
+    dns: DNS servers allowed on port 53 whatever the scope;
+    published: the guest ports published to the outside, as (protocol, guest port):
+    only to these may a remote side open a flow the guest can reply on."""
     scope: str = DEFAULT_SCOPE
     rules: tuple[Rule, ...] = ()
     gateways: tuple = ()
     dns: tuple = ()
+    published: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def parse(cls, scope: str = DEFAULT_SCOPE, rules: Sequence[str] = (),
-              gateways: Iterable[str] = (), dns: Iterable[str] = ()) -> "Policy":
+              gateways: Iterable[str] = (), dns: Iterable[str] = (),
+              published: Iterable[PublishedPort] = ()) -> "Policy":
         if scope not in SCOPES:
             raise ConfigError(f"network scope {scope!r}: expected one of {', '.join(SCOPES)}")
         if isinstance(rules, str):
@@ -239,7 +255,8 @@ class Policy:
         if scope == "none" and parsed:
             raise ConfigError("network scope 'none' has no NIC: policy rules make no sense with it")
         return cls(scope, parsed, tuple(_addresses(gateways, "gateway address")),
-                   tuple(_addresses(dns, "DNS server")))
+                   tuple(_addresses(dns, "DNS server")),
+                   tuple(sorted({(p.protocol, p.guest) for p in published})))
 
     @property
     def has_nic(self) -> bool:
@@ -299,7 +316,8 @@ class PolicyEngine:
     The virtio-net device owns one on its transmit path and shows it every received
     frame; on its own (tests, tools) it decides and observes frames handed to it."""
 
-    def __init__(self, policy: Policy, dns_limits: DnsLimits = DnsLimits()):
+    def __init__(self, policy: Policy, dns_limits: DnsLimits = DnsLimits(),
+                 max_flows: int = MAX_FLOWS):
         from .. import _binding
         if not policy.has_nic:
             raise ConfigError("network scope 'none' has no NIC and so no policy to enforce")
@@ -333,6 +351,11 @@ class PolicyEngine:
                                                      dns_limits.ttl_max)
         _binding.check(_binding.lib.vmm_net_policy_set_dns, self._ptr, cfg,
                        context="network policy DNS table")
+        ports = ffi.new("struct vmm_net_inbound_port[]", max(1, len(policy.published)))
+        for row, (protocol, port) in zip(ports, policy.published):
+            row.proto, row.port = PROTOCOLS[protocol], port
+        _binding.check(_binding.lib.vmm_net_policy_set_inbound, self._ptr, ports,
+                       len(policy.published), max_flows, context="network policy inbound flows")
         self._reply = ffi.new("uint8_t[]", 128)
         self._reply_len = ffi.new("size_t *")
 
@@ -351,7 +374,8 @@ class PolicyEngine:
     def observe(self, frame: bytes) -> int:
         """Shows the policy a frame on its way to the guest: the addresses it learned from
         it (a DNS answer for a domain rule's name), 0, or -1 for a DNS answer it could not
-        parse. The device does this for every received frame."""
+        parse; a SYN or datagram to a published port opens an inbound flow. The device
+        does this for every received frame."""
         return self._b.lib.vmm_net_policy_observe(self._ptr, frame, len(frame))
 
     def set_clock(self, now_ms: int | None):

@@ -179,7 +179,8 @@ class Sandbox:
         if self.network is not None:
             self._nat = Nat(self.network)
             policy = Policy.parse(self.network.scope, self.network.rules,
-                                  gateways=self.network.gateways, dns=[self.network.dns])
+                                  gateways=self.network.gateways, dns=[self.network.dns],
+                                  published=self.network.ports)
             nets.append(Net(backend="passt", fd=self._nat.fd, policy=policy))
             net_arg = kernel_arg(self.network)
         self.machine = Machine(kernel, initrd=initrd,
