@@ -25,6 +25,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netpacket/packet.h>
+#include <net/ethernet.h>
 #include <net/if.h>
 #include <net/route.h>
 #include <netinet/in.h>
@@ -221,6 +223,48 @@ out:
 	return rc;
 }
 
+/* One gratuitous ARP (a request for our own address, RFC 5227's announcement) the moment
+ * eth0 is up. It is the guest's first frame, and passt learns the guest's MAC address from
+ * it: until passt has seen a frame it sends inbound traffic (a published port's first
+ * connection) to a MAC the guest's NIC drops, and does not resend. Best effort: a failure
+ * only delays that first connection until the guest sends something else. */
+static void announce(const struct net_conf *c)
+{
+	int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	struct ifreq ifr = {0};
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", NET_IF);
+	if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0)
+		goto fail;
+	uint8_t mac[6];
+	memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
+	if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0)
+		goto fail;
+	uint8_t f[42] = {0};
+	memset(f, 0xff, 6);                           /* to everyone on the link */
+	memcpy(f + 6, mac, 6);
+	f[12] = 0x08, f[13] = 0x06;                   /* ARP */
+	f[14] = 0, f[15] = 1;                         /* Ethernet */
+	f[16] = 0x08, f[17] = 0x00;                   /* IPv4 */
+	f[18] = 6, f[19] = 4;
+	f[20] = 0, f[21] = 1;                         /* request */
+	memcpy(f + 22, mac, 6);
+	memcpy(f + 28, &c->addr, 4);                  /* sender: our address ... */
+	memcpy(f + 38, &c->addr, 4);                  /* ... and target: the same (announce) */
+	struct sockaddr_ll to = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ARP),
+				 .sll_ifindex = ifr.ifr_ifindex, .sll_halen = 6};
+	memset(to.sll_addr, 0xff, 6);
+	if (sendto(fd, f, sizeof(f), 0, (struct sockaddr *)&to, sizeof(to)) != (ssize_t)sizeof(f))
+		goto fail;
+	close(fd);
+	return;
+fail:
+	log_msg("agent: network: announcing eth0: %s", strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
 /* Replace path with text: unlink first, so a symlink the image ships (resolv.conf often
  * is one) is replaced in the upper layer instead of followed. */
 static void write_file(const char *path, const char *text)
@@ -266,7 +310,7 @@ void net_setup(const char *spec, const char *hostname)
 		log_msg("agent: network: bad vmm.net=%s; no network", spec);
 		return;
 	}
-	if (wait_for_interface() == 0)
-		configure_interface(&c);
+	if (wait_for_interface() == 0 && configure_interface(&c) == 0)
+		announce(&c);
 	write_name_files(&c, hostname);
 }
