@@ -141,20 +141,27 @@ def test_guest_config_with_ipv6():
 
 
 def test_host_ipv6_is_its_default_route(tmp_path):
-    """passt offers IPv6 where the host has a default route on a real interface; the
-    kernel's unreachable default on lo (flag RTF_REJECT) is not one."""
-    def routes(*lines):
-        f = tmp_path / "ipv6_route"
+    """passt offers IPv6 where the host has a default route on a real interface carrying a
+    global address; the kernel's unreachable default on lo (flag RTF_REJECT) is not one,
+    and neither is a default route on an interface with only a link-local address."""
+    def proc_file(name, *lines):
+        f = tmp_path / name
         f.write_text("".join(line + "\n" for line in lines))
         return str(f)
     z = "0" * 32
     lo_reject = f"{z} 00 {z} 00 {z} ffffffff 00000001 00000000 00200200       lo"
     eth_default = f"{z} 00 {z} 00 fd00{'0' * 27}1 00000400 00000002 00000000 00000003     eth0"
     eth_prefix = f"fd00{'0' * 28} 40 {z} 00 {z} 00000100 00000001 00000000 00000001     eth0"
-    assert host_has_ipv6(routes(eth_prefix, eth_default, lo_reject))
-    assert not host_has_ipv6(routes(eth_prefix, lo_reject))
-    assert not host_has_ipv6(routes())
-    assert not host_has_ipv6(str(tmp_path / "missing"))   # a kernel without IPv6
+    global_addr = f"fd00{'0' * 27}2 04 40 00 82     eth0"
+    link_local = f"fe80{'0' * 27}1 04 40 20 80     eth0"
+    loopback = f"{'0' * 31}1 01 80 10 80       lo"
+    both = proc_file("if_inet6", link_local, loopback, global_addr)
+    assert host_has_ipv6(proc_file("r1", eth_prefix, eth_default, lo_reject), both)
+    assert not host_has_ipv6(proc_file("r2", eth_prefix, lo_reject), both)
+    assert not host_has_ipv6(proc_file("r3"), both)
+    assert not host_has_ipv6(proc_file("r4", eth_prefix, eth_default),
+                             proc_file("a2", link_local, loopback))
+    assert not host_has_ipv6(str(tmp_path / "missing"), both)   # a kernel without IPv6
 
 
 def test_sandbox_rejects_a_network_that_is_not_one(tmp_path):

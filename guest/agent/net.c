@@ -15,11 +15,12 @@
  * IPv6 (the two optional fields: the host gives them where passt offers IPv6) is static
  * too: before the link goes up, duplicate address detection and SLAAC are turned off for
  * eth0, so the address is usable at once (DAD would hold it tentative for a second or
- * more), and passt's router advertisements may add neither a route nor a prefix. RAs stay
- * accepted, though: the router solicitation the kernel then sends is often the guest's
- * first frame, from which passt learns the guest's MAC address; until then it cannot
- * deliver a published port's first connection or datagram (accept_ra=0 left passt
- * without a frame, the policy dropping the guest's multicast listener reports).
+ * more), and passt's router advertisements may add neither a route nor a prefix (RAs
+ * stay accepted: the kernel's router solicitation is harmless).
+ *
+ * Once eth0 is up the agent announces it (a gratuitous ARP): passt learns the guest's MAC
+ * address from the guest's first frame, and until then it cannot deliver a published
+ * port's first connection or datagram.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>

@@ -57,21 +57,29 @@ GATEWAY6 = "fd76:6d6d:0:2::2"
 _RTF_REJECT = 0x0200
 
 
-def host_has_ipv6(routes: str = "/proc/net/ipv6_route") -> bool:
-    """Whether the host has an IPv6 default route on a real interface: what passt needs
-    to offer the guest IPv6 (its `-a`/`-g` template is the interface with the default
-    route). The kernel's own unreachable default on lo does not count."""
+def host_has_ipv6(routes: str = "/proc/net/ipv6_route",
+                  addresses: str = "/proc/net/if_inet6") -> bool:
+    """Whether the host has an IPv6 default route on a real interface that also carries a
+    global address: what passt needs to offer the guest IPv6 (its `-a`/`-g` template is
+    the interface with the default route; with no global address there it refuses to
+    start). The kernel's own unreachable default on lo does not count."""
     try:
         with open(routes) as f:
-            lines = f.read().splitlines()
+            route_lines = f.read().splitlines()
+        with open(addresses) as f:
+            address_lines = f.read().splitlines()
     except OSError:
         return False
-    for line in lines:
+    # if_inet6: address, ifindex, prefix length, scope (00 = global), flags, device
+    global_devs = {fields[5] for fields in map(str.split, address_lines)
+                   if len(fields) >= 6 and fields[3] == "00"}
+    for line in route_lines:
         fields = line.split()
         if len(fields) < 10:
             continue
         dest, plen, flags, dev = fields[0], fields[1], int(fields[8], 16), fields[9]
-        if int(dest, 16) == 0 and int(plen, 16) == 0 and dev != "lo" and not flags & _RTF_REJECT:
+        if (int(dest, 16) == 0 and int(plen, 16) == 0 and dev != "lo"
+                and not flags & _RTF_REJECT and dev in global_devs):
             return True
     return False
 
