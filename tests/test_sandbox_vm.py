@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -440,3 +441,27 @@ def test_async_sandboxes_at_once(kernel_path, image):
     async def main():
         return await asyncio.gather(one("async-a"), one("async-b"))
     assert asyncio.run(main()) == [b"async-a\n", b"async-b\n"]
+
+
+def test_a_script_that_dies_with_a_live_sandbox_exits(kernel_path, image, tmp_path):
+    """A script that raises with a Sandbox still running exits at once, its VM with it
+    (at interpreter exit the engine's I/O thread no longer runs, and the exit used to wait
+    forever for it to see QEMU end)."""
+    script = tmp_path / "dies.py"
+    script.write_text(
+        "import vmm\n"
+        f"sb = vmm.Sandbox.create({str(image)!r}, engine={ENGINE!r})\n"
+        "print(sb.machine.inspect().pid, flush=True)\n"
+        "raise RuntimeError('the script dies with a live sandbox')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(vmm.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=120, env=env)
+    took = time.monotonic() - started
+    assert r.returncode == 1 and "the script dies with a live sandbox" in r.stderr, r.stderr[-2000:]
+    assert took < 60, f"the script took {took:.1f} s to exit"
+    pid = r.stdout.strip()
+    if pid not in ("", "None"):   # qemu: its own process, which must be gone
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", pid

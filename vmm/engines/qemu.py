@@ -25,6 +25,7 @@ import selectors
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, List, Optional
@@ -254,8 +255,23 @@ class QemuEngine(Engine):
             if self._closed:  # start() failed (Machine closed us): nothing ran, nothing to wait for
                 return ExitStatus("error", "the VM never started")
             raise RuntimeError("QemuEngine.wait() before start()")
-        self._done.wait(timeout)
+        self._await_exit(timeout)
         return self._status if self._done.is_set() else None
+
+    def _await_exit(self, timeout: Optional[float]) -> bool:
+        """Wait for the I/O thread to see QEMU exit. At interpreter exit daemon threads no
+        longer run, so a machine stopped then (a Sandbox dropped by a script that died)
+        is reaped here instead, or the exit would hang forever."""
+        if not sys.is_finalizing():
+            return self._done.wait(timeout)
+        if not self._done.is_set():
+            try:
+                rc = self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            self._status = self._classify(rc)
+            self._done.set()
+        return True
 
     def pause(self) -> None:
         """SIGSTOP freezes the whole QEMU process, vCPUs and all; returns once the kernel
@@ -287,7 +303,7 @@ class QemuEngine(Engine):
         self._signal(signal.SIGTERM)
         if self._paused:
             self._signal(signal.SIGCONT)  # a stopped QEMU acts on SIGTERM once it runs
-        if not self._done.wait(STOP_GRACE_S):
+        if not self._await_exit(STOP_GRACE_S):
             self._kill()
 
     def _kill(self) -> None:
