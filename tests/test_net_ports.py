@@ -247,13 +247,14 @@ def test_a_ready_passt_writes_its_pid_file(tmp_path, monkeypatch):
         proc.wait()
 
 
-def test_sandbox_create_fails_with_passt_s_own_words(tmp_path, monkeypatch):
+def test_sandbox_create_fails_with_passt_s_own_words(tmp_path, monkeypatch, kernel_path):
     """A passt that dies at start fails Sandbox.create with an error naming passt and
-    quoting it, before any guest boots without a working NIC; nothing is left running."""
+    quoting it, before READY: passt starts up while the machine does, and the sandbox
+    is torn down (the machine included) when passt turns out to have failed."""
     monkeypatch.setenv(net_backend.PASST_ENV, fake_passt(
         tmp_path, "echo 'Failed to open tap: broken on purpose' >&2\nexit 1\n"))
     image = tmp_path / "image.erofs"
     image.write_bytes(b"\0" * 4096)
     with pytest.raises(ConfigError, match="passt .* exited with status 1 at start: "
                                           "Failed to open tap: broken on purpose"):
-        vmm.Sandbox.create(image, kernel=image, initrd=image, network=Network())
+        vmm.Sandbox.create(image, kernel=kernel_path, engine="qemu", network=Network())

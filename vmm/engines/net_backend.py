@@ -119,23 +119,70 @@ def _stderr_text(f) -> str:
     return text[:_STDERR_SHOWN] + ("..." if len(text) > _STDERR_SHOWN else "")
 
 
-def _wait_ready(proc, pid_file: str, exe: str, errors) -> None:
-    """Return once passt wrote its PID file (its set-up is done); ConfigError if it exits
-    or stays silent instead."""
-    deadline = time.monotonic() + PASST_START_TIMEOUT
-    delay = 0.001
-    while True:
-        if os.path.getsize(pid_file) > 0:
-            return
-        rc = proc.poll()
-        if rc is not None:
-            why = _stderr_text(errors) or "(nothing on stderr)"
-            raise ConfigError(f"passt ({exe}) exited with status {rc} at start: {why}")
-        if time.monotonic() > deadline:
-            raise ConfigError(f"passt ({exe}) did not get ready within "
-                              f"{PASST_START_TIMEOUT:.0f} s: {_stderr_text(errors)}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
+class PasstStart:
+    """A passt being started: the fd of our end of its socket at once, and wait() to learn
+    whether it came up. A caller can boot its VM between the two (frames the guest sends
+    meanwhile wait in the socket), so passt's start-up overlaps the machine's."""
+
+    def __init__(self, options=()):
+        self.exe = passt_program()
+        ours, theirs = passt_socketpair(passt_sndbuf())
+        # stderr goes to an anonymous file: read only if passt fails to start, and freed
+        # with the process (passt --quiet writes only warnings and errors there).
+        self._errors = tempfile.TemporaryFile(prefix="passt-stderr-")
+        self._dir = tempfile.mkdtemp(prefix="vmm-passt-")
+        self._pid_file = os.path.join(self._dir, "pid")
+        self.proc = None
+        try:
+            # passt started as root drops to nobody before it writes the file: let it
+            # (the directory's name is unguessable and unlistable; the file holds a PID).
+            with open(self._pid_file, "w"):
+                pass
+            if os.geteuid() == 0:
+                os.chmod(self._dir, 0o711)
+                os.chmod(self._pid_file, 0o666)
+            self.proc = subprocess.Popen([self.exe, "--foreground", "--quiet",
+                                          "--fd", str(theirs.fileno()), "--pid", self._pid_file,
+                                          *options],
+                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=self._errors)
+        except BaseException:
+            ours.close()
+            self._cleanup()
+            raise
+        finally:
+            theirs.close()
+        self.fd = ours.detach()
+
+    def wait(self) -> None:
+        """Return once passt wrote its PID file (its set-up is done); ConfigError quoting
+        its stderr if it exits or stays silent instead (the process is then reaped)."""
+        try:
+            deadline = time.monotonic() + PASST_START_TIMEOUT
+            delay = 0.0005
+            while os.path.getsize(self._pid_file) == 0:
+                rc = self.proc.poll()
+                if rc is not None:
+                    why = _stderr_text(self._errors) or "(nothing on stderr)"
+                    raise ConfigError(f"passt ({self.exe}) exited with status {rc} at start: {why}")
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"passt ({self.exe}) did not get ready within "
+                                      f"{PASST_START_TIMEOUT:.0f} s: {_stderr_text(self._errors)}")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.002)  # passt takes ~15 ms: notice it within 2
+        except BaseException:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            raise
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._errors is not None:
+            self._errors.close()
+            self._errors = None
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def start_passt(options=()):
@@ -144,39 +191,13 @@ def start_passt(options=()):
     vmm/net/network.py). Returns once passt is ready; a passt that exits at start (a bad
     option, a host port taken) is a ConfigError quoting its stderr, before any guest
     boots without a working NIC."""
-    exe = passt_program()
-    ours, theirs = passt_socketpair(passt_sndbuf())
-    # stderr goes to an anonymous file: read only if passt fails to start, and freed with
-    # the process (passt --quiet writes only warnings and errors there).
-    errors = tempfile.TemporaryFile(prefix="passt-stderr-")
-    proc = None
+    start = PasstStart(options)
     try:
-        with tempfile.TemporaryDirectory(prefix="vmm-passt-") as d:
-            pid_file = os.path.join(d, "pid")
-            # passt started as root drops to nobody before it writes the file: let it
-            # (the directory's name is unguessable and unlistable; the file holds a PID).
-            with open(pid_file, "w"):
-                pass
-            if os.geteuid() == 0:
-                os.chmod(d, 0o711)
-                os.chmod(pid_file, 0o666)
-            proc = subprocess.Popen([exe, "--foreground", "--quiet",
-                                     "--fd", str(theirs.fileno()), "--pid", pid_file,
-                                     *options],
-                                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=errors)
-            theirs.close()
-            _wait_ready(proc, pid_file, exe, errors)
+        start.wait()
     except BaseException:
-        ours.close()
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        os.close(start.fd)
         raise
-    finally:
-        theirs.close()
-        errors.close()
-    return ours.detach(), proc
+    return start.fd, start.proc
 
 
 def open_backend(net):

@@ -193,11 +193,20 @@ def passt_options(state: NetworkState) -> List[str]:
 class Nat:
     """The host end of a sandbox's NIC: passt, started with this guest's options on one
     end of a socketpair. `fd` goes to the virtio-net device (Net(fd=...), which takes a
-    duplicate); close() ends passt and is safe to repeat."""
+    duplicate); wait_ready() says whether passt came up (call it after the machine started:
+    the two start-ups overlap); close() ends passt and is safe to repeat."""
 
     def __init__(self, state: NetworkState):
-        from ..engines.net_backend import start_passt  # subprocess: only sandboxes with a NIC
-        self.fd, self._proc = start_passt(passt_options(state))
+        from ..engines.net_backend import PasstStart  # subprocess: only sandboxes with a NIC
+        self._start = PasstStart(passt_options(state))
+        self.fd, self._proc = self._start.fd, self._start.proc
+
+    def wait_ready(self) -> None:
+        """Return once passt is serving; ConfigError quoting passt's stderr if it failed
+        to start (a bad option, a host port taken since we reserved it)."""
+        if self._start is not None:
+            start, self._start = self._start, None
+            start.wait()
 
     def release_fd(self) -> None:
         """Our copy of the socket, once the device holds its own."""

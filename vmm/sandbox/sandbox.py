@@ -193,6 +193,7 @@ class Sandbox:
         self.machine.start()
         if self._nat is not None:
             self._nat.release_fd()  # the device holds its own copy now
+            self._nat.wait_ready()  # passt started up while the machine did
             machine = self.machine
             object.__setattr__(self.network, "counters", lambda: next(
                 (d.get("policy", {}) for d in machine.device_stats if d["kind"] == "net"), {}))
