@@ -74,10 +74,10 @@ def start_passt(options=()):
         raise ConfigError("net backend passt needs the passt program (Debian package passt)")
     ours, theirs = passt_socketpair(passt_sndbuf())
     try:
-        proc = subprocess.Popen([exe, "--foreground", "--quiet", "--fd", str(theirs.fileno()),
-                                 *options],
-                                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from .child_process import spawn   # passt ends with this process (child_process.py)
+        proc = spawn([exe, "--foreground", "--quiet", "--fd", str(theirs.fileno()), *options],
+                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
         theirs.close()
     return ours.detach(), proc
