@@ -56,13 +56,16 @@ def shared_options(fn):
 
 class DashDashCommand(click.Command):
     """A command whose arguments after `--` are the guest command, kept apart in
-    ctx.meta["command"] (click would mix them into the positionals)."""
+    ctx.meta["command"] (click would mix them into the positionals). With `--`, options
+    may follow the name (`msb exec box -e A=1 -- env`); without it, everything after the
+    first positional is the command (`msb run alpine ls -l`)."""
 
     def parse_args(self, ctx, args):
         if "--" in args:
             i = args.index("--")
             ctx.meta["command"], ctx.meta["dashdash"] = list(args[i + 1:]), True
             args = args[:i]
+            ctx.allow_interspersed_args = True
         else:
             ctx.meta["command"], ctx.meta["dashdash"] = [], False
         return super().parse_args(ctx, args)
