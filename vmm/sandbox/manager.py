@@ -204,14 +204,18 @@ def stop(name: str, timeout: float = STOP_TIMEOUT_S, force: bool = False,
     say(f"Stopping {name}")
     if not force:
         from .control import ControlError, request
-        try:
-            if row.control_socket:
+        asked = False
+        if row.control_socket:
+            try:
                 request(row.control_socket, "stop", wait=5.0, timeout=timeout)
-        except ControlError:
-            pass   # still booting, or wedged: the signals below decide
-        if not _wait_gone(row, timeout + KILL_WAIT_S):
+                asked = True
+            except ControlError:
+                pass   # wedged: the signals below decide
+        # Still booting (no control socket yet) or not answering: SIGTERM, which the
+        # supervisor also takes as "stop gracefully".
+        if not asked or not _wait_gone(row, timeout + KILL_WAIT_S):
             _signal(row, signal.SIGTERM)
-            if not _wait_gone(row, timeout):
+            if not _wait_gone(row, timeout + KILL_WAIT_S):
                 force = True
     if force:
         _signal(row, signal.SIGKILL)
