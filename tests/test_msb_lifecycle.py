@@ -85,7 +85,8 @@ def wait_until(pred, timeout=20.0, what="condition"):
 
 def test_named_sandbox_lifecycle(home):
     m = lambda *a, **k: msb_in(home, *a, **k)   # noqa: E731
-    r = m("run", "--name", "box", "-d", "-m", "256M", "-e", "GREETING=hi", IMAGE)
+    r = m("run", "--name", "box", "-d", "-m", "256M", "-e", "GREETING=hi", "-p", "0:8080",
+          "--tmpfs", "/scratch:8m", IMAGE)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "box\n"
     assert re.search(r"^Starting box\nStarted box \(\d+\.\d+s\)$", r.stderr, re.M), r.stderr
@@ -93,7 +94,14 @@ def test_named_sandbox_lifecycle(home):
     ls = m("ls").stdout.splitlines()
     assert re.fullmatch(r"NAME +IMAGE +STATUS +CREATED", ls[0])
     assert re.match(r"box +docker.io/library/busybox:test +running +\d{4}-", ls[1])
-    assert m("ps").stdout.splitlines()[1].split()[:2] == ["box", "docker.io/library/busybox:test"]
+    ps = m("ps").stdout.splitlines()[1]
+    assert ps.split()[:2] == ["box", "docker.io/library/busybox:test"]
+    port = int(re.search(r"127\.0\.0\.1:(\d+)->8080/tcp$", ps).group(1))
+    assert port != 0   # the host port the sandbox really got
+
+    # (Traffic through a published port is the network layer's, tests/test_sandbox_net.py.)
+    r = m("exec", "box", "--", "sh", "-c", "grep ' /scratch tmpfs' /proc/mounts")
+    assert r.returncode == 0 and "size=8192k" in r.stdout, (r.stdout, r.stderr)
     info = json.loads(m("inspect", "box", "--format", "json").stdout)
     assert info["status"] == "running" and info["config"]["memory_mib"] == 256
 

@@ -35,7 +35,11 @@ def _command(row):
 
 
 def _ports(row):
+    """The ports a running sandbox published (a host port 0 became a real one), else
+    the configured ones."""
     from ..net.ports import parse_ports
+    if row.published is not None:
+        return ", ".join(json.loads(row.published)) or "-"
     cfg = json.loads(row.config)
     return ", ".join(str(p) for p in parse_ports(cfg.get("ports") or [])) or "-"
 

@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     control_socket TEXT,
     vm_runtime_dir TEXT,
     image_disk     TEXT,
-    image_config   TEXT
+    image_config   TEXT,
+    published      TEXT
 )
 """
 
@@ -120,6 +121,7 @@ class SandboxRow:
     vm_runtime_dir: Optional[str]
     image_disk: Optional[str]
     image_config: Optional[str]
+    published: Optional[str]       # JSON list of the running sandbox's published ports
 
     @property
     def supervisor_alive(self) -> bool:
@@ -258,8 +260,8 @@ class StateDB:
         with self.transaction() as db:
             db.execute("UPDATE sandboxes SET status = ?, pid = NULL, pid_start = NULL, "
                        "boot_id = NULL, agent_socket = NULL, control_socket = NULL, "
-                       "runtime_dir = NULL, vm_runtime_dir = NULL, updated_at = ? "
-                       "WHERE name = ? AND (pid = ? OR pid IS NULL)",
+                       "runtime_dir = NULL, vm_runtime_dir = NULL, published = NULL, "
+                       "updated_at = ? WHERE name = ? AND (pid = ? OR pid IS NULL)",
                        (status, utc_now(), name, pid))
 
     def delete(self, name: str) -> None:
@@ -277,8 +279,8 @@ class StateDB:
             # Only if nobody changed the row meanwhile (a new supervisor, a clean finish).
             cur = db.execute("UPDATE sandboxes SET status = ?, pid = NULL, pid_start = NULL, "
                              "boot_id = NULL, agent_socket = NULL, control_socket = NULL, "
-                             "runtime_dir = NULL, vm_runtime_dir = NULL, updated_at = ? "
-                             "WHERE name = ? AND pid = ? AND pid_start IS ?",
+                             "runtime_dir = NULL, vm_runtime_dir = NULL, published = NULL, "
+                             "updated_at = ? WHERE name = ? AND pid = ? AND pid_start IS ?",
                              (new_status, utc_now(), row.name, row.pid, row.pid_start))
         if cur.rowcount:
             remove_runtime(row.runtime_dir, row.vm_runtime_dir)

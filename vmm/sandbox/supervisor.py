@@ -169,7 +169,8 @@ class Supervisor:
         server = ControlServer(control_path, self.handle, self.exec_started, self.exec_ended)
         db.update(self.name, status="running", started_at=utc_now(),
                   agent_socket=sb.socket_path, control_socket=control_path,
-                  runtime_dir=str(runtime), vm_runtime_dir=sb.runtime_dir)
+                  runtime_dir=str(runtime), vm_runtime_dir=sb.runtime_dir,
+                  published=json.dumps(sb.network.published if sb.network else []))
         log.write("system", f"sandbox {self.name} started\n".encode())
         self._report("ok")
         try:
