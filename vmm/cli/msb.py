@@ -12,7 +12,7 @@ import sys
 import click
 
 from .._version import __version__
-from . import boundary, images, sandboxes
+from . import boundary, images, logs, sandboxes
 
 LOG_LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
               "debug": logging.DEBUG, "trace": 5}
@@ -40,6 +40,7 @@ def msb(log_level):
 
 images.register(msb)
 sandboxes.register(msb)
+logs.register(msb)
 
 
 def main(argv=None):

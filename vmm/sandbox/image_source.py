@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..errors import ConfigError
-
 
 @dataclass(frozen=True)
 class ResolvedImage:
@@ -19,12 +17,15 @@ class ResolvedImage:
 
 
 def default_image() -> str:
-    """The reference of the offline default image, built on first use."""
+    """The reference of the offline default image (msb.invalid/default:busybox), built into
+    the store on first use from the host's busybox-static."""
+    from ..images.default_image import ensure_default_image
+    from ..images.store import Store
+    store = Store()
     try:
-        from ..images import default_image as _default   # built by another part of msb
-    except ImportError:
-        raise ConfigError("no image given: name one (msb run IMAGE [-- CMD...])") from None
-    return _default.ensure()
+        return ensure_default_image(store).reference
+    finally:
+        store.close()
 
 
 def resolve_image(ref: Optional[str], pull: str = "if-missing", quiet: bool = False,
@@ -34,6 +35,7 @@ def resolve_image(ref: Optional[str], pull: str = "if-missing", quiet: bool = Fa
     from .. import images
     if ref is None:
         ref = default_image()
+        pull = "never"   # built locally; no registry serves `.invalid`
     progress = False if quiet else None
     if pull == "always":
         images.pull(ref, progress=progress, force=True, insecure=insecure)
