@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.slow, *engine_marks(),
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "busybox:test"
+PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 T = 180   # per command: a boot on a loaded TCG host can take a while
 
 
@@ -39,7 +40,7 @@ def home(tmp_path_factory, kernel_path):
     work = tmp_path_factory.mktemp("msb-image")
     raw = busybox_layer(work / "layer.tar").read_bytes()
     write_layout(work / "layout", [Image(layers=[Layer(raw, sha256(raw), LAYER_MT["none"])],
-                                         env=["PATH=/bin"])])
+                                         env=[PATH])])
     r = msb_in(root, "image", "load", "-i", str(work / "layout"), "-t", IMAGE)
     assert r.returncode == 0, r.stderr
     yield root
@@ -186,6 +187,10 @@ def test_named_sandbox_lifecycle(home):
 def test_unnamed_run_is_removed_when_it_ends(home):
     r = msb_in(home, "run", "-q", IMAGE, "--", "sh", "-c", "echo hello; exit 5")
     assert (r.returncode, r.stdout, r.stderr) == (5, "hello\n", "")
+    # no image at all: the offline default image, built on first use
+    r = msb_in(home, "run", "--", "sh", "-c", "echo hello; grep ^ID= /etc/os-release")
+    assert (r.returncode, r.stdout) == (0, "hello\nID=msb-default\n"), r.stderr
+    assert re.search(r"^Started msb-[0-9a-f]{8} \(", r.stderr, re.M), r.stderr
     assert json.loads(msb_in(home, "ls", "--format", "json").stdout) == []
     assert list(Home(home).sandboxes.iterdir()) == []
 
@@ -223,7 +228,9 @@ def test_killing_msb_exec_ends_the_guest_process(home):
 
 
 def test_idle_timeout_stops_an_unused_sandbox(home):
-    r = msb_in(home, "run", "--name", "idle", "-d", "-q", "--idle-timeout", "2s", IMAGE)
+    # `run -d` with a command: the supervisor runs it, its output goes to the log
+    r = msb_in(home, "run", "--name", "idle", "-d", "-q", "--idle-timeout", "2s", IMAGE,
+               "--", "sh", "-c", "echo main-out")
     assert r.returncode == 0, r.stderr
     try:
         # an exec longer than the timeout keeps it in use
@@ -231,7 +238,9 @@ def test_idle_timeout_stops_an_unused_sandbox(home):
         assert r.returncode == 0
         assert status_of(home, "idle") == "running"
         wait_until(lambda: status_of(home, "idle") == "stopped", 20, "the idle stop")
-        log = (Home(home).sandbox_logs("idle") / "sandbox.jsonl").read_text()
-        assert "--idle-timeout" in log
+        log = [json.loads(line) for line in
+               (Home(home).sandbox_logs("idle") / "sandbox.jsonl").read_text().splitlines()]
+        assert any(e["s"] == "stdout" and e["d"] == "main-out\n" and e["id"] for e in log)
+        assert any(e["s"] == "system" and "--idle-timeout" in e["d"] for e in log)
     finally:
         msb_in(home, "rm", "-f", "idle")
