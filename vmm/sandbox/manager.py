@@ -31,6 +31,7 @@ from ..errors import ConfigError, VmmError
 from ..home import Home
 from .config import SandboxConfig, check_name
 from .state import SandboxNotFound, SandboxRow, StateDB, remove_runtime
+from .supervisor import BUSY
 
 READY_TIMEOUT_S = 180.0    # boot (60 s under a loaded TCG host) plus formatting the disk
 STOP_TIMEOUT_S = 10.0
@@ -136,11 +137,25 @@ def start(name: str, quiet: bool = False, run_command: bool = False,
         answer = _read_ready(r, proc, timeout)
     finally:
         os.close(r)
+    if answer == BUSY:   # a concurrent start won the claim: wait for its supervisor
+        answer = _wait_running(name, timeout)
     if answer != "ok":
         raise StartFailed(f"sandbox {name} did not start: "
                           f"{answer.removeprefix('error: ') if answer else _log_tail(box)}")
     say(f"Started {name} ({time.monotonic() - t0:.1f}s)")
     return get(name)
+
+
+def _wait_running(name: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = get(name)
+        if is_running(row):
+            return "ok"
+        if row.pid is None:
+            return "error: a concurrent start of it failed (see `msb logs --source system`)"
+        time.sleep(0.05)
+    return f"error: not ready within {timeout:g}s"
 
 
 def _read_ready(fd: int, proc: subprocess.Popen, timeout: float) -> str:

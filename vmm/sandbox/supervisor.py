@@ -39,6 +39,7 @@ from .state import StateDB, remove_runtime, utc_now
 WRITABLE_SIZE = "4G"
 CONSOLE_POLL_S = 0.5
 DEFAULT_STOP_TIMEOUT = 10.0
+BUSY = "busy"   # on the ready pipe: another supervisor holds the sandbox
 
 
 def make_runtime_dir(path: Path) -> Path:
@@ -140,7 +141,7 @@ class Supervisor:
     def run(self) -> int:
         db = StateDB(self.home)
         if not db.claim(self.name, os.getpid()):
-            self._report("error: the sandbox is already running")
+            self._report(BUSY)   # another supervisor has it: the caller waits for that one
             return 1
         row = db.get(self.name, reconcile=False)
         before = row.status if row.status != "running" else "crashed"
