@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 from ..errors import ConfigError
-from ..net.network import Network
-from ..net.policy import SCOPES
 from .checks import check_env, check_hostname, check_workdir
 
 DEFAULT_CPUS = 1
@@ -216,6 +214,7 @@ class SandboxConfig:
         check_hostname(self.hostname)
         if not (isinstance(self.shell, str) and self.shell.startswith("/")):
             raise ConfigError(f"shell {self.shell!r} must be an absolute path in the guest")
+        from ..net.policy import SCOPES   # the network layer loads only to check a config
         if self.net_scope not in SCOPES:
             raise ConfigError(f"network scope {self.net_scope!r} is not one of {', '.join(SCOPES)}")
         if self.pull not in PULL_POLICIES:
@@ -227,8 +226,9 @@ class SandboxConfig:
     def env_dict(self) -> Dict[str, str]:
         return dict(self.env)
 
-    def network(self) -> Optional[Network]:
+    def network(self):
         """The vmm.net Network for Sandbox.create, or None for no NIC."""
+        from ..net.network import Network
         if self.net_scope == "none":
             return None
         return Network(scope=self.net_scope, ports=self.ports, rules=self.net_rules)
