@@ -122,7 +122,7 @@ def start(name: str, quiet: bool = False, run_command: bool = False,
     env = dict(os.environ)
     # The supervisor imports the same vmm as this process, wherever that came from.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
-    env["MSB_HOME"] = str(home.root)
+    env["MSB_HOME"] = str(home.root.resolve())   # the supervisor runs in /: no relative path
     r, w = os.pipe()
     argv = [sys.executable, "-m", "vmm.sandbox.supervisor", name, "--ready-fd", str(w)]
     if run_command:
