@@ -5,6 +5,7 @@ about the project's offline default image.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,4 +49,5 @@ def resolve_image(ref: Optional[str], pull: str = "if-missing", quiet: bool = Fa
         images.pull(ref, progress=progress, insecure=insecure)
         info = images.inspect(ref)
     disk = images.root_disk(info["reference"])
-    return ResolvedImage(info["reference"], str(disk), info["config"])
+    # Absolute: the supervisor that boots it runs in another working directory.
+    return ResolvedImage(info["reference"], os.path.abspath(disk), info["config"])
