@@ -6,12 +6,16 @@ Boots are the cost here (1-2 s each on TCG, more on a loaded host), so one named
 walks through most of the lifecycle in order, and the other tests boot only what they
 check.
 """
+import fcntl
 import json
 import os
 import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -247,3 +251,44 @@ def test_idle_timeout_stops_an_unused_sandbox(home):
         assert any(e["s"] == "system" and "--idle-timeout" in e["d"] for e in log)
     finally:
         msb_in(home, "rm", "-f", "idle")
+
+
+def _set_size(fd, rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _read_until(fd, needle, timeout=30.0):
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while needle not in buf and time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.5)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+def test_terminal_gets_a_pty_that_follows_resizes(home):
+    assert msb_in(home, "run", "--name", "tty", "-d", "-q", IMAGE).returncode == 0
+    master, slave = os.openpty()
+    try:
+        _set_size(slave, 30, 100)
+        p = subprocess.Popen([sys.executable, "-m", "vmm.cli", "exec", "tty", "--", "sh", "-c",
+                              "stty size; read x; stty size; exit 4"],
+                             stdin=slave, stdout=slave, stderr=slave, env=_env(home))
+        os.close(slave)
+        assert b"30 100" in _read_until(master, b"30 100")
+        _set_size(master, 50, 132)
+        p.send_signal(signal.SIGWINCH)   # what the terminal does for its foreground job
+        time.sleep(0.5)
+        os.write(master, b"\r")          # raw mode: Enter reaches the guest's PTY as typed
+        assert b"50 132" in _read_until(master, b"50 132")
+        assert p.wait(30) == 4
+    finally:
+        os.close(master)
+        msb_in(home, "rm", "-f", "tty")
