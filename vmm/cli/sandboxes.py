@@ -4,7 +4,6 @@ sandboxes (vmm/sandbox/manager.py does the work). The read-only views (`ls`, `ps
 """
 import os
 import secrets
-import sys
 
 import click
 

@@ -16,7 +16,7 @@ import json
 import os
 import re
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 from ..errors import ConfigError

@@ -20,7 +20,6 @@ so the next call after a crash or reboot shows the truth.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import time
