@@ -167,6 +167,10 @@ def test_named_sandbox_lifecycle(home):
 
     # a killed supervisor: crashed, nothing left running, `start` brings the files back
     row = row_of(home, "box")
+    # every socket of the run is inside its runtime directory (vhost-user ones included)
+    assert row.agent_socket.startswith(row.runtime_dir + "/")
+    if ENGINE == "qemu":
+        assert list(Path(row.runtime_dir).glob("vmm-vhost-*/vda.sock"))
     children = psutil.Process(row.pid).children(recursive=True)
     assert any("qemu" in c.name() for c in children) or ENGINE != "qemu"
     os.kill(row.pid, signal.SIGKILL)

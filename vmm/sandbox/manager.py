@@ -123,8 +123,15 @@ def start(name: str, quiet: bool = False, run_command: bool = False,
     # The supervisor imports the same vmm as this process, wherever that came from.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
     env["MSB_HOME"] = str(home.root.resolve())   # the supervisor runs in /: no relative path
+    # Every temporary socket directory of the run (the agent's, the vhost-user back ends')
+    # goes inside the sandbox's runtime directory, so removing that one directory after a
+    # crash removes them all.
+    runtime = home.runtime(name)
+    env["TMPDIR"] = str(runtime)
+    env.pop("XDG_RUNTIME_DIR", None)
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "vmm.sandbox.supervisor", name, "--ready-fd", str(w)]
+    argv = [sys.executable, "-m", "vmm.sandbox.supervisor", name, "--ready-fd", str(w),
+            "--runtime-dir", str(runtime)]
     if run_command:
         argv.append("--run-command")
     with open(box / "supervisor.log", "ab") as logf:

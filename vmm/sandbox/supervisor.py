@@ -87,9 +87,11 @@ class ConsoleCopier:
 
 
 class Supervisor:
-    def __init__(self, name: str, ready_fd: Optional[int], run_command: bool):
+    def __init__(self, name: str, ready_fd: Optional[int], run_command: bool,
+                 runtime_dir: Optional[str] = None):
         self.name = name
         self.home = Home()
+        self.runtime_dir = Path(runtime_dir) if runtime_dir else self.home.runtime(name)
         self.ready_fd = ready_fd
         self.run_command = run_command
         self.stop_requested = threading.Event()
@@ -152,7 +154,7 @@ class Supervisor:
         try:
             cfg = SandboxConfig.from_json(row.config)
             image_cfg = json.loads(row.image_config or "{}")
-            runtime = make_runtime_dir(self.home.runtime(self.name))
+            runtime = make_runtime_dir(self.runtime_dir)
             log.write("system", f"starting sandbox {self.name} (image {row.image})\n".encode())
             sb, console = self._boot(row, cfg, image_cfg, log)
         except BaseException as e:
@@ -268,8 +270,10 @@ def main(argv=None) -> int:
     p.add_argument("name")
     p.add_argument("--ready-fd", type=int, default=None)
     p.add_argument("--run-command", action="store_true")
+    p.add_argument("--runtime-dir", default=None,
+                   help="where the run's sockets go (the caller sets TMPDIR to it as well)")
     a = p.parse_args(argv)
-    sup = Supervisor(a.name, a.ready_fd, a.run_command)
+    sup = Supervisor(a.name, a.ready_fd, a.run_command, a.runtime_dir)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: sup.stop_requested.set())
     print(f"{utc_now()} supervisor {os.getpid()} for {a.name}", flush=True)
