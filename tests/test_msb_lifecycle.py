@@ -296,3 +296,24 @@ def test_terminal_gets_a_pty_that_follows_resizes(home):
     finally:
         os.close(master)
         msb_in(home, "rm", "-f", "tty")
+
+
+def test_max_duration_and_forced_stop(home):
+    r = msb_in(home, "run", "--name", "short", "-d", "-q", "--max-duration", "2s", IMAGE)
+    assert r.returncode == 0, r.stderr
+    r2 = msb_in(home, "run", "--name", "forced", "-d", "-q", IMAGE)
+    assert r2.returncode == 0, r2.stderr
+    try:
+        row = row_of(home, "forced")
+        children = psutil.Process(row.pid).children(recursive=True)
+        r = msb_in(home, "stop", "-f", "forced")
+        assert r.returncode == 0, r.stderr
+        assert status_of(home, "forced") == "stopped"
+        _, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive
+        assert msb_in(home, "exec", "-q", "forced", "--", "true").returncode == 0  # boots again
+        wait_until(lambda: status_of(home, "short") == "stopped", 30, "the --max-duration stop")
+        log = (Home(home).sandbox_logs("short") / "sandbox.jsonl").read_text()
+        assert "--max-duration of 2s reached" in log
+    finally:
+        msb_in(home, "rm", "-f", "short", "forced")
