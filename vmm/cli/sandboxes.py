@@ -117,11 +117,23 @@ def _ensure(ctx, name, image, command, o):
         row = None
     if row is None:
         return m.create(name, _config(image, command, o), quiet=o["quiet"])
-    ignored = _creation_flags_given(ctx) + (["IMAGE"] if image and image != row.image else [])
+    ignored = _creation_flags_given(ctx) + (["IMAGE"] if _other_image(image, row.image) else [])
     if ignored:
         _warn(f"sandbox {name} exists; reusing it, so {', '.join(ignored)} "
               "(creation flags) are ignored (use --replace to recreate it)")
     return row
+
+
+def _other_image(typed, stored):
+    """Whether the IMAGE typed names another image than the sandbox's (`alpine` is
+    `docker.io/library/alpine:latest`)."""
+    if not typed:
+        return False
+    from ..images import BadReference, parse_reference
+    try:
+        return str(parse_reference(typed)) != stored
+    except BadReference:
+        return True
 
 
 def _random_name():
