@@ -223,7 +223,8 @@ def test_killing_msb_exec_ends_the_guest_process(home):
                        10, f"the guest process to end after {sig.name}")
             msb_in(home, "exec", "k", "--", "rm", "/tmp/fg")
         # what the command itself put in the background keeps running
-        r = msb_in(home, "exec", "k", "--", "sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $! > /tmp/bg")
+        r = msb_in(home, "exec", "k", "--", "sh", "-c",
+                   "sleep 1000 >/dev/null 2>&1 & echo $! > /tmp/bg")
         assert r.returncode == 0
         assert msb_in(home, "exec", "k", "--", "sh", "-c", "kill -0 $(cat /tmp/bg)").returncode == 0
         # Ctrl-C (SIGINT) reaches the guest process, whose exit code comes back. (The
