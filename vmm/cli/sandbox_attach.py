@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from typing import Dict, List, Optional
 
 from .boundary import print_error
@@ -80,7 +79,7 @@ def run_attached(target, argv: List[str], *, env: Optional[Dict[str, str]] = Non
     from ..agent import ExecFailed, Timeout
     from ..sandbox.logs import LogWriter
     log = LogWriter(target.log_dir)
-    exec_id = uuid.uuid4().hex[:12]
+    exec_id = os.urandom(6).hex()   # 12 hex digits, as the log's exec ids are
     local_tty = tty and os.isatty(0)
     rows, cols = _terminal_size() if tty else (24, 80)
     try:

@@ -25,6 +25,8 @@ from typing import Callable, Optional
 from ..errors import VmmError
 
 MAX_LINE = 1 << 16
+# On the supervisor's ready pipe (not the socket): another supervisor holds the sandbox.
+BUSY = "busy"
 
 
 class ControlError(VmmError):

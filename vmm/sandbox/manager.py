@@ -31,7 +31,7 @@ from ..errors import ConfigError, VmmError
 from ..home import Home
 from .config import SandboxConfig, check_name
 from .state import SandboxNotFound, SandboxRow, StateDB, remove_runtime
-from .supervisor import BUSY
+from .control import BUSY
 
 READY_TIMEOUT_S = 180.0    # boot (60 s under a loaded TCG host) plus formatting the disk
 STOP_TIMEOUT_S = 10.0

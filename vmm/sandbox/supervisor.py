@@ -34,12 +34,12 @@ from typing import Optional
 
 from ..home import Home
 from .config import SandboxConfig
+from .control import BUSY
 from .state import StateDB, remove_runtime, utc_now
 
 WRITABLE_SIZE = "4G"
 CONSOLE_POLL_S = 0.5
 DEFAULT_STOP_TIMEOUT = 10.0
-BUSY = "busy"   # on the ready pipe: another supervisor holds the sandbox
 
 
 def make_runtime_dir(path: Path) -> Path:
