@@ -139,6 +139,9 @@ class StateDB:
         self._db = sqlite3.connect(str(self.home.database), timeout=BUSY_TIMEOUT_S,
                                    isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        # In WAL mode NORMAL never corrupts the database; a power cut may lose the last
+        # commits, which reconciliation then reads as the sandbox not running.
+        self._db.execute("PRAGMA synchronous = NORMAL")
         self._migrate()
 
     def _migrate(self) -> None:

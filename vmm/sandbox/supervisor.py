@@ -101,6 +101,7 @@ class Supervisor:
         self._activity_lock = threading.Lock()
         self.sandbox = None
         self.metrics = None
+        self.memory_mib = 0
 
     # --- readiness pipe ------------------------------------------------------------------
     def _report(self, text: str) -> None:
@@ -132,12 +133,21 @@ class Supervisor:
         if op == "status":
             return {"status": "running", "pid": os.getpid(), "active_execs": self._active}
         if op == "metrics":
+            if self.metrics is None:   # asked before _start_metrics() ran
+                self._start_metrics(self.sandbox, None)
             return {"metrics": self.metrics.sample(self.name)}
         if op == "stop":
             self.stop_timeout = float(args.get("timeout", DEFAULT_STOP_TIMEOUT))
             self.stop_requested.set()
             return {}
         raise ValueError(f"unknown control request {op!r}")
+
+    def _start_metrics(self, sb, cfg) -> None:
+        from .metrics import Metrics
+        with self._activity_lock:
+            if self.metrics is None:
+                limit = (cfg.memory_mib if cfg else self.memory_mib) << 20
+                self.metrics = Metrics(sb, limit)
 
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -166,8 +176,6 @@ class Supervisor:
             log.close()
             return 1
         from .control import ControlServer
-        from .metrics import Metrics
-        self.metrics = Metrics(sb, cfg.memory_mib << 20)
         control_path = str(runtime / "control.sock")
         server = ControlServer(control_path, self.handle, self.exec_started, self.exec_ended)
         db.update(self.name, status="running", started_at=utc_now(),
@@ -176,6 +184,7 @@ class Supervisor:
                   published=json.dumps(sb.network.published if sb.network else []))
         log.write("system", f"sandbox {self.name} started\n".encode())
         self._report("ok")
+        self._start_metrics(sb, cfg)   # after "ok": psutil is not on the way to ready
         try:
             if self.run_command and cfg.command:
                 self._start_main_command(sb, cfg, image_cfg, log)
@@ -216,6 +225,7 @@ class Supervisor:
             console.close()
             raise
         self.sandbox = sb
+        self.memory_mib = cfg.memory_mib
         try:
             for t in cfg.tmpfs:
                 opts = f"size={t.size}" if t.size else "mode=1777"
