@@ -120,6 +120,10 @@ def test_named_sandbox_lifecycle(home):
     assert r.stdout == f"hi 1 /tmp box\n{MARKER.decode()}", r.stderr
     r = m("exec", "box", "--", "cat", input="piped stdin\n")
     assert r.stdout == "piped stdin\n"
+    r = m("exec", "-u", "nobody", "box", "--", "id", "-u")
+    assert r.stdout == "65534\n", r.stderr
+    r = m("exec", "--timeout", "1s", "box", "--", "sleep", "30")
+    assert r.returncode == 124 and "did not finish within 1s; killed" in r.stderr
     r = m("exec", "-t", "box", "--", "sh", "-c", "tty")
     assert r.returncode == 0 and r.stdout.startswith("/dev/pts/"), (r.stdout, r.stderr)
 
