@@ -325,3 +325,20 @@ def test_max_duration_and_forced_stop(home):
         assert "--max-duration of 2s reached" in log
     finally:
         msb_in(home, "rm", "-f", "short", "forced")
+
+
+def test_sandboxes_started_at_once(home):
+    names = [f"par{i}" for i in range(4)]
+    procs = [spawn_msb(home, "run", "--name", n, "-d", "-q", "-m", "128M", IMAGE) for n in names]
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=T)
+            assert p.returncode == 0, err
+        listing = json.loads(msb_in(home, "ls", "--format", "json").stdout)
+        rows = {r["name"]: r["status"] for r in listing}
+        assert all(rows[n] == "running" for n in names), rows
+        for n in names:   # each answers as itself
+            assert msb_in(home, "exec", n, "--", "hostname").stdout == f"{n}\n"
+    finally:
+        msb_in(home, "rm", "-f", *names)
+    assert msb_in(home, "ls", "-q").stdout == ""
