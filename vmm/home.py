@@ -8,18 +8,27 @@
         locks/                      flock files: one per blob, one per disk, gc.lock
         disks/<algorithm>-<hex>.erofs   the read-only root disk of each manifest
         index.db                    SQLite index: references, manifests, layers
-      sandboxes/<name>/             one directory per named sandbox: its writable disk,
-                                    logs and runtime sockets
-      msb.db                        the sandbox database (SQLite)
+      sandboxes/<name>/             one directory per named sandbox:
+        data.ext4                   its writable disk (sparse, 4 GiB)
+        console.log                 the guest console of the current boot
+        supervisor.log              the supervisor's own stdout/stderr
+        logs/                       the sandbox log, JSON lines (vmm/sandbox/logs.py)
+      msb.db                        the sandbox database (SQLite, vmm/sandbox/state.py)
       volumes/<name>.ext4           named volumes (vmm/sandbox/volume_store.py), with
       volumes/<name>.json           their metadata
+
+    <runtime base>/msb-<uid>/<hash>/  a running sandbox's sockets (control.sock), outside
+                                    MSB_HOME because a Unix socket path is limited to
+                                    108 bytes and MSB_HOME may be long
 
 Every path is read from the environment when a Home is made, not at import, so a test or
 a caller can point MSB_HOME elsewhere for one call.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import ConfigError
@@ -51,3 +60,19 @@ class Home:
             raise ConfigError(f"bad sandbox name {name!r}: a name is one path component "
                               "(no '/', not '.' or '..')")
         return self.sandboxes / name
+
+    def writable_disk(self, name: str) -> Path:
+        return self.sandbox(name) / "data.ext4"
+
+    def sandbox_logs(self, name: str) -> Path:
+        return self.sandbox(name) / "logs"
+
+    def runtime(self, name: str) -> Path:
+        """A short directory for a running sandbox's sockets: $XDG_RUNTIME_DIR (if short)
+        or the temp dir, then msb-<uid>/<16 hex of a hash of MSB_HOME and the name>, so
+        two homes never share one and the socket path stays far below 108 bytes."""
+        base = os.environ.get("XDG_RUNTIME_DIR")
+        if not (base and os.path.isdir(base) and len(base) < 40):
+            base = tempfile.gettempdir()
+        key = hashlib.sha256(f"{self.root.resolve()}\0{name}".encode()).hexdigest()[:16]
+        return Path(base) / f"msb-{os.getuid()}" / key

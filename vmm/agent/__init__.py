@@ -5,7 +5,6 @@ results, session (one request's frames and credit windows), connection (the sock
 its reader thread), process and fs (what exec and file sessions mean), handshake (the
 vsock CONNECT), client (AgentClient), aio (AsyncAgentClient).
 """
-from .aio import AsyncAgentClient
 from .client import DEFAULT_VSOCK_PORT, AgentClient
 from .errors import AgentError, ExecFailed, FsError, SandboxNotRunning, Timeout
 from .fs import Fs
@@ -16,3 +15,11 @@ from .results import DirEntry, ExecResult, FileStat, ReadyInfo
 __all__ = ["DEFAULT_VSOCK_PORT", "AgentClient", "AgentError", "AsyncAgentClient", "DirEntry",
            "ExecFailed", "ExecResult", "FileStat", "Fs", "FsError", "Process", "ReadyInfo",
            "SandboxNotRunning", "Timeout", "vsock_handshake"]
+
+
+def __getattr__(name):
+    # asyncio loads only for the asyncio client: a short-lived `msb exec` never needs it.
+    if name == "AsyncAgentClient":
+        from .aio import AsyncAgentClient
+        return AsyncAgentClient
+    raise AttributeError(f"module 'vmm.agent' has no attribute {name!r}")

@@ -12,7 +12,7 @@ import sys
 import click
 
 from .._version import __version__
-from . import boundary, images, logs, volumes
+from . import boundary, images, logs, sandboxes, volumes
 
 LOG_LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
               "debug": logging.DEBUG, "trace": 5}
@@ -39,6 +39,7 @@ def msb(log_level):
 
 
 images.register(msb)
+sandboxes.register(msb)
 logs.register(msb)
 volumes.register(msb)
 

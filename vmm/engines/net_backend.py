@@ -141,11 +141,11 @@ class PasstStart:
             if os.geteuid() == 0:
                 os.chmod(self._dir, 0o711)
                 os.chmod(self._pid_file, 0o666)
-            self.proc = subprocess.Popen([self.exe, "--foreground", "--quiet",
-                                          "--fd", str(theirs.fileno()), "--pid", self._pid_file,
-                                          *options],
-                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=self._errors)
+            from .child_process import spawn   # passt ends with this process
+            self.proc = spawn([self.exe, "--foreground", "--quiet",
+                               "--fd", str(theirs.fileno()), "--pid", self._pid_file, *options],
+                              pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=self._errors)
         except BaseException:
             ours.close()
             self._cleanup()

@@ -34,6 +34,7 @@ from ..cmdline import KernelCmdline, caller_parts
 from ..errors import ConfigError, EngineUnavailable
 from . import qemu_binary
 from .base import Engine, ExitStatus, MachineSpec
+from .child_process import spawn
 from .panic_watch import PanicWatch
 from .options import QemuOptions
 from .vhost_backends import VhostBackends
@@ -176,9 +177,10 @@ class QemuEngine(Engine):
         try:
             argv = qemu_argv(self.spec, binary, theirs.fileno(), self._backends.qemu_devices)
             # A session of its own: a terminal's Ctrl-C reaches us, and we stop QEMU.
-            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),),
-                                          start_new_session=True)
+            # spawn(): QEMU dies with this process, even if it is SIGKILLed.
+            self._proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),),
+                               start_new_session=True)
         except BaseException:
             self._backends.close()
             raise
