@@ -181,7 +181,11 @@ def create_cmd(image, **o):
     """Create a sandbox and boot it in the background; prints its name."""
     name = o["name"] or _random_name()
     m = _manager()
-    if o["replace"] and m.find(name) is not None:
+    if m.find(name) is not None:
+        if not o["replace"]:   # said before any pull or volume is made for nothing
+            from ..errors import VmmError
+            raise VmmError(f"a sandbox named {name!r} already exists (msb start {name} "
+                           "starts it; --replace recreates it)")
         m.remove(name, force=True)
     m.create(name, _config(image, (), o), quiet=o["quiet"])
     m.start(name, quiet=o["quiet"])
