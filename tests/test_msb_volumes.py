@@ -127,7 +127,7 @@ def test_volume_outlives_the_sandbox_and_ro_is_enforced(kernel_path, tmp_path):
 def make_home(root):
     """An MSB_HOME of its own with the busybox test image loaded, as test_msb_lifecycle's."""
     work = root / "image"
-    work.mkdir()
+    work.mkdir(parents=True)
     raw = busybox_layer(work / "layer.tar").read_bytes()
     write_layout(work / "layout", [Image(layers=[Layer(raw, sha256(raw), LAYER_MT["none"])],
                                          env=[PATH])])
