@@ -105,6 +105,7 @@ def msb(*args, **env):
     (["run", "--entrypoint", ""], "--entrypoint is empty"),
     (["run", "-u", "a b"], "USER[:GROUP]"),
     (["run", "-u", "root:"], "USER[:GROUP]"),
+    (["exec", "-u", "x y", "box", "--", "true"], "USER[:GROUP]"),
     (["run", "-H", "bad_host!"], "hostname"),
     (["run", "-w", "rel"], "workdir"),
     (["exec", "-w", "rel", "box", "--", "true"], "workdir"),
@@ -186,6 +187,12 @@ def test_listing_shapes_and_filters(home):
     assert "Mounts:\n  data -> /data (ro)\n" in text and "Status:" in text
     r = msb("create", "-n", "beta", "--pull", "never", "no-such-image:1")
     assert r.returncode == 1 and "already exists" in r.stderr   # said before any pull
+
+
+def test_flags_for_an_existing_sandbox_are_still_checked(home):
+    _insert(home, "kept", "stopped")
+    r = msb("run", "--name", "kept", "-m", "lots", "--", "true")
+    assert r.returncode == 2 and "not a size" in r.stderr   # not "ignored" with a warning
 
 
 def test_pull_always_pulls_even_a_stored_image(home, tmp_path):
