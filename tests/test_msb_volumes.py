@@ -108,6 +108,8 @@ def test_volume_outlives_the_sandbox_and_ro_is_enforced(kernel_path, tmp_path):
         info = json.loads(m("inspect", "v1", "--format", "json").stdout)
         assert info["config"]["volumes"] == [{"source": "data", "dest": "/data",
                                               "kind": "named", "read_only": False}]
+        r = m("run", "-q", "-v", "data:/data", IMAGE, "--", "true")   # one rw user at a time
+        assert r.returncode == 1 and "in use by another sandbox" in r.stderr, r.stderr
         r = m("volume", "rm", "data")   # attached: refused
         assert r.returncode == 1 and "in use" in r.stderr
         assert m("rm", "-f", "v1").returncode == 0
