@@ -56,10 +56,8 @@ def _empty():
 def list_cmd(running, stopped, fmt, quiet):
     """List sandboxes."""
     rows = _manager().list_sandboxes()
-    if running:
-        rows = [r for r in rows if _status(r) == "running"]
-    if stopped:
-        rows = [r for r in rows if _status(r) != "running"]
+    if running != stopped:   # both (or neither): every sandbox
+        rows = [r for r in rows if (_status(r) == "running") == running]
     if fmt == "json":
         print_json([_describe(r) for r in rows])
         return
@@ -118,6 +116,14 @@ def inspect_cmd(name, fmt):
     width = max(len(k) for k, _ in pairs) + 1
     for key, value in pairs:
         click.echo(f"{key + ':':<{width}} {value}")
+    mounts = [f"{v['source']} -> {v['dest']} ({'ro' if v['read_only'] else 'rw'})"
+              for v in cfg.get("volumes") or ()]
+    mounts += [f"tmpfs -> {t['path']}" + (f" (size {t['size']})" if t["size"] else "")
+               for t in cfg.get("tmpfs") or ()]
+    if mounts:
+        click.echo("Mounts:")
+        for line in mounts:
+            click.echo(f"  {line}")
     if cfg["env"]:
         click.echo("Env:")
         for k, v in cfg["env"].items():

@@ -112,12 +112,13 @@ def _ensure(ctx, name, image, command, o):
     """The sandbox `name` exists after this: made from the options, replaced (--replace),
     or reused as it is (with a warning when creation flags were given)."""
     m = _manager()
+    cfg = _config(image, command, o)   # checked even when ignored: a bad value is an error
     row = m.find(name)
     if row is not None and o["replace"]:
         m.remove(name, force=True)
         row = None
     if row is None:
-        return m.create(name, _config(image, command, o), quiet=o["quiet"])
+        return m.create(name, cfg, quiet=o["quiet"])
     ignored = _creation_flags_given(ctx) + (["IMAGE"] if _other_image(image, row.image) else [])
     if ignored:
         _warn(f"sandbox {name} exists; reusing it, so {', '.join(ignored)} "
@@ -181,7 +182,11 @@ def create_cmd(image, **o):
     """Create a sandbox and boot it in the background; prints its name."""
     name = o["name"] or _random_name()
     m = _manager()
-    if o["replace"] and m.find(name) is not None:
+    if m.find(name) is not None:
+        if not o["replace"]:   # said before any pull or volume is made for nothing
+            from ..errors import VmmError
+            raise VmmError(f"a sandbox named {name!r} already exists (msb start {name} "
+                           "starts it; --replace recreates it)")
         m.remove(name, force=True)
     m.create(name, _config(image, (), o), quiet=o["quiet"])
     m.start(name, quiet=o["quiet"])
@@ -250,10 +255,11 @@ def remove_cmd(names, force, quiet):
 @click.pass_context
 def exec_cmd(ctx, args, env, workdir, user, tty, timeout, quiet):
     """Run a command in a sandbox (starting it first if it is stopped)."""
-    from ..sandbox.config import parse_duration, parse_env
+    from ..sandbox.config import check_user, parse_duration, parse_env
     from ..sandbox.checks import check_workdir
     name, command = _split(ctx, args)
     check_workdir(workdir)
+    check_user(user)
     return _exec_in(name, command, env=parse_env(env), workdir=workdir, user=user,
                     tty=tty or os.isatty(0), timeout=parse_duration(timeout, "--timeout"),
                     quiet=quiet)

@@ -100,6 +100,18 @@ def parse_env(items: Iterable[str], environ: Optional[Mapping[str, str]] = None)
     return out
 
 
+def check_user(user: Optional[str]) -> Optional[str]:
+    """`-u USER[:GROUP]`: a name or uid, optionally a group name or gid (the guest agent
+    looks names up in the image's /etc/passwd and /etc/group when a command runs)."""
+    if user is None:
+        return None
+    if not isinstance(user, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+                                                     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?", user):
+        raise ConfigError(f"user {user!r} is not USER[:GROUP] (a name or uid, optionally "
+                          "':' and a group name or gid)")
+    return user
+
+
 @dataclass(frozen=True)
 class VolumeSpec:
     """`-v SRC:DEST[:ro]`: SRC starting with /, ./ or ../ is a host path, else a named volume."""
@@ -110,22 +122,15 @@ class VolumeSpec:
 
     @classmethod
     def parse(cls, text: str) -> "VolumeSpec":
-        parts = text.split(":")
-        read_only = False
-        if len(parts) == 3 and parts[2] in ("ro", "rw"):
-            read_only = parts[2] == "ro"
-            parts = parts[:2]
-        if len(parts) != 2 or not parts[0] or not parts[1]:
+        # One grammar for `-v` everywhere: volumes.py's (guest path and name checks).
+        from .volumes import parse_volume_spec
+        if not isinstance(text, str) or ":" not in text:
             raise ConfigError(f"volume {text!r} is not SRC:DEST[:ro]")
-        source, dest = parts
-        if not dest.startswith("/"):
-            raise ConfigError(f"volume {text!r}: the destination {dest!r} must be an absolute "
-                              "path in the guest")
-        host = source.startswith(("/", "./", "../")) or source in (".", "..")
-        if not host and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", source):
-            raise ConfigError(f"volume {text!r}: {source!r} is neither a host path (starting "
-                              "with /, ./ or ../) nor a volume name")
-        return cls(source, dest, "host" if host else "named", read_only)
+        spec = parse_volume_spec(text)
+        return cls(spec.src, spec.dest, spec.kind, spec.read_only)
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.dest}" + (":ro" if self.read_only else "")
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,16 @@ class SandboxConfig:
             raise ConfigError(f"network scope {self.net_scope!r} is not one of {', '.join(SCOPES)}")
         if self.pull not in PULL_POLICIES:
             raise ConfigError(f"pull policy {self.pull!r} is not one of {', '.join(PULL_POLICIES)}")
+        dests = {}
+        for v in self.volumes:
+            if v.dest in dests:
+                raise ConfigError(f"volumes {dests[v.dest]} and {v} are both mounted at {v.dest}")
+            dests[v.dest] = v
+        for t in self.tmpfs:
+            if t.path.rstrip("/") in dests:
+                raise ConfigError(f"--tmpfs {t.path} and volume {dests[t.path.rstrip('/')]} "
+                                  "are both mounted there")
+        check_user(self.user)
         self.network()   # ports and rules are checked by the network's own parser
 
     # --- what it means ------------------------------------------------------------------

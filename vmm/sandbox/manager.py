@@ -48,12 +48,38 @@ def _progress(quiet: bool) -> Callable[[str], None]:
 
 
 def check_volumes(cfg: SandboxConfig) -> None:
+    """Refuse what cannot be mounted, before anything is recorded: host directories need a
+    shared file system (virtio-fs) the sandbox does not have yet."""
     for v in cfg.volumes:
         if v.kind == "host":
-            raise ConfigError(f"volume {v.source}:{v.dest}: host directories need virtio-fs, "
-                              "not supported yet (use a named volume)")
-        raise ConfigError(f"volume {v.source}:{v.dest}: named volumes are not supported by "
-                          "this msb yet")
+            raise ConfigError(f"volume {v}: host directories need virtio-fs, which this msb "
+                              "does not support yet; use a named volume "
+                              "(msb volume create NAME, then -v NAME:" + v.dest + ")")
+
+
+def ensure_volumes(cfg: SandboxConfig, quiet: bool = False) -> List[str]:
+    """Named volumes that do not exist yet are created empty on first use, as Docker does
+    (a default-size sparse ext4 disk), so `msb run -v data:/data` works without a separate
+    `msb volume create`. A read-only mount of a missing volume is refused instead: it
+    could only ever show an empty directory, so it is almost surely a typo. Returns the
+    names created."""
+    from .volume_store import VolumeExists, VolumeStore
+    store = VolumeStore()
+    created = []
+    for v in cfg.volumes:
+        if v.kind != "named" or store.exists(v.source):
+            continue
+        if v.read_only:
+            raise VmmError(f"volume {v.source!r} not found: a read-only mount of a new, empty "
+                           f"volume is useless (create it with msb volume create {v.source}, "
+                           "or mount it read-write first)")
+        try:
+            store.create(v.source)
+        except VolumeExists:
+            continue   # a concurrent run made it first: the same volume either way
+        created.append(v.source)
+        _progress(quiet)(f"Created volume {v.source}")
+    return created
 
 
 # --- reads ---------------------------------------------------------------------------------
@@ -87,6 +113,7 @@ def create(name: str, cfg: SandboxConfig, quiet: bool = False) -> SandboxRow:
     check_name(name)
     check_volumes(cfg)
     image = resolve_image(cfg.image, cfg.pull, quiet)
+    ensure_volumes(cfg, quiet)
     home = Home()
     with StateDB(home) as db:
         db.insert(name, image.reference, cfg.to_json())

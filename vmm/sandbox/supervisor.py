@@ -8,7 +8,8 @@ started it. It:
 
 - claims the sandbox in the database (one live supervisor per sandbox);
 - formats the writable disk on first start (4 GiB, sparse) and boots the Sandbox (image
-  disk read-only, writable disk, network, env/workdir/hostname from the config);
+  disk read-only, writable disk, named volumes, network, env/workdir/hostname from the
+  config);
 - reports on --ready-fd: "ok" once the agent is ready, or "error: ..." (the caller shows
   it), then closes it;
 - marks the row `running` with its runtime paths (agent and control sockets), serves the
@@ -216,11 +217,13 @@ class Supervisor:
         env = dict(e.split("=", 1) for e in image_cfg.get("env") or [] if "=" in e)
         env.update(cfg.env_dict)
         try:
+            volumes = self._volumes(cfg)
             sb = Sandbox.create(row.image_disk, writable_disk=str(writable), cpus=cfg.cpus,
                                 memory_mib=cfg.memory_mib, env=env or None,
                                 workdir=cfg.workdir or image_cfg.get("working_dir"),
                                 hostname=cfg.guest_hostname(self.name), engine=cfg.engine,
-                                console_log=str(console_log), network=cfg.network())
+                                console_log=str(console_log), network=cfg.network(),
+                                volumes=volumes)
         except BaseException:
             console.close()
             raise
@@ -239,6 +242,15 @@ class Supervisor:
             console.close()
             raise
         return sb, console
+
+    def _volumes(self, cfg: SandboxConfig):
+        """The named volumes' mounts (VolumeNotFound if one was removed since `msb create`:
+        recreating it empty would hide that its data is gone). manager.check_volumes
+        refused host paths before the sandbox was recorded."""
+        from .volume_store import VolumeStore
+        store = VolumeStore(self.home)
+        return [store.mount(v.source, v.dest, v.read_only) for v in cfg.volumes
+                if v.kind == "named"]
 
     def _start_main_command(self, sb, cfg: SandboxConfig, image_cfg: dict, log) -> None:
         """`msb run -d IMAGE -- CMD`: CMD runs for as long as the sandbox does, its output
