@@ -368,7 +368,7 @@ def test_cli_timestamps_sources_tail_json(home):
 
 def test_cli_errors(home):
     for args, status, text in [
-            (["nope"], 1, "error: no such sandbox: nope\n"),
+            (["nope"], 1, "error: no sandbox named 'nope'\n"),
             (["demo", "--since", "soon"], 2, "error: bad time 'soon'"),
             (["demo", "--source", "out"], 2, "error: unknown log source 'out'"),
             (["demo", "--tail", "-1"], 2, "error: "),

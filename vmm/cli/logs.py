@@ -40,7 +40,7 @@ def logs_cmd(name, tail, since, until, follow, timestamps, source, as_json):
         raise boundary.UsageError(str(e)) from None
     sandbox_dir = Home().sandbox(name)
     if not sandbox_dir.is_dir():
-        raise boundary.Failure(f"no such sandbox: {name}")
+        raise boundary.Failure(f"no sandbox named {name!r}")
     reader = LogReader(sandbox_dir / "logs", sources, since_t, until_t)
     entries = reader.follow(tail) if follow else reader.entries(tail)
     printer = _Printer(sys.stdout.buffer, timestamps, as_json, flush_each=follow)
