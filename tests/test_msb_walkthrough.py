@@ -208,7 +208,8 @@ def test_corepack_pnpm_dev_through_the_published_port_until_msb_exec_is_killed(
                 time.sleep(0.5)
         TIMES.append(("pnpm dev -> first reply on the host", time.monotonic() - t0))
         text = b"".join(output).decode(errors="replace")
-        assert reply is not None, f"no reply on 127.0.0.1:{host_port}; msb exec said: {text[-3000:]}"
+        assert reply is not None, \
+            f"no reply on 127.0.0.1:{host_port}; msb exec said: {text[-3000:]}"
         status, body = reply
         assert status == 200 and NAME in body and f"node v{NODE_VERSION}" in body, reply
         assert _guest_server_pids(home), "the dev server is not among the guest's processes"
@@ -258,7 +259,8 @@ def test_ls_ps_inspect_metrics_logs(home, running, ref, host_port):
     cfg = info["config"]
     assert (cfg["cpus"], cfg["memory_mib"], cfg["net_scope"]) == (2, 2048, "public"), cfg
     text = msb(home, "inspect", NAME).stdout
-    assert re.search(rf"^Name:\s+{NAME}$", text, re.M) and re.search(r"^Status:\s+running$", text, re.M)
+    assert re.search(rf"^Name:\s+{NAME}$", text, re.M), text
+    assert re.search(r"^Status:\s+running$", text, re.M), text
     assert re.search(rf"^Ports:\s+127\.0\.0\.1:{host_port}->{GUEST_PORT}/tcp$", text, re.M), text
 
     rows = _table(msb(home, "metrics", NAME).stdout)
