@@ -20,13 +20,11 @@ so the next call after a crash or reboot shows the truth.
 """
 from __future__ import annotations
 
-import shutil
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Iterator, List, Optional
 
 from ..errors import VmmError
@@ -68,7 +66,8 @@ class SandboxExists(VmmError):
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # time, not datetime: one module less on every short-lived msb call
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def boot_id() -> str:
@@ -292,5 +291,6 @@ class StateDB:
 def remove_runtime(*dirs: Optional[str]) -> None:
     """Remove stale runtime directories (sockets of a dead run)."""
     for d in dirs:
-        if d and Path(d).is_dir():
+        if d and os.path.isdir(d):
+            import shutil
             shutil.rmtree(d, ignore_errors=True)
