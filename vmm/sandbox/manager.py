@@ -271,11 +271,23 @@ def remove(name: str, force: bool = False) -> None:
 
 
 # --- exec ----------------------------------------------------------------------------------
+class ExecSettings:
+    """What running a command needs of a sandbox's stored config (command.py): read from
+    its JSON without building a SandboxConfig, whose module (checks, regexes, frozen
+    dataclasses) costs every short-lived `msb exec` a few milliseconds."""
+
+    def __init__(self, config_json: str):
+        d = json.loads(config_json)
+        self.entrypoint = tuple(d["entrypoint"]) if d.get("entrypoint") else None
+        self.shell = d.get("shell") or "/bin/sh"   # always stored; config.DEFAULT_SHELL
+        self.user = d.get("user")
+
+
 class ExecTarget:
     """What one `msb exec` holds: its own agent connection and the control connection that
     marks the sandbox in use. close() ends both (and with them the guest process)."""
 
-    def __init__(self, row: SandboxRow, config: SandboxConfig, image_config: dict, client,
+    def __init__(self, row: SandboxRow, config: ExecSettings, image_config: dict, client,
                  activity):
         self.row, self.config, self.image_config = row, config, image_config
         self.client, self.activity = client, activity
@@ -313,8 +325,9 @@ def connect(name: str, auto_start: bool = True, quiet: bool = False) -> ExecTarg
         if activity is not None:
             activity.close()
         raise
-    return ExecTarget(row, config_of(row), json.loads(row.image_config or "{}"), client, activity)
+    return ExecTarget(row, ExecSettings(row.config), json.loads(row.image_config or "{}"), client,
+                      activity)
 
 
 __all__ = ["create", "start", "stop", "remove", "get", "find", "list_sandboxes", "connect",
-           "ExecTarget", "StartFailed", "SandboxNotFound", "config_of", "is_running"]
+           "ExecTarget", "ExecSettings", "StartFailed", "SandboxNotFound", "config_of", "is_running"]
