@@ -8,7 +8,10 @@ which the `msb` entry point (vmm/cli/__init__.py) runs before click is even impo
 Why: `msb exec` is called in loops by scripts, and each call is a fresh interpreter that
 pays for every module it loads; click alone is ~10 ms of a ~45 ms call. Any other form
 (other options, no `--`, --help, a global option) goes through click as before, so the
-fast path only ever handles arguments whose meaning click would give them too.
+fast path only ever handles arguments whose meaning click would give them too. It does
+not load logging either (msb.py silences vmm's loggers when no --debug and the like is
+given): the one record this path can emit, the log writer's warning that it is dropping
+entries (a full disk), then reaches stderr through logging's last-resort handler.
 """
 import os
 
@@ -41,7 +44,6 @@ def exec_in(name, command, *, env=None, workdir=None, user=None, tty=False, time
     from ..sandbox.command import resolve_command
     from ..sandbox.manager import connect
     from .sandbox_attach import run_attached
-    _quiet_diagnostics()
     target = connect(name, quiet=quiet)
     try:
         argv = resolve_command(target.config, target.image_config, command, tty)
@@ -50,13 +52,3 @@ def exec_in(name, command, *, env=None, workdir=None, user=None, tty=False, time
                             tty=tty, timeout=timeout)
     finally:
         target.close()
-
-
-def _quiet_diagnostics() -> None:
-    """As `msb` without --debug and the like (msb.py): vmm's log records go nowhere,
-    unless logging was set up already (the click path did it, with or without a level)."""
-    import logging   # loaded anyway: the sandbox log writer (vmm/sandbox/logs.py) uses it
-    vmm_log = logging.getLogger("vmm")
-    if not vmm_log.handlers and vmm_log.propagate and not logging.getLogger().handlers:
-        vmm_log.addHandler(logging.NullHandler())
-        vmm_log.propagate = False

@@ -24,11 +24,11 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
 from ..errors import VmmError
 from ..home import Home
+from ..record import Record   # not dataclasses: see vmm/record.py
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
@@ -101,8 +101,7 @@ def is_alive(pid: Optional[int], start: Optional[int], boot: Optional[str]) -> b
     return process_start_time(pid) == start
 
 
-@dataclass
-class SandboxRow:
+class SandboxRow(Record):
     name: str
     image: str
     config: str
@@ -126,7 +125,7 @@ class SandboxRow:
         return is_alive(self.pid, self.pid_start, self.boot_id)
 
 
-_COLUMNS = list(SandboxRow.__dataclass_fields__)
+_COLUMNS = list(SandboxRow.record_fields)
 
 
 class StateDB:
