@@ -40,7 +40,8 @@ from support.sandbox_image import have_busybox
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="no qemu-system-x86_64"),
+pytestmark = [pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
+                                 reason="no qemu-system-x86_64"),
               pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)")]
 
 ENGINE = "qemu"

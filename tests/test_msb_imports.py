@@ -14,10 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Never on the way to running a command in a sandbox that is up: the VM side, the image
 # store, asyncio, and the click-only CLI modules.
-EXEC_FORBIDDEN = ("click", "vmm.sandbox.config", "vmm._core", "vmm.machine", "vmm.engines", "vmm.images", "vmm.net",
-                  "vmm.sandbox.sandbox", "vmm.cli.msb", "vmm.cli.images", "vmm.cli.sandbox_views",
-                  "asyncio", "subprocess", "hashlib", "cffi", "logging", "dataclasses",
-                  "inspect")
+EXEC_FORBIDDEN = ("click", "vmm.sandbox.config", "vmm._core", "vmm.machine", "vmm.engines",
+                  "vmm.images", "vmm.net", "vmm.sandbox.sandbox", "vmm.cli.msb", "vmm.cli.images",
+                  "vmm.cli.sandbox_views", "asyncio", "subprocess", "hashlib", "cffi", "logging",
+                  "dataclasses", "inspect")
 
 
 def _imported(argv, tmp_path):

@@ -64,7 +64,8 @@ class LazyGroup(click.Group):
 
 # no_args_is_help off: a bare `msb` is click's own "Missing command." usage error (one line,
 # exit 2) on every click version, not the whole help text as an error.
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=False)
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             no_args_is_help=False)
 @click.version_option(__version__, "-V", "--version", prog_name="msb", message="%(prog)s %(version)s")
 @click.option("--error", "log_level", flag_value="error", help="Show error diagnostics.")
 @click.option("--warn", "log_level", flag_value="warn", help="Show warnings and errors.")

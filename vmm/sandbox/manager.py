@@ -330,4 +330,5 @@ def connect(name: str, auto_start: bool = True, quiet: bool = False) -> ExecTarg
 
 
 __all__ = ["create", "start", "stop", "remove", "get", "find", "list_sandboxes", "connect",
-           "ExecTarget", "ExecSettings", "StartFailed", "SandboxNotFound", "config_of", "is_running"]
+           "ExecTarget", "ExecSettings", "StartFailed", "SandboxNotFound", "config_of",
+           "is_running"]
