@@ -11,13 +11,15 @@
 """
 from ._version import __version__
 from .errors import VmmError, ConfigError, EngineUnavailable, GuestError
-from .machine import Machine, ExitStatus
 
 __all__ = ["__version__", "Machine", "ExitStatus", "Inspection", "KvmOptions", "QemuOptions",
            "PythonDevice", "VmmError", "ConfigError",
            "EngineUnavailable", "GuestError", "Sandbox", "AsyncSandbox", "BootFailed",
            "ExecFailed", "SandboxNotRunning", "Timeout", "ExecResult"]
 
+# Machine brings the engines and the kernel loader (~5 ms): loaded on first use, so that a
+# short-lived `msb exec`, which only talks to a running sandbox's agent, never pays for it.
+_MACHINE = ("Machine", "ExitStatus")
 # The sandbox runtime pulls in the agent client, threads and asyncio: loaded on first
 # use so that `import vmm` for a bare Machine stays quick. So are the engine options and
 # Machine.inspect()'s result (a few dataclasses, a millisecond or two at import).
@@ -27,6 +29,9 @@ _OPTIONS = ("KvmOptions", "QemuOptions", "PythonDevice")
 
 
 def __getattr__(name):
+    if name in _MACHINE:
+        from . import machine
+        return getattr(machine, name)
     if name in _RUNTIME:
         from . import sandbox
         return getattr(sandbox, name)

@@ -26,7 +26,6 @@ a caller can point MSB_HOME elsewhere for one call.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -74,5 +73,6 @@ class Home:
         base = os.environ.get("XDG_RUNTIME_DIR")
         if not (base and os.path.isdir(base) and len(base) < 40):
             base = tempfile.gettempdir()
+        import hashlib   # here: it loads OpenSSL, which most msb calls never need
         key = hashlib.sha256(f"{self.root.resolve()}\0{name}".encode()).hexdigest()[:16]
         return Path(base) / f"msb-{os.getuid()}" / key

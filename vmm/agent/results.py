@@ -3,17 +3,16 @@ entry, and the agent's READY announcement. Plain data; nothing here does I/O."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Dict, Optional
 
+from ..record import Factory, Record   # not dataclasses: see vmm/record.py
 from . import protocol as P
 from .protocol import G
 
 _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, 0o040000, 0o100000, 0o120000
 
 
-@dataclass
-class ExecResult:
+class ExecResult(Record):
     code: Optional[int]          # exit status, or None when killed by a signal
     signal: Optional[int]        # the killing signal, or None
     stdout: bytes = b""
@@ -26,8 +25,7 @@ class ExecResult:
         return self.code if self.code is not None else 128 + (self.signal or 0)
 
 
-@dataclass
-class FileStat:
+class FileStat(Record):
     mode: int
     size: int
     mtime_ns: int
@@ -49,8 +47,7 @@ class FileStat:
         return (self.mode & _S_IFMT) == _S_IFLNK
 
 
-@dataclass
-class DirEntry:
+class DirEntry(Record):
     name: str
     mode: int
     size: int
@@ -61,8 +58,7 @@ class DirEntry:
         return (self.mode & _S_IFMT) == _S_IFDIR
 
 
-@dataclass
-class ReadyInfo:
+class ReadyInfo(Record):
     """The guest's READY message; times are the guest's CLOCK_BOOTTIME in ns (kernel
     start is ~0 on that clock)."""
     version: int
@@ -75,7 +71,8 @@ class ReadyInfo:
     max_payload: int
     window: int
     received_monotonic_ns: int = 0
-    raw: Dict[int, object] = field(default_factory=dict, repr=False)
+    raw: Dict[int, object] = Factory(dict)
+    record_hidden = ("raw",)
 
     @classmethod
     def from_payload(cls, payload: bytes) -> "ReadyInfo":

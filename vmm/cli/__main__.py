@@ -1,4 +1,4 @@
 """`python -m vmm.cli`: the same as the `msb` console script."""
-from .msb import main
+from . import main
 
 main()

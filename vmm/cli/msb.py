@@ -1,8 +1,8 @@
 """`msb`: the root command group (click). Compatible with microsandbox's msb 0.4.6 names
 and flags.
 
-This file holds the global options, the list of command groups (one module each, added
-here by import, so the tree of commands reads from this file alone) and the entry point,
+This file holds the global options, the list of command groups (one module each, named in
+COMMAND_MODULES, so the tree of commands reads from this file alone) and the entry point,
 which runs every command inside the shared error boundary (boundary.py): a usage error
 exits 2, a failure 1, each as one `error:` line on stderr, never a traceback.
 """
@@ -12,15 +12,60 @@ import sys
 import click
 
 from .._version import __version__
-from . import boundary, images, logs, sandboxes, volumes
+from . import boundary
 
 LOG_LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
               "debug": logging.DEBUG, "trace": 5}
 
 
+# Which module adds which top-level commands (its register(root)). A command's module is
+# imported only when that command runs, so `msb exec` does not load the image store's CLI,
+# the views or the volumes (each costs milliseconds on every short-lived call); `msb -h`
+# loads them all.
+COMMAND_MODULES = {
+    "sandboxes": ("run", "create", "start", "stop", "exec", "remove", "rm"),
+    "sandbox_views": ("list", "ls", "status", "ps", "inspect", "metrics"),
+    "images": ("pull", "image", "images", "rmi"),
+    "logs": ("logs",),
+    "volumes": ("volume",),
+}
+
+
+class LazyGroup(click.Group):
+    """The root group: commands are added by their module's register() on first lookup."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loaded = set()
+
+    def _load(self, module: str) -> None:
+        if module not in self._loaded:
+            self._loaded.add(module)
+            from importlib import import_module
+            import_module(f"{__package__}.{module}").register(self)
+
+    def _load_all(self) -> None:
+        for module in COMMAND_MODULES:
+            self._load(module)
+
+    def get_command(self, ctx, cmd_name):
+        for module, names in COMMAND_MODULES.items():
+            if cmd_name in names:
+                self._load(module)
+                break
+        if cmd_name not in self.commands:
+            self._load_all()   # a name missing from the table still works, only slower
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx):
+        self._load_all()
+        return super().list_commands(ctx)
+
+
 # no_args_is_help off: a bare `msb` is click's own "Missing command." usage error (one line,
 # exit 2) on every click version, not the whole help text as an error.
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=False)
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             no_args_is_help=False)
 @click.version_option(__version__, "-V", "--version", prog_name="msb", message="%(prog)s %(version)s")
 @click.option("--error", "log_level", flag_value="error", help="Show error diagnostics.")
 @click.option("--warn", "log_level", flag_value="warn", help="Show warnings and errors.")
@@ -36,12 +81,6 @@ def msb(log_level):
     else:
         logging.getLogger("vmm").addHandler(logging.NullHandler())
         logging.getLogger("vmm").propagate = False
-
-
-images.register(msb)
-sandboxes.register(msb)
-logs.register(msb)
-volumes.register(msb)
 
 
 def main(argv=None):

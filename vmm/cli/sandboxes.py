@@ -3,7 +3,6 @@ sandboxes (vmm/sandbox/manager.py does the work). The read-only views (`ls`, `ps
 `inspect`, `metrics`) are in sandbox_views.py, the attached terminal in sandbox_attach.py.
 """
 import os
-import secrets
 
 import click
 
@@ -139,7 +138,7 @@ def _other_image(typed, stored):
 
 
 def _random_name():
-    return f"msb-{secrets.randbits(32):08x}"
+    return f"msb-{os.urandom(4).hex()}"   # not `secrets`: it loads hashlib and hmac
 
 
 @click.command("run", cls=DashDashCommand,
@@ -265,26 +264,15 @@ def exec_cmd(ctx, args, env, workdir, user, tty, timeout, quiet):
                     quiet=quiet)
 
 
-def _exec_in(name, command, *, env=None, workdir=None, user=None, tty=False, timeout=None,
-             quiet=False):
-    from ..sandbox.command import resolve_command
-    from .sandbox_attach import run_attached
-    target = _manager().connect(name, quiet=quiet)
-    try:
-        argv = resolve_command(target.config, target.image_config, command, tty)
-        return run_attached(target, argv, env=env or None, cwd=workdir,
-                            user=user or target.config.user or target.image_config.get("user"),
-                            tty=tty, timeout=timeout)
-    finally:
-        target.close()
+def _exec_in(name, command, **kw):
+    from .exec_command import exec_in   # shared with the click-free `msb exec` fast path
+    return exec_in(name, command, **kw)
 
 
 def register(root):
-    from . import sandbox_views
     for cmd in (run_cmd, create_cmd, start_cmd, stop_cmd, exec_cmd, remove_cmd):
         root.add_command(cmd)
     root.add_command(_alias(remove_cmd, "rm"))
-    sandbox_views.register(root)
 
 
 def _alias(cmd, name):

@@ -3,9 +3,10 @@
 image's); with none, ENTRYPOINT + CMD; with neither, the shell."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import TYPE_CHECKING, List, Sequence
 
-from .config import SandboxConfig
+if TYPE_CHECKING:   # only .entrypoint and .shell are read: `msb exec` passes ExecSettings
+    from .config import SandboxConfig
 
 
 def resolve_command(cfg: SandboxConfig, image_cfg: dict, argv: Sequence[str],

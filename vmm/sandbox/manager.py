@@ -17,21 +17,23 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from ..errors import ConfigError, VmmError
 from ..home import Home
-from .config import SandboxConfig, check_name
 from .state import SandboxNotFound, SandboxRow, StateDB, remove_runtime
 from .control import BUSY
+
+if TYPE_CHECKING:
+    import subprocess
+    from .config import SandboxConfig
+
+# subprocess, select, signal, shutil and config.py are imported where they are used: a
+# short-lived `msb exec` imports this module for connect() alone, and every module it
+# loads is paid for on each call (docs/lifecycle.md, "Start-up cost").
 
 READY_TIMEOUT_S = 180.0    # boot (60 s under a loaded TCG host) plus formatting the disk
 STOP_TIMEOUT_S = 10.0
@@ -99,6 +101,7 @@ def list_sandboxes() -> List[SandboxRow]:
 
 
 def config_of(row: SandboxRow) -> SandboxConfig:
+    from .config import SandboxConfig
     return SandboxConfig.from_json(row.config)
 
 
@@ -109,6 +112,7 @@ def is_running(row: SandboxRow) -> bool:
 # --- create / start ------------------------------------------------------------------------
 def create(name: str, cfg: SandboxConfig, quiet: bool = False) -> SandboxRow:
     """Resolve the image (pulling per cfg.pull) and record the sandbox as `created`."""
+    from .config import check_name
     from .image_source import resolve_image
     check_name(name)
     check_volumes(cfg)
@@ -156,6 +160,7 @@ def start(name: str, quiet: bool = False, run_command: bool = False,
     runtime = home.runtime(name)
     env["TMPDIR"] = str(runtime)
     env.pop("XDG_RUNTIME_DIR", None)
+    import subprocess
     r, w = os.pipe()
     argv = [sys.executable, "-m", "vmm.sandbox.supervisor", name, "--ready-fd", str(w),
             "--runtime-dir", str(runtime)]
@@ -193,6 +198,7 @@ def _wait_running(name: str, timeout: float) -> str:
 
 
 def _read_ready(fd: int, proc: subprocess.Popen, timeout: float) -> str:
+    import select
     deadline = time.monotonic() + timeout
     buf = b""
     while time.monotonic() < deadline:
@@ -249,6 +255,7 @@ def stop(name: str, timeout: float = STOP_TIMEOUT_S, force: bool = False,
             with StateDB() as db:
                 db.finish(name, row.pid or 0, "stopped")
         return False
+    import signal
     say = _progress(quiet)
     say(f"Stopping {name}")
     if not force:
@@ -282,6 +289,7 @@ def remove(name: str, force: bool = False) -> None:
         if not force:
             raise VmmError(f"sandbox {name} is running; stop it first or use -f")
         stop(name, force=False)
+    import shutil
     home = Home()
     with StateDB(home) as db:
         db.delete(name)
@@ -290,15 +298,26 @@ def remove(name: str, force: bool = False) -> None:
 
 
 # --- exec ----------------------------------------------------------------------------------
-@dataclass
+class ExecSettings:
+    """What running a command needs of a sandbox's stored config (command.py): read from
+    its JSON without building a SandboxConfig, whose module (checks, regexes, frozen
+    dataclasses) costs every short-lived `msb exec` a few milliseconds."""
+
+    def __init__(self, config_json: str):
+        d = json.loads(config_json)
+        self.entrypoint = tuple(d["entrypoint"]) if d.get("entrypoint") else None
+        self.shell = d.get("shell") or "/bin/sh"   # always stored; config.DEFAULT_SHELL
+        self.user = d.get("user")
+
+
 class ExecTarget:
     """What one `msb exec` holds: its own agent connection and the control connection that
     marks the sandbox in use. close() ends both (and with them the guest process)."""
-    row: SandboxRow
-    config: SandboxConfig
-    image_config: dict
-    client: object
-    activity: object
+
+    def __init__(self, row: SandboxRow, config: ExecSettings, image_config: dict, client,
+                 activity):
+        self.row, self.config, self.image_config = row, config, image_config
+        self.client, self.activity = client, activity
 
     @property
     def log_dir(self) -> Path:
@@ -333,8 +352,10 @@ def connect(name: str, auto_start: bool = True, quiet: bool = False) -> ExecTarg
         if activity is not None:
             activity.close()
         raise
-    return ExecTarget(row, config_of(row), json.loads(row.image_config or "{}"), client, activity)
+    return ExecTarget(row, ExecSettings(row.config), json.loads(row.image_config or "{}"), client,
+                      activity)
 
 
 __all__ = ["create", "start", "stop", "remove", "get", "find", "list_sandboxes", "connect",
-           "ExecTarget", "StartFailed", "SandboxNotFound", "config_of", "is_running"]
+           "ExecTarget", "ExecSettings", "StartFailed", "SandboxNotFound", "config_of",
+           "is_running"]

@@ -29,7 +29,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -204,12 +203,18 @@ class Supervisor:
         return 0
 
     def _boot(self, row, cfg: SandboxConfig, image_cfg: dict, log):
-        from .sandbox import Sandbox
         box = self.home.sandbox(self.name)
         box.mkdir(parents=True, exist_ok=True)
         writable = self.home.writable_disk(self.name)
-        if not writable.exists():
-            Sandbox.format_writable_disk(writable, WRITABLE_SIZE)
+        # Start-up overlaps: mkfs (first start) and finding the guest kernel (a dpkg-query)
+        # are child processes, which run on another core while this thread imports the
+        # VM side (~20 ms); in sequence they cost `msb run -d` ~50 ms more.
+        formatted = _background(None if writable.exists() else
+                                 lambda: _format_disk(writable, WRITABLE_SIZE))
+        kernel = _background(_guest_kernel)
+        from .sandbox import Sandbox
+        formatted()
+        kernel_path = kernel()
         console_log = box / "console.log"
         console_log.unlink(missing_ok=True)   # this boot's console only
         console_log.touch()
@@ -219,6 +224,7 @@ class Supervisor:
         try:
             volumes = self._volumes(cfg)
             sb = Sandbox.create(row.image_disk, writable_disk=str(writable), cpus=cfg.cpus,
+                                kernel=kernel_path,
                                 memory_mib=cfg.memory_mib, env=env or None,
                                 workdir=cfg.workdir or image_cfg.get("working_dir"),
                                 hostname=cfg.guest_hostname(self.name), engine=cfg.engine,
@@ -257,7 +263,7 @@ class Supervisor:
         in the log; it counts as activity for --idle-timeout while it runs."""
         from .command import resolve_command
         argv = resolve_command(cfg, image_cfg, list(cfg.command), tty=False)
-        exec_id = uuid.uuid4().hex[:12]
+        exec_id = os.urandom(6).hex()   # 12 hex digits, as msb exec's (not uuid: it loads platform)
 
         def main():
             self.exec_started()
@@ -285,6 +291,39 @@ class Supervisor:
                 return f"--max-duration of {cfg.max_duration:g}s reached"
             if cfg.idle_timeout and self.idle_for() >= cfg.idle_timeout:
                 return f"idle for --idle-timeout of {cfg.idle_timeout:g}s"
+
+
+def _format_disk(path, size):
+    from .writable_disk import format_writable_disk as fmt
+    return fmt(path, size)
+
+
+def _guest_kernel():
+    from ..guest.kernel import guest_kernel
+    return guest_kernel()
+
+
+def _background(fn):
+    """Run fn in a thread now; the returned wait() joins it and returns its result or
+    raises its exception. fn None: nothing to do."""
+    if fn is None:
+        return lambda: None
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except BaseException as e:   # handed to the waiter
+            result["error"] = e
+    t = threading.Thread(target=target, name="msb-startup", daemon=True)
+    t.start()
+
+    def wait():
+        t.join()
+        if "error" in result:
+            raise result["error"]
+        return result.get("value")
+    return wait
 
 
 def main(argv=None) -> int:
