@@ -9,12 +9,16 @@ import re
 import subprocess
 import sys
 
+import click
 import pytest
 
 from vmm.cli.msb import msb as root
 from vmm.home import Home
 from vmm.sandbox.config import SandboxConfig
 from vmm.sandbox.state import StateDB
+
+# The root group loads a command's module on first lookup: listing them loads them all.
+root.list_commands(click.Context(root))
 
 from support.test_engine import engine_marks
 from support.sandbox_image import have_busybox
