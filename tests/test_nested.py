@@ -22,7 +22,7 @@ RUNS = [
     (["tests", "-m", "kvm and not nested"], {}),
     (["tests/test_machine_devices.py", "tests/test_sandbox_vm.py", "tests/test_sandbox_net.py",
       "tests/test_sandbox_volumes.py", "tests/test_sandbox_net_domains.py",
-      "tests/test_sandbox_net_ns.py"],
+      "tests/test_sandbox_net_ns.py", "tests/test_msb_lifecycle.py"],
      {"VMM_TEST_ENGINE": "kvm"}),
 ]
 
