@@ -36,7 +36,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +45,7 @@ import vmm
 from vmm.engines import kvm_backing
 from vmm.guest import kernel
 from support.ready_boot import READY, boot_to_ready
-from support.sandbox_image import build_busybox_image, have_busybox
+from support.sandbox_image import have_busybox
 # The plain-QEMU command line of the TCG benchmark; here it runs with KVM instead.
 from bench_qemu_boot import plain_qemu_argv
 
@@ -302,15 +301,6 @@ def test_machine_to_first_vcpu_entry(benchmark, compare, guest, capsys):
 
 
 # --- Sandbox create to first exec vs bare boot to READY -------------------------------------
-
-@pytest.fixture(scope="module")
-def image():
-    d = Path(tempfile.mkdtemp(prefix="vmm-bench-kvm-sb-"))
-    try:
-        yield build_busybox_image(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
 
 def _sandbox_to_first_exec(image, kernel_path, sink):
     t0 = time.perf_counter()

@@ -33,12 +33,11 @@ from pathlib import Path
 
 import pytest
 
-from support.sandbox_image import build_busybox_image, have_busybox
+from support.sandbox_image import have_busybox
 
 import vmm
 from vmm.agent import DEFAULT_VSOCK_PORT, AgentClient
 from vmm.devices import Disk, Vsock
-from vmm.guest import kernel
 from vmm.guest.agent import agent_initramfs
 from vmm.guest.initramfs import compile_static
 from vmm.net.network import GATEWAY, Network, guest_state, kernel_arg
@@ -58,20 +57,6 @@ BOOT_ROUNDS = 11
 BODY_PORT, SINK_PORT = 8080, 8081
 GUEST = Path(__file__).resolve().parent.parent / "tests" / "guest"
 T = 60
-
-
-@pytest.fixture(scope="module")
-def image():
-    d = Path(tempfile.mkdtemp(prefix="vmm-bench-net-"))
-    try:
-        yield build_busybox_image(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def guest_kernel():
-    return str(kernel.guest_kernel())
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
-from support.sandbox_image import build_busybox_image, have_busybox  # noqa: E402
+from support.sandbox_image import have_busybox  # noqa: E402
 
 import vmm  # noqa: E402
 from vmm.guest import kernel  # noqa: E402
@@ -39,20 +37,6 @@ ENGINE = "qemu"
 MEMORY_MIB = 512   # the Sandbox default; the baseline boots with the same
 ROUNDS = 7
 EXEC_RUNS = 200
-
-
-@pytest.fixture(scope="module")
-def image():
-    d = Path(tempfile.mkdtemp(prefix="vmm-bench-sb-"))
-    try:
-        yield build_busybox_image(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def guest_kernel():
-    return str(kernel.guest_kernel())
 
 
 def _plain_boot_to_ready(kernel_path: str) -> float:

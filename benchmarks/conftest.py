@@ -5,7 +5,10 @@ A benchmark records its role with `compare(benchmark, group, role)`; at the end 
 session every group with both an "ours" and a "baseline" median prints its ratio, and
 `--benchmark-json` output carries the same numbers in extra_info.
 """
+import shutil
 import statistics
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +50,22 @@ def pytest_terminal_summary(terminalreporter):
         else:
             for role, (med, label, target) in roles.items():
                 tr.write_line(f"{group:<34} {med * 1e3:10.2f} ms {label} ({role}) {target}")
+
+
+@pytest.fixture(scope="session")
+def image():
+    """The busybox EROFS image the sandbox benchmarks boot (tests/support/sandbox_image.py),
+    built once per session."""
+    from support.sandbox_image import build_busybox_image
+    d = Path(tempfile.mkdtemp(prefix="vmm-bench-image-"))
+    try:
+        yield build_busybox_image(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def guest_kernel():
+    """The project's guest kernel (built and cached on first use)."""
+    from vmm.guest import kernel
+    return str(kernel.guest_kernel())

@@ -48,6 +48,20 @@ def _empty():
     click.echo("No sandboxes found.", err=True)
 
 
+def _show(rows, fmt, quiet, as_json, headers, as_row):
+    """One listing in the shape asked for: JSON objects, names only, or a table (an empty
+    listing says so on stderr)."""
+    if fmt == "json":
+        print_json([as_json(r) for r in rows])
+    elif quiet:
+        for r in rows:
+            click.echo(r.name)
+    elif not rows:
+        _empty()
+    else:
+        print_table(headers, [as_row(r) for r in rows])
+
+
 @click.command("list")
 @click.option("--running", is_flag=True, help="Only running sandboxes.")
 @click.option("--stopped", is_flag=True, help="Only stopped (or crashed) sandboxes.")
@@ -58,17 +72,8 @@ def list_cmd(running, stopped, fmt, quiet):
     rows = _manager().list_sandboxes()
     if running != stopped:   # both (or neither): every sandbox
         rows = [r for r in rows if (_status(r) == "running") == running]
-    if fmt == "json":
-        print_json([_describe(r) for r in rows])
-        return
-    if quiet:
-        for r in rows:
-            click.echo(r.name)
-        return
-    if not rows:
-        return _empty()
-    print_table(["NAME", "IMAGE", "STATUS", "CREATED"],
-                [[r.name, r.image, _status(r), format_time(r.created_at)] for r in rows])
+    _show(rows, fmt, quiet, _describe, ["NAME", "IMAGE", "STATUS", "CREATED"],
+          lambda r: [r.name, r.image, _status(r), format_time(r.created_at)])
 
 
 @click.command("status")
@@ -83,17 +88,9 @@ def status_cmd(name, show_all, fmt, quiet):
         rows = [m.get(name)]
     else:
         rows = [r for r in m.list_sandboxes() if show_all or _status(r) == "running"]
-    if fmt == "json":
-        print_json([dict(_describe(r), command=_command(r), ports=_ports(r)) for r in rows])
-        return
-    if quiet:
-        for r in rows:
-            click.echo(r.name)
-        return
-    if not rows:
-        return _empty()
-    print_table(["NAME", "IMAGE", "COMMAND", "STATUS", "PORTS"],
-                [[r.name, r.image, _command(r), _status(r), _ports(r)] for r in rows])
+    _show(rows, fmt, quiet, lambda r: dict(_describe(r), command=_command(r), ports=_ports(r)),
+          ["NAME", "IMAGE", "COMMAND", "STATUS", "PORTS"],
+          lambda r: [r.name, r.image, _command(r), _status(r), _ports(r)])
 
 
 @click.command("inspect")
