@@ -202,9 +202,7 @@ void log_msg(const char *fmt, ...);
 int volumes_mount(const char *spec);
 void volumes_unmount(void);
 
-/* net.c: eth0 (in a child while the root is set up), resolv.conf and hosts (after the
- * root switch, in the writable layer) from vmm.net= */
-void net_start(const char *spec);        /* before the root: eth0 comes up meanwhile */
-void net_finish(const char *hostname);   /* before READY: waits, writes resolv.conf/hosts */
+/* net.c: eth0, resolv.conf and hosts from vmm.net= (PID 1, after the root switch) */
+void net_setup(const char *spec, const char *hostname);
 
 #endif

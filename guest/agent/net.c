@@ -229,7 +229,7 @@ out:
  * it: until passt has seen a frame it sends inbound traffic (a published port's first
  * connection) to a MAC the guest's NIC drops, and does not resend. Best effort: a failure
  * only delays that first connection until the guest sends something else. */
-static void announce(const struct net_conf *c, int done_fd)
+static void announce(const struct net_conf *c)
 {
 	int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -258,8 +258,6 @@ static void announce(const struct net_conf *c, int done_fd)
 	memset(to.sll_addr, 0xff, 6);
 	if (sendto(fd, f, sizeof(f), 0, (struct sockaddr *)&to, sizeof(to)) != (ssize_t)sizeof(f))
 		goto fail;
-	if (done_fd >= 0 && write(done_fd, "", 1) < 0) /* out: the closing below is slow */
-		log_msg("agent: network: %s", strerror(errno));
 	close(fd);
 	return;
 fail:
@@ -306,63 +304,14 @@ static void write_name_files(const struct net_conf *c, const char *hostname)
 	write_file("/etc/hosts", text);
 }
 
-/* Bringing eth0 up is slow under TCG (~15 ms: the driver fills its receive ring), and so
- * is closing the announcement's packet socket (~10 ms: the kernel waits for an RCU grace
- * period). Neither needs the root file system: a child does both while PID 1 mounts the
- * root, and says "done" over a pipe once the announcement is out, before it closes
- * anything; net_finish() waits only for that byte. The child's exit is reaped with every
- * other child by the main loop. */
-static struct net_conf conf;
-static int have_conf;
-static int done_fd = -1;
-
-static int bring_up(void)
+void net_setup(const char *spec, const char *hostname)
 {
-	if (wait_for_interface() < 0 || configure_interface(&conf) < 0)
-		return -1;
-	return 0;
-}
-
-void net_start(const char *spec)
-{
-	if (parse_conf(spec, &conf) < 0) {
+	struct net_conf c;
+	if (parse_conf(spec, &c) < 0) {
 		log_msg("agent: network: bad vmm.net=%s; no network", spec);
 		return;
 	}
-	have_conf = 1;
-	int p[2];
-	if (pipe2(p, O_CLOEXEC) < 0) {
-		log_msg("agent: network: pipe: %s; configuring in line", strerror(errno));
-		return;
-	}
-	pid_t pid = fork();
-	if (pid == 0) {
-		close(p[0]);
-		if (bring_up() == 0)
-			announce(&conf, p[1]);
-		_exit(0);   /* the pipe closes here at the latest: net_finish never waits longer */
-	}
-	close(p[1]);
-	if (pid < 0) {
-		log_msg("agent: network: fork: %s; configuring in line", strerror(errno));
-		close(p[0]);
-		return;
-	}
-	done_fd = p[0];
-}
-
-void net_finish(const char *hostname)
-{
-	if (!have_conf)
-		return;
-	if (done_fd >= 0) {
-		char b;
-		while (read(done_fd, &b, 1) < 0 && errno == EINTR)
-			;
-		close(done_fd);
-		done_fd = -1;
-	} else if (bring_up() == 0) {
-		announce(&conf, -1);
-	}
-	write_name_files(&conf, hostname); /* in the overlay by now: the writable layer */
+	if (wait_for_interface() == 0 && configure_interface(&c) == 0)
+		announce(&c);
+	write_name_files(&c, hostname);
 }

@@ -277,10 +277,6 @@ void pid1_setup(void)
 	if (port)
 		vsock_port = atoi(port);
 	param("vmm.transport", "vsock", transport, sizeof(transport));
-	static char net[256];
-	const char *net_spec = param("vmm.net", NULL, net, sizeof(net));
-	if (net_spec)
-		net_start(net_spec);
 	if (setup_root() < 0) {
 		log_msg("agent: FATAL: cannot set up the root file system; powering off");
 		pid1_poweroff();
@@ -297,7 +293,10 @@ void pid1_setup(void)
 	const char *host = param("vmm.hostname", "sandbox", buf, sizeof(buf));
 	sethostname(host, strlen(host));
 	loopback_up();
-	net_finish(host);
+	char net[256];
+	const char *net_spec = param("vmm.net", NULL, net, sizeof(net));
+	if (net_spec)
+		net_setup(net_spec, host);
 	setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
 }
 
