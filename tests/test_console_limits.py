@@ -213,3 +213,27 @@ def test_the_copier_follows_the_console_file_across_rotations(tmp_path):
     copier.close()
     assert (tmp_path / "console.log.1").exists()
     assert bytes(sink.data) == bytes(stream)
+
+
+def test_one_write_bigger_than_the_held_bytes_keeps_its_end():
+    limits = ConsoleLimits(burst_bytes=1000, rate_bytes=100, held_bytes=500)
+    out = bytearray()
+    limit = RateLimit(out.extend, limits, clock=Clock())
+    data = bytes(range(256)) * 40 + PANIC
+    limit.write(data)
+    limit.flush()
+    dropped = len(data) - 1000 - 500
+    assert bytes(out) == data[:1000] + dropped_marker(dropped, 100) + data[-500:]
+    assert limit.dropped == dropped
+
+
+def test_held_bytes_above_the_burst_are_still_released_when_the_bucket_is_full():
+    limits = ConsoleLimits(burst_bytes=1000, rate_bytes=100, held_bytes=5000)
+    clock = Clock()
+    out = bytearray()
+    limit = RateLimit(out.extend, limits, clock=clock)
+    limit.write(b"a" * 3000)            # 1000 pass, 2000 held
+    assert len(out) == 1000
+    clock.now += 10                     # the bucket is full again
+    limit.write(b"b")
+    assert bytes(out) == b"a" * 3000 + b"b" and limit.dropped == 0

@@ -108,6 +108,12 @@ class RateLimit:
             data = data[fits:]
             if not data:
                 return
+        if len(data) >= self.held_limit:   # one big write: only its end can stay
+            self.dropped += len(self._held) + len(data) - self.held_limit
+            self._unreported += len(self._held) + len(data) - self.held_limit
+            self._held = bytearray(data[-self.held_limit:])
+            self._release(force=False)
+            return
         self._held += data
         over = len(self._held) - self.held_limit
         if over > 0:
@@ -135,7 +141,8 @@ class RateLimit:
         out = bytes(self._held)
         if self._unreported:
             out = dropped_marker(self._unreported, self.rate) + out
-        if not force and len(out) > self._tokens:
+        # (never more than a full bucket: held_bytes may be set above burst_bytes)
+        if not force and min(len(out), self.burst) > self._tokens:
             return
         self._tokens = max(0.0, self._tokens - len(out))
         self._held.clear()
