@@ -30,3 +30,18 @@ def test_no_panic_no_message_and_a_flood_without_newlines_stays_bounded():
     assert w.line is None and w.message() is None
     w.feed(b"\n" + LINE + b"\n")   # the flood was dropped, not kept, and the watch still works
     assert w.line == LINE.decode()
+
+
+def test_a_panic_after_a_64_mib_flood_is_still_seen():
+    """The engines feed the watch every console byte, before any console limit
+    (vmm/console_limits.py) drops some: a flood of lines, some longer than a read, then
+    the panic."""
+    w = PanicWatch()
+    long_line = b"L" * (3 * 65536) + b"\n"
+    lines = (b"[    1.0] flood line\n" * 3000)[:65536 - 30]
+    for i in range(1024):               # 64 MiB in the engines' 64 KiB reads
+        w.feed(long_line[(i % 3) * 65536:(i % 3 + 1) * 65536] if i % 7 < 3 else lines)
+    assert w.line is None
+    w.feed(b"\n" + LINE[:10])
+    w.feed(LINE[10:] + b"\n")
+    assert w.line == LINE.decode()

@@ -176,9 +176,17 @@ def test_nothing_leaks(guest):
 
 
 def test_close_before_start_and_twice_is_harmless(guest):
+    before = sorted(os.listdir("/proc/self/fd")), threading.active_count()
     engine = QemuEngine(MachineSpec(kernel=str(guest[0])))
     engine.close()
     engine.close()
+    # Closed before it ran: it says it never started, and it cannot be started any more.
+    status = engine.wait(0)
+    assert status is not None and status.kind == "error" and "never started" in status.message, status
+    with pytest.raises(RuntimeError, match="after close"):
+        engine.start(lambda data: None)
+    assert engine.inspect().pid is None
+    assert (sorted(os.listdir("/proc/self/fd")), threading.active_count()) == before
 
 
 def _alive(pid):

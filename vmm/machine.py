@@ -2,6 +2,8 @@
 
 The engine (vmm.engines) does the work; Machine validates the request, keeps the boot
 timeline and the console, and guarantees cleanup (context manager, idempotent stop()).
+What the console may cost (its tail in memory, a console file, a rate) is bounded by
+vmm.console_limits.ConsoleLimits.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Optional  # typing is loaded by then: costs no
 from .errors import ConfigError, GuestError
 from . import engines as _engines
 from . import kernel_image
+from .console_limits import ConsoleLimits, ConsoleSink, ConsoleTail
 # Defined below the engines (which return them) and re-exported: vmm.machine.ExitStatus and
 # vmm.ExitStatus stay where callers found them.
 from .engines.base import ExitStatus, MachineSpec
@@ -25,18 +28,24 @@ __all__ = ["Machine", "ExitStatus", "MachineSpec"]
 
 # A console sink: None, a path (str or PathLike), an fd (int) or a callable(bytes).
 # (Spelled as a string so that `import vmm` need not import typing.)
-ConsoleSink = "None | str | os.PathLike | int | Callable[[bytes], None]"
+ConsoleTarget = "None | str | os.PathLike | int | Callable[[bytes], None]"
 
 
 class Machine:
     """One VM. cmdline: your part of the kernel command line (a str, or a
     vmm.cmdline.KernelCmdline of named parts); the engine puts its own before it. options:
-    vmm.KvmOptions or vmm.QemuOptions for the engine that runs it."""
+    vmm.KvmOptions or vmm.QemuOptions for the engine that runs it.
+
+    console: where the guest's serial output goes as it arrives, besides Machine.console
+    (its last bytes): a path (a file capped and rotated to <path>.1), an fd (both rate
+    limited), or a callable given every byte. console_limits: a ConsoleLimits for those
+    bounds (vmm/console_limits.py: 1 MiB in memory, 2 x 4 MiB on disk, 64 KiB/s)."""
     MAX_CPUS = 255  # qemu's TCG limit, the most any engine runs; each engine's own is checked too
 
     def __init__(self, kernel, initrd=None, cmdline="", cpus: int = 1, memory_mib: int = 128,
-                 engine: str = "auto", console: ConsoleSink = None, hugepages: bool = False,
-                 disks=(), vsock=None, nets=(), options=None):
+                 engine: str = "auto", console: ConsoleTarget = None, hugepages: bool = False,
+                 disks=(), vsock=None, nets=(), options=None,
+                 console_limits: Optional[ConsoleLimits] = None):
         self.created_ns = time.monotonic_ns()
         self.spec = MachineSpec(kernel=os.fspath(kernel), initrd=os.fspath(initrd) if initrd else None,
                                 cmdline=cmdline, cpus=cpus, memory_mib=memory_mib, hugepages=hugepages,
@@ -44,26 +53,52 @@ class Machine:
         _validate(self.spec)
         self.engine_choice = _engines.choose(engine)  # raises EngineUnavailable with the reason
         _validate_for_engine(self.spec, self.engine_choice)
-        self._engine = self.engine_choice.create(self.spec)
-        self._console_buf = bytearray()
+        self.console_limits = console_limits if console_limits is not None else ConsoleLimits()
+        if not isinstance(self.console_limits, ConsoleLimits):
+            raise ConfigError("console_limits must be a vmm.console_limits.ConsoleLimits, "
+                              f"not {type(console_limits).__name__}")
+        self._console_tail = ConsoleTail(self.console_limits.tail_bytes)
         self._console_lock = threading.Lock()
-        self._console_sink = _open_sink(console)
+        self._console_sink = ConsoleSink(console, self.console_limits)  # opens a path now
+        try:
+            self._engine = self.engine_choice.create(self.spec)
+        except BaseException:
+            self._console_sink.close()
+            raise
         self._started = False
         self._status: Optional[ExitStatus] = None
 
     # --- console -----------------------------------------------------------------------
     def _on_console(self, data: bytes) -> None:
         with self._console_lock:
-            self._console_buf += data
-        sink = self._console_sink
-        if sink is not None:
-            sink(data)
+            self._console_tail.add(data)
+            # Under the lock: the rate limit and the file keep state, and the engines'
+            # readers may deliver from more than one thread.
+            self._console_sink.write(data)
+        callback = self._console_sink.callback
+        if callback is not None:
+            callback(data)  # outside the lock: it may read self.console
+
+    def _end_console(self) -> None:
+        """The guest has ended (its engine delivers no more): flush and close the sink."""
+        with self._console_lock:
+            self._console_sink.close()
 
     @property
     def console(self) -> bytes:
-        """Everything the guest wrote to its serial console so far."""
+        """What the guest wrote to its serial console so far: all of it, or its last
+        console_limits.tail_bytes (1 MiB unless set) once it wrote more."""
         with self._console_lock:
-            return bytes(self._console_buf)
+            return self._console_tail.value()
+
+    @property
+    def console_stats(self) -> dict:
+        """Bytes the guest wrote (`written`), held in memory now (`held`, at most 2 x
+        tail_bytes + one read), and dropped by the rate limit on the way to a console file
+        or fd (`dropped`)."""
+        with self._console_lock:
+            return {"written": self._console_tail.total, "held": self._console_tail.held,
+                    "dropped": self._console_sink.dropped}
 
     def send_console(self, data: bytes) -> None:
         """Input to the guest's serial console."""
@@ -90,6 +125,8 @@ class Machine:
         """Wait for the guest to end; the ExitStatus, or None if still running at timeout."""
         if self._status is None:
             self._status = self._engine.wait(timeout)
+            if self._status is not None:
+                self._end_console()
         return self._status
 
     def pause(self) -> None:
@@ -114,6 +151,7 @@ class Machine:
         self._engine.close()
         if self._status is None:
             self._status = ExitStatus("host-stop", "never started")
+        self._end_console()
         return self._status
 
     @property
@@ -187,16 +225,3 @@ def _validate_for_engine(spec: MachineSpec, choice) -> None:
             raise ConfigError(f"cpus {spec.cpus} is more than the {choice.name} engine "
                               f"supports here (at most {most})")
 
-
-def _open_sink(console: ConsoleSink):
-    if console is None:
-        return None
-    if callable(console):
-        return console
-    if isinstance(console, int):
-        fd = console
-        return lambda data: os.write(fd, data)
-    if isinstance(console, (str, os.PathLike)):
-        f = open(console, "ab", buffering=0)
-        return f.write
-    raise ConfigError(f"console must be None, a path, an fd or a callable, not {type(console).__name__}")

@@ -2,7 +2,6 @@
 find the guest kernel, build a busybox initramfs with the guest probe, run QEMU."""
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import stat
@@ -14,18 +13,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def find_kernel() -> Path | None:
-    env = os.environ.get("VMM_KERNEL")
-    if env:
-        return Path(env)
-    try:
-        from vmm.guest.kernel import guest_kernel  # present once the kernel work is merged
-        return guest_kernel()
-    except Exception:
-        pass
-    cache = os.environ.get("VMM_CACHE") or os.path.expanduser("~/.cache/vmm")
-    found = sorted(glob.glob(os.path.join(cache, "kernel", "*", "vmlinux")), key=os.path.getmtime)
-    return Path(found[-1]) if found else None
+def find_kernel() -> Path:
+    """The built guest kernel ($VMM_KERNEL, else the cache's for the current inputs): a
+    skip only when none was ever built here, any other lookup failure fails."""
+    from support.guest_kernel import built_guest_kernel
+    return built_guest_kernel()
 
 
 def _cpio_newc(entries) -> bytes:

@@ -313,7 +313,7 @@ class Sandbox:
 
     @property
     def console(self) -> str:
-        """The tail of the guest console (the whole of it is in console_log)."""
+        """The tail of the guest console (console_log keeps more: capped, vmm/console_limits.py)."""
         return self._console.tail() if self._console is not None else ""
 
     def _live(self) -> AgentClient:

@@ -34,11 +34,11 @@ from typing import Optional
 
 from ..home import Home
 from .config import SandboxConfig
+from .console import ConsoleCopier
 from .control import BUSY
 from .state import StateDB, remove_runtime, utc_now
 
 WRITABLE_SIZE = "4G"
-CONSOLE_POLL_S = 0.5
 DEFAULT_STOP_TIMEOUT = 10.0
 
 
@@ -54,36 +54,6 @@ def make_runtime_dir(path: Path) -> Path:
     remove_runtime(str(path))   # a dead run's sockets
     path.mkdir(mode=0o700)
     return path
-
-
-class ConsoleCopier:
-    """Copies new bytes of the guest console file into the log as `system` entries."""
-
-    def __init__(self, path: str, log):
-        self.path, self.log, self.offset = path, log, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="msb-console", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(CONSOLE_POLL_S):
-            self.copy()
-
-    def copy(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except OSError:
-            return
-        if data:
-            self.offset += len(data)
-            self.log.write("system", data)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.copy()
 
 
 class Supervisor:
