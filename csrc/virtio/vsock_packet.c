@@ -288,12 +288,18 @@ static void process_tx(struct vsock *v)
 {
     struct vq *q = &v->d.vq[Q_TX];
     struct vq_req r;
+    unsigned chains = 0;
+    uint64_t bytes = 0;
     for (;;) {
-        int rc;
-        while ((rc = vq_pop(q, &r)) == 1) {
+        int rc = 0;
+        while (!vdev_budget_spent(&v->d, Q_TX, chains, bytes) && (rc = vq_pop(q, &r)) == 1) {
             handle_packet(v, &r);
             vq_push(q, r.head, 0);
+            chains++;
+            bytes += r.rlen;
         }
+        if (rc == 1)
+            break; /* out of budget (VDEV_BUDGET_CHAINS): the transport calls us again */
         if (rc < 0) {
             vdev_note_broken(&v->d, Q_TX);
             break;
