@@ -152,7 +152,12 @@ void pump_rx(struct vsock *v)
     struct vq *q = &v->d.vq[Q_RX];
     if (!q->ready || q->broken)
         return;
+    uint16_t start = q->used_idx;
     for (;;) {
+        /* The work budget (VDEV_BUDGET_CHAINS packets per call, counted on the used ring):
+         * the transport calls notify(Q_RX) again after serving what else is ready. */
+        if (vdev_budget_spent(&v->d, Q_RX, (uint16_t)(q->used_idx - start), 0))
+            break;
         bool progress = false, starved = false;
         while (v->nrst > 0 && !starved) {
             struct lone_rst *x = &v->rst[v->nrst - 1];
