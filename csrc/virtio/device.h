@@ -32,9 +32,10 @@
 /* Work one notify (or poll) may do before it yields the event loop: a guest that keeps a
  * queue full must not keep the loop from every other device's queues and backend fds.
  * A device stops after VDEV_BUDGET_CHAINS chains or VDEV_BUDGET_BYTES bytes of data moved
- * (whichever comes first; at least one chain), between two chains (never holding one),
- * and records the queue with vdev_more(); the transport then re-arms that queue (writes
- * its kick eventfd) so the rest is served after whatever else the loop has ready. */
+ * (whichever comes first; at least one chain), between two chains (never holding one);
+ * vdev_budget_spent() records the queue, and the transport, taking it with
+ * vdev_take_more() after the call, re-arms that queue (writes its kick eventfd) so the
+ * rest is served after whatever else the loop has ready. */
 #define VDEV_BUDGET_CHAINS 64u
 #define VDEV_BUDGET_BYTES (4u << 20)
 

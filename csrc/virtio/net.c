@@ -290,13 +290,10 @@ static void net_poll(struct vdev *d)
 
 /* ---- guest -> backend ---- */
 
-/* Pushes the pending framed bytes to the stream backend without blocking. The guest's
- * tx queue waits (we stop popping) while a frame is only partly written: never block the
- * device on the backend, whose own writes towards us net_poll must keep taking. */
 /* A write to the stream backend. send() with MSG_NOSIGNAL: a backend that hung up must
  * be a dead link (EPIPE), not a SIGPIPE that kills whatever process hosts the device (the
  * VMM, or a back-end process whose SIGPIPE is at its default). write() for a backend fd
- * that is not a socket (a pipe pair in tests), where MSG_NOSIGNAL has no equivalent. */
+ * that is not a socket (a pipe, say), where MSG_NOSIGNAL has no equivalent. */
 static ssize_t stream_write(struct net *n, const void *buf, size_t len)
 {
     if (!n->not_socket) {
@@ -308,6 +305,9 @@ static ssize_t stream_write(struct net *n, const void *buf, size_t len)
     return write(n->fd, buf, len);
 }
 
+/* Pushes the pending framed bytes to the stream backend without blocking. The guest's
+ * tx queue waits (we stop popping) while a frame is only partly written: never block the
+ * device on the backend, whose own writes towards us net_poll must keep taking. */
 static int flush_stream_tx(struct net *n)
 {
     while (n->tx_off < n->tx_len) {
