@@ -178,6 +178,7 @@ struct vmm_vdev_counters {
     uint64_t interrupts;    /* interrupts raised to the guest */
     uint64_t connections;   /* vsock: connections established */
     uint64_t resets;        /* vsock: RST packets sent to the guest */
+    uint64_t budget_yields; /* notifies/polls that stopped at the work budget and re-armed */
 };
 struct vmm_vdev *vmm_blk_new(const char *path, int read_only, const char *serial, char *err, size_t errlen);
 struct vmm_vdev *vmm_vsock_new(uint64_t guest_cid, const char *uds_path, char *err, size_t errlen);

@@ -5,7 +5,11 @@
  * no device owns a thread of its own.
  *
  * A handler runs on the loop's thread when its fd is readable and must drain the fd
- * itself (level-triggered). Handlers may be added and removed at any time, from any
+ * itself (level-triggered). It must not serve a guest-fed source until it runs dry: it
+ * does a bounded amount and leaves the fd readable (a queue's kick eventfd written
+ * again, see VDEV_BUDGET_* in virtio/device.h); epoll returns ready fds in the order
+ * they became ready, so every other ready handler runs before it comes round again.
+ * Handlers may be added and removed at any time, from any
  * thread: ioloop_del() returns only once the loop can no longer call the handler, so the
  * caller may free what opaque points to right after (it must not hold a lock that a
  * handler takes: it waits for the handlers of the round in progress). */

@@ -131,6 +131,25 @@ def test_read_and_write_a_sector_through_ioeventfd_and_irqfd(guests, disk):
     assert stats["errors"] == 0 and stats["rejected"] == 0 and stats["interrupts"] == 2
 
 
+def test_a_batch_beyond_the_work_budget_is_finished_by_rearming(guests, disk):
+    """256 reads made available with one notify: the device serves 64 (its budget), the
+    transport re-arms the queue's kick eventfd and the I/O thread serves the rest in
+    later rounds; every request completes, none twice."""
+    before = disk.read_bytes()
+    m, status, values, transports = run(guests("virtio_blk", ("BATCH",)), disks=[Disk(str(disk))])
+    assert status.kind == "shutdown", status
+    normal, batch = values[:len(REPORT_FIELDS)], values[len(REPORT_FIELDS):]
+    check_driver_run(reports(normal), before[:512])
+    assert batch == [256, VIRTIO_BLK_S_OK]
+    [stats] = m.device_stats
+    assert stats["requests"] == 2 + 256
+    assert stats["budget_yields"] >= 256 // 64 - 1, stats
+    [t] = transports
+    # The guest notified twice for the normal run and once for the batch; each re-arm is
+    # one more notify event on the I/O thread.
+    assert t["notify_events"] >= 3 + stats["budget_yields"] - 1, t
+
+
 def test_fallbacks_mmio_exit_notify_and_irq_line(guests, disk):
     before = disk.read_bytes()
     m, status, values, transports = run(guests("virtio_blk"), disks=[Disk(str(disk))],

@@ -219,6 +219,34 @@ def test_next_out_of_range_breaks_queue(image):
     assert "next index 200" in dev.broken
 
 
+def test_next_at_the_queue_size_breaks_queue(image):
+    """The boundary: next == queue size is the first index outside the table (a check
+    written `next > size` would follow it into whatever lies after the ring)."""
+    dev, mem, q = open_disk(image, size=8)
+    q.write_desc(0, mem.put(struct.pack("<IIQ", T_IN, 0, 0)), 16, F_NEXT, 7)
+    q.write_desc(7, mem.alloc(512), 512, F_WRITE | F_NEXT, 8)
+    q.publish(0)
+    assert notify(dev, 0) == -1
+    assert "next index 8 out of range (8 entries)" in dev.broken
+    assert q.used_idx() == 0
+
+
+def test_next_at_the_indirect_table_length_breaks_queue(image):
+    """The same boundary inside an indirect table: next == the table's entry count."""
+    dev, mem, q = open_disk(image, size=16)
+    table = mem.alloc(16 * 4, 16)  # room for the entry just past the declared three
+    q.write_desc(0, mem.put(struct.pack("<IIQ", T_IN, 0, 0)), 16, F_NEXT, 1, table=table)
+    q.write_desc(1, mem.alloc(512), 512, F_WRITE | F_NEXT, 2, table=table)
+    q.write_desc(2, mem.alloc(1), 1, F_WRITE | F_NEXT, 3, table=table)
+    # What a `next > n` check would read as entry 3: a valid-looking last descriptor.
+    q.write_desc(3, mem.alloc(1), 1, F_WRITE, 0, table=table)
+    q.write_desc(0, table, 16 * 3, F_INDIRECT)
+    q.publish(0)
+    assert notify(dev, 0) == -1
+    assert "next index 3 out of range (3 entries)" in dev.broken
+    assert q.used_idx() == 0
+
+
 def test_nested_indirect_breaks_queue(image):
     dev, mem, q = open_disk(image)
     inner = mem.alloc(16, 16)

@@ -1,10 +1,15 @@
 """virtio-net against synthetic guest memory: frames both ways through a socketpair peer
 speaking 4-byte big-endian length framing, and through a tap device where possible."""
+import fcntl
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
+import sys
+import termios
+import textwrap
 import time
 
 import pytest
@@ -12,18 +17,19 @@ import pytest
 from vmm.devices import Net
 from vmm.engines.virtio_device import open_device
 from support.virtio_driver import EVENT_IDX, VERSION_1, GuestMem, attach, irqs, notify, setup_queue
+from support.waiting import wait_until
 
 HDR = 12
 ETH_TYPE = 0x88B5  # IEEE local experimental: nothing else on a link will use it
 
 
 class NetGuest:
-    def __init__(self, dev, nrx=32, rx_size=2048):
+    def __init__(self, dev, nrx=32, rx_size=2048, size=64, mem_size=2 << 20):
         self.dev = dev
-        self.mem = GuestMem(size=2 << 20)
+        self.mem = GuestMem(size=mem_size)
         attach(dev, self.mem, VERSION_1 | EVENT_IDX | (1 << 5))
-        self.rx = setup_queue(dev, self.mem, 0, 64)
-        self.tx = setup_queue(dev, self.mem, 1, 64)
+        self.rx = setup_queue(dev, self.mem, 0, size)
+        self.tx = setup_queue(dev, self.mem, 1, size)
         self.rx_size = rx_size
         self.bufs = {}
         for _ in range(nrx):
@@ -65,6 +71,15 @@ def frame(payload, dst=b"\xff" * 6, src=b"\x02\x00\x00\x00\x00\x01"):
 def read_framed(s):
     n = struct.unpack(">I", recv_exact(s, 4))[0]
     return recv_exact(s, n)
+
+
+def unread_bytes(sock):
+    """Bytes this socket sent that its peer has not read yet (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def link_up(dev):
+    return bool(struct.unpack_from("<H", dev.config(0, 8), 6)[0] & 1)
 
 
 def recv_exact(s, n):
@@ -127,9 +142,11 @@ def test_frames_wait_for_guest_buffers(stream_net):
     dev, _, peer = stream_net
     g = NetGuest(dev, nrx=0)
     frames = [frame(bytes([i]) * 60) for i in range(5)]
-    for f in frames:
-        peer.sendall(struct.pack(">I", len(f)) + f)
-    time.sleep(0.2)
+    wire = b"".join(struct.pack(">I", len(f)) + f for f in frames)
+    peer.sendall(wire)
+    # The device has read input (it holds a frame) and delivered nothing: the guest has
+    # no buffer for it. It stops reading then, so the socket may keep the rest.
+    wait_until(lambda: unread_bytes(peer) < len(wire), what="the device to read input")
     assert dev.counters()["frames_in"] == 0
     for _ in range(5):
         g._give(g.mem.alloc(g.rx_size))
@@ -151,8 +168,7 @@ def test_oversized_frame_for_guest_buffer_is_dropped(stream_net):
 def test_bad_frame_length_takes_link_down(stream_net):
     dev, g, peer = stream_net
     peer.sendall(struct.pack(">I", 1 << 30))
-    time.sleep(0.2)
-    assert not struct.unpack_from("<H", dev.config(0, 8), 6)[0] & 1
+    wait_until(lambda: not link_up(dev), what="the link to go down")
     g.send(frame(b"after"))
     assert dev.counters()["errors"] >= 1
 
@@ -253,3 +269,35 @@ def test_passt_send_buffer_can_be_chosen(monkeypatch):
     finally:
         for s in (*plain, ours, theirs, small_ours, small):
             s.close()
+
+
+SIGPIPE_CHILD = textwrap.dedent("""
+    import os, signal, socket, struct, sys
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # what a process that does not ignore it has
+    from vmm.devices import Net
+    from vmm.engines.virtio_device import open_device
+    from test_virtio_net import NetGuest, frame, link_up
+    from support.waiting import wait_until
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    dev = open_device(Net(backend="socket", fd=a.fileno(), mac="02:11:22:33:44:55"))
+    a.close()
+    b.shutdown(socket.SHUT_RD)  # the peer reads no more: our next write gets EPIPE
+    g = NetGuest(dev)
+    g.send(frame(b"into a closed pipe"))
+    wait_until(lambda: not link_up(dev), what="the link to go down")
+    print("survived", dev.counters()["errors"], flush=True)
+    dev.close()
+""")
+
+
+def test_backend_hang_up_is_a_dead_link_not_sigpipe():
+    """A write to a socket backend whose peer stopped reading must take the link down, not
+    raise SIGPIPE: run in a child whose SIGPIPE is at the default (Python ignores it)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", SIGPIPE_CHILD], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != -signal.SIGPIPE, "the device's write raised SIGPIPE"
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["survived", "1"], r.stdout
+    assert "cannot write a frame to the backend socket; the link is down" in r.stderr

@@ -151,15 +151,24 @@ static uint32_t blk_handle(struct blk *b, const struct vq_req *r)
     return data_written + 1;
 }
 
+/* Serves the queue until it is empty or the budget is spent (see VDEV_BUDGET_CHAINS):
+ * disk I/O runs under d->lock, so the budget also bounds how long the lock is held. */
 static void blk_notify(struct vdev *d, int qi)
 {
     struct blk *b = (struct blk *)d;
     struct vq *q = &d->vq[qi];
     struct vq_req r;
+    unsigned chains = 0;
+    uint64_t bytes = 0;
     for (;;) {
-        int rc;
-        while ((rc = vq_pop(q, &r)) == 1)
+        int rc = 0;
+        while (!vdev_budget_spent(d, qi, chains, bytes) && (rc = vq_pop(q, &r)) == 1) {
             vq_push(q, r.head, blk_handle(b, &r));
+            chains++;
+            bytes += r.rlen + r.wlen;
+        }
+        if (rc == 1)
+            break; /* out of budget: the transport calls us again */
         if (rc < 0) {
             vdev_note_broken(d, qi);
             break;

@@ -2,9 +2,11 @@
  * transport: see device.h. */
 #include "device.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 void vdev_init(struct vdev *d, const char *name, uint32_t device_id, const struct vdev_ops *ops,
                uint64_t features, int nqueues, uint16_t queue_max)
@@ -18,6 +20,61 @@ void vdev_init(struct vdev *d, const char *name, uint32_t device_id, const struc
     d->queue_max = queue_max;
     d->poll_fd = -1;
     pthread_mutex_init(&d->lock, NULL);
+    pthread_mutex_init(&d->log_lock, NULL);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void vdev_log(struct vdev *d, const char *fmt, ...)
+{
+    char msg[320];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&d->log_lock);
+    uint64_t now = now_ns(), suppressed = 0;
+    bool print = d->log_lines < VDEV_LOG_BURST ||
+                 now - d->log_last_ns >= VDEV_LOG_INTERVAL_S * 1000000000ull;
+    if (print) {
+        suppressed = d->log_suppressed;
+        d->log_suppressed = 0;
+        d->log_lines++;
+        if (d->log_lines >= VDEV_LOG_BURST)
+            d->log_last_ns = now;
+    } else {
+        d->log_suppressed++;
+    }
+    pthread_mutex_unlock(&d->log_lock);
+    if (!print)
+        return;
+    if (suppressed)
+        fprintf(stderr, "vmm: virtio-%s: %s (%llu similar messages suppressed before this one)\n",
+                d->name, msg, (unsigned long long)suppressed);
+    else if (d->log_lines == VDEV_LOG_BURST)
+        fprintf(stderr, "vmm: virtio-%s: %s (further messages: at most one per %u s)\n", d->name,
+                msg, VDEV_LOG_INTERVAL_S);
+    else
+        fprintf(stderr, "vmm: virtio-%s: %s\n", d->name, msg);
+}
+
+bool vdev_budget_spent(struct vdev *d, int qi, unsigned chains, uint64_t bytes)
+{
+    if (chains < VDEV_BUDGET_CHAINS && bytes < VDEV_BUDGET_BYTES)
+        return false;
+    __atomic_fetch_or(&d->more, 1u << qi, __ATOMIC_RELAXED);
+    counter_add(d->c.budget_yields, 1);
+    return true;
+}
+
+uint32_t vdev_take_more(struct vdev *d)
+{
+    return __atomic_exchange_n(&d->more, 0, __ATOMIC_RELAXED);
 }
 
 void vdev_signal(struct vdev *d, int qi)
@@ -35,8 +92,7 @@ void vdev_note_broken(struct vdev *d, int qi)
     if (!q->broken || d->broken[0])
         return;
     snprintf(d->broken, sizeof(d->broken), "queue %d: %s", qi, q->reason);
-    fprintf(stderr, "vmm: virtio-%s: %s; the queue stops until the driver resets the device\n",
-            d->name, d->broken);
+    vdev_log(d, "%s; the queue stops until the driver resets the device", d->broken);
 }
 
 void vdev_reset(struct vdev *d)
@@ -48,6 +104,7 @@ void vdev_reset(struct vdev *d)
     }
     d->acked = 0;
     d->broken[0] = 0;
+    __atomic_store_n(&d->more, 0, __ATOMIC_RELAXED); /* nothing left to serve */
     if (d->ops->reset)
         d->ops->reset(d);
 }
@@ -100,12 +157,6 @@ void vdev_unbind(struct vdev *d)
         release(opaque);
 }
 
-void vdev_poll_ready(void *opaque, int fd)
-{
-    struct vdev *d = opaque;
-    d->ops->poll(d);
-}
-
 bool vdev_bound_to(struct vdev *d, vdev_irq_fn irq)
 {
     pthread_mutex_lock(&d->lock);
@@ -133,5 +184,6 @@ void vdev_free(struct vdev *d)
     for (int i = 0; i < d->nqueues; i++)
         vq_teardown(&d->vq[i]);
     pthread_mutex_destroy(&d->lock);
+    pthread_mutex_destroy(&d->log_lock);
     free(d);
 }

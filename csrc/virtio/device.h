@@ -29,6 +29,22 @@
 #define VDEV_MAX_QUEUES 4
 #define VDEV_CONFIG_MAX 256
 
+/* Work one notify (or poll) may do before it yields the event loop: a guest that keeps a
+ * queue full must not keep the loop from every other device's queues and backend fds.
+ * A device stops after VDEV_BUDGET_CHAINS chains or VDEV_BUDGET_BYTES bytes of data moved
+ * (whichever comes first; at least one chain), between two chains (never holding one);
+ * vdev_budget_spent() records the queue, and the transport, taking it with
+ * vdev_take_more() after the call, re-arms that queue (writes its kick eventfd) so the
+ * rest is served after whatever else the loop has ready. */
+#define VDEV_BUDGET_CHAINS 64u
+#define VDEV_BUDGET_BYTES (4u << 20)
+
+/* Log lines per device: the first VDEV_LOG_BURST pass, then at most one per
+ * VDEV_LOG_INTERVAL_S seconds, which also says how many were suppressed before it. A
+ * guest that breaks and resets a device in a loop must not flood the host's log. */
+#define VDEV_LOG_BURST 8u
+#define VDEV_LOG_INTERVAL_S 10u
+
 #define VIRTIO_ID_NET 1
 #define VIRTIO_ID_BLOCK 2
 #define VIRTIO_ID_VSOCK 19
@@ -75,6 +91,12 @@ struct vdev {
     int poll_fd;              /* -1, or the device's backend epoll set (see above) */
     struct vmm_vdev_counters c;
     char broken[200]; /* first reason a queue broke, for the user */
+    uint32_t more;    /* queues whose notify ran out of budget (bit per queue; atomic) */
+    /* The log rate limit (under log_lock: lines come from vCPU and loop threads). */
+    pthread_mutex_t log_lock;
+    uint32_t log_lines;       /* lines printed */
+    uint64_t log_last_ns;     /* CLOCK_MONOTONIC of the last line after the burst */
+    uint64_t log_suppressed;  /* lines dropped since the last one printed */
 };
 
 void vdev_init(struct vdev *d, const char *name, uint32_t device_id, const struct vdev_ops *ops,
@@ -83,6 +105,15 @@ void vdev_init(struct vdev *d, const char *name, uint32_t device_id, const struc
 void vdev_signal(struct vdev *d, int qi);
 /* Records (and logs once) why queue qi broke. */
 void vdev_note_broken(struct vdev *d, int qi);
+/* Prints one line to stderr, "vmm: virtio-<name>: <message>", within the device's log
+ * rate limit (see VDEV_LOG_BURST). */
+void vdev_log(struct vdev *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* For a device's notify/poll: true once chains and bytes (counted by the caller) reach the
+ * budget; then it marks queue qi as having work left for the transport to re-arm. */
+bool vdev_budget_spent(struct vdev *d, int qi, unsigned chains, uint64_t bytes);
+/* For a transport, after a notify or poll returned: the queues (bit mask) left unfinished
+ * for lack of budget, cleared as they are taken. */
+uint32_t vdev_take_more(struct vdev *d);
 /* Tears down every queue and calls the device's reset; lock held. */
 void vdev_reset(struct vdev *d);
 
@@ -95,8 +126,6 @@ int vdev_bind(struct vdev *d, const struct guest_mem *mem, vdev_irq_fn irq, void
 /* Ends the binding (if any): resets the device, which then has no memory and raises no
  * interrupt, and calls the transport's release. Takes d->lock. */
 void vdev_unbind(struct vdev *d);
-/* An event loop's handler (ioloop_fn) for d->poll_fd: runs the device's poll op. */
-void vdev_poll_ready(void *d, int fd);
 /* True if d is bound to the transport whose interrupt callback is irq. */
 bool vdev_bound_to(struct vdev *d, vdev_irq_fn irq);
 /* Ends any binding (without a reset: the device is going), frees what the device owns and

@@ -59,9 +59,6 @@ enum {
 #define S_NEEDS_RESET 0x40u
 #define S_FAILED 0x80u
 
-/* A driver that breaks the device over and over must not flood the host's log. */
-#define MAX_LOGGED 8
-
 #define INT_VRING 1u
 #define INT_CONFIG 2u
 
@@ -87,7 +84,6 @@ struct virtio_mmio {
     int kick[VDEV_MAX_QUEUES]; /* eventfds the I/O thread waits on, one per queue */
     bool ioeventfd;            /* kick[] are registered with KVM on QueueNotify */
     int irqfd;                 /* eventfd registered with KVM_IRQFD, or -1 */
-    int logged;                /* reasons logged so far (under d->lock) */
 };
 
 /* ---- interrupts ---- */
@@ -119,10 +115,9 @@ static void needs_reset(struct virtio_mmio *t, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(d->broken, sizeof(d->broken), fmt, ap);
         va_end(ap);
-        if (t->logged++ < MAX_LOGGED)
-            fprintf(stderr, "vmm: virtio-%s at 0x%llx: %s; the device needs a reset%s\n", d->name,
-                    (unsigned long long)t->base, d->broken,
-                    t->logged == MAX_LOGGED ? " (further reasons are not logged)" : "");
+        /* Rate-limited per device: a driver that breaks and resets the device in a loop
+         * must not flood the host's log. */
+        vdev_log(d, "at 0x%llx: %s; the device needs a reset", (unsigned long long)t->base, d->broken);
     }
     if (t->status & S_NEEDS_RESET)
         return;
@@ -243,8 +238,27 @@ static void write_queue_reg(struct virtio_mmio *t, uint64_t off, uint32_t v)
     }
 }
 
-/* A queue notify, on the I/O thread: our eventfd was written by KVM (ioeventfd) or by
- * the QueueNotify exit handler. */
+/* Queues the device left unfinished for lack of budget (vdev_budget_spent) get a kick of
+ * their own: the loop serves every other ready fd (other devices' queues, backends)
+ * before it comes back to them. I/O thread, d->lock not held. */
+static void rearm(struct virtio_mmio *t)
+{
+    uint32_t more = vdev_take_more(t->d);
+    for (int qi = 0; qi < t->d->nqueues; qi++)
+        if ((more & (1u << qi)) && t->kick[qi] >= 0)
+            eventfd_write(t->kick[qi], 1);
+}
+
+/* The device's backend fd (d->poll_fd) is ready, on the I/O thread. */
+static void backend_ready(void *opaque, int fd)
+{
+    struct virtio_mmio *t = opaque;
+    t->d->ops->poll(t->d);
+    rearm(t);
+}
+
+/* A queue notify, on the I/O thread: our eventfd was written by KVM (ioeventfd), by
+ * the QueueNotify exit handler, or by rearm(). */
 static void kick_ready(void *opaque, int fd)
 {
     struct virtio_mmio *t = opaque;
@@ -263,6 +277,7 @@ static void kick_ready(void *opaque, int fd)
             needs_reset(t, "queue %d: %s", qi, d->vq[qi].reason);
     }
     pthread_mutex_unlock(&d->lock);
+    rearm(t);
 }
 
 /* ---- the register file ---- */
@@ -396,7 +411,7 @@ static int irqfd(struct virtio_mmio *t, bool assign)
  * device's backend fds, so one loop serves everything the device waits for. */
 static int wire_notify(struct virtio_mmio *t, struct ioloop *io, bool use_ioeventfd, char *err, size_t errlen)
 {
-    if (t->d->poll_fd >= 0 && ioloop_add(io, t->d->poll_fd, vdev_poll_ready, t->d, err, errlen) < 0)
+    if (t->d->poll_fd >= 0 && ioloop_add(io, t->d->poll_fd, backend_ready, t, err, errlen) < 0)
         return -1;
     for (int i = 0; i < t->d->nqueues; i++) {
         t->kick[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

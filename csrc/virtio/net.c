@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "device.h"
@@ -48,6 +49,7 @@ struct net {
     uint32_t tx_off, tx_len;
     uint32_t events;       /* registered with epoll */
     bool dead;             /* the backend closed or broke its framing */
+    bool not_socket;       /* the stream backend fd is not a socket: write(), not send() */
     /* Bytes read from the backend, rbuf[rstart..rend), parsed into frames in place. All
      * of the rx state is used under d.lock only, by net_poll and by notify. */
     uint8_t *rbuf;
@@ -86,7 +88,7 @@ static void set_reading(struct net *n, bool on)
 static void backend_dead(struct net *n, const char *why)
 {
     if (!n->dead) {
-        fprintf(stderr, "vmm: virtio-net backend: %s; the link is down\n", why);
+        vdev_log(&n->d, "backend: %s; the link is down", why);
         /* Out of epoll for good: a hang-up would otherwise be reported forever. */
         epoll_ctl(n->epfd, EPOLL_CTL_DEL, n->fd, NULL);
     }
@@ -214,8 +216,13 @@ static int next_tap_frame(struct net *n)
 static void pump_rx(struct net *n)
 {
     struct vq *q = &n->d.vq[Q_RX];
+    unsigned frames = 0;
     deliver_replies(n);
     while (!n->dead && q->ready && !q->broken) {
+        /* A budget per call (VDEV_BUDGET_CHAINS): frames already read stay in rbuf, and the
+         * transport calls notify(Q_RX) again after serving what else is ready. */
+        if (vdev_budget_spent(&n->d, Q_RX, frames, 0))
+            break;
         if (!n->frame_ready) {
             int rc = n->kind == NET_BACKEND_TAP ? next_tap_frame(n) : next_stream_frame(n);
             if (rc < 0)
@@ -228,6 +235,7 @@ static void pump_rx(struct net *n)
         }
         if (deliver(n)) {
             n->frame_ready = false;
+            frames++;
             continue;
         }
         /* No buffer: with EVENT_IDX the guest kicks only if we ask (avail_event). */
@@ -282,13 +290,28 @@ static void net_poll(struct vdev *d)
 
 /* ---- guest -> backend ---- */
 
+/* A write to the stream backend. send() with MSG_NOSIGNAL: a backend that hung up must
+ * be a dead link (EPIPE), not a SIGPIPE that kills whatever process hosts the device (the
+ * VMM, or a back-end process whose SIGPIPE is at its default). write() for a backend fd
+ * that is not a socket (a pipe, say), where MSG_NOSIGNAL has no equivalent. */
+static ssize_t stream_write(struct net *n, const void *buf, size_t len)
+{
+    if (!n->not_socket) {
+        ssize_t k = send(n->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (k >= 0 || errno != ENOTSOCK)
+            return k;
+        n->not_socket = true;
+    }
+    return write(n->fd, buf, len);
+}
+
 /* Pushes the pending framed bytes to the stream backend without blocking. The guest's
  * tx queue waits (we stop popping) while a frame is only partly written: never block the
  * device on the backend, whose own writes towards us net_poll must keep taking. */
 static int flush_stream_tx(struct net *n)
 {
     while (n->tx_off < n->tx_len) {
-        ssize_t k = write(n->fd, n->txbuf + n->tx_off, n->tx_len - n->tx_off);
+        ssize_t k = stream_write(n, n->txbuf + n->tx_off, n->tx_len - n->tx_off);
         if (k < 0 && errno == EINTR)
             continue;
         if (k < 0 && errno == EAGAIN) {
@@ -355,14 +378,19 @@ static void process_tx(struct net *n)
 {
     struct vq *q = &n->d.vq[Q_TX];
     struct vq_req r;
+    unsigned frames = 0;
+    uint64_t bytes = 0;
     for (;;) {
         int rc = 0;
-        while (!n->tx_blocked && (rc = vq_pop(q, &r)) == 1) {
+        while (!n->tx_blocked && !vdev_budget_spent(&n->d, Q_TX, frames, bytes) &&
+               (rc = vq_pop(q, &r)) == 1) {
             send_frame(n, &r); /* the frame is copied out: the chain can go back now */
             vq_push(q, r.head, 0);
+            frames++;
+            bytes += r.rlen;
         }
-        if (n->tx_blocked)
-            break; /* resumed by net_poll when the backend takes more */
+        if (n->tx_blocked || rc == 1)
+            break; /* resumed by net_poll when the backend takes more, or out of budget */
         if (rc < 0) {
             vdev_note_broken(&n->d, Q_TX);
             break;

@@ -241,6 +241,12 @@ static void server_events(void *opaque, int fd)
         else if (tag >= TAG_KICK0 && tag < TAG_KICK0 + VDEV_MAX_QUEUES && s->ring[tag - TAG_KICK0].kick >= 0)
             vu_ring_kick(s, (int)(tag - TAG_KICK0));
     }
+    /* Rings the device left unfinished for lack of budget (vdev_budget_spent): kick them
+     * ourselves, so the rest is served after what else the loop has ready. */
+    uint32_t more = vdev_take_more(s->d);
+    for (int qi = 0; qi < s->d->nqueues; qi++)
+        if ((more & (1u << qi)) && s->ring[qi].kick >= 0)
+            eventfd_write(s->ring[qi].kick, 1);
     set_ticking(s, vu_any_ring_started(s));
 }
 

@@ -152,7 +152,12 @@ void pump_rx(struct vsock *v)
     struct vq *q = &v->d.vq[Q_RX];
     if (!q->ready || q->broken)
         return;
+    uint16_t start = q->used_idx;
     for (;;) {
+        /* The work budget (VDEV_BUDGET_CHAINS packets per call, counted on the used ring):
+         * the transport calls notify(Q_RX) again after serving what else is ready. */
+        if (vdev_budget_spent(&v->d, Q_RX, (uint16_t)(q->used_idx - start), 0))
+            break;
         bool progress = false, starved = false;
         while (v->nrst > 0 && !starved) {
             struct lone_rst *x = &v->rst[v->nrst - 1];
@@ -288,12 +293,18 @@ static void process_tx(struct vsock *v)
 {
     struct vq *q = &v->d.vq[Q_TX];
     struct vq_req r;
+    unsigned chains = 0;
+    uint64_t bytes = 0;
     for (;;) {
-        int rc;
-        while ((rc = vq_pop(q, &r)) == 1) {
+        int rc = 0;
+        while (!vdev_budget_spent(&v->d, Q_TX, chains, bytes) && (rc = vq_pop(q, &r)) == 1) {
             handle_packet(v, &r);
             vq_push(q, r.head, 0);
+            chains++;
+            bytes += r.rlen;
         }
+        if (rc == 1)
+            break; /* out of budget (VDEV_BUDGET_CHAINS): the transport calls us again */
         if (rc < 0) {
             vdev_note_broken(&v->d, Q_TX);
             break;

@@ -12,6 +12,10 @@
  * each followed by a reset; then it runs the normal sequence (the device must recover).
  * With -DFUZZ it first writes FUZZ_WRITES pseudo-random values (a fixed LCG, so runs
  * repeat) to pseudo-randomly chosen writable registers (and the first config word).
+ * With -DBATCH it then makes BATCH_N reads of sector 0 available at once, with one notify,
+ * on a queue of BATCH_N entries whose avail entries all name the same chain: more than
+ * the device serves per notify (its work budget), so only its re-arming finishes them.
+ * It reports the used idx and the status byte after the last one.
  * Keep it short: CPL0 code is emulated at ~0.6 us per instruction on PVM hosts. */
 #include "guest.h"
 #include "virtio_mmio.h"
@@ -117,6 +121,42 @@ _start:
     REPORT COUNT
     REPORT SEEN
     REPORT INT_STATUS(%rbx)
+
+#ifdef BATCH
+#define BATCH_N 256
+#define BDESC 0x210000
+#define BAVAIL 0x211000  /* its ring entries stay 0 (fresh RAM): every one names head 0 */
+#define BUSED 0x212000
+    NEGOTIATE
+    movl $BATCH_N, QUEUE_NUM(%rbx)
+    movl $BDESC, DESC_LO(%rbx)
+    movl $BAVAIL, DRIVER_LO(%rbx)
+    movl $BUSED, DEVICE_LO(%rbx)
+    movl $1, QUEUE_READY(%rbx)
+    movl $0xf, STATUS(%rbx)
+    movl $0, HDR                        /* IN, sector 0 */
+    movq $0, HDR+8
+    movq $HDR, BDESC
+    movl $16, BDESC+8
+    movl $0x00010001, BDESC+12
+    movq $DATA, BDESC+16
+    movl $512, BDESC+24
+    movl $0x00020003, BDESC+28
+    movq $STATUS_BYTE, BDESC+32
+    movl $1, BDESC+40
+    movl $0x00000002, BDESC+44
+    movb $0xff, STATUS_BYTE
+    movw $BATCH_N, BAVAIL+2
+    movl $0, QUEUE_NOTIFY(%rbx)
+1:  sti
+    hlt
+    cli
+    cmpw $BATCH_N, BUSED+2
+    jne 1b
+    REPORT BUSED+2
+    movzbl STATUS_BYTE, %eax
+    outl %eax, %dx
+#endif
     RESET
 
     HANDLER

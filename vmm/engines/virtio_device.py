@@ -15,7 +15,7 @@ from ..devices import Disk, Net, Vsock, parse_mac
 from ..errors import ConfigError, VmmError
 
 COUNTERS = ("requests", "bytes_read", "bytes_written", "frames_in", "frames_out", "errors",
-            "rejected", "interrupts", "connections", "resets")
+            "rejected", "interrupts", "connections", "resets", "budget_yields")
 
 
 def open_device(config) -> "Device":
