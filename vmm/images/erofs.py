@@ -82,13 +82,18 @@ def _round_up(value, unit):
 
 
 class DataArea:
-    """Appends block-aligned runs of data to the image file, from block 1 on."""
+    """Appends block-aligned runs of data to the image file, from block 1 on.
+
+    Blocks of zeros are not written: the file position moves over them, leaving a hole in
+    the host file, so a layer full of zeros (a gzip bomb, a preallocated file) costs no
+    host disk however large it claims to be. Readers see zeros there, as EROFS expects."""
 
     def __init__(self, fileobj):
         self._file = fileobj
         self._file.write(_ZEROS[:BLOCK_SIZE])   # block 0: the superblock, written last
         self.next_block = 1
         self._run = 0
+        self._hole_at_end = False
 
     @property
     def block_in_run(self):
@@ -100,20 +105,45 @@ class DataArea:
         return self._run
 
     def write(self, data):
-        self._file.write(data)
-        self._run += len(data)
+        count = len(data)
+        if not count:
+            return
+        boundary = -self._run % BLOCK_SIZE   # runs start on a block boundary
+        self._run += count
+        if count <= len(_ZEROS) and data == _ZEROS[:count]:
+            self._skip(count)
+            return
+        cuts = [0, *range(boundary or BLOCK_SIZE, count, BLOCK_SIZE), count]
+        pending = 0   # start of data not yet written
+        for start, end in zip(cuts, cuts[1:]):
+            if data[start:end] == _ZEROS[:end - start]:
+                if pending < start:
+                    self._file.write(data[pending:start])
+                self._skip(end - start)
+                pending = end
+        if pending < count:
+            self._file.write(data[pending:])
+            self._hole_at_end = False
 
     def write_zeros(self, count):
-        while count > 0:
-            piece = min(count, len(_ZEROS))
-            self._file.write(_ZEROS[:piece])
-            self._run += piece
-            count -= piece
+        if count > 0:
+            self._run += count
+            self._skip(count)
+
+    def _skip(self, count):
+        self._file.seek(count, 1)
+        self._hole_at_end = True
 
     def end_run(self):
         """Pad the current run to a block boundary; return the block it started at."""
         start = self.next_block
         self.write_zeros(-self._run % BLOCK_SIZE)
+        if self._hole_at_end:
+            # A file grows only by writing: materialise the run's last byte, so the image
+            # (or an in-memory one in tests) really extends over a trailing hole.
+            self._file.seek(-1, 1)
+            self._file.write(b"\0")
+            self._hole_at_end = False
         self.next_block += self._run // BLOCK_SIZE
         self._run = 0
         return start

@@ -17,7 +17,8 @@ applier, overlayfs whiteouts):
   do in runtimes. Linking a directory, or something missing, is an error.
 - Parent directories a path implies are created (0755, root-owned).
 - Regular file data goes straight into the image's data area as it is read; sparse files
-  (GNU and PAX formats) keep their holes.
+  (GNU and PAX formats) keep their holes, and blocks of zeros in any file are holes in the
+  host file (erofs.DataArea), so zeros cost no host disk.
 
 Hostile input, and what we decide:
 - Names are bytes; NUL, components over 255 bytes, paths over 4096 bytes and any `..`
@@ -29,8 +30,9 @@ Hostile input, and what we decide:
   meaning the image root. Unlike them we never clamp: a target whose `..` would climb
   above the root makes the layer HostileImage. Symlinks are only ever followed inside this
   tree; nothing on the host is ever opened by a name from an image.
-- Limits: total file bytes written (max_bytes), entries (max_entries, implied
-  directories included), one file's apparent size, sparse block maps -> ImageTooLarge.
+- Limits: total file bytes unpacked, holes of sparse tar files excepted (max_bytes), entries
+  (max_entries, implied directories included), one file's apparent size, sparse block maps
+  -> ImageTooLarge. The expansion ratio of a compressed layer is checked in layerstream.py.
   Stream-level defences (header sizes, truncated gzip/zstd/tar) are in layerstream.py.
 """
 import array
@@ -70,7 +72,7 @@ class Budget:
         self.bytes += count
         if self.bytes > self.max_bytes:
             raise ImageTooLarge(f"{what}: image unpacks to more than {self.max_bytes} bytes "
-                                "(limit max_bytes)")
+                                "(limit max_bytes: set MSB_IMAGE_MAX_UNPACKED to raise it)")
 
     def add_entry(self, what):
         self.entries += 1
