@@ -93,7 +93,8 @@ class DataArea:
         self._file.write(_ZEROS[:BLOCK_SIZE])   # block 0: the superblock, written last
         self.next_block = 1
         self._run = 0
-        self._hole_at_end = False
+        self._pos = BLOCK_SIZE         # the file position
+        self.data_end = BLOCK_SIZE     # just after the last byte really written
 
     @property
     def block_in_run(self):
@@ -118,32 +119,43 @@ class DataArea:
         for start, end in zip(cuts, cuts[1:]):
             if data[start:end] == _ZEROS[:end - start]:
                 if pending < start:
-                    self._file.write(data[pending:start])
+                    self._put(data[pending:start])
                 self._skip(end - start)
                 pending = end
         if pending < count:
-            self._file.write(data[pending:])
-            self._hole_at_end = False
+            self._put(data[pending:])
 
     def write_zeros(self, count):
         if count > 0:
             self._run += count
             self._skip(count)
 
+    def rewind(self, count):
+        """Take back the last `count` bytes of the run; they must all have been zeros (so
+        nothing was written: see data_end). Used to turn a chunk of zeros into a hole."""
+        if count > self._run or self._pos - count < self.data_end:
+            raise AssertionError("rewind over written data")
+        self._run -= count
+        self._skip(-count)
+
+    def _put(self, data):
+        self._file.write(data)
+        self._pos += len(data)
+        self.data_end = self._pos
+
     def _skip(self, count):
         self._file.seek(count, 1)
-        self._hole_at_end = True
+        self._pos += count
 
     def end_run(self):
         """Pad the current run to a block boundary; return the block it started at."""
         start = self.next_block
         self.write_zeros(-self._run % BLOCK_SIZE)
-        if self._hole_at_end:
+        if self._pos > self.data_end:
             # A file grows only by writing: materialise the run's last byte, so the image
             # (or an in-memory one in tests) really extends over a trailing hole.
-            self._file.seek(-1, 1)
-            self._file.write(b"\0")
-            self._hole_at_end = False
+            self._skip(-1)
+            self._put(b"\0")
         self.next_block += self._run // BLOCK_SIZE
         self._run = 0
         return start
