@@ -24,7 +24,9 @@ The superblock's `root_nid` is only 16 bits wide, so the root inode comes first,
 Inodes use the 32-byte compact form when their mtime equals the superblock's build time
 (we pick the most common mtime for it) and uid, gid, nlink and size fit in 16/32 bits;
 otherwise the 64-byte extended form (which is also what files over 4 GiB need).
-Sparse files become chunk-based inodes whose 4-byte block map marks holes with -1.
+Sparse files become chunk-based inodes whose 4-byte block map marks holes with -1; so do
+regular files with aligned 1 MiB runs of zeros (layers.py), and any block of zeros that is
+still written is a hole in the host file (DataArea seeks over it), so zeros cost no disk.
 Only inline xattrs are written (no shared xattr area); names outside the prefixes EROFS
 can encode (user., trusted., security., system.posix_acl_*) are dropped and counted.
 """
