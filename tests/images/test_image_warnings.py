@@ -63,7 +63,7 @@ def test_msb_run_image_resolution_prints_it(lying_layout, capfd):
     resolved = resolve_image("local/liar:1", "never", quiet=False)
     err = capfd.readouterr().err
     assert os.path.exists(resolved.disk)
-    assert f"warning: docker.io/local/liar:1: layer 2 (" in err and SAYS in err
+    assert "warning: docker.io/local/liar:1: layer 2 (" in err and SAYS in err
     images.remove("local/liar:1")
     images.import_layout(lying_layout, "local/liar:1")
     resolve_image("local/liar:1", "never", quiet=True)

@@ -347,7 +347,6 @@ class LayerApplier:
             return
         chunkbits = _chunkbits(size, HOLE_CHUNK_BITS)
         chunk = erofs.BLOCK_SIZE << chunkbits
-        start = self.area.next_block
         holes = []
         for index in range(-(-aligned // chunk)):
             length = min(chunk, aligned - index * chunk)
