@@ -179,6 +179,10 @@ def test_limits_from_the_environment_and_the_unusable_mark(tmp_path, msb_home, m
             images.root_disk(ref)
         with pytest.raises(ImageTooLarge, match="unusable"):
             images.root_disk(ref, max_unpacked=32 * MiB)          # a lower limit: still no
+    run = msb("run", ref, "--", "true")         # fails before any VM: no engine needed
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith(f"error: image docker.io/{ref} is unusable: ")
+    assert "MSB_IMAGE_MAX_UNPACKED" in run.stderr
     # A raised limit (argument or environment) is worth another try; it builds, sparsely.
     disk = images.root_disk(ref, max_unpacked=1 << 30)
     assert images.list()[0]["usable"] is True
