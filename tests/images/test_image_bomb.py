@@ -237,3 +237,19 @@ def test_hostile_layers_mark_the_image_until_it_is_stored_again(tmp_path, msb_ho
         images.root_disk("local/evil:1")
     images.remove("local/evil:1")
     assert images.list() == []
+
+
+def test_a_store_from_before_the_marks_gets_their_table(tmp_path, msb_home):
+    import sqlite3
+    from vmm.images.store import Store
+    bomb_image(tmp_path, 1 * MiB)
+    Store().close()
+    db = sqlite3.connect(msb_home / "images" / "index.db")
+    db.execute("DROP TABLE image_notes")
+    db.commit()
+    db.close()
+    [row] = images.list()                      # opened again: the table is back
+    assert row["usable"] is True and row["warnings"] == []
+    with pytest.raises(ImageTooLarge):
+        images.root_disk(row["reference"], max_unpacked=MiB // 2, max_ratio=0)
+    assert images.list()[0]["usable"] is False
