@@ -54,13 +54,14 @@ def test_empty_ls():
 def test_ls_shapes(two_images):
     p = msb("image", "ls")
     lines = p.stdout.splitlines()
-    assert re.split(r"\s+", lines[0]) == ["REFERENCE", "DIGEST", "SIZE", "CREATED"]
+    assert re.split(r"\s+", lines[0]) == ["REFERENCE", "DIGEST", "SIZE", "CREATED", "STATUS"]
     assert len(lines) == 3
     row = re.split(r"\s{2,}", lines[1])
     assert row[0] == "docker.io/local/a:1"
     assert re.fullmatch(r"sha256:[0-9a-f]{12}", row[1])
     assert re.fullmatch(r"\d+(\.\d)? (B|KiB|MiB)", row[2])
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row[3])
+    assert row[4] == "ok"
     # Columns line up: every row's DIGEST starts where the header's does.
     assert lines[1].index("sha256:") == lines[0].index("DIGEST")
     assert msb("image", "ls", "-q").stdout.split() == ["docker.io/local/a:1", "localhost:5000/b:2"]

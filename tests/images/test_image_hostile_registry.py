@@ -160,3 +160,40 @@ def test_connection_refused_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("MSB_REGISTRY_RETRIES", "1")
     with pytest.raises(RegistryError, match=f"127.0.0.1:{port}"):
         images.pull(f"127.0.0.1:{port}/r:1", insecure=True, progress=False)
+
+
+def test_media_type_that_lies_is_reported_at_pull(scripted, msb_home):
+    """A layer declared zstd that is gzip: used (runtimes go by the magic bytes too), but the
+    user hears of it: a progress event, the pull result, the store, and `msb pull`."""
+    import io
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from vmm.images.progress import Event
+    config = b'{"os":"linux","architecture":"amd64"}'
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("hello")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    blob = gzip.compress(raw.getvalue())
+    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": sha(blob),
+             "size": len(blob)}
+    serve_manifest(scripted, "r", json.dumps(manifest_doc([layer], config)).encode())
+    scripted.routes[f"/v2/r/blobs/{sha(config)}"] = (200, {}, config)
+    scripted.routes[f"/v2/r/blobs/{sha(blob)}"] = (200, {}, blob)
+    events = []
+    info = images.pull(f"{scripted.host}/r:1", insecure=True, progress=events.append)
+    said = [e.message for e in events if e.kind == "warning"]
+    assert len(said) == 1 and "media type says zstd, data is gzip" in said[0]
+    assert info["warnings"] == said and images.list()[0]["warnings"] == said
+    assert events[-1] == Event("done", info["reference"])
+    assert images.root_disk(info["reference"]).exists()        # used all the same
+    assert images.inspect(info["reference"])["warnings"] == said   # said once, kept once
+    p = subprocess.run([sys.executable, "-m", "vmm.cli", "pull", "--force", "--insecure",
+                        f"{scripted.host}/r:1"], capture_output=True, text=True,
+                       env=dict(os.environ), timeout=60)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert f"warning: {info['reference']}: layer 1" in p.stderr
+    assert "media type says zstd, data is gzip" in p.stderr

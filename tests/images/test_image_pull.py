@@ -1,5 +1,7 @@
 """Pulls from a real registry (Debian's docker-registry), directly or through a proxy that
 demands tokens, counts requests, or misbehaves."""
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -115,6 +117,55 @@ def test_lying_registry_digest_mismatch_keeps_nothing(proxy, pushed, msb_home):
     paths = StorePaths(msb_home)
     assert layer.digest[7:] not in blob_files(msb_home)
     assert not list(paths.tmp.iterdir())
+    assert images.list() == []
+
+
+def registry_manifest(host, repo, target):
+    """(content type, bytes) of a manifest exactly as the registry serves it."""
+    import http.client
+    from vmm.images.registry import ACCEPT
+    conn = http.client.HTTPConnection(host, timeout=10)
+    conn.request("GET", f"/v2/{repo}/manifests/{target}", headers={"Accept": ACCEPT})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    assert resp.status == 200, body
+    return resp.getheader("Content-Type"), body
+
+
+def reserialised(body):
+    """The same manifest, other bytes: a registry that answers this for a digest lies."""
+    doc = json.loads(body)
+    doc.setdefault("annotations", {})["org.example.swapped"] = "yes"
+    return json.dumps(doc, indent=1).encode()
+
+
+def test_lying_registry_manifest_bytes_refused(registry, proxy, pushed, msb_home):
+    """Pull by digest: the registry answers a manifest with other bytes (valid JSON naming
+    blobs it has, so only the byte check can notice). Nothing may be stored."""
+    ctype, body = registry_manifest(registry.host, "test/app", "1")
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    proxy.manifests[digest] = (ctype, reserialised(body))
+    with pytest.raises(DigestMismatch, match=f"should be {digest}"):
+        images.pull(f"{proxy.host}/test/app@{digest}", insecure=True, progress=False)
+    assert images.list() == []
+    # The same pull through an honest proxy works: the refusal was the byte check's.
+    proxy.manifests.clear()
+    assert images.pull(f"{proxy.host}/test/app@{digest}", insecure=True,
+                       progress=False)["digest"] == digest
+
+
+def test_lying_registry_platform_manifest_refused(registry, proxy, pushed, msb_home):
+    """Pull through an index: the platform manifest the index names by digest comes back
+    with other bytes."""
+    _, index = registry_manifest(registry.host, "test/multi", "1")
+    entry = next(m for m in json.loads(index)["manifests"]
+                 if m["platform"]["architecture"] == "amd64")
+    ctype, body = registry_manifest(registry.host, "test/multi", entry["digest"])
+    proxy.manifests[entry["digest"]] = (ctype, reserialised(body))
+    with pytest.raises(DigestMismatch, match=entry["digest"]):
+        images.pull(f"{proxy.host}/test/multi:1", insecure=True, platform="linux/amd64",
+                    progress=False)
     assert images.list() == []
 
 

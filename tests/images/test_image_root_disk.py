@@ -27,7 +27,7 @@ def fake_rootfs(calls):
         path: str
         media_type: str
 
-    def build_root_disk(layers, out_path, *, progress=None):
+    def build_root_disk(layers, out_path, *, progress=None, **limits):
         calls.append([(l.path, l.media_type) for l in layers])
         with open(out_path, "wb") as f:
             for l in layers:
@@ -65,7 +65,7 @@ def test_built_once_and_cached(layout_image, monkeypatch):
 def test_failed_build_leaves_no_disk(layout_image, monkeypatch, msb_home):
     mod = fake_rootfs([])
 
-    def broken(layers, out_path, *, progress=None):
+    def broken(layers, out_path, *, progress=None, **limits):
         open(out_path, "wb").write(b"half")
         raise ImageError("hostile layer")
     mod.build_root_disk = broken
@@ -83,7 +83,7 @@ BUILD_SCRIPT = textwrap.dedent("""
     class LayerSource:
         path: str
         media_type: str
-    def build_root_disk(layers, out_path, *, progress=None):
+    def build_root_disk(layers, out_path, *, progress=None, **limits):
         with open(sys.argv[1], "a") as log:
             log.write("build\\n")
         time.sleep(0.5)

@@ -61,3 +61,25 @@ def write_layer(directory, name, entries_or_bytes, compression="gzip", media_typ
     with open(path, "wb") as f:
         f.write(compress(raw, compression))
     return LayerSource(path, MEDIA[compression] if media_type is None else media_type)
+
+
+def write_zero_bomb(directory, name, size, compression="gzip", media_type=None):
+    """A layer holding one file of `size` zero bytes (a multiple of 512), written as a
+    chain of gzip members (or zstd frames) so that making a GiB-sized bomb costs the test
+    kilobytes and milliseconds; decompressors join the members into one tar stream."""
+    assert size % 512 == 0
+    info = tarfile.TarInfo("zeros")
+    info.size, info.mtime, info.mode = size, T0, 0o644
+    header = info.tobuf(format=tarfile.GNU_FORMAT)
+    piece = 16 << 20
+    zeros = compress(bytes(piece), compression)
+    path = os.path.join(str(directory), name)
+    with open(path, "wb") as f:
+        f.write(compress(header, compression))
+        left = size + 1024                     # the file, then the end-of-archive blocks
+        while left >= piece:
+            f.write(zeros)
+            left -= piece
+        if left:
+            f.write(compress(bytes(left), compression))
+    return LayerSource(path, MEDIA[compression] if media_type is None else media_type)

@@ -134,6 +134,8 @@ class Proxy(http.server.ThreadingHTTPServer):
     cut_times:  how many requests get cut (then the blob is served normally)
     corrupt:    set of digests whose bodies get a flipped byte
     delay:      seconds to sleep per MiB of blob body (to make concurrent pulls overlap)
+    manifests:  {reference or digest: (content type, bytes)} answer that manifest request
+                with these bytes instead of the registry's (a lying registry)
     fail_next:  answer this many requests with 503 before forwarding again
     """
     daemon_threads = True
@@ -148,6 +150,7 @@ class Proxy(http.server.ThreadingHTTPServer):
         self.token_requests = 0
         self.cut, self.cut_times, self.corrupt, self.delay = {}, 1, set(), 0.0
         self.fail_next = 0
+        self.manifests = {}
         super().__init__(("127.0.0.1", 0), ProxyHandler)
         self.host = f"127.0.0.1:{self.server_address[1]}"
         self.thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
@@ -207,11 +210,18 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         is_blob = "/blobs/" in self.path and method == "GET" and resp.status in (200, 206)
         if is_blob and digest in srv.corrupt and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
+        swap = srv.manifests.get(digest) if "/manifests/" in self.path else None
         self.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() in ("content-type", "content-length", "docker-content-digest", "content-range",
                              "www-authenticate", "location", "docker-distribution-api-version"):
+                if swap and k.lower() in ("content-type", "content-length", "docker-content-digest"):
+                    continue
                 self.send_header(k, v)
+        if swap:
+            content_type, body = swap
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if method == "HEAD":
             return

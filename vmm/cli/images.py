@@ -41,6 +41,23 @@ def pull_cmd(reference, force, quiet, insecure, platform):
     if not quiet:
         note = " (already cached)" if result.get("cached") else ""
         click.echo(f"Pulled {result['reference']} {short_digest(result['digest'])}{note}", err=True)
+        _warn_about(result)
+
+
+def _warn_about(info):
+    """What the store learnt about an image that the user should know (stderr)."""
+    for text in info.get("warnings", ()):
+        click.echo(f"warning: {info['reference']}: {text}", err=True)
+    if not info.get("usable", True):
+        click.echo(f"warning: {info['reference']} is unusable: {info['unusable_reason']}",
+                   err=True)
+
+
+def _status(row):
+    if not row["usable"]:
+        return f"unusable: {row['unusable_reason']}"
+    return f"ok ({len(row['warnings'])} warning{'s' if len(row['warnings']) > 1 else ''})" \
+        if row["warnings"] else "ok"
 
 
 @click.group("image", no_args_is_help=False)  # bare `msb image`: one usage line (msb.py)
@@ -64,9 +81,9 @@ def ls_cmd(fmt, quiet):
     if not rows:
         click.echo("No images found.", err=True)
         return
-    print_table(["REFERENCE", "DIGEST", "SIZE", "CREATED"],
+    print_table(["REFERENCE", "DIGEST", "SIZE", "CREATED", "STATUS"],
                 [[r["reference"], short_digest(r["digest"]), format_bytes(r["size_bytes"]),
-                  format_time(r["created_at"])] for r in rows])
+                  format_time(r["created_at"]), _status(r)] for r in rows])
 
 
 @click.command("inspect")
@@ -88,11 +105,13 @@ def inspect_cmd(reference, fmt):
              ("WorkingDir", cfg["working_dir"] or "-"), ("User", cfg["user"] or "-"),
              ("StopSignal", cfg["stop_signal"] or "-"),
              ("ExposedPorts", ", ".join(cfg["exposed_ports"]) or "-"),
-             ("Root disk", info["root_disk"] or "- (built on first run)")]
+             ("Root disk", info["root_disk"] or "- (built on first run)"),
+             ("Status", _status(info))]
     width = max(len(k) for k, _ in pairs) + 1
     for key, value in pairs:
         click.echo(f"{key + ':':<{width}} {value}")
-    for title, items in (("Env", cfg["env"]), ("Labels", [f"{k}={v}" for k, v in cfg["labels"].items()])):
+    for title, items in (("Env", cfg["env"]), ("Labels", [f"{k}={v}" for k, v in cfg["labels"].items()]),
+                         ("Warnings", info["warnings"])):
         if items:
             click.echo(f"{title}:")
             for item in items:
@@ -137,6 +156,7 @@ def load_cmd(path, tag, quiet):
         info = images.import_archive(path, tag)
     if not quiet:
         click.echo(f"Loaded {info['reference']} {short_digest(info['digest'])}", err=True)
+        _warn_about(info)
 
 
 def register(root):

@@ -108,15 +108,22 @@ def remove(ref, force=False):
         store.close()
 
 
-def root_disk(ref, *, progress=None):
+def root_disk(ref, *, progress=None, max_unpacked=None, max_ratio=None, warn=None):
     """Path of the read-only root disk (EROFS) of a stored image, built on first use.
 
     progress, if given, is passed to the builder: progress(done_bytes, total_bytes).
+    max_unpacked (bytes of file data) and max_ratio (how many times its compressed size one
+    layer may unpack to; 0: no limit) override MSB_IMAGE_MAX_UNPACKED / MSB_IMAGE_MAX_RATIO.
+    warn(text) hears warnings found while building (a layer whose media type lies).
+    An image refused here is marked unusable in the store (list() shows why).
     """
+    from . import limits
     from .disk import root_disk as _root_disk
+    chosen = limits.current(unpacked_bytes=max_unpacked, expansion_ratio=max_ratio)
     store = _store()
     try:
-        return _root_disk(store, _find_one(store, ref), progress=progress)
+        return _root_disk(store, _find_one(store, ref), progress=progress, limits=chosen,
+                          warn=warn)
     finally:
         store.close()
 
@@ -152,6 +159,7 @@ def _iso(ts):
 
 
 def _summary(store, img):
+    refusal = store.refusal(img.manifest_digest)
     return {
         "reference": img.reference,
         "digest": img.manifest_digest,
@@ -163,6 +171,9 @@ def _summary(store, img):
         "created_at": _iso(img.pulled_at),
         "image_created": img.created,
         "source": img.source,
+        "usable": refusal is None,
+        "unusable_reason": refusal["reason"] if refusal else None,
+        "warnings": store.warnings(img.manifest_digest),
     }
 
 

@@ -24,7 +24,9 @@ The superblock's `root_nid` is only 16 bits wide, so the root inode comes first,
 Inodes use the 32-byte compact form when their mtime equals the superblock's build time
 (we pick the most common mtime for it) and uid, gid, nlink and size fit in 16/32 bits;
 otherwise the 64-byte extended form (which is also what files over 4 GiB need).
-Sparse files become chunk-based inodes whose 4-byte block map marks holes with -1.
+Sparse files become chunk-based inodes whose 4-byte block map marks holes with -1; so do
+regular files with aligned 1 MiB runs of zeros (layers.py), and any block of zeros that is
+still written is a hole in the host file (DataArea seeks over it), so zeros cost no disk.
 Only inline xattrs are written (no shared xattr area); names outside the prefixes EROFS
 can encode (user., trusted., security., system.posix_acl_*) are dropped and counted.
 """
@@ -82,13 +84,19 @@ def _round_up(value, unit):
 
 
 class DataArea:
-    """Appends block-aligned runs of data to the image file, from block 1 on."""
+    """Appends block-aligned runs of data to the image file, from block 1 on.
+
+    Blocks of zeros are not written: the file position moves over them, leaving a hole in
+    the host file, so a layer full of zeros (a gzip bomb, a preallocated file) costs no
+    host disk however large it claims to be. Readers see zeros there, as EROFS expects."""
 
     def __init__(self, fileobj):
         self._file = fileobj
         self._file.write(_ZEROS[:BLOCK_SIZE])   # block 0: the superblock, written last
         self.next_block = 1
         self._run = 0
+        self._pos = BLOCK_SIZE         # the file position
+        self.data_end = BLOCK_SIZE     # just after the last byte really written
 
     @property
     def block_in_run(self):
@@ -100,20 +108,56 @@ class DataArea:
         return self._run
 
     def write(self, data):
-        self._file.write(data)
-        self._run += len(data)
+        count = len(data)
+        if not count:
+            return
+        boundary = -self._run % BLOCK_SIZE   # runs start on a block boundary
+        self._run += count
+        if count <= len(_ZEROS) and data == _ZEROS[:count]:
+            self._skip(count)
+            return
+        cuts = [0, *range(boundary or BLOCK_SIZE, count, BLOCK_SIZE), count]
+        pending = 0   # start of data not yet written
+        for start, end in zip(cuts, cuts[1:]):
+            if data[start:end] == _ZEROS[:end - start]:
+                if pending < start:
+                    self._put(data[pending:start])
+                self._skip(end - start)
+                pending = end
+        if pending < count:
+            self._put(data[pending:])
 
     def write_zeros(self, count):
-        while count > 0:
-            piece = min(count, len(_ZEROS))
-            self._file.write(_ZEROS[:piece])
-            self._run += piece
-            count -= piece
+        if count > 0:
+            self._run += count
+            self._skip(count)
+
+    def rewind(self, count):
+        """Take back the last `count` bytes of the run; they must all have been zeros (so
+        nothing was written: see data_end). Used to turn a chunk of zeros into a hole."""
+        if count > self._run or self._pos - count < self.data_end:
+            raise AssertionError("rewind over written data")
+        self._run -= count
+        self._skip(-count)
+
+    def _put(self, data):
+        self._file.write(data)
+        self._pos += len(data)
+        self.data_end = self._pos
+
+    def _skip(self, count):
+        self._file.seek(count, 1)
+        self._pos += count
 
     def end_run(self):
         """Pad the current run to a block boundary; return the block it started at."""
         start = self.next_block
         self.write_zeros(-self._run % BLOCK_SIZE)
+        if self._pos > self.data_end:
+            # A file grows only by writing: materialise the run's last byte, so the image
+            # (or an in-memory one in tests) really extends over a trailing hole.
+            self._skip(-1)
+            self._put(b"\0")
         self.next_block += self._run // BLOCK_SIZE
         self._run = 0
         return start

@@ -17,7 +17,8 @@ applier, overlayfs whiteouts):
   do in runtimes. Linking a directory, or something missing, is an error.
 - Parent directories a path implies are created (0755, root-owned).
 - Regular file data goes straight into the image's data area as it is read; sparse files
-  (GNU and PAX formats) keep their holes.
+  (GNU and PAX formats) keep their holes, and blocks of zeros in any file are holes in the
+  host file (erofs.DataArea), so zeros cost no host disk.
 
 Hostile input, and what we decide:
 - Names are bytes; NUL, components over 255 bytes, paths over 4096 bytes and any `..`
@@ -29,8 +30,9 @@ Hostile input, and what we decide:
   meaning the image root. Unlike them we never clamp: a target whose `..` would climb
   above the root makes the layer HostileImage. Symlinks are only ever followed inside this
   tree; nothing on the host is ever opened by a name from an image.
-- Limits: total file bytes written (max_bytes), entries (max_entries, implied
-  directories included), one file's apparent size, sparse block maps -> ImageTooLarge.
+- Limits: total file bytes unpacked, holes of sparse tar files excepted (max_bytes), entries
+  (max_entries, implied directories included), one file's apparent size, sparse block maps
+  -> ImageTooLarge. The expansion ratio of a compressed layer is checked in layerstream.py.
   Stream-level defences (header sizes, truncated gzip/zstd/tar) are in layerstream.py.
 """
 import array
@@ -47,6 +49,7 @@ MAX_FILE_SIZE = 1 << 44         # apparent size of one file (sparse files can ex
 MAX_CHUNKS = 1 << 18            # entries in one sparse file's block map (1 MiB of metadata)
 MAP_BUDGET = 256 << 20          # block maps of all sparse files, held in memory until the end
 INLINE_BUDGET = 64 << 20        # small files and tails held in memory for inlining
+HOLE_CHUNK_BITS = 8             # regular files: aligned 1 MiB runs of zeros become holes
 SYMLINK_HOPS = 40               # Linux's MAXSYMLINKS
 
 WHITEOUT = b".wh."
@@ -70,7 +73,7 @@ class Budget:
         self.bytes += count
         if self.bytes > self.max_bytes:
             raise ImageTooLarge(f"{what}: image unpacks to more than {self.max_bytes} bytes "
-                                "(limit max_bytes)")
+                                "(limit max_bytes: set MSB_IMAGE_MAX_UNPACKED to raise it)")
 
     def add_entry(self, what):
         self.entries += 1
@@ -319,24 +322,62 @@ class LayerApplier:
         return node
 
     def _flat(self, stream, node):
-        """Full blocks to the data area now; a small tail waits in memory to go inline."""
+        """Full blocks to the data area now; a small tail waits in memory to go inline.
+
+        Zeros cost no host disk (erofs.DataArea leaves holes); an aligned HOLE_CHUNK of
+        zeros also becomes a hole in the image itself, so the file turns chunk-based and
+        the image is no larger than its data (a file of zeros is a few bytes of map)."""
         size = node.size
-        tail = size % erofs.BLOCK_SIZE
+        rest = size % erofs.BLOCK_SIZE
         head = erofs.EXTENDED_SIZE
         if node.xattrs:
             head += erofs.XATTR_HEADER_SIZE + sum(
                 len(k) + len(v) + 8 for k, v in node.xattrs.items())
-        if (tail > erofs.INLINE_MAX or head + tail > erofs.BLOCK_SIZE
-                or self.budget.inline + tail > INLINE_BUDGET):
-            tail = 0
-        full = size - tail
-        if full:
-            node.blkaddr = self.area.next_block
-            stream.copy_to(self.area.write, full)
-            self.area.end_run()
-        if tail:
-            node.tail = stream.read_data(tail)
-            self.budget.inline += tail
+        inline = rest and not (rest > erofs.INLINE_MAX or head + rest > erofs.BLOCK_SIZE
+                               or self.budget.inline + rest > INLINE_BUDGET)
+        aligned = size - rest
+        if not aligned:
+            if inline:
+                node.tail = stream.read_data(rest)
+                self.budget.inline += rest
+            elif rest:
+                node.blkaddr = self.area.next_block
+                stream.copy_to(self.area.write, rest)
+                self.area.end_run()
+            return
+        chunkbits = _chunkbits(size, HOLE_CHUNK_BITS)
+        chunk = erofs.BLOCK_SIZE << chunkbits
+        holes = []
+        for index in range(-(-aligned // chunk)):
+            length = min(chunk, aligned - index * chunk)
+            before = self.area.data_end
+            stream.copy_to(self.area.write, length)
+            if self.area.data_end == before:      # nothing but zeros: take it back
+                self.area.rewind(length)
+                holes.append(index)
+        if not holes:
+            if inline:
+                node.tail = stream.read_data(rest)
+                self.budget.inline += rest
+            elif rest:
+                stream.copy_to(self.area.write, rest)
+            node.blkaddr = self.area.end_run()
+            return
+        # Chunk-based: nothing inline. The last partial chunk (or the one `rest` opens)
+        # must hold its blocks contiguously, so a hole there is filled back in (as a host
+        # hole: write_zeros only seeks).
+        count = -(-size // chunk)
+        if rest:
+            last = count - 1
+            if holes[-1] == last:
+                holes.pop()
+                self.area.write_zeros(aligned - last * chunk)
+            stream.copy_to(self.area.write, rest)
+        self.budget.maps += 4 * count
+        if self.budget.maps > self.budget.max_maps:
+            raise ImageTooLarge(f"file maps exceed {self.budget.max_maps} bytes")
+        node.chunk_map = _chunk_map(count, holes, self.area.end_run(), chunkbits, size)
+        node.chunkbits = chunkbits
 
     def _sparse(self, stream, node, regions, what):
         """Chunk-based file: chunks that hold data are written whole, holes are skipped."""
@@ -349,9 +390,7 @@ class LayerApplier:
             end = offset + length
         self.budget.add_bytes(sum(length for _, length in regions), what)
         block = erofs.BLOCK_SIZE
-        chunkbits = 0
-        while -(-size // (block << chunkbits)) > MAX_CHUNKS:
-            chunkbits += 1
+        chunkbits = _chunkbits(size, 0)
         chunk = block << chunkbits
         self.budget.maps += 4 * -(-size // chunk)
         if self.budget.maps > self.budget.max_maps:
@@ -386,3 +425,25 @@ class LayerApplier:
         if count > 0:
             self.budget.add_bytes(count, what)
             self.area.write_zeros(count)
+
+
+def _chunkbits(size, least):
+    """Chunk size (as a shift of the block size) of a chunk-based file of `size` bytes:
+    at least `least`, and big enough that the map has at most MAX_CHUNKS entries."""
+    chunkbits = least
+    while -(-size // (erofs.BLOCK_SIZE << chunkbits)) > MAX_CHUNKS:
+        chunkbits += 1
+    return chunkbits
+
+
+def _chunk_map(count, holes, first_block, chunkbits, size):
+    """The block map of a file whose non-hole chunks lie back to back from `first_block`."""
+    chunk_map = array.array("I", [File.CHUNK_HOLE]) * count
+    hole_set = set(holes)
+    block = first_block
+    per_chunk = 1 << chunkbits
+    for index in range(count):
+        if index not in hole_set:
+            chunk_map[index] = block
+            block += per_chunk
+    return chunk_map

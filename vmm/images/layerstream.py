@@ -12,17 +12,21 @@ records). What tarfile does not do for hostile input is done here:
 - a damaged header after the first ends the layer with an error (tarfile would quietly
   treat it as the end of the archive);
 - truncated or corrupt gzip is reported by zlib; zstd framing is walked alongside the
-  decompressor, because python-zstandard reports a cut-off frame as a clean end.
+  decompressor, because python-zstandard reports a cut-off frame as a clean end;
+- a compressed layer may not expand beyond `max_ratio` times its blob's size once it has
+  produced `ratio_floor` bytes (a gzip bomb: 16 MiB of gzip are 16 GiB of zeros), so the
+  decompressor stops early instead of running through the whole bomb.
 
 Every error names the layer.
 """
 import gzip
+import os
 import tarfile
 import zlib
 
 import zstandard
 
-from .errors import HostileImage, ImageError
+from .errors import HostileImage, ImageError, ImageTooLarge
 
 CHUNK = 1 << 20                 # read size: big reads keep Python out of the data path
 HEADER_MAX = 8 << 20            # one tar member's headers (PAX, GNU long names, sparse maps)
@@ -47,6 +51,47 @@ def media_compression(media_type):
         return compression
     raise ImageError(f"unsupported layer media type {media_type!r} "
                      "(want an OCI or Docker tar layer, plain, gzip or zstd)")
+
+
+def sniff_compression(magic):
+    """"gzip", "zstd" or "none" from a blob's first four bytes."""
+    if magic.startswith(GZIP_MAGIC):
+        return "gzip"
+    if magic == ZSTD_MAGIC:
+        return "zstd"
+    return "none"
+
+
+def mismatch_warning(label, media_type, found):
+    """The warning for a media type that names another compression than the data has."""
+    claimed = media_compression(media_type)
+    # Runtimes decompress by magic whatever the media type says; so do we, and say so.
+    if claimed is not None and claimed != found:
+        return (f"{label}: media type says {claimed}, data is {found}; read as {found}, "
+                "as runtimes do")
+    return None
+
+
+def layer_label(index, path):
+    """How messages name layer `index` (from 1) stored at `path`: by number and blob."""
+    return f"layer {index} ({os.path.basename(path)})"
+
+
+def layer_warnings(layers):
+    """Warnings for (path, media_type) pairs of an image's layer blobs, lowest first,
+    worded as the root disk build words them; unreadable blobs are left to that build."""
+    found = []
+    for index, (path, media_type) in enumerate(layers, 1):
+        try:
+            with open(path, "rb") as blob:
+                magic = blob.read(4)
+            text = mismatch_warning(layer_label(index, path), media_type,
+                                    sniff_compression(magic))
+        except (OSError, ImageError):
+            continue
+        if text:
+            found.append(text)
+    return found
 
 
 class ZstdFrames:
@@ -147,12 +192,18 @@ class LayerStream:
     layer. Reads for headers are capped per member, so a PAX header cannot eat memory.
     """
 
-    def __init__(self, path, media_type, label, on_bytes):
+    def __init__(self, path, media_type, label, on_bytes, *, max_ratio=0, ratio_floor=0):
         self.label = label
         self.mismatch = None
         self._file = open(path, "rb")
         try:
             self.compression = self._detect(media_type)
+            self.blob_bytes = os.fstat(self._file.fileno()).st_size
+            self.max_ratio, self.ratio_floor = max_ratio, ratio_floor
+            # Plain tar cannot expand; 0 = no ratio limit.
+            self._expand_limit = (max(ratio_floor, max_ratio * self.blob_bytes)
+                                  if max_ratio and self.compression != "none" else None)
+            self.unpacked = 0
             frames = ZstdFrames() if self.compression == "zstd" else None
             self._blob = _Blob(self._file, on_bytes, frames)
             if self.compression == "gzip":
@@ -172,30 +223,29 @@ class LayerStream:
         self.header_bytes = 0
 
     def _detect(self, media_type):
-        claimed = media_compression(media_type)
-        magic = self._file.read(4)
+        found = sniff_compression(self._file.read(4))
         self._file.seek(0)
-        if magic.startswith(GZIP_MAGIC):
-            found = "gzip"
-        elif magic == ZSTD_MAGIC:
-            found = "zstd"
-        else:
-            found = "none"
-        # Runtimes decompress by magic whatever the media type says; so do we, and note it.
-        if claimed is not None and claimed != found:
-            self.mismatch = f"{self.label}: media type says {claimed}, data is {found}"
+        self.mismatch = mismatch_warning(self.label, media_type, found)
         return found
 
     # -- raw reads --------------------------------------------------------------------------
 
     def _src_read(self, size):
         try:
-            return self._src.read(size)
+            data = self._src.read(size)
         except ImageError:
             raise
         except (EOFError, OSError, zlib.error, zstandard.ZstdError, ValueError) as err:
             raise ImageError(f"{self.label}: corrupt or truncated {self.compression} "
                              f"stream: {err}") from None
+        self.unpacked += len(data)
+        if self._expand_limit is not None and self.unpacked > self._expand_limit:
+            raise ImageTooLarge(
+                f"{self.label}: {self.compression} data of {self.blob_bytes} bytes unpacks to "
+                f"more than {self._expand_limit} bytes (limit expansion ratio: "
+                f"{self.max_ratio} times the compressed size, at least {self.ratio_floor} "
+                "bytes; set MSB_IMAGE_MAX_RATIO to raise it, 0 for none)")
+        return data
 
     def _take(self, size):
         """Up to `size` bytes (fewer only at the end of the stream)."""

@@ -5,6 +5,7 @@ Both are untrusted input. Nothing is extracted: blobs are read by digest (a vali
 with their digest checked; tar members are looked up by name inside the archive.
 """
 import json
+import logging
 import os
 import posixpath
 import tarfile
@@ -14,8 +15,11 @@ from . import manifest as mf
 from .config import parse_config
 from .digest import digest_of, parse_digest, verify_bytes
 from .errors import BadReference, DigestMismatch, HostileImage, ImageError, ImageNotFound, ImageTooLarge
+from .layerstream import layer_warnings
 from .reference import parse
 from .store import Layer
+
+log = logging.getLogger("vmm.images")
 
 REF_NAME = "org.opencontainers.image.ref.name"
 MAX_MEMBERS = 100_000
@@ -176,11 +180,15 @@ def _import_manifest(store, src, name, manifest_digest, index_digest, manifest, 
             _copy_blob(store, src, desc.digest, desc.size)
         config = store.read_blob(manifest.config.digest, limits.config_bytes)
         image_config = parse_config(mf.load_json(config, limits.config_bytes, limits.json_depth, "config"))
+        layers = [Layer(l.digest, l.media_type, l.size) for l in manifest.layers]
+        warnings = layer_warnings([(store.paths.blob(l.digest), l.media_type) for l in layers])
+        for text in warnings:
+            log.warning("%s: %s", name, text)
         orphans = store.commit_image(
             [name], manifest_digest=manifest_digest, index_digest=index_digest,
             media_type=manifest.media_type, manifest=body, config_digest=manifest.config.digest,
-            config=config, image_config=image_config,
-            layers=[Layer(l.digest, l.media_type, l.size) for l in manifest.layers], source=source)
+            config=config, image_config=image_config, layers=layers, source=source,
+            warnings=warnings)
     store.delete_orphans(orphans)
     return store.lookup(name)
 

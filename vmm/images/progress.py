@@ -13,11 +13,12 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class Event:
-    kind: str                 # resolve | blob-start | blob-progress | blob-done | blob-cached | done
-    reference: str
+    kind: str                 # resolve | blob-start | blob-progress | blob-done | blob-cached
+    reference: str            # | warning (message: a layer's media type lies) | done
     digest: Optional[str] = None
     done: int = 0
     total: int = 0
+    message: str = ""
 
 
 def human_size(n):

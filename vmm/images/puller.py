@@ -13,6 +13,7 @@ from .auth import load_credentials
 from .config import parse_config
 from .digest import digest_of, verify_bytes
 from .errors import HostileImage, ImageError, PlatformNotFound, RegistryError
+from .layerstream import layer_warnings
 from .progress import Event
 from .reference import parse
 from .registry import RegistryClient
@@ -68,7 +69,7 @@ def pull_image(store, text, *, insecure=False, platform=None, progress=None, for
         _fetch_blobs(store, client, ref.repository, resolved, name, progress)
         config_bytes = store.read_blob(resolved["manifest"].config.digest, limits.config_bytes)
         orphans = _commit(store, name, resolved, config_bytes, limits, wanted, platform is not None,
-                          source=f"registry:{ref.registry}")
+                          source=f"registry:{ref.registry}", progress=progress)
     store.delete_orphans(orphans)
     if progress:
         progress(Event("done", name))
@@ -155,7 +156,8 @@ def _fetch_one(store, client, repository, digest, size, name, progress):
         progress(Event("blob-done" if downloaded else "blob-cached", name, digest, size, size))
 
 
-def _commit(store, name, resolved, config_bytes, limits, wanted, explicit_platform, source):
+def _commit(store, name, resolved, config_bytes, limits, wanted, explicit_platform, source,
+            progress=None):
     manifest = resolved["manifest"]
     config_doc = mf.load_json(config_bytes, limits.config_bytes, limits.json_depth,
                               f"config {manifest.config.digest}")
@@ -166,11 +168,16 @@ def _commit(store, name, resolved, config_bytes, limits, wanted, explicit_platfo
         raise RegistryError(f"{name}: config lists {len(image_config.diff_ids)} layers, "
                             f"manifest {len(manifest.layers)}")
     layers = [Layer(l.digest, l.media_type, l.size) for l in manifest.layers]
+    warnings = layer_warnings([(store.paths.blob(l.digest), l.media_type) for l in layers])
+    for text in warnings:
+        log.warning("%s: %s", name, text)
+        if progress:
+            progress(Event("warning", name, message=text))
     return store.commit_image(
         [name], manifest_digest=resolved["digest"], index_digest=resolved["index_digest"],
         media_type=manifest.media_type, manifest=resolved["body"],
         config_digest=manifest.config.digest, config=config_bytes, image_config=image_config,
-        layers=layers, source=source)
+        layers=layers, source=source, warnings=warnings)
 
 
 def _check_single_platform(name, cfg, wanted):

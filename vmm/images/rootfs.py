@@ -21,9 +21,10 @@ from .erofs import DataArea, ImageWriter
 from .errors import ImageError
 from .fstree import Dir
 from .layers import Budget, LayerApplier
-from .layerstream import CHUNK, LayerStream
+from .layerstream import CHUNK, LayerStream, layer_label
+from .limits import DEFAULT_RATIO, DEFAULT_RATIO_FLOOR, DEFAULT_UNPACKED
 
-DEFAULT_MAX_BYTES = 64 << 30     # unpacked file data of one image
+DEFAULT_MAX_BYTES = DEFAULT_UNPACKED   # unpacked file data of one image
 DEFAULT_MAX_ENTRIES = 1_000_000  # entries over all layers of one image (memory: ~0.5 KiB each)
 
 
@@ -34,13 +35,19 @@ class LayerSource:
 
 
 def build_root_disk(layers, out_path, *, progress=None, max_bytes=DEFAULT_MAX_BYTES,
-                    max_entries=DEFAULT_MAX_ENTRIES):
+                    max_entries=DEFAULT_MAX_ENTRIES, max_ratio=DEFAULT_RATIO,
+                    ratio_floor=DEFAULT_RATIO_FLOOR, warn=None):
     """Write the EROFS root disk of `layers` (lowest first) to `out_path`.
 
     The caller passes a temporary path and renames it into place; on any error the file is
-    removed. `progress(done_bytes, total_bytes)` follows the compressed bytes read.
+    removed. `progress(done_bytes, total_bytes)` follows the compressed bytes read;
+    `warn(text)` hears of what is odd but not refused (a media type that lies about the
+    compression) as soon as it is seen. Limits: `max_bytes` of unpacked file data,
+    `max_entries`, and each compressed layer at most `max_ratio` times its size once past
+    `ratio_floor` bytes (0: no ratio limit); ImageTooLarge names the one hit.
     Returns stats: files, dirs, symlinks, specials, hardlinks, file_bytes, image_bytes,
-    dead_bytes (data of files later layers replaced), entries, seconds, warnings, ...
+    allocated_bytes (host disk the image takes: zeros are holes), dead_bytes (data of
+    files later layers replaced), entries, seconds, warnings, ...
     """
     started = time.monotonic()
     total = sum(_blob_size(layer) for layer in layers)
@@ -61,23 +68,27 @@ def build_root_disk(layers, out_path, *, progress=None, max_bytes=DEFAULT_MAX_BY
             applier = LayerApplier(root, area, Budget(max_bytes, max_entries))
             warnings = []
             for index, layer in enumerate(layers, 1):
-                label = f"layer {index} ({os.path.basename(layer.path)})"
-                stream = LayerStream(layer.path, layer.media_type, label, on_bytes)
+                label = layer_label(index, layer.path)
+                stream = LayerStream(layer.path, layer.media_type, label, on_bytes,
+                                     max_ratio=max_ratio, ratio_floor=ratio_floor)
                 try:
+                    if stream.mismatch:
+                        warnings.append(stream.mismatch)
+                        if warn is not None:
+                            warn(stream.mismatch)
                     applier.apply(stream, index)
                 finally:
                     stream.close()
-                if stream.mismatch:
-                    warnings.append(stream.mismatch)
             stats = ImageWriter(out, area).finish(root)
             out.flush()
             os.fsync(out.fileno())
+            allocated = os.fstat(out.fileno()).st_blocks * 512
     except BaseException:
         _remove(out_path)
         raise
     stats.update(applier.stats)
     stats.update(layers=len(layers), bytes=stats.get("file_bytes", 0), warnings=warnings,
-                 seconds=round(time.monotonic() - started, 3))
+                 allocated_bytes=allocated, seconds=round(time.monotonic() - started, 3))
     return stats
 
 

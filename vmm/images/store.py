@@ -50,6 +50,16 @@ CREATE TABLE IF NOT EXISTS image_layers (
 );
 CREATE INDEX IF NOT EXISTS image_layers_digest ON image_layers(digest);
 CREATE INDEX IF NOT EXISTS image_refs_manifest ON image_refs(manifest_digest);
+-- What we learnt about an image after storing it: kind 'warning' (a layer's media type lies)
+-- or 'refused' (its root disk build refused the layers; detail: JSON with the error class
+-- and the unpack limits in force, so raising a limit allows another try).
+CREATE TABLE IF NOT EXISTS image_notes (
+    manifest_digest TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    text TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS image_notes_manifest ON image_notes(manifest_digest);
 """
 
 
@@ -129,7 +139,9 @@ class Store:
                 self.db.executescript(SCHEMA)
 
     def _has_schema(self):
-        return self.db.execute("SELECT count(*) FROM sqlite_master WHERE name='image_layers_digest'").fetchone()[0] == 1
+        # The newest object: a store made by an older version gets the tables it lacks.
+        return self.db.execute("SELECT count(*) FROM sqlite_master "
+                               "WHERE name='image_notes_manifest'").fetchone()[0] == 1
 
     def close(self):
         self.db.close()
@@ -229,8 +241,10 @@ class Store:
     # -- index --------------------------------------------------------------------------
 
     def commit_image(self, references, *, manifest_digest, index_digest, media_type, manifest,
-                     config_digest, config, image_config, layers, source):
-        """Publish an image: one transaction, after all its blobs are in place."""
+                     config_digest, config, image_config, layers, source, warnings=()):
+        """Publish an image: one transaction, after all its blobs are in place.
+
+        Storing it again (pull --force, a new import) forgets an earlier refusal."""
         size = sum(l.size for l in layers) + len(config)
         now = time.time()
         with self._transaction() as db:
@@ -244,6 +258,9 @@ class Store:
             old = self._manifests_of(db, references)
             db.executemany("INSERT OR REPLACE INTO image_refs VALUES (?,?,?,?,?)",
                            [(r, manifest_digest, index_digest, source, now) for r in references])
+            db.execute("DELETE FROM image_notes WHERE manifest_digest=?", (manifest_digest,))
+            db.executemany("INSERT INTO image_notes VALUES (?,'warning',?,NULL)",
+                           [(manifest_digest, w) for w in warnings])
             orphans = self._drop_unreferenced(db, old - {manifest_digest})
         # A tag that moved to a new manifest may have orphaned the old one: the caller
         # deletes these files with delete_orphans() once it has left its shared gc lock.
@@ -296,6 +313,44 @@ class Store:
                            json.loads(config), layers, size, os_, arch, variant, created,
                            pulled_at, source, bytes(body))
 
+    # -- notes ----------------------------------------------------------------------------
+
+    def warnings(self, manifest_digest) -> list:
+        return [r[0] for r in self.db.execute(
+            "SELECT text FROM image_notes WHERE manifest_digest=? AND kind='warning' "
+            "ORDER BY rowid", (manifest_digest,))]
+
+    def add_warnings(self, manifest_digest, texts):
+        """Record warnings not already recorded for this manifest."""
+        with self._transaction() as db:
+            have = {r[0] for r in db.execute("SELECT text FROM image_notes WHERE "
+                                             "manifest_digest=? AND kind='warning'",
+                                             (manifest_digest,))}
+            db.executemany("INSERT INTO image_notes VALUES (?,'warning',?,NULL)",
+                           [(manifest_digest, t) for t in dict.fromkeys(texts) if t not in have])
+
+    def refusal(self, manifest_digest) -> Optional[dict]:
+        """{"reason", "error", "limits"} if building this image's root disk was refused."""
+        row = self.db.execute("SELECT text, detail FROM image_notes WHERE manifest_digest=? "
+                              "AND kind='refused'", (manifest_digest,)).fetchone()
+        if not row:
+            return None
+        detail = json.loads(row[1] or "{}")
+        return {"reason": row[0], "error": detail.get("error", "ImageError"),
+                "limits": detail.get("limits", {})}
+
+    def mark_refused(self, manifest_digest, reason, error, limits):
+        detail = json.dumps({"error": error, "limits": limits})
+        with self._transaction() as db:
+            db.execute("DELETE FROM image_notes WHERE manifest_digest=? AND kind='refused'",
+                       (manifest_digest,))
+            db.execute("INSERT INTO image_notes VALUES (?,'refused',?,?)",
+                       (manifest_digest, reason, detail))
+
+    def clear_refusal(self, manifest_digest):
+        self.db.execute("DELETE FROM image_notes WHERE manifest_digest=? AND kind='refused'",
+                        (manifest_digest,))
+
     def is_complete(self, image: StoredImage) -> bool:
         return all(self.has_blob(l.digest, l.size) for l in image.layers)
 
@@ -330,6 +385,7 @@ class Store:
             layers = [r[0] for r in db.execute("SELECT digest FROM image_layers WHERE manifest_digest=?", (digest,))]
             db.execute("DELETE FROM image_layers WHERE manifest_digest=?", (digest,))
             db.execute("DELETE FROM image_manifests WHERE digest=?", (digest,))
+            db.execute("DELETE FROM image_notes WHERE manifest_digest=?", (digest,))
             files["disks"].add(digest)
             files["blobs"].add(digest)
             if config_digest:

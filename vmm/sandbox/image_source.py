@@ -48,6 +48,16 @@ def resolve_image(ref: Optional[str], pull: str = "if-missing", quiet: bool = Fa
                                        "--pull never forbids pulling it") from None
         images.pull(ref, progress=progress, insecure=insecure)
         info = images.inspect(ref)
-    disk = images.root_disk(info["reference"])
+    disk = images.root_disk(info["reference"], warn=None if quiet else _warn_to(info["reference"]))
     # Absolute: the supervisor that boots it runs in another working directory.
     return ResolvedImage(info["reference"], os.path.abspath(disk), info["config"])
+
+
+def _warn_to(reference):
+    """Warnings from building the root disk (a layer whose media type lies) go to stderr
+    beside the pull progress; the image store keeps them too (`msb image inspect`)."""
+    import sys
+
+    def warn(text):
+        print(f"warning: {reference}: {text}", file=sys.stderr, flush=True)
+    return warn
