@@ -2,6 +2,7 @@
 framing helpers. A bad frame must cost at most its session (or, over the size limit, the
 connection), never the agent."""
 import errno
+import os
 import random
 import socket
 import struct
@@ -9,7 +10,7 @@ import threading
 
 import pytest
 
-from support.agent_harness import agent, client, needs_musl  # noqa: F401 (fixtures)
+from support.agent_harness import agent, client, needs_musl, wait_until  # noqa: F401
 from vmm.agent import protocol as P
 from vmm.agent import AgentClient, SandboxNotRunning, vsock_handshake
 from vmm.agent.protocol import G, T
@@ -81,11 +82,7 @@ def test_unknown_type_on_running_session_closes_it(raw):
     # The session is gone (its process killed); the connection still serves.
     raw.send(7, T.STDIN, b"late")  # a late frame for a dead session is dropped quietly
     raw.ping(8)
-    import os, time
-    deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not os.path.exists(f"/proc/{pid}")
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5, what="process killed")
 
 
 def test_truncated_tlv_payload(raw):
@@ -158,15 +155,11 @@ def test_half_frame_then_disconnect(agent):
 
 
 def test_disconnect_kills_running_commands(agent):
-    import os, time
     c = agent.client()
     c.wait_ready(5)
     p = c.exec_stream(["sleep", "27.18"])
     c.close()
-    deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{p.pid}") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not os.path.exists(f"/proc/{p.pid}")
+    wait_until(lambda: not os.path.exists(f"/proc/{p.pid}"), timeout=5, what="process killed")
 
 
 def test_random_frames_do_not_kill_the_agent(agent, raw):
@@ -293,9 +286,7 @@ def test_client_rejects_a_guest_ignoring_flow_control():
     t.join()
     # Consume nothing until the client has judged the flood (consuming returns credit,
     # which would make the extra bytes legitimate).
-    deadline = time.monotonic() + 10
-    while not p.ended and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: p.ended, what="the client ending the flooded session")
     with pytest.raises(AgentError, match="window"):
         while p.next_event(time.monotonic() + 10) is not None:
             pass
