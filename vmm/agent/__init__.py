@@ -10,10 +10,10 @@ from .errors import (AgentError, ExecFailed, FsError, OutputTooLarge, SandboxNot
                      Timeout)
 from .fs import Fs
 from .handshake import vsock_handshake
-from .process import Process
+from .process import DEFAULT_MAX_OUTPUT, Process
 from .results import DirEntry, ExecResult, FileStat, ReadyInfo
 
-__all__ = ["DEFAULT_VSOCK_PORT", "AgentClient", "AgentError", "AsyncAgentClient", "DirEntry",
+__all__ = ["DEFAULT_MAX_OUTPUT", "DEFAULT_VSOCK_PORT", "AgentClient", "AgentError", "AsyncAgentClient", "DirEntry",
            "ExecFailed", "ExecResult", "FileStat", "Fs", "FsError", "OutputTooLarge", "Process",
            "ReadyInfo",
            "SandboxNotRunning", "Timeout", "vsock_handshake"]
