@@ -363,7 +363,7 @@ void fs_write_data(struct session *s, const uint8_t *p, uint32_t n)
 		}
 		return;
 	}
-	if (s->credit_back + n > WINDOW) {
+	if (!session_take_input(s, n)) {
 		session_error(s, EPROTO, "bad_frame", "DATA beyond the flow-control window");
 		return;
 	}
@@ -381,13 +381,10 @@ void fs_write_data(struct session *s, const uint8_t *p, uint32_t n)
 	s->done_bytes += n;
 	s->credit_back += n;
 	/* The data is written already; acknowledging in quarter windows keeps frames few
-	 * while the host (which stops at a full window) can never stall. */
-	if (s->credit_back >= WINDOW / 4) {
-		size_t f = frame_begin(&s->conn->out, s->id, T_CREDIT);
-		put_u64(&s->conn->out, G_BYTES, s->credit_back);
-		frame_end(&s->conn->out, f);
-		s->credit_back = 0;
-	}
+	 * while the host (which stops at a full window) can never stall. What the host sent
+	 * still counts against its window until the CREDIT has left (session_ack). */
+	if (s->credit_back >= WINDOW / 4)
+		session_ack(s);
 }
 
 static int produce_read(struct session *s)
