@@ -221,3 +221,20 @@ def test_every_session_queue_is_bounded_while_unread(short_waits):
         assert fake.client.queued_bytes() == 0
     finally:
         fake.close()
+
+
+def test_read_longer_than_asked_is_a_protocol_error(short_waits):
+    def agent(fake, sid, type_, payload):
+        if type_ == T.FS_READ:
+            fake.send(sid, T.DATA, b"x" * 100)
+            fake.send(sid, T.DATA, b"x" * 100)
+            fake.send(sid, T.DONE, P.encode([(G.SIZE, 200)]))
+
+    fake = FakeAgent(agent)
+    try:
+        with pytest.raises(AgentError, match="more than the 150 bytes") as e:
+            fake.client.fs.read("/x", length=150, timeout=10)
+        assert e.value.kind == "bad_frame"
+        assert fake.client.fs.read("/x", timeout=10) == b"x" * 200  # no length: all of it
+    finally:
+        fake.close()

@@ -50,6 +50,7 @@ class Fs:
             fields.append((G.LENGTH, length))
         s = self._conn.open(T.FS_READ, P.encode(fields))
         deadline = _deadline(timeout)
+        got = 0
         try:
             while True:
                 t, payload = self._check(*s.get(deadline))
@@ -57,6 +58,10 @@ class Fs:
                     return
                 if t != T.DATA:
                     raise AgentError(f"unexpected message 0x{t:x} while reading {path}")
+                got += len(payload)
+                if length is not None and got > length:
+                    raise AgentError(f"the agent sent more than the {length} bytes asked "
+                                     f"of {path}", kind="bad_frame")
                 s.consumed(len(payload))
                 yield payload
         finally:
