@@ -9,8 +9,11 @@ import time
 
 import pytest
 
-from support.agent_harness import agent, client, needs_musl, process_alive  # noqa: F401 (fixtures)
-from vmm.agent import AsyncAgentClient, ExecFailed, Timeout
+from support.agent_harness import (agent, client, needs_musl, process_alive,  # noqa: F401
+                                   wait_until)
+from vmm.agent import AsyncAgentClient, ExecFailed, OutputTooLarge, Timeout
+from vmm.agent import protocol as P
+from vmm.agent.process import DEFAULT_MAX_OUTPUT
 
 pytestmark = needs_musl
 
@@ -51,6 +54,52 @@ def test_not_executable(client, tmp_path):
     with pytest.raises(ExecFailed) as e:
         client.exec([str(script)])
     assert (e.value.errno, e.value.kind, e.value.exit_code) == (errno.EACCES, "permission_denied", 126)
+
+
+def test_exec_format_error_is_126(client, tmp_path):
+    """PROTOCOL.md: ENOEXEC -> kind exec_format -> exit code 126 (no shell fallback)."""
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x00\x01\x02 not an executable format \xff" * 8)
+    garbage.chmod(0o755)
+    with pytest.raises(ExecFailed) as e:
+        client.exec([str(garbage)])
+    assert (e.value.errno, e.value.kind, e.value.exit_code) == (errno.ENOEXEC, "exec_format", 126)
+
+
+def test_not_a_directory_on_the_path_is_127(client):
+    """PROTOCOL.md: ENOTDIR (a file used as a directory) -> not_found -> 127."""
+    with pytest.raises(ExecFailed) as e:
+        client.exec(["/etc/passwd/x"])
+    assert (e.value.errno, e.value.kind, e.value.exit_code) == (errno.ENOTDIR, "not_found", 127)
+
+
+def test_exec_output_is_capped(client):
+    """exec() collects at most max_output bytes: past it the command is killed and
+    OutputTooLarge carries exactly the first max_output bytes."""
+    marker = "2.7182818"
+    cap = 300_000
+    t0 = time.monotonic()
+    with pytest.raises(OutputTooLarge) as e:
+        client.exec(["sh", "-c", f"echo start >&2; yes; sleep {marker}"], max_output=cap,
+                    timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert (e.value.kind, e.value.limit) == ("output_too_large", cap)
+    assert len(e.value.stdout) + len(e.value.stderr) == cap
+    assert e.value.stderr == b"start\n" and set(e.value.stdout) == set(b"y\n")
+    wait_until(lambda: not process_alive(marker), what="the capped command killed")
+    # The cap is the documented default, and None lifts it.
+    assert DEFAULT_MAX_OUTPUT == 64 << 20
+    r = client.exec(["head", "-c", str(cap + 1), "/dev/zero"], max_output=None)
+    assert len(r.stdout) == cap + 1
+    r = client.exec(["head", "-c", str(cap), "/dev/zero"], max_output=cap)
+    assert len(r.stdout) == cap
+
+
+def test_process_wait_is_capped(client):
+    with client.exec_stream(["yes"]) as p:
+        with pytest.raises(OutputTooLarge):
+            p.wait(30, max_output=100_000)
+        assert p.ended
 
 
 def test_bad_cwd_and_bad_user(client):
@@ -160,10 +209,15 @@ def test_exec_stream_yields_before_exit(client):
 def test_backpressure_blocks_the_writer(client):
     # Output nobody consumes must stall the producer, not pile up in the agent.
     p = client.exec_stream(["head", "-c", str(20 << 20), "/dev/zero"])
-    time.sleep(0.5)
+    # Once a full window has reached us unread, the writer must be stuck far short of
+    # its 20 MiB (window + the agent's backlog + one pipe buffer), still running.
+    wait_until(lambda: client.queued_bytes() >= P.WINDOW, what="a full window received")
+    with open(f"/proc/{p.pid}/io") as f:
+        written = int(dict(line.split(": ") for line in f.read().splitlines())["wchar"])
     with open(f"/proc/{p.pid}/stat") as f:
         state = f.read().rsplit(")", 1)[1].split()[0]
-    assert state in ("S", "D"), f"writer state {state}: not blocked"
+    assert state in ("S", "D") and written < 4 << 20, \
+        f"writer state {state}, {written} bytes written: not blocked by the window"
     total = sum(len(d) for _, d in p)
     assert total == 20 << 20 and p.result.code == 0
 
@@ -194,10 +248,8 @@ def test_timeout_kills_the_process_group(client):
         client.exec(["sh", "-c", f"echo started; sleep {marker}; echo never"], timeout=1)
     assert time.monotonic() - t0 < 5
     assert e.value.stdout == b"started\n"
-    deadline = time.monotonic() + 5
-    while process_alive(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not process_alive(marker), "the timed-out command's child still runs"
+    wait_until(lambda: not process_alive(marker), timeout=5,
+               what="the timed-out command's child killed")
 
 
 def test_asyncio_flavour(agent):

@@ -114,3 +114,32 @@ def test_errors(client, tmp_path):
     assert not client.fs.exists(str(tmp_path / "missing"))
     # The connection is still good after errors.
     assert client.exec(["true"]).code == 0
+
+
+def test_fifo_is_refused_without_blocking_the_agent(client, tmp_path):
+    """Finding 8: the agent (PID 1, one thread) must not block opening a FIFO the host
+    names; it refuses non-regular files with kind not_regular (EINVAL)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(FsError) as e:
+        client.fs.read(str(fifo), timeout=10)  # no writer: a blocking open waits forever
+    assert (e.value.kind, e.value.errno) == ("not_regular", errno.EINVAL)
+    assert "FIFO" in str(e.value)
+    with pytest.raises(FsError) as e:
+        client.fs.write(str(fifo), b"x", timeout=10)  # no reader
+    assert (e.value.kind, e.value.errno) == ("not_regular", errno.EINVAL)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(FsError) as e:
+            client.fs.write(str(fifo), b"x", timeout=10)  # a reader: the open succeeds
+        assert e.value.kind == "not_regular"
+        assert os.read(reader, 10) == b""  # nothing was written into it
+    finally:
+        os.close(reader)
+    with pytest.raises(FsError) as e:
+        client.fs.read("/dev/null", timeout=10)
+    assert e.value.kind == "not_regular" and "character device" in str(e.value)
+    with pytest.raises(FsError) as e:
+        client.fs.read(str(tmp_path), timeout=10)
+    assert e.value.kind == "is_a_directory"
+    assert client.ping(timeout=5) > 0  # the agent still serves

@@ -2,6 +2,7 @@
 framing helpers. A bad frame must cost at most its session (or, over the size limit, the
 connection), never the agent."""
 import errno
+import os
 import random
 import socket
 import struct
@@ -9,7 +10,7 @@ import threading
 
 import pytest
 
-from support.agent_harness import agent, client, needs_musl  # noqa: F401 (fixtures)
+from support.agent_harness import agent, client, needs_musl, wait_until  # noqa: F401
 from vmm.agent import protocol as P
 from vmm.agent import AgentClient, SandboxNotRunning, vsock_handshake
 from vmm.agent.protocol import G, T
@@ -81,11 +82,7 @@ def test_unknown_type_on_running_session_closes_it(raw):
     # The session is gone (its process killed); the connection still serves.
     raw.send(7, T.STDIN, b"late")  # a late frame for a dead session is dropped quietly
     raw.ping(8)
-    import os, time
-    deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not os.path.exists(f"/proc/{pid}")
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5, what="process killed")
 
 
 def test_truncated_tlv_payload(raw):
@@ -158,15 +155,11 @@ def test_half_frame_then_disconnect(agent):
 
 
 def test_disconnect_kills_running_commands(agent):
-    import os, time
     c = agent.client()
     c.wait_ready(5)
     p = c.exec_stream(["sleep", "27.18"])
     c.close()
-    deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{p.pid}") and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not os.path.exists(f"/proc/{p.pid}")
+    wait_until(lambda: not os.path.exists(f"/proc/{p.pid}"), timeout=5, what="process killed")
 
 
 def test_random_frames_do_not_kill_the_agent(agent, raw):
@@ -293,11 +286,99 @@ def test_client_rejects_a_guest_ignoring_flow_control():
     t.join()
     # Consume nothing until the client has judged the flood (consuming returns credit,
     # which would make the extra bytes legitimate).
-    deadline = time.monotonic() + 10
-    while not p.ended and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: p.ended, what="the client ending the flooded session")
     with pytest.raises(AgentError, match="window"):
         while p.next_event(time.monotonic() + 10) is not None:
             pass
     c.close()
     guest.close()
+
+
+def _exec_cat(raw, sid):
+    raw.send(sid, T.EXEC, P.encode([(G.ARGV, "cat")]))
+    assert raw.recv_until(sid, {T.STARTED, T.FAILED})[0] == T.STARTED
+
+
+BAD_CREDITS = {
+    "zero": P.encode([(G.BYTES, 0)]),
+    "no-bytes-field": b"",
+    "over-a-window": P.encode([(G.BYTES, P.WINDOW + 1)]),
+    "never-sent": P.encode([(G.BYTES, 1)]),  # a fresh session: window + 1 in all
+    "huge": P.encode([(G.BYTES, 1 << 63)]),
+    "4-byte-int": struct.pack("<HI", G.BYTES, 4) + b"\x01\x00\x00\x00",
+}
+
+
+@pytest.mark.parametrize("why", sorted(BAD_CREDITS))
+def test_credit_out_of_bounds_ends_the_session(raw, why):
+    """guest/agent/session.c: a CREDIT the host cannot honestly send (BYTES outside
+    1..WINDOW, or acknowledging output the agent never sent) is a bad_frame; the
+    session's process is killed, the connection goes on."""
+    _exec_cat(raw, 60)
+    raw.send(60, T.CREDIT, BAD_CREDITS[why])
+    t, f = raw.recv_until(60, {T.ERROR, T.EXITED})
+    assert t == T.ERROR and P.text(f[G.KIND]) == "bad_frame", why
+    assert "CREDIT" in P.text(f[G.MESSAGE])
+    raw.ping(61)
+
+
+def test_exact_credit_is_accepted(raw):
+    """The other side of the bound: acknowledging exactly what arrived, more than a
+    window in all, is fine."""
+    total = 3 * P.WINDOW + 12345
+    raw.send(62, T.EXEC, P.encode([(G.ARGV, "head"), (G.ARGV, "-c"), (G.ARGV, str(total)),
+                                   (G.ARGV, "/dev/zero")]))
+    got = 0
+    while True:
+        sid, t, p = raw.recv()
+        if sid != 62:
+            continue
+        if t == T.STDOUT and p:
+            got += len(p)
+            raw.send(62, T.CREDIT, P.encode([(G.BYTES, len(p))]))
+        elif t in (T.EXITED, T.ERROR):
+            break
+    assert (t, got) == (T.EXITED, total), P.decode(p)
+
+
+def _fionread(sock) -> int:
+    import fcntl
+    import termios
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def test_file_data_beyond_the_window_is_refused(raw, tmp_path):
+    """PROTOCOL.md: a host sending more than a window of file DATA beyond what the
+    agent has acknowledged is a bad_frame. The agent's CREDIT counts once it has left the
+    agent: here the connection back to the host is full (reads nobody takes), so the
+    CREDITs stay queued and the fifth 64 KiB chunk is over the window. (The old code
+    reset its count every quarter window whether or not the CREDIT could be read.)"""
+    src = tmp_path / "big"
+    src.write_bytes(b"r" * (512 << 10))
+    for sid in range(70, 78):  # 8 windows of reads: more than the socket holds
+        raw.send(sid, T.FS_READ, P.encode([(G.PATH, str(src))]))
+    wait_until(lambda: _fionread(raw.sock) >= 100_000, what="the connection to us filled")
+    dst = tmp_path / "out"
+    raw.send(80, T.FS_WRITE, P.encode([(G.PATH, str(dst))]))
+    for _ in range(P.WINDOW // P.CHUNK + 1):
+        raw.send(80, T.DATA, b"w" * P.CHUNK)
+    raw.send(80, T.DATA, b"")
+    t, f = raw.recv_until(80, {T.ERROR, T.DONE})
+    assert t == T.ERROR and P.text(f[G.KIND]) == "bad_frame", f
+    assert "window" in P.text(f[G.MESSAGE])
+    assert dst.stat().st_size <= P.WINDOW
+    raw.ping(81)
+
+
+def test_write_on_a_congested_connection_completes(client, tmp_path):
+    """A host that waits for CREDIT is never refused, even when the CREDITs queue behind
+    a read it has not consumed yet."""
+    src = tmp_path / "big"
+    src.write_bytes(b"r" * (2 << 20))
+    reads = [client.fs.read_iter(str(src)) for _ in range(4)]
+    first = [next(r) for r in reads]  # started, then left unconsumed
+    data = os.urandom(3 << 20)
+    assert client.fs.write(str(tmp_path / "out"), data, timeout=60) == len(data)
+    assert (tmp_path / "out").read_bytes() == data
+    for r, chunk in zip(reads, first):
+        assert len(chunk) + sum(map(len, r)) == 2 << 20

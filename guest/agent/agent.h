@@ -128,8 +128,15 @@ struct session {
 	int in_fd, out_fd, err_fd; /* -1 once closed; with a tty out_fd is the master */
 	struct buf inq;            /* stdin received, not yet written to the child */
 	int stdin_eof;             /* host sent the empty STDIN frame */
-	uint32_t credit_back;      /* stdin bytes consumed, not yet acknowledged */
+	uint32_t credit_back;      /* stdin/file bytes consumed, not yet in a CREDIT frame */
 	uint32_t out_credit;       /* bytes the host is willing to take */
+	/* Inbound window (STDIN, file DATA): bytes received that no CREDIT the host could
+	 * have read covers yet. A CREDIT counts once it has left the agent (written to the
+	 * connection); one at a time is in flight (ack_pending bytes, ending at stream
+	 * position ack_end), later ones wait in credit_back. */
+	uint32_t in_unacked;
+	uint32_t ack_pending;
+	uint64_t ack_end;
 
 	/* files */
 	int file_fd;
@@ -144,6 +151,7 @@ struct conn {
 	uint8_t *in;   /* HDR_LEN + MAX_PAYLOAD bytes */
 	size_t in_len;
 	struct buf out;
+	uint64_t out_written; /* bytes of out written to fd so far (CREDIT flush tracking) */
 	struct session *sessions;
 	int nsessions;
 };
@@ -169,6 +177,9 @@ void session_error(struct session *s, int err, const char *kind, const char *fmt
 void send_error(struct conn *c, uint32_t sid, int err, const char *kind, const char *msg);
 void handle_frame(struct conn *c, uint32_t sid, uint16_t type, const uint8_t *p, uint32_t n);
 void session_try_finish(struct session *s);
+int session_take_input(struct session *s, uint32_t n); /* count STDIN/DATA; 0: over the window */
+void session_ack(struct session *s);                   /* CREDIT for credit_back, when allowed */
+void conn_flushed(struct conn *c);                      /* out was written: settle CREDITs */
 void agent_shutdown(void);
 
 /* exec.c */

@@ -442,16 +442,6 @@ void exec_start(struct conn *c, uint32_t sid, const uint8_t *p, uint32_t n)
 
 /* ---- stdin -------------------------------------------------------------------------------- */
 
-static void send_credit(struct session *s)
-{
-	if (!s->credit_back)
-		return;
-	size_t f = frame_begin(&s->conn->out, s->id, T_CREDIT);
-	put_u64(&s->conn->out, G_BYTES, s->credit_back);
-	frame_end(&s->conn->out, f);
-	s->credit_back = 0;
-}
-
 static void close_stdin(struct session *s)
 {
 	if (s->in_fd >= 0)
@@ -486,7 +476,7 @@ void exec_pump_stdin(struct session *s)
 	}
 	/* Acknowledge in batches, but at once when the queue ran dry (the host may wait). */
 	if (s->credit_back >= WINDOW / 4 || !buf_pending(&s->inq))
-		send_credit(s);
+		session_ack(s);
 }
 
 void exec_stdin(struct session *s, const uint8_t *p, uint32_t n)
@@ -498,7 +488,7 @@ void exec_stdin(struct session *s, const uint8_t *p, uint32_t n)
 	}
 	if (n == 0) {
 		s->stdin_eof = 1;
-	} else if (buf_pending(&s->inq) + n > WINDOW) {
+	} else if (!session_take_input(s, n)) {
 		session_error(s, EPROTO, "bad_frame", "STDIN beyond the flow-control window");
 		return;
 	} else if (s->in_fd < 0) {

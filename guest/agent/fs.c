@@ -4,6 +4,10 @@
  * Paths are the guest's own; the agent is root in the guest, so there is no boundary to
  * enforce here beyond not following symlinks where that would surprise (stat, list and
  * recursive remove look at links, not through them).
+ *
+ * Read and write open only regular files, and never block on the way: the agent is PID 1
+ * and single-threaded, so an open() that waits (a FIFO without a writer or reader, a
+ * terminal) would stall every session and connection. Links are followed as usual.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -213,19 +217,60 @@ static void do_remove(struct conn *c, uint32_t sid, const char *path, int recurs
 
 /* ---- streamed requests -------------------------------------------------------------------- */
 
+static const char *type_name(mode_t m)
+{
+	return S_ISFIFO(m) ? "a FIFO" : S_ISSOCK(m) ? "a socket" : S_ISCHR(m) ? "a character device"
+	       : S_ISBLK(m) ? "a block device" : S_ISLNK(m) ? "a symbolic link" : "not a regular file";
+}
+
+/* open() a file the host reads or writes without ever blocking (O_NONBLOCK), then insist
+ * on a regular file and make the fd blocking again. A directory is EISDIR as usual;
+ * anything else that is not regular is refused: ERROR kind not_regular, ERRNO EINVAL. */
+static int open_regular(struct conn *c, uint32_t sid, const char *what, const char *path,
+			int flags, mode_t mode)
+{
+	struct stat st;
+	int fd = open(path, flags | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, mode);
+	if (fd < 0) {
+		int e = errno;
+		/* ENXIO: a FIFO opened for writing without a reader, or a socket. */
+		if (e == ENXIO && stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+			goto not_regular;
+		fs_fail(c, sid, e, what, path);
+		return -1;
+	}
+	if (fstat(fd, &st) < 0 || S_ISDIR(st.st_mode)) {
+		int e = errno;
+		if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode))
+			e = EISDIR;
+		close(fd);
+		fs_fail(c, sid, e, what, path);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		close(fd);
+		goto not_regular;
+	}
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+	return fd;
+not_regular:;
+	char msg[PATH_MAX + 64];
+	snprintf(msg, sizeof(msg), "%s %s: %s, not a regular file", what, path,
+		 type_name(st.st_mode));
+	send_error(c, sid, EINVAL, "not_regular", msg);
+	return -1;
+}
+
 static void start_read(struct conn *c, uint32_t sid, struct fs_req *q)
 {
-	int fd = open(q->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-	struct stat st;
-	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-		close(fd);
-		fd = -1;
-		errno = EISDIR;
-	}
-	if (fd < 0 || (q->offset && lseek(fd, (off_t)q->offset, SEEK_SET) < 0)) {
+	int fd = open_regular(c, sid, "read", q->path, O_RDONLY, 0);
+	if (fd < 0)
+		return;
+	if (q->offset && lseek(fd, (off_t)q->offset, SEEK_SET) < 0) {
 		fs_fail(c, sid, errno, "read", q->path);
-		if (fd >= 0)
-			close(fd);
+		close(fd);
 		return;
 	}
 	struct session *s = open_session(c, sid, S_READ);
@@ -240,12 +285,10 @@ static void start_read(struct conn *c, uint32_t sid, struct fs_req *q)
 
 static void start_write(struct conn *c, uint32_t sid, struct fs_req *q)
 {
-	int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | (q->append ? O_APPEND : O_TRUNC);
-	int fd = open(q->path, flags, q->has_mode ? (mode_t)q->mode : 0644);
-	if (fd < 0) {
-		fs_fail(c, sid, errno, "write", q->path);
+	int flags = O_WRONLY | O_CREAT | (q->append ? O_APPEND : O_TRUNC);
+	int fd = open_regular(c, sid, "write", q->path, flags, q->has_mode ? (mode_t)q->mode : 0644);
+	if (fd < 0)
 		return;
-	}
 	struct session *s = open_session(c, sid, S_WRITE);
 	if (!s) {
 		close(fd);
@@ -320,7 +363,7 @@ void fs_write_data(struct session *s, const uint8_t *p, uint32_t n)
 		}
 		return;
 	}
-	if (s->credit_back + n > WINDOW) {
+	if (!session_take_input(s, n)) {
 		session_error(s, EPROTO, "bad_frame", "DATA beyond the flow-control window");
 		return;
 	}
@@ -338,13 +381,10 @@ void fs_write_data(struct session *s, const uint8_t *p, uint32_t n)
 	s->done_bytes += n;
 	s->credit_back += n;
 	/* The data is written already; acknowledging in quarter windows keeps frames few
-	 * while the host (which stops at a full window) can never stall. */
-	if (s->credit_back >= WINDOW / 4) {
-		size_t f = frame_begin(&s->conn->out, s->id, T_CREDIT);
-		put_u64(&s->conn->out, G_BYTES, s->credit_back);
-		frame_end(&s->conn->out, f);
-		s->credit_back = 0;
-	}
+	 * while the host (which stops at a full window) can never stall. What the host sent
+	 * still counts against its window until the CREDIT has left (session_ack). */
+	if (s->credit_back >= WINDOW / 4)
+		session_ack(s);
 }
 
 static int produce_read(struct session *s)

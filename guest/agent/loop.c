@@ -137,19 +137,33 @@ static void conn_read(struct conn *c)
 
 static void conn_write(struct conn *c)
 {
-	while (buf_pending(&c->out)) {
-		/* write(), not send(): the connection may be a tty (serial transport).
-		 * The fd is non-blocking and SIGPIPE is ignored. */
-		ssize_t n = write(c->fd, c->out.data + c->out.off, buf_pending(&c->out));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && errno == EAGAIN)
-			return;
-		if (n <= 0) {
-			c->dead = 1;
-			return;
+	for (;;) {
+		uint64_t before = c->out_written;
+		int blocked = 0;
+		while (buf_pending(&c->out) && !blocked) {
+			/* write(), not send(): the connection may be a tty (serial transport).
+			 * The fd is non-blocking and SIGPIPE is ignored. */
+			ssize_t n = write(c->fd, c->out.data + c->out.off, buf_pending(&c->out));
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0 && errno == EAGAIN) {
+				blocked = 1;
+				break;
+			}
+			if (n <= 0) {
+				c->dead = 1;
+				return;
+			}
+			buf_consumed(&c->out, (size_t)n);
+			c->out_written += (uint64_t)n;
 		}
-		buf_consumed(&c->out, (size_t)n);
+		if (c->out_written == before)
+			return;
+		/* CREDITs written now count as given; ones that waited behind them are queued
+		 * (session_ack), and written at once if the fd still takes data. */
+		conn_flushed(c);
+		if (blocked || !buf_pending(&c->out))
+			return;
 	}
 }
 

@@ -117,13 +117,58 @@ static void handle_credit(struct session *s, const uint8_t *p, uint32_t n)
 	uint64_t bytes = 0;
 	int rc;
 	while ((rc = tlv_next(&r, &tag, &v, &len)) > 0)
-		if (tag == G_BYTES && tlv_u64(v, len, &bytes) < 0)
-			rc = -1;
-	if (rc < 0 || bytes == 0 || bytes > WINDOW || s->out_credit + bytes > 2u * WINDOW) {
+		if (tag == G_BYTES && tlv_u64(v, len, &bytes) < 0) {
+			rc = -1; /* not 8 bytes: malformed (the loop must not overwrite rc) */
+			break;
+		}
+	/* The host acknowledges only what we sent: more than one window outstanding plus
+	 * credit is a lie (and unbounded credit would let us flood it). */
+	if (rc < 0 || bytes == 0 || bytes > WINDOW || s->out_credit + bytes > WINDOW) {
 		session_error(s, EPROTO, "bad_frame", "bad CREDIT frame");
 		return;
 	}
 	s->out_credit += (uint32_t)bytes;
+}
+
+/* ---- the inbound window ---------------------------------------------------------------- */
+
+/* The CREDIT in flight has been written out: the host may have read it, so the bytes it
+ * covers no longer count against the window. */
+static void settle(struct session *s)
+{
+	if (s->ack_pending && s->conn->out_written >= s->ack_end) {
+		s->in_unacked -= s->ack_pending;
+		s->ack_pending = 0;
+	}
+}
+
+int session_take_input(struct session *s, uint32_t n)
+{
+	settle(s);
+	if ((uint64_t)s->in_unacked + n > WINDOW)
+		return 0;
+	s->in_unacked += n;
+	return 1;
+}
+
+void session_ack(struct session *s)
+{
+	settle(s);
+	if (!s->credit_back || s->ack_pending)
+		return; /* nothing to say, or wait until the last CREDIT has left */
+	size_t f = frame_begin(&s->conn->out, s->id, T_CREDIT);
+	put_u64(&s->conn->out, G_BYTES, s->credit_back);
+	frame_end(&s->conn->out, f);
+	s->ack_pending = s->credit_back;
+	s->ack_end = s->conn->out_written + buf_pending(&s->conn->out);
+	s->credit_back = 0;
+}
+
+void conn_flushed(struct conn *c)
+{
+	for (struct session *s = c->sessions; s; s = s->next)
+		if (!s->closing && s->ack_pending)
+			session_ack(s); /* settles, then sends what waited behind it */
 }
 
 /* CONFIG: sandbox-wide environment, working directory, rlimits and hostname. */
@@ -272,6 +317,7 @@ void agent_shutdown(void)
 			if (w <= 0)
 				break;
 			buf_consumed(&c->out, (size_t)w);
+			c->out_written += (uint64_t)w;
 		}
 	}
 	if (cfg.pid1)

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -103,3 +104,53 @@ def process_alive(marker: str) -> bool:
         if marker.encode() in cmd and ") Z " not in stat:
             return True
     return False
+
+
+class FakeAgent:
+    """A scripted, possibly hostile agent on the other end of a socketpair: READY, then
+    each frame from the client goes to on_frame(fake, sid, type, payload), which answers
+    with fake.send(). For testing what the host client does with a guest that lies."""
+
+    def __init__(self, on_frame, ready: bool = True):
+        from vmm.agent import protocol as P
+        from vmm.agent.protocol import G, T
+        self._P = P
+        self.host, self.guest = socket.socketpair()
+        self.on_frame = on_frame
+        self.received = []  # (sid, type, payload) in arrival order
+        if ready:
+            self.guest.sendall(P.frame(0, T.READY, P.encode([(G.VERSION, 1)])))
+        self.client = AgentClient(self.host)
+        self._thread = threading.Thread(target=self._loop, name="fake-agent", daemon=True)
+        self._thread.start()
+
+    def send(self, sid: int, type_: int, payload: bytes = b"") -> None:
+        self.guest.sendall(self._P.frame(sid, type_, payload))
+
+    def _loop(self) -> None:
+        P = self._P
+        try:
+            while True:
+                hdr = self.guest.recv(P.HDR_LEN, socket.MSG_WAITALL)
+                if len(hdr) < P.HDR_LEN:
+                    return
+                length, sid, type_, _ = P.HEADER.unpack(hdr)
+                payload = self.guest.recv(length, socket.MSG_WAITALL) if length else b""
+                self.received.append((sid, type_, payload))
+                self.on_frame(self, sid, type_, payload)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.client.close()
+        self.guest.close()
+        self._thread.join(10)
+
+
+def wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll condition() until true; fail the test naming what did not happen in time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not true within {timeout}s")
+        time.sleep(0.01)

@@ -6,14 +6,16 @@ its reader thread), process and fs (what exec and file sessions mean), handshake
 vsock CONNECT), client (AgentClient), aio (AsyncAgentClient).
 """
 from .client import DEFAULT_VSOCK_PORT, AgentClient
-from .errors import AgentError, ExecFailed, FsError, SandboxNotRunning, Timeout
+from .errors import (AgentError, ExecFailed, FsError, OutputTooLarge, SandboxNotRunning,
+                     Timeout)
 from .fs import Fs
 from .handshake import vsock_handshake
-from .process import Process
+from .process import DEFAULT_MAX_OUTPUT, Process
 from .results import DirEntry, ExecResult, FileStat, ReadyInfo
 
-__all__ = ["DEFAULT_VSOCK_PORT", "AgentClient", "AgentError", "AsyncAgentClient", "DirEntry",
-           "ExecFailed", "ExecResult", "FileStat", "Fs", "FsError", "Process", "ReadyInfo",
+__all__ = ["DEFAULT_MAX_OUTPUT", "DEFAULT_VSOCK_PORT", "AgentClient", "AgentError", "AsyncAgentClient", "DirEntry",
+           "ExecFailed", "ExecResult", "FileStat", "Fs", "FsError", "OutputTooLarge", "Process",
+           "ReadyInfo",
            "SandboxNotRunning", "Timeout", "vsock_handshake"]
 
 

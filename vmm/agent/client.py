@@ -16,6 +16,7 @@ guest/agent/PROTOCOL.md.
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -27,10 +28,10 @@ from .connection import Connection
 from .errors import AgentError, ExecFailed, SandboxNotRunning, Timeout, error_from, reply_fields
 from .fs import Fs
 from .handshake import vsock_handshake
-from .process import KILL_GRACE_S, Process
+from .process import DEFAULT_MAX_OUTPUT, KILL_GRACE_S, Process
 from .protocol import G, T
 from .results import ExecResult, ReadyInfo
-from .session import CONNECTION_LOST, chunks
+from .session import CONNECTION_LOST, chunks, deadline_after
 
 DEFAULT_VSOCK_PORT = 1024
 
@@ -121,7 +122,13 @@ class AgentClient:
         return self._conn.closed
 
     def wait_ready(self, timeout: Optional[float] = None) -> ReadyInfo:
+        """The agent's READY; Timeout after timeout seconds (None: DEFAULT_WAIT_S)."""
         return self._conn.wait_ready(timeout)
+
+    def queued_bytes(self) -> int:
+        """Bytes from the agent queued for open sessions and not yet taken (each session
+        holds at most session.QUEUE_LIMIT; frames for forgotten sessions are dropped)."""
+        return self._conn.queued_bytes()
 
     # --- commands ---
     def exec_stream(self, argv: Sequence[str], *, env: Optional[Dict[str, str]] = None,
@@ -130,12 +137,13 @@ class AgentClient:
                     timeout: Optional[float] = 30.0) -> Process:
         """Start argv; returns a Process once the agent reports it started.
 
-        timeout bounds only the wait for STARTED here. Raises ExecFailed if it could
+        timeout bounds only the wait for STARTED here (None: session.DEFAULT_WAIT_S).
+        Raises ExecFailed if it could
         not start (kind "not_found" -> exit code 127, "permission_denied" -> 126, ...).
         """
         payload = _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits)
         s = self._conn.open(T.EXEC, payload)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         try:
             t, reply = s.get(deadline)
         except Timeout:
@@ -156,30 +164,35 @@ class AgentClient:
              cwd: Optional[str] = None, user: Optional[str] = None,
              stdin: Union[None, bytes, BinaryIO] = None, timeout: Optional[float] = None,
              tty: bool = False, rows: int = 24, cols: int = 80,
-             rlimits: Optional[Dict[int, Tuple[int, int]]] = None) -> ExecResult:
+             rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
+             max_output: Optional[int] = DEFAULT_MAX_OUTPUT) -> ExecResult:
         """Run argv to completion and return its ExecResult.
 
         On timeout the process group is killed and Timeout is raised with the output so
-        far. stdin may be bytes or a binary file; None means empty input.
+        far (timeout None: no limit on the run; the start still has DEFAULT_WAIT_S).
+        stdin may be bytes or a binary file; None means empty input. At most max_output
+        bytes of stdout and stderr together are collected (default DEFAULT_MAX_OUTPUT,
+        64 MiB; None: no cap): past it the process group is killed and OutputTooLarge is
+        raised with the first max_output bytes attached. Use exec_stream for more.
         """
-        start_timeout = 30.0 if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         proc = self.exec_stream(argv, env=env, cwd=cwd, user=user, tty=tty, rows=rows,
-                                cols=cols, rlimits=rlimits, timeout=start_timeout)
-        feeder = _feed_stdin(proc, stdin)
+                                cols=cols, rlimits=rlimits, timeout=timeout)
+        feeder = _feed_stdin(proc, stdin, deadline)
         out: List[bytes] = []
         err: List[bytes] = []
         try:
-            _collect(proc, deadline, out, err)
+            proc.collect(deadline, out, err, max_output)
         except Timeout:
             proc.kill()
             try:
-                _collect(proc, time.monotonic() + KILL_GRACE_S, out, err)
+                proc.collect(time.monotonic() + KILL_GRACE_S, out, err, max_output)
             except AgentError:
                 pass
             raise Timeout(f"{argv[0]!r} did not finish within {timeout}s; killed",
                           stdout=b"".join(out), stderr=b"".join(err)) from None
         finally:
+            proc.abandon()  # a no-op once it ended; else kill it and forget its session
             if feeder is not None:
                 feeder.join(KILL_GRACE_S)
         res = proc.result
@@ -207,9 +220,8 @@ class AgentClient:
     def _request(self, type_: int, payload: bytes, timeout: Optional[float]) -> bytes:
         """One message answered by DONE (whose payload is returned) or ERROR."""
         s = self._conn.open(type_, payload)
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            t, reply = s.get(deadline)
+            t, reply = s.get(deadline_after(timeout))
         finally:
             s.release()
         if t == T.DONE:
@@ -246,16 +258,7 @@ class AgentClient:
         self.close()
 
 
-def _collect(proc: Process, deadline: Optional[float], out: List[bytes], err: List[bytes]) -> None:
-    """The process's output until it ends (or Timeout at deadline)."""
-    while True:
-        ev = proc.next_event(deadline)
-        if ev is None:
-            return
-        (out if ev[0] == "stdout" else err).append(ev[1])
-
-
-def _feed_stdin(proc: Process, stdin) -> Optional[threading.Thread]:
+def _feed_stdin(proc: Process, stdin, deadline: Optional[float]) -> Optional[threading.Thread]:
     """Write stdin from a thread so output is read meanwhile (a pipe both ways would
     otherwise deadlock once both windows fill)."""
     if stdin is None or (isinstance(stdin, (bytes, bytearray)) and not stdin):
@@ -265,7 +268,9 @@ def _feed_stdin(proc: Process, stdin) -> Optional[threading.Thread]:
     def feed():
         try:
             for chunk in chunks(stdin):
-                proc.write(chunk)
+                # The process reads stdin at its own pace: only exec's timeout bounds it.
+                proc.write(chunk, math.inf if deadline is None
+                           else max(0.0, deadline - time.monotonic()))
                 if proc.ended:
                     break
         except AgentError:

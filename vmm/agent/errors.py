@@ -36,6 +36,17 @@ class Timeout(AgentError):
         self.stderr = stderr
 
 
+class OutputTooLarge(AgentError):
+    """exec() collected more output than its max_output: the process group was killed;
+    the first max_output bytes (stdout first, then stderr, as they arrived) are attached."""
+
+    def __init__(self, message: str, *, limit: int, stdout: bytes = b"", stderr: bytes = b""):
+        super().__init__(message, errno=errno_mod.EFBIG, kind="output_too_large")
+        self.limit = limit
+        self.stdout = stdout
+        self.stderr = stderr
+
+
 class ExecFailed(AgentError):
     """The command could not be started (not found, not executable, bad cwd/user, ...)."""
 

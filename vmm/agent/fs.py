@@ -3,21 +3,22 @@ answer under the client's window; write streams under the agent's credit."""
 from __future__ import annotations
 
 import errno as errno_mod
-import time
 from typing import TYPE_CHECKING, BinaryIO, Iterator, List, Optional, Tuple, Union
 
 from . import protocol as P
 from .errors import AgentError, FsError, SandboxNotRunning, error_from, reply_fields
 from .protocol import G, T
 from .results import DirEntry, FileStat
-from .session import CONNECTION_LOST, Session, chunks
+from .session import CONNECTION_LOST, Session, chunks, deadline_after
 
 if TYPE_CHECKING:
     from .connection import Connection
 
 
 def _deadline(timeout: Optional[float]) -> Optional[float]:
-    return None if timeout is None else time.monotonic() + timeout
+    """None: each wait on the agent gets session.DEFAULT_WAIT_S (so a long transfer that
+    keeps moving is never cut off); a number bounds the whole request."""
+    return deadline_after(timeout)
 
 
 class Fs:
@@ -49,6 +50,7 @@ class Fs:
             fields.append((G.LENGTH, length))
         s = self._conn.open(T.FS_READ, P.encode(fields))
         deadline = _deadline(timeout)
+        got = 0
         try:
             while True:
                 t, payload = self._check(*s.get(deadline))
@@ -56,6 +58,10 @@ class Fs:
                     return
                 if t != T.DATA:
                     raise AgentError(f"unexpected message 0x{t:x} while reading {path}")
+                got += len(payload)
+                if length is not None and got > length:
+                    raise AgentError(f"the agent sent more than the {length} bytes asked "
+                                     f"of {path}", kind="bad_frame")
                 s.consumed(len(payload))
                 yield payload
         finally:

@@ -1,19 +1,28 @@
 """A command running in the guest, as its exec session sees it: stdin in (under the
 agent's credit), output out (acknowledged as the consumer takes it), signals, resize and
-the exit status."""
+the exit status.
+
+Waiting for output or the exit has no default deadline (how long a program runs or
+stays quiet is its own business; pass a timeout to bound it); waiting for the agent to
+take stdin has one (session.DEFAULT_WAIT_S without credit). What wait() and
+AgentClient.exec() collect is capped by max_output (DEFAULT_MAX_OUTPUT, 64 MiB of
+stdout and stderr together): past it the process group is killed and OutputTooLarge
+carries the first max_output bytes. Iterate instead to take any amount."""
 from __future__ import annotations
 
 import signal as signal_mod
 import time
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from . import protocol as P
-from .errors import AgentError, SandboxNotRunning, error_from, reply_fields
+from .errors import (AgentError, OutputTooLarge, SandboxNotRunning, error_from,
+                     reply_fields)
 from .protocol import G, T
 from .results import ExecResult
-from .session import CONNECTION_LOST, Session
+from .session import CONNECTION_LOST, FOREVER, Session, deadline_after
 
 KILL_GRACE_S = 5.0  # after a timeout's SIGKILL, how long to wait for EXITED
+DEFAULT_MAX_OUTPUT = 64 << 20  # bytes of stdout+stderr that wait() and exec() collect
 
 
 class Process:
@@ -39,10 +48,15 @@ class Process:
 
     # stdin
     def write(self, data: bytes, timeout: Optional[float] = None) -> None:
+        """Send data to the process's stdin, under the agent's credit.
+
+        timeout bounds the whole write (math.inf: no limit); None raises Timeout once
+        the agent has granted no credit for session.DEFAULT_WAIT_S (the process is not
+        reading its stdin). Data for a process that already ended is dropped.
+        """
         if self._stdin_closed:
             raise ValueError("stdin of this process is already closed")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._s.send_data(T.STDIN, bytes(data), deadline)  # False: it ended, nothing reads the rest
+        self._s.send_data(T.STDIN, bytes(data), deadline_after(timeout))
 
     def close_stdin(self) -> None:
         if not self._stdin_closed:
@@ -64,9 +78,10 @@ class Process:
 
     # output
     def next_event(self, deadline: Optional[float] = None) -> Optional[Tuple[str, bytes]]:
-        """The next ("stdout"|"stderr", data), or None once the process has ended."""
+        """The next ("stdout"|"stderr", data), or None once the process has ended.
+        deadline is a time.monotonic() value; None waits as long as the program runs."""
         while self.result is None:
-            type_, payload = self._s.get(deadline)
+            type_, payload = self._s.get(FOREVER if deadline is None else deadline)
             if type_ in (T.STDOUT, T.STDERR):
                 if not payload:
                     continue  # that stream's EOF
@@ -97,18 +112,46 @@ class Process:
                 return
             yield ev
 
-    def wait(self, timeout: Optional[float] = None) -> ExecResult:
-        """Collect the rest of the output and the exit status."""
-        out, err = [], []
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def collect(self, deadline: Optional[float], out: List[bytes], err: List[bytes],
+                max_output: Optional[int] = DEFAULT_MAX_OUTPUT) -> None:
+        """Append the output to out and err until the process ends (Timeout at deadline).
+
+        Past max_output bytes (None: no cap) the process group is killed, the session
+        forgotten, and OutputTooLarge raised with the first max_output bytes.
+        """
+        taken = sum(map(len, out)) + sum(map(len, err))
         while True:
             ev = self.next_event(deadline)
             if ev is None:
-                break
-            (out if ev[0] == "stdout" else err).append(ev[1])
+                return
+            stream, data = ev
+            if max_output is not None and taken + len(data) > max_output:
+                (out if stream == "stdout" else err).append(data[:max_output - taken])
+                self.abandon()
+                raise OutputTooLarge(
+                    f"{self.argv[0]!r} wrote more than {max_output} bytes of output; killed",
+                    limit=max_output, stdout=b"".join(out), stderr=b"".join(err))
+            taken += len(data)
+            (out if stream == "stdout" else err).append(data)
+
+    def wait(self, timeout: Optional[float] = None,
+             max_output: Optional[int] = DEFAULT_MAX_OUTPUT) -> ExecResult:
+        """Collect the rest of the output (at most max_output bytes, see collect()) and
+        the exit status. Timeout after timeout seconds (None: as long as it runs); the
+        process keeps running then, and wait() may be called again."""
+        out: List[bytes] = []
+        err: List[bytes] = []
+        self.collect(deadline_after(timeout), out, err, max_output)
         self.result.stdout = b"".join(out)
         self.result.stderr = b"".join(err)
         return self.result
+
+    def abandon(self) -> None:
+        """Kill the process group and forget the session: what the agent still sends
+        for it is dropped unread (used after a timeout or an output overrun)."""
+        if self.result is None:
+            self.kill()
+        self._s.release()
 
     def __enter__(self) -> "Process":
         return self
@@ -116,7 +159,10 @@ class Process:
     def __exit__(self, *exc) -> None:
         if self.result is None and not self._s.ended:
             self.kill()
+            deadline = time.monotonic() + KILL_GRACE_S
             try:
-                self.wait(KILL_GRACE_S)
+                while self.next_event(deadline) is not None:
+                    pass  # discarded: nobody wants it after the with block
             except AgentError:
                 pass
+        self._s.release()

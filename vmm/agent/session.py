@@ -6,12 +6,24 @@ acknowledged; the client acknowledges (CREDIT) only what its consumer has taken,
 slow consumer slows the guest process instead of filling host memory. Outbound, stdin
 and file data wait for the agent's CREDIT: send_data() is the one path for both.
 
+Memory: a session's inbound queue is bounded in bytes (QUEUE_LIMIT, every frame type
+counted with its header): the windowed data the agent may send unacknowledged plus one
+opening and one final message of the maximum size. A frame that would pass the bound is a
+protocol error (overrun() is False; the connection ends the session). So a hostile agent
+costs at most QUEUE_LIMIT per open session, and nothing for a released one.
+
+Time: every wait has a deadline. A deadline of None means DEFAULT_WAIT_S from the start
+of that wait (so a slow but live agent that keeps answering is never cut off, a silent
+one is within a minute); FOREVER means none, for waits whose length is the guest
+program's own business (its output, its exit).
+
 The connection (connection.py) creates sessions, feeds them frames from its reader thread
 (deliver, add_credit, end, lost, received) and carries what they send; a session knows
 nothing else about it.
 """
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -24,6 +36,32 @@ from .protocol import G, T
 # The message type a session receives (with an empty payload) when the connection ends;
 # never a real type on the wire, where types are unsigned.
 CONNECTION_LOST = -1
+
+# A wait without a caller's deadline gives up after this long without progress.
+DEFAULT_WAIT_S = 60.0
+# A deadline that never passes (math.inf also works as a timeout in seconds).
+FOREVER = math.inf
+# Bytes one session may hold queued: a full window of data plus an opening (STARTED) and
+# a final (EXITED, DONE, ...) message of the maximum size, each with its header.
+QUEUE_LIMIT = P.WINDOW + 2 * (P.MAX_PAYLOAD + P.HDR_LEN)
+
+
+def deadline_after(timeout: Optional[float]) -> Optional[float]:
+    """A deadline timeout seconds from now; None stays None (the default wait), an
+    infinite timeout is FOREVER."""
+    if timeout is None:
+        return None
+    return FOREVER if math.isinf(timeout) else time.monotonic() + timeout
+
+
+def _left(deadline: Optional[float]) -> Optional[float]:
+    """Seconds to wait for deadline: None means DEFAULT_WAIT_S, FOREVER means no limit
+    (None for the queue and condition calls)."""
+    if deadline is None:
+        return DEFAULT_WAIT_S
+    if math.isinf(deadline):
+        return None
+    return max(0.0, deadline - time.monotonic())
 
 
 def chunks(data: Union[bytes, BinaryIO]) -> Iterator[bytes]:
@@ -52,9 +90,12 @@ class Carrier(Protocol):
 class Session:
     """One session's inbound queue and its outbound credit (bytes we may still send)."""
 
-    def __init__(self, conn: Carrier, sid: int):
+    def __init__(self, conn: Carrier, sid: int, request: int = 0):
         self._conn = conn
         self.id = sid
+        self.request = request  # the message type that opened it (T.EXEC, T.FS_READ, ...)
+        self.frames = 0         # frames received so far (the connection checks their order)
+        self._queued = 0        # bytes in _events (payloads and headers)
         self._events: "queue.SimpleQueue[Tuple[int, bytes]]" = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._credit = P.WINDOW
@@ -71,7 +112,19 @@ class Session:
 
     # --- fed by the connection's reader thread ---
     def deliver(self, type_: int, payload: bytes) -> None:
+        with self._cond:
+            self._queued += len(payload) + P.HDR_LEN
         self._events.put((type_, payload))
+
+    def overrun(self, n: int) -> bool:
+        """Would a frame of n payload bytes take the queue past QUEUE_LIMIT?"""
+        with self._cond:
+            return self._queued + n + P.HDR_LEN > QUEUE_LIMIT
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes received for this session and not yet taken by get()."""
+        return self._queued
 
     def add_credit(self, n: int) -> None:
         with self._cond:
@@ -96,12 +149,18 @@ class Session:
 
     # --- used by whoever opened the session ---
     def get(self, deadline: Optional[float]) -> Tuple[int, bytes]:
-        """The next (type, payload); type CONNECTION_LOST once the connection is gone."""
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        """The next (type, payload); type CONNECTION_LOST once the connection is gone.
+        deadline: time.monotonic() value, None (DEFAULT_WAIT_S from now) or FOREVER."""
+        left = _left(deadline)
         try:
-            return self._events.get(timeout=left)
+            type_, payload = self._events.get(timeout=left)
         except queue.Empty:
-            raise Timeout(f"session {self.id}: no answer from the agent in time") from None
+            raise Timeout(f"session {self.id}: no answer from the agent in "
+                          f"{'time' if deadline is not None else f'{DEFAULT_WAIT_S:g}s'}"
+                          ) from None
+        with self._cond:
+            self._queued -= len(payload) + P.HDR_LEN
+        return type_, payload
 
     def consumed(self, n: int) -> None:
         """Acknowledge output our consumer took; in quarter windows to keep frames few."""
@@ -124,7 +183,8 @@ class Session:
     def send_data(self, type_: int, data: bytes, deadline: Optional[float]) -> bool:
         """Send data as type_ frames of at most CHUNK bytes, each within the agent's credit.
 
-        Blocks while the agent's window is full (Timeout after deadline). Returns False
+        Blocks while the agent's window is full (Timeout after deadline; with None, after
+        DEFAULT_WAIT_S without any credit from the agent). Returns False
         if the agent ended the session first: the rest has no reader, and the session's
         final message (an ERROR, or EXITED) is already queued for get().
         """
@@ -141,10 +201,13 @@ class Session:
         """Block until some credit is available; returns how much of want we may send
         (0: the session ended)."""
         with self._cond:
+            # None: DEFAULT_WAIT_S for this wait (it restarts whenever credit comes).
+            until = time.monotonic() + DEFAULT_WAIT_S if deadline is None else deadline
             while self._credit <= 0 and not self._ended:
-                left = None if deadline is None else deadline - time.monotonic()
+                left = _left(until)
                 if left is not None and left <= 0:
-                    raise Timeout(f"session {self.id}: the agent took no more data in time")
+                    raise Timeout(f"session {self.id}: the agent took no more data in "
+                                  f"{'time' if deadline is not None else f'{DEFAULT_WAIT_S:g}s'}")
                 self._cond.wait(left)
             if self._ended:
                 return 0
@@ -153,5 +216,7 @@ class Session:
             return n
 
     def release(self) -> None:
-        """We are done with it: later frames for this session are dropped."""
+        """We are done with it: later frames for this session are dropped, and a sender
+        still waiting for credit gives up."""
         self._conn.release(self)
+        self.end()

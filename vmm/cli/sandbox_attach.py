@@ -14,6 +14,7 @@ Output is also appended to the sandbox log (vmm/sandbox/logs.py) under one exec 
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -51,7 +52,7 @@ def _pump_stdin(proc, tty: bool) -> None:
                 data = b""
             if not data or proc.ended:
                 break
-            proc.write(data)
+            proc.write(data, timeout=math.inf)  # at the command's pace, however slow
     except Exception:
         pass   # the process ended or the connection went: the output loop reports it
     finally:

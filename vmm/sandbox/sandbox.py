@@ -28,8 +28,8 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..agent import (DEFAULT_VSOCK_PORT, AgentClient, AgentError, ExecResult, Process,
-                     SandboxNotRunning, Timeout)
+from ..agent import (DEFAULT_MAX_OUTPUT, DEFAULT_VSOCK_PORT, AgentClient, AgentError,
+                     ExecResult, Process, SandboxNotRunning, Timeout)
 from ..devices import Disk, Net, Vsock
 from ..errors import ConfigError
 from ..machine import ExitStatus, Machine
@@ -330,17 +330,19 @@ class Sandbox:
     def exec(self, argv: Sequence[str], *, env: Optional[Dict[str, str]] = None,
              cwd: Optional[str] = None, user: Optional[str] = None, stdin=None,
              timeout: Optional[float] = None, tty: bool = False, rows: int = 24,
-             cols: int = 80, rlimits: Optional[Dict[int, Tuple[int, int]]] = None) -> ExecResult:
+             cols: int = 80, rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
+             max_output: Optional[int] = DEFAULT_MAX_OUTPUT) -> ExecResult:
         """Run argv to completion: ExecResult(code, signal, stdout, stderr, exit_code).
 
         Raises ExecFailed (errno, kind; exit_code 127 not found, 126 not executable),
         Timeout (the guest process group was killed; output so far attached),
-        SandboxNotRunning.
+        OutputTooLarge (more than max_output bytes of output, 64 MiB by default; killed,
+        the first max_output bytes attached), SandboxNotRunning.
         """
         check_env(env)
         return self._live().exec(argv, env=env, cwd=cwd, user=user, stdin=stdin,
                                  timeout=timeout, tty=tty, rows=rows, cols=cols,
-                                 rlimits=rlimits)
+                                 rlimits=rlimits, max_output=max_output)
 
     def exec_stream(self, argv: Sequence[str], *, env: Optional[Dict[str, str]] = None,
                     cwd: Optional[str] = None, user: Optional[str] = None, tty: bool = False,
