@@ -148,7 +148,7 @@ static int vsock_listen(struct vsock *v, char *err, size_t errlen)
     unlink(v->path);
     v->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (v->listen_fd < 0 || bind(v->listen_fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
-        listen(v->listen_fd, 64) < 0) {
+        listen(v->listen_fd, MAX_HOST_CONNS) < 0) {
         snprintf(err, errlen, "cannot listen on vsock socket %s: %s", v->path, strerror(errno));
         return -1;
     }
