@@ -132,7 +132,8 @@ def test_host_to_guest_stops_at_a_credit_that_is_not_a_multiple_of_the_buffer(vs
     for p in g.poll(0.5, want=100):
         if p.op == OP_RW:
             got += p.payload
-    assert len(got) == credit and bytes(got) == data[:credit]
+    assert len(got) == credit, f"{len(got)} bytes sent on {credit} bytes of credit"
+    assert bytes(got) == data[:credit]
     g.send(OP_CREDIT_UPDATE, 1234, hport, buf_alloc=credit, fwd_cnt=3000)  # the guest read 3000
     for p in g.poll(0.5, want=100):
         if p.op == OP_RW:
