@@ -13,7 +13,7 @@ import time
 import pytest
 
 from support.vsock_guest import OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, Guest
-from support.vsock_host import accept_host_conn, host_connect, read_line, recv_exact
+from support.vsock_host import accept_host_conn, host_connect, recv_exact
 from vmm.devices import Vsock
 from vmm.engines.virtio_device import open_device
 

@@ -7,7 +7,6 @@ fit in SECONDS; else exactly that many, to replay a run; see support.fuzz_budget
 Guest memory is the middle of a larger buffer whose guard bytes on both sides must stay
 untouched; descriptors, indirect tables and ring indices are random but biased towards
 values near the edges of guest memory and the queue, where the checks are."""
-import os
 import random
 import struct
 import sys
