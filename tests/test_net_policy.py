@@ -6,12 +6,12 @@ import ipaddress
 import os
 import random
 import struct
-import time
 
 import pytest
 
 from vmm.errors import ConfigError
 from vmm.net.policy import DENIED, MALFORMED, PASS, Policy, PolicyEngine, parse_rule
+from support.fuzz_budget import Budget, fuzz_rounds, fuzz_seed, seed_named_on_failure
 from support.net_frames import (ACK, FIN, GATEWAY4, GATEWAY6, GUEST4, GUEST6, GUEST_MAC, GW_MAC, ICMP,
                                 ICMP6, PSH, PUBLIC4, PUBLIC6, RST, SYN, TCP, UDP, eth, ext, frag6,
                                 frame, frame4, frame6, ip4, ip6, parse_rst, tcp, udp)
@@ -469,21 +469,26 @@ def _mutate(rng, f):
     return bytes(f)
 
 
+@pytest.mark.fuzz
 def test_fuzz_no_crash():
-    """Random and mutated frames for a few seconds; replay with NET_POLICY_FUZZ_SEED=<seed>."""
-    seed = int(os.environ.get("NET_POLICY_FUZZ_SEED", random.randrange(1 << 32)))
-    seconds = float(os.environ.get("NET_POLICY_FUZZ_SECONDS", "3"))
-    print(f"net policy fuzz seed {seed} (NET_POLICY_FUZZ_SEED={seed} replays it)")
+    """Random and mutated frames for a few seconds (NET_POLICY_FUZZ_SECONDS), on a clock that
+    advances a millisecond a frame; replay exactly with the NET_POLICY_FUZZ_SEED=<seed>
+    VMM_FUZZ_ROUNDS=<n> that a failure names."""
+    seed = fuzz_seed("net policy fuzz", "NET_POLICY_FUZZ_SEED")
+    budget = Budget(float(os.environ.get("NET_POLICY_FUZZ_SECONDS", "3")), fuzz_rounds())
     rng = random.Random(seed)
     e = engine("public", rules=["deny@203.0.113.0/24:tcp:443", "allow@fd00::/8:udp:1-100"])
+    now = 1_000_000
     seeds = [frame4(PUBLIC4), frame4("10.0.0.1", udp(), UDP), frame6(PUBLIC6), frame6("fc00::1"),
              frame4(PUBLIC4, tcp(), options=bytes([68, 8, 5, 0]) + bytes(4)),
              frame6(PUBLIC6, tcp(), 0, ext=ext(44, bytes(6)) + frag6(6, 0, True)),
              frame4("203.0.113.1", b"z" * 20, frag=0x2000 | 7),
              eth(0x0800, ip4("10.0.0.1", tcp()), vlan=1), eth(0x0806, bytes(28))]
-    deadline, n, verdicts = time.monotonic() + seconds, 0, {PASS: 0, DENIED: 0, MALFORMED: 0}
-    while time.monotonic() < deadline:
-        for _ in range(200):
+    n, verdicts = 0, {PASS: 0, DENIED: 0, MALFORMED: 0}
+    with seed_named_on_failure("NET_POLICY_FUZZ_SEED", seed, budget):
+        while budget.more():
+            now += 1
+            e.set_clock(now)
             if rng.random() < 0.1:
                 f = bytes(rng.randrange(256) for _ in range(rng.randrange(120)))
             else:
@@ -498,6 +503,6 @@ def test_fuzz_no_crash():
                 assert reply[0:6] == f[6:12] and reply[6:12] == f[0:6]
                 parse_rst(GUEST_MAC + GW_MAC + reply[12:], family, vlan)
             n += 1
-    st = e.stats()
-    assert st["passed"] + st["denied"] + st["malformed"] + st["infra"] == n
+        st = e.stats()
+        assert st["passed"] + st["denied"] + st["malformed"] + st["infra"] == n
     print(f"{n} frames: {verdicts}")

@@ -14,6 +14,7 @@ import pytest
 
 from vmm.errors import ConfigError
 from vmm.net.policy import DENIED, PASS, DnsLimits, Policy, PolicyEngine, parse_rule
+from support.fuzz_budget import Budget, fuzz_rounds, fuzz_seed, seed_named_on_failure
 from support.dns_frames import (AAAA, CNAME, RESOLVER4, RESOLVER6, TXT, a, aaaa, cname,
                                 compressed_response, dns_frame, header, name, pointer,
                                 question, response, rr)
@@ -397,23 +398,28 @@ def _mutate(rng, m):
     return bytes(m)
 
 
+@pytest.mark.fuzz
 def test_dns_fuzz_no_crash():
-    """Mutated DNS answers (and frames to the addresses they taught) for a few seconds;
-    replay with NET_DNS_FUZZ_SEED=<seed>, length with NET_DNS_FUZZ_SECONDS."""
-    seed = int(os.environ.get("NET_DNS_FUZZ_SEED", random.randrange(1 << 32)))
-    seconds = float(os.environ.get("NET_DNS_FUZZ_SECONDS", "3"))
-    print(f"net dns fuzz seed {seed} (NET_DNS_FUZZ_SEED={seed} replays it)")
+    """Mutated DNS answers (and frames to the addresses they taught) for a few seconds
+    (NET_DNS_FUZZ_SECONDS), on a clock that advances a millisecond an answer (so that
+    TTLs expire the same way each run); replay exactly with the NET_DNS_FUZZ_SEED=<seed>
+    VMM_FUZZ_ROUNDS=<n> that a failure names."""
+    seed = fuzz_seed("net dns fuzz", "NET_DNS_FUZZ_SEED")
+    budget = Budget(float(os.environ.get("NET_DNS_FUZZ_SECONDS", "3")), fuzz_rounds())
     rng = random.Random(seed)
     e = engine(["allow@*.example.org:tcp:443", "deny@example.com", "deny@a.b.example.org:udp"],
                limits=DnsLimits(entries=256))
+    now = 1_000_000
     seeds = [GOOD, compressed_response("x.example.org", [OTHER, "2001:db8::1", CDN]),
              response("www.example.org", [cname("www.example.org", "e.cdn.example"), a("e.cdn.example", CDN)]),
              header(1, 2) + question("registry.example.org") + cname(pointer(12), b"\x03cdn" + pointer(12 + 9)) +
              a(b"\x03cdn" + pointer(12 + 9), NPM),
              response("a.b.example.org", [aaaa("a.b.example.org", "2001:db8::2"), a("a.b.example.org", NPM)])]
-    deadline, n, results = time.monotonic() + seconds, 0, {-1: 0, 0: 0, "learned": 0}
-    while time.monotonic() < deadline:
-        for _ in range(200):
+    n, results = 0, {-1: 0, 0: 0, "learned": 0}
+    with seed_named_on_failure("NET_DNS_FUZZ_SEED", seed, budget):
+        while budget.more():
+            now += 1
+            e.set_clock(now)
             msg = _mutate(rng, rng.choice(seeds)) if rng.random() < 0.95 else \
                 bytes(rng.randrange(256) for _ in range(rng.randrange(80)))
             f = dns_frame(msg, src=rng.choice([RESOLVER4, RESOLVER6]))
@@ -426,8 +432,8 @@ def test_dns_fuzz_no_crash():
             dst = rng.choice([OTHER, CDN, NPM])
             assert e.check(frame4(dst, tcp(dport=rng.choice([443, 80]))))[0] in (PASS, DENIED)
             n += 1
-    st = e.stats()
-    assert st["dns_answers"] <= n and st["dns_malformed"] == results[-1]
-    assert st["dns_entries"] <= 256 and results["learned"] > 0 and results[-1] > 0
+        st = e.stats()
+        assert st["dns_answers"] <= n and st["dns_malformed"] == results[-1]
+        assert st["dns_entries"] <= 256 and results["learned"] > 0 and results[-1] > 0
     print(f"{n} DNS answers: {results}, {st['dns_learned']} addresses learned, "
           f"{st['dns_evicted']} evicted")

@@ -9,8 +9,9 @@ import pytest
 
 from vmm.devices import Vsock
 from vmm.engines.virtio_device import open_device
-from support.vsock_guest import (HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
-                         OP_RW, OP_SHUTDOWN, Guest)
+from support.vsock_host import accept_host_conn, host_connect, one, read_line, recv_exact
+from support.vsock_guest import (OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
+                                 OP_SHUTDOWN, Guest)
 
 CID = 42
 
@@ -22,51 +23,6 @@ def vs(tmp_path):
     g = Guest(dev, cid=CID)
     yield dev, g, path
     dev.close()
-
-
-def host_connect(path, port):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(path)
-    s.sendall(f"CONNECT {port}\n".encode())
-    return s
-
-
-def read_line(s):
-    buf = b""
-    while not buf.endswith(b"\n"):
-        c = s.recv(1)
-        if not c:
-            break
-        buf += c
-    return buf
-
-
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        c = s.recv(n - len(buf))
-        if not c:
-            break
-        buf += c
-    return buf
-
-
-def one(g, op=None, timeout=2.0):
-    pkts = [p for p in g.poll(timeout) if p.op != OP_CREDIT_UPDATE or op == OP_CREDIT_UPDATE]
-    assert len(pkts) >= 1, "no packet from the device"
-    assert op is None or pkts[0].op == op, pkts
-    return pkts[0]
-
-
-def accept_host_conn(g, path, guest_port=1234, buf_alloc=1 << 20):
-    s = host_connect(path, guest_port)
-    req = one(g, OP_REQUEST)
-    assert (req.src_cid, req.dst_cid, req.dst_port) == (HOST_CID, CID, guest_port)
-    g.send(OP_RESPONSE, guest_port, req.src_port, buf_alloc=buf_alloc)
-    line = read_line(s)
-    assert line == f"OK {req.src_port}\n".encode()
-    return s, req.src_port
 
 
 def test_config_space_holds_the_cid(vs):
@@ -162,6 +118,27 @@ def test_host_to_guest_respects_guest_credit(vs):
     g.send(OP_CREDIT_UPDATE, 1234, hport, buf_alloc=8192, fwd_cnt=8192)
     more = sum(p.len for p in g.poll(0.5, want=100) if p.op == OP_RW)
     assert more == 8192
+
+
+def test_host_to_guest_stops_at_a_credit_that_is_not_a_multiple_of_the_buffer(vs):
+    # 10000 bytes of credit in 4096-byte rx buffers: the third packet must be cut to 1808
+    # bytes. A device that filled whole buffers (or ignored credit) would send 12288.
+    dev, g, path = vs
+    credit = 10000
+    s, hport = accept_host_conn(g, path, buf_alloc=credit)
+    data = os.urandom(100_000)
+    s.sendall(data)
+    got = bytearray()
+    for p in g.poll(0.5, want=100):
+        if p.op == OP_RW:
+            got += p.payload
+    assert len(got) == credit, f"{len(got)} bytes sent on {credit} bytes of credit"
+    assert bytes(got) == data[:credit]
+    g.send(OP_CREDIT_UPDATE, 1234, hport, buf_alloc=credit, fwd_cnt=3000)  # the guest read 3000
+    for p in g.poll(0.5, want=100):
+        if p.op == OP_RW:
+            got += p.payload
+    assert bytes(got) == data[:credit + 3000]
 
 
 def test_guest_exceeding_credit_is_reset(vs):

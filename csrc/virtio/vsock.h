@@ -13,6 +13,12 @@
  * byte stream. A guest connection to CID 2 port P is connected to the Unix socket
  * "<path>_P", or reset if nothing listens there.
  *
+ * Budget: the guest's connections (its REQUESTs) and the host's (clients of the listener,
+ * including ones still saying CONNECT) have separate caps, MAX_GUEST_CONNS and
+ * MAX_HOST_CONNS, so a guest that opens connections until refused cannot take the slots the
+ * host needs to reach its own agent. Each connection holds one fd and, only while data waits
+ * for a slow host socket, a tx buffer sized to what waits (freed once drained).
+ *
  * Flow control is the spec's credit scheme in both directions. Guest -> host: we tell the
  * guest we have CONN_BUF bytes of buffer; data is written to the Unix socket at once and
  * only what the socket does not take is kept, so a guest that respects credit never makes
@@ -24,7 +30,9 @@
  * Threads: none of our own. The transport calls notify (tx queue: packets from the guest;
  * rx queue: new buffers) with d->lock held; its event loop calls vsock_poll when a Unix
  * socket is ready (d->poll_fd), which takes d->lock too. All connection state is touched
- * only under d->lock. */
+ * only under d->lock. Writes to the Unix sockets use send(MSG_NOSIGNAL): a host program
+ * that closed its end is an error for that connection, never a SIGPIPE for the process
+ * (which need not ignore the signal). */
 #ifndef VIRTIO_VSOCK_H
 #define VIRTIO_VSOCK_H
 #include <pthread.h>
@@ -47,7 +55,10 @@ enum { OP_REQUEST = 1, OP_RESPONSE, OP_RST, OP_SHUTDOWN, OP_RW, OP_CREDIT_UPDATE
 
 #define CONN_BUF (256u * 1024)      /* our receive buffer per connection (buf_alloc) */
 #define MAX_PAYLOAD (64u * 1024)    /* largest packet payload either way (Linux's limit) */
-#define MAX_CONNS 1024
+#define MAX_GUEST_CONNS 768         /* connections the guest opened (REQUEST to CID 2) */
+#define MAX_HOST_CONNS 256          /* host clients of the listener: never taken by the guest */
+#define MAX_CONNS (MAX_GUEST_CONNS + MAX_HOST_CONNS)
+#define TX_MIN_BUF 4096u            /* smallest tx buffer; it grows by doubling to CONN_BUF */
 #define MAX_LONE_RST 128            /* resets for unknown connections waiting for rx buffers */
 #define LINE_MAX_LEN 32             /* "CONNECT 4294967295\n" fits */
 #define FIRST_HOST_PORT (1u << 30)  /* host-initiated connections get local ports from here */
@@ -76,12 +87,14 @@ enum conn_state {
 struct conn {
     int fd;
     uint32_t gen;
+    bool from_guest;         /* counts against MAX_GUEST_CONNS, else MAX_HOST_CONNS */
     enum conn_state state;
     uint32_t local_port, peer_port;
     char line[LINE_MAX_LEN + 1];
     unsigned line_len;
     /* guest -> host */
-    uint8_t *tx;             /* CONN_BUF bytes once needed */
+    uint8_t *tx;             /* tx_cap bytes while data waits for the socket, else NULL */
+    uint32_t tx_cap;
     uint32_t tx_off, tx_len; /* pending bytes tx[tx_off .. tx_off+tx_len) */
     uint32_t fwd_cnt, fwd_told;
     bool guest_shut_send;    /* no more data from the guest: SHUT_WR once drained */
@@ -111,6 +124,7 @@ struct vsock {
     struct conn *conns[MAX_CONNS];
     uint32_t gens[MAX_CONNS];
     int nslots;              /* slots in use are below this */
+    int nguest, nhost;       /* connections per side, against MAX_GUEST_CONNS / MAX_HOST_CONNS */
     uint32_t next_host_port;
     struct lone_rst rst[MAX_LONE_RST];
     int nrst;
@@ -123,8 +137,9 @@ struct vsock {
 uint64_t conn_tag(struct vsock *v, int slot);
 struct conn *conn_find(struct vsock *v, uint32_t local_port, uint32_t peer_port);
 bool local_port_used(struct vsock *v, uint32_t port);
-/* Registers fd as a new connection; NULL (fd closed) when the table is full. */
-struct conn *conn_new(struct vsock *v, int fd, enum conn_state st);
+/* Registers fd as a new connection of the guest (from_guest) or the host; NULL (fd closed)
+ * when that side has all its slots. */
+struct conn *conn_new(struct vsock *v, int fd, enum conn_state st, bool from_guest);
 void conn_free(struct vsock *v, struct conn *c);
 /* Which socket events we want now, from the connection's state. */
 void conn_rearm(struct vsock *v, struct conn *c);

@@ -4,10 +4,12 @@
  * guest credit or rx buffers is not polled and a host program blocks on its own socket. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "vsock.h"
@@ -40,13 +42,17 @@ bool local_port_used(struct vsock *v, uint32_t port)
     return false;
 }
 
-/* Registers fd as a new connection; NULL (fd closed) when the table is full. */
-struct conn *conn_new(struct vsock *v, int fd, enum conn_state st)
+/* Registers fd as a new connection of the guest (from_guest) or the host; NULL (fd closed)
+ * when that side has all its slots. The caps are per side so that neither can take the
+ * other's slots: the table has room for both at once. */
+struct conn *conn_new(struct vsock *v, int fd, enum conn_state st, bool from_guest)
 {
+    int *count = from_guest ? &v->nguest : &v->nhost;
     int slot = -1;
-    for (int i = 0; i < MAX_CONNS && slot < 0; i++)
-        if (!v->conns[i])
-            slot = i;
+    if (*count < (from_guest ? MAX_GUEST_CONNS : MAX_HOST_CONNS))
+        for (int i = 0; i < MAX_CONNS && slot < 0; i++)
+            if (!v->conns[i])
+                slot = i;
     struct conn *c = slot >= 0 ? calloc(1, sizeof(*c)) : NULL;
     if (!c) {
         close(fd);
@@ -54,6 +60,8 @@ struct conn *conn_new(struct vsock *v, int fd, enum conn_state st)
     }
     c->fd = fd;
     c->state = st;
+    c->from_guest = from_guest;
+    (*count)++;
     c->gen = ++v->gens[slot];
     v->conns[slot] = c;
     if (slot >= v->nslots)
@@ -71,6 +79,10 @@ void conn_free(struct vsock *v, struct conn *c)
         v->conns[slot] = NULL;
     while (v->nslots > 0 && !v->conns[v->nslots - 1])
         v->nslots--;
+    if (c->from_guest)
+        v->nguest--;
+    else
+        v->nhost--;
     epoll_ctl(v->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     free(c->tx);
@@ -118,11 +130,19 @@ void queue_lone_rst(struct vsock *v, uint32_t local_port, uint32_t peer_port)
         v->rst[v->nrst++] = (struct lone_rst){ local_port, peer_port };
 }
 
+/* The pending bytes are all out: give their buffer back (an idle connection holds none). */
+static void tx_release(struct conn *c)
+{
+    free(c->tx);
+    c->tx = NULL;
+    c->tx_cap = c->tx_off = 0;
+}
+
 /* Writes as much of the pending data as the socket takes. -1: the socket is dead. */
 int drain_tx(struct vsock *v, struct conn *c)
 {
     while (c->tx_len) {
-        ssize_t n = write(c->fd, c->tx + c->tx_off, c->tx_len);
+        ssize_t n = send(c->fd, c->tx + c->tx_off, c->tx_len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
@@ -132,7 +152,7 @@ int drain_tx(struct vsock *v, struct conn *c)
         c->tx_off += (uint32_t)n, c->tx_len -= (uint32_t)n, c->fwd_cnt += (uint32_t)n;
     }
     if (c->tx_len == 0)
-        c->tx_off = 0;
+        tx_release(c);
     if (c->tx_len == 0 && c->guest_shut_send && !c->shut_wr_done) {
         shutdown(c->fd, SHUT_WR);
         c->shut_wr_done = true;
@@ -151,22 +171,63 @@ int drain_tx(struct vsock *v, struct conn *c)
     return 0;
 }
 
-/* Takes len payload bytes of a RW packet. -1 = reset the connection. */
+/* Room for `more` bytes after the pending ones: the buffer grows by doubling (from
+ * TX_MIN_BUF, at most CONN_BUF, which the credit check keeps enough), so a connection holds
+ * about as much memory as it has data waiting. */
+static int tx_reserve(struct conn *c, uint32_t more)
+{
+    uint32_t need = c->tx_len + more;
+    if (need > c->tx_cap) {
+        uint32_t cap = c->tx_cap ? c->tx_cap : TX_MIN_BUF;
+        while (cap < need)
+            cap *= 2;
+        if (cap > CONN_BUF)
+            cap = CONN_BUF;
+        uint8_t *b = malloc(cap);
+        if (!b)
+            return -1;
+        if (c->tx_len)
+            memcpy(b, c->tx + c->tx_off, c->tx_len);
+        free(c->tx);
+        c->tx = b, c->tx_cap = cap, c->tx_off = 0;
+    } else if (c->tx_off + need > c->tx_cap) {
+        memmove(c->tx, c->tx + c->tx_off, c->tx_len);
+        c->tx_off = 0;
+    }
+    return 0;
+}
+
+/* Takes len payload bytes of a RW packet. -1 = reset the connection. With nothing pending,
+ * the payload goes from guest memory straight to the socket and only what the socket does
+ * not take is copied. */
 int take_rw(struct vsock *v, struct conn *c, const struct vq_req *r, uint32_t len)
 {
     if (c->guest_shut_send)
         return -1;
     if ((uint64_t)c->tx_len + len > CONN_BUF)
         return -1; /* beyond the credit we gave: a misbehaving guest */
-    if (!c->tx && !(c->tx = malloc(CONN_BUF)))
-        return -1;
-    if (c->tx_off + c->tx_len + len > CONN_BUF) {
-        memmove(c->tx, c->tx + c->tx_off, c->tx_len);
-        c->tx_off = 0;
-    }
-    iov_to_buf(r->rd, r->nr, sizeof(struct vsock_hdr), c->tx + c->tx_off + c->tx_len, len);
-    c->tx_len += len;
     counter_add(v->d.c.bytes_written, len);
+    uint32_t sent = 0;
+    if (c->tx_len == 0 && len > 0) {
+        int n = iov_slice(r->rd, r->nr, sizeof(struct vsock_hdr), len, v->scratch);
+        struct msghdr m = { .msg_iov = v->scratch, .msg_iovlen = (size_t)(n < IOV_MAX ? n : IOV_MAX) };
+        ssize_t k;
+        do
+            k = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (k < 0 && errno == EINTR);
+        if (k < 0 && errno != EAGAIN)
+            return -1;
+        if (k > 0) {
+            sent = (uint32_t)k;
+            c->fwd_cnt += sent;
+        }
+    }
+    if (sent < len) {
+        if (tx_reserve(c, len - sent) < 0)
+            return -1;
+        iov_to_buf(r->rd, r->nr, sizeof(struct vsock_hdr) + sent, c->tx + c->tx_off + c->tx_len, len - sent);
+        c->tx_len += len - sent;
+    }
     return drain_tx(v, c);
 }
 
@@ -176,5 +237,6 @@ void close_all(struct vsock *v)
         if (v->conns[i])
             conn_free(v, v->conns[i]);
     v->nslots = 0;
+    v->nguest = v->nhost = 0;
     v->nrst = 0;
 }

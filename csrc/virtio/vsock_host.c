@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -19,7 +20,7 @@ void host_established(struct vsock *v, struct conn *c)
 {
     char ok[32];
     int n = snprintf(ok, sizeof(ok), "OK %u\n", c->local_port);
-    if (write(c->fd, ok, (size_t)n) != n) {
+    if (send(c->fd, ok, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n) {
         conn_reset(v, c);
         return;
     }
@@ -75,7 +76,7 @@ static void accept_host(struct vsock *v)
 {
     int fd = accept4(v->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0)
-        conn_new(v, fd, C_LINE);
+        conn_new(v, fd, C_LINE, false); /* beyond MAX_HOST_CONNS: closed, the client sees EOF */
 }
 
 static void conn_event(struct vsock *v, uint64_t tag, uint32_t events)
@@ -96,10 +97,18 @@ static void conn_event(struct vsock *v, uint64_t tag, uint32_t events)
     }
     if (events & (EPOLLHUP | EPOLLERR)) {
         /* Data may still wait in the socket for the guest (as its credit allows): stop
-         * polling, since a hang-up is reported forever, and let the reads find EOF. */
+         * polling, since a hang-up is reported forever, and let the reads find EOF. With
+         * nothing left unread the connection is over now, whatever the guest's credit: it
+         * must not hold its slot until a guest that gives no credit changes its mind. */
         epoll_ctl(v->epfd, EPOLL_CTL_DEL, c->fd, NULL);
         c->hup = true;
         c->readable = true;
+        int unread = 0;
+        if (ioctl(c->fd, FIONREAD, &unread) == 0 && unread == 0) {
+            c->host_eof = true;
+            c->readable = false;
+            c->pending |= P_RST;
+        }
         return;
     }
     if ((events & EPOLLOUT) && drain_tx(v, c) < 0) {
@@ -139,7 +148,7 @@ static int vsock_listen(struct vsock *v, char *err, size_t errlen)
     unlink(v->path);
     v->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (v->listen_fd < 0 || bind(v->listen_fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
-        listen(v->listen_fd, 64) < 0) {
+        listen(v->listen_fd, MAX_HOST_CONNS) < 0) {
         snprintf(err, errlen, "cannot listen on vsock socket %s: %s", v->path, strerror(errno));
         return -1;
     }
@@ -158,7 +167,7 @@ struct conn *host_dial(struct vsock *v, uint32_t local_port, uint32_t peer_port)
         queue_lone_rst(v, local_port, peer_port);
         return NULL;
     }
-    struct conn *c = conn_new(v, fd, C_OPEN);
+    struct conn *c = conn_new(v, fd, C_OPEN, true);
     if (!c) {
         queue_lone_rst(v, local_port, peer_port);
         return NULL;

@@ -1,17 +1,17 @@
 """Random-descriptor fuzzing of the virtqueue walker through virtio-blk (run as a script so
 a crash shows up as a failed child, not a dead test runner).
 
-Usage: python -m support.fuzz_queue SECONDS SEED DISK
+Usage: python -m support.fuzz_queue SECONDS ROUNDS SEED DISK [PROGRESS] (ROUNDS 0: as many as
+fit in SECONDS; else exactly that many, to replay a run; see support.fuzz_budget)
 
 Guest memory is the middle of a larger buffer whose guard bytes on both sides must stay
 untouched; descriptors, indirect tables and ring indices are random but biased towards
 values near the edges of guest memory and the queue, where the checks are."""
-import os
 import random
 import struct
 import sys
-import time
 
+from support.fuzz_budget import Budget
 from support.virtio_driver import EVENT_IDX, INDIRECT, VERSION_1, ffi, lib  # noqa: E402
 from vmm.devices import Disk  # noqa: E402
 from vmm.engines.virtio_device import open_device  # noqa: E402
@@ -22,8 +22,9 @@ GUARD = 64 * 1024
 QSIZE = 16
 
 
-def main(seconds, seed, disk):
+def main(seconds, rounds, seed, disk, progress=None):
     rnd = random.Random(seed)
+    budget = Budget(seconds, rounds or None, progress)
     raw = ffi.new("uint8_t[]", SIZE + 2 * GUARD)
     view = ffi.buffer(raw)
     view[:] = b"\xa5" * len(view)
@@ -85,10 +86,8 @@ def main(seconds, seed, disk):
 
     setup()
     avail_idx = 0
-    end = time.monotonic() + seconds
-    rounds = broken = 0
-    while time.monotonic() < end:
-        rounds += 1
+    broken = 0
+    while budget.more():
         put(0, desc_bytes(QSIZE, QSIZE))
         # A few indirect tables and request headers scattered in the data area.
         for _ in range(4):
@@ -126,10 +125,10 @@ def main(seconds, seed, disk):
     assert bytes(view[:GUARD]) == b"\xa5" * GUARD, "write below guest memory"
     assert bytes(view[GUARD + SIZE:]) == b"\xa5" * GUARD, "write above guest memory"
     c = dev.counters()
-    print(f"rounds={rounds} broken={broken} requests={c['requests']} rejected={c['rejected']} "
+    print(f"rounds={budget.done} broken={broken} requests={c['requests']} rejected={c['rejected']} "
           f"errors={c['errors']}")
     dev.close()
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    main(float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], *sys.argv[5:6])

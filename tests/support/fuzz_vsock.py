@@ -1,24 +1,54 @@
 """Random vsock packets from a hostile "guest" mixed with host clients coming and going.
-Usage: python -m support.fuzz_vsock SECONDS SEED DIR. The device must survive and still carry a
-clean connection at the end."""
+Usage: python -m support.fuzz_vsock SECONDS ROUNDS SEED DIR [PROGRESS] (ROUNDS 0: as many as
+fit in SECONDS; else exactly that many, to replay a run). Every input comes from the seed
+(what the host sockets see of the device's timing cannot). At the end: a host connection
+to the guest must succeed whatever the guest holds (slots are reserved for the host); then
+the guest closes what it opened and a clean guest connection must work."""
 import os
 import random
 import socket
 import sys
 import time
 
-from support.vsock_guest import OP_REQUEST, OP_RESPONSE, OP_RW, Guest  # noqa: E402
+from support.fuzz_budget import Budget
+from support.vsock_guest import OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, Guest  # noqa: E402
 from vmm.devices import Vsock  # noqa: E402
 from vmm.engines.virtio_device import open_device  # noqa: E402
 
 CID = 9
+DEADLINE = 15.0  # answers can queue behind tens of thousands of RSTs on a loaded machine
 
 
-def main(seconds, seed, d):
+class Known:
+    """The connections the device told the guest about, by the guest's (port, host port):
+    what a guest closes when it is done."""
+
+    def __init__(self):
+        self.pairs = set()
+
+    def see(self, pkts):
+        for p in pkts:
+            if p.op in (OP_REQUEST, OP_RESPONSE):
+                self.pairs.add((p.dst_port, p.src_port))
+        return pkts
+
+
+def wait_for(g, known, match):
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end:
+        for p in known.see(g.poll(0.5, want=1)):
+            if match(p):
+                return p
+    return None
+
+
+def main(seconds, rounds, seed, d, progress=None):
     rnd = random.Random(seed)
+    budget = Budget(seconds, rounds or None, progress)
     path = os.path.join(d, "f.sock")
     dev = open_device(Vsock(CID, path))
     g = Guest(dev, cid=CID)
+    known = Known()
     listeners = []
     for port in (7000, 7001):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -27,25 +57,26 @@ def main(seconds, seed, d):
         s.setblocking(False)
         listeners.append(s)
     clients, accepted = [], []
-    end = time.monotonic() + seconds
     sent = 0
-    while time.monotonic() < end:
+    while budget.more():
         k = rnd.random()
         if k < 0.05 and len(clients) < 50:
             c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             c.setblocking(False)
+            line = rnd.choice([b"CONNECT 80\n", b"CONNECT 81\n", b"CONNECT x\n", rnd.randbytes(8)])
             try:
                 c.connect(path)
-                c.send(rnd.choice([b"CONNECT 80\n", b"CONNECT 81\n", b"CONNECT x\n", os.urandom(8)]))
+                c.send(line)
             except OSError:
                 pass
             clients.append(c)
         elif k < 0.08 and clients:
             clients.pop(rnd.randrange(len(clients))).close()
         elif k < 0.12:
+            data = rnd.randbytes(rnd.randrange(1, 3000))  # one draw however many sockets are open
             for s in clients + accepted:
                 try:
-                    s.send(os.urandom(rnd.randrange(1, 3000)))
+                    s.send(data)
                     s.recv(65536)
                 except OSError:
                     pass
@@ -60,7 +91,7 @@ def main(seconds, seed, d):
                 accepted.pop(0).close()
         else:
             op = rnd.randrange(0, 9)
-            payload = os.urandom(rnd.choice([0, 1, 100, 4096, 65536])) if rnd.random() < 0.5 else b""
+            payload = rnd.randbytes(rnd.choice([0, 1, 100, 4096, 65536])) if rnd.random() < 0.5 else b""
             src_port = rnd.choice([80, 81, 1000, 1001, rnd.getrandbits(32)])
             dst_port = rnd.choice([7000, 7001, 1 << 30, (1 << 30) + 1, rnd.getrandbits(32)])
             g.send(op, src_port, dst_port, payload,
@@ -70,36 +101,45 @@ def main(seconds, seed, d):
                    src_cid=CID if rnd.random() < 0.9 else rnd.getrandbits(64),
                    length=None if rnd.random() < 0.9 else rnd.getrandbits(32))
             sent += 1
-        g.poll(0, want=0)
-    # Host side goes away; then a clean guest-initiated connection must still work (the
-    # connection table, at most 1024 entries, must not be full of leftovers).
+        known.see(g.poll(0, want=0))
+    # Host side goes away. Connections whose host end left data the guest gave no credit for
+    # stay (the guest may still read it): the guest may hold all of its slots now.
     for sock in clients + accepted + listeners:
         sock.close()
-    clients, accepted, listeners = [], [], []
-    g.poll(0.5, want=100000)
+    known.see(g.poll(0.5, want=100000))
+    # The host still reaches the guest: its slots are its own.
+    h = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    h.settimeout(DEADLINE)
+    h.connect(path)
+    h.sendall(b"CONNECT 4343\n")
+    req = wait_for(g, known, lambda p: p.op == OP_REQUEST and p.dst_port == 4343)
+    assert req, f"no REQUEST for a host connection after the fuzz run (counters {dev.counters()})"
+    g.send(OP_RESPONSE, 4343, req.src_port)
+    assert h.recv(100) == f"OK {req.src_port}\n".encode(), "host connection refused after the fuzz run"
+    h.close()
+    # The guest closes everything it was told about; then it can connect again.
+    for gport, hport in sorted(known.pairs):
+        g.send(OP_RST, gport, hport)
+        known.see(g.poll(0, want=0))
+    known.see(g.poll(0.5, want=100000))
     lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lst.bind(f"{path}_7777")
     lst.listen(1)
     lst.settimeout(5)
     g.send(OP_REQUEST, 4242, 7777)
-    # The answer may queue behind tens of thousands of RSTs for the closed host sockets; on a
-    # loaded machine a 1 s poll can come back empty while those drain, so wait on a deadline.
-    deadline = time.monotonic() + 15.0
-    ok = False
-    while not ok and time.monotonic() < deadline:
-        got = g.poll(1.0, want=1)
-        ok = any(p.op == OP_RESPONSE and p.dst_port == 4242 for p in got)
-    assert ok, f"no RESPONSE after the fuzz run (counters {dev.counters()})"
+    ok = wait_for(g, known, lambda p: p.op in (OP_RESPONSE, OP_RST) and p.dst_port == 4242)
+    assert ok and ok.op == OP_RESPONSE, f"no RESPONSE after the fuzz run ({ok}, counters {dev.counters()})"
     a, _ = lst.accept()
     g.send(OP_RW, 4242, 7777, b"still alive")
     a.settimeout(5)
     assert a.recv(100) == b"still alive"
     c = dev.counters()
-    print(f"packets={sent} connections={c['connections']} resets={c['resets']} errors={c['errors']}")
-    for s in clients + accepted + listeners:
-        s.close()
+    print(f"rounds={budget.done} packets={sent} connections={c['connections']} resets={c['resets']} "
+          f"errors={c['errors']}")
+    a.close()
+    lst.close()
     dev.close()
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    main(float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], *sys.argv[5:6])

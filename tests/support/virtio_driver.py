@@ -28,6 +28,18 @@ class Queue:
         self.chains = {}  # head -> descriptor indices, freed when the device returns it
 
     # raw access -------------------------------------------------------------
+    # The ring indices a device thread may read while we write them (vsock's and net's
+    # host-side events run on the transport's loop thread): one aligned 16-bit access each.
+    # struct.pack_into zeroes its target before writing, so a device could see an index of
+    # 0 in between, take it for the driver running 65000 entries ahead and stop the queue.
+    def _store16(self, gpa, v):
+        with ffi.from_buffer(self.mem.view) as raw:
+            ffi.cast("uint16_t *", raw + self.mem.off(gpa))[0] = v
+
+    def _load16(self, gpa):
+        with ffi.from_buffer(self.mem.view) as raw:
+            return ffi.cast("uint16_t *", raw + self.mem.off(gpa))[0]
+
     def write_desc(self, i, addr, length, flags=0, nxt=0, table=None):
         base = self.desc if table is None else table
         self.mem.pack("<QIHH", base + 16 * i, addr, length, flags, nxt)
@@ -35,23 +47,23 @@ class Queue:
     def publish(self, head):
         self.mem.pack("<H", self.avail + 4 + 2 * (self.avail_idx % self.size), head)
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
-        self.mem.pack("<H", self.avail + 2, self.avail_idx)
+        self._store16(self.avail + 2, self.avail_idx)
 
     def set_avail_idx(self, v):
         self.avail_idx = v & 0xFFFF
-        self.mem.pack("<H", self.avail + 2, self.avail_idx)
+        self._store16(self.avail + 2, self.avail_idx)
 
     def set_avail_flags(self, v):
         self.mem.pack("<H", self.avail, v)
 
     def set_used_event(self, v):
-        self.mem.pack("<H", self.avail + 4 + 2 * self.size, v)
+        self._store16(self.avail + 4 + 2 * self.size, v)
 
     def avail_event(self):
-        return self.mem.unpack("<H", self.used + 4 + 8 * self.size)[0]
+        return self._load16(self.used + 4 + 8 * self.size)
 
     def used_idx(self):
-        return self.mem.unpack("<H", self.used + 2)[0]
+        return self._load16(self.used + 2)
 
     # a well-behaved driver --------------------------------------------------
     def add(self, bufs, indirect=False):
