@@ -202,6 +202,8 @@ static void accept_conn(struct vmm_vhost_user *s)
      * every kick of the device) forever. */
     struct timeval tv = { .tv_sec = VU_MSG_TIMEOUT_S };
     setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    struct timeval stv = { .tv_sec = VU_SEND_TIMEOUT_MS / 1000, .tv_usec = VU_SEND_TIMEOUT_MS % 1000 * 1000 };
+    setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof(stv));
     pthread_mutex_lock(&s->conn_lock);
     s->conn = c;
     pthread_mutex_unlock(&s->conn_lock);
@@ -239,7 +241,7 @@ static void server_events(void *opaque, int fd)
         else if (tag == TAG_BACKEND)
             s->d->ops->poll(s->d);
         else if (tag >= TAG_KICK0 && tag < TAG_KICK0 + VDEV_MAX_QUEUES && s->ring[tag - TAG_KICK0].kick >= 0)
-            vu_ring_kick(s, (int)(tag - TAG_KICK0));
+            vu_ring_kick(s, (int)(tag - TAG_KICK0), evs[i].events & (EPOLLHUP | EPOLLERR));
     }
     set_ticking(s, vu_any_ring_started(s));
 }

@@ -69,6 +69,10 @@ enum {
 #define VU_MAX_PAYLOAD 4096
 #define VU_CONFIG_HDR 12
 #define VU_MSG_TIMEOUT_S 10
+/* Replies are a few bytes and QEMU reads each one before its next request: a reply that
+ * cannot be sent within this time means a front end that does not read them, and its
+ * connection closes instead of blocking the loop (every device of the process) forever. */
+#define VU_SEND_TIMEOUT_MS 1000
 /* While rings run, look at them this often even without a kick: see vu_rings_tick(). */
 #define VU_TICK_MS 10
 
@@ -157,8 +161,8 @@ void vu_irq(void *opaque, int qi);
 void vu_reset_all(struct vmm_vhost_user *s);
 /* Stops ring qi, keeping its position (lock held). */
 void vu_ring_stop(struct vmm_vhost_user *s, int qi);
-/* Ring qi's kick eventfd fired. */
-void vu_ring_kick(struct vmm_vhost_user *s, int qi);
+/* Ring qi's kick eventfd fired (or hung up: the ring breaks). */
+void vu_ring_kick(struct vmm_vhost_user *s, int qi, bool hangup);
 int vu_set_mem_table(struct vmm_vhost_user *s, struct vu_msg *m);
 int vu_set_vring_addr(struct vmm_vhost_user *s, const struct vu_msg *m);
 /* SET_VRING_KICK / CALL / ERR. */
