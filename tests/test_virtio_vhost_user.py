@@ -9,7 +9,7 @@ import pytest
 
 from support.vhost_user_client import (GET_CONFIG, GET_FEATURES, GET_QUEUE_NUM, GET_VRING_BASE, PF_CONFIG,
                                PF_REPLY_ACK, SET_MEM_TABLE, SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_NUM,
-                               Client, MemfdMem, kick, wait_call)
+                               Client, MemfdMem, kick, wait_call, wait_until)
 from support.virtio_driver import EVENT_IDX, INDIRECT, VERSION_1
 from vmm.devices import Disk, Vsock
 from vmm.engines.virtio_device import open_device
@@ -57,8 +57,8 @@ def test_blk_over_vhost_user(blk_server):
     assert struct.unpack("<II", base) == (0, 1)
     assert dev.counters()["requests"] == 1
     c.close()
-    time.sleep(0.1)
-    assert not srv.connected and srv.error is None
+    wait_until(lambda: not srv.connected, 5, "the server to see the front end go")
+    assert srv.error is None
 
 
 def test_new_front_end_after_disconnect(blk_server):
@@ -73,7 +73,7 @@ def test_new_front_end_after_disconnect(blk_server):
         kick(kfd)
         assert wait_call(cfd) >= 1 and mem.read(status, 1) == b"\0"
         c.close()
-        time.sleep(0.05)
+        wait_until(lambda: not srv.connected, 5, "the server to see the front end go")
 
 
 def hostile(srv, send):
@@ -86,7 +86,7 @@ def hostile(srv, send):
     ok = Client(srv.path)
     assert ok.u64(GET_FEATURES) & VERSION_1
     ok.close()
-    time.sleep(0.05)
+    wait_until(lambda: not srv.connected, 5, "the server to see the front end go")
 
 
 @pytest.mark.parametrize("name,send", [
@@ -165,12 +165,24 @@ def test_stop_does_not_hang_on_a_stalled_front_end(tmp_path):
     srv = VhostUserServer(dev, str(tmp_path / "s.sock"))
     c = Client(srv.path)
     c.send(2, b"", size=8)  # a header promising 8 bytes that never come
-    time.sleep(0.1)
+    wait_until(_a_thread_waits_in_recv, 5, "the server to wait for the rest of the message")
     t = time.monotonic()
     srv.stop()
     assert time.monotonic() - t < 2
     dev.close()
     c.close()
+
+
+def _a_thread_waits_in_recv():
+    """Whether a thread of this process is in recvfrom/recvmsg (x86-64 numbers 45, 47)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/syscall") as f:
+                if f.read().split()[0] in ("45", "47"):
+                    return True
+        except (OSError, IndexError):
+            pass
+    return False
 
 
 def _threads():
