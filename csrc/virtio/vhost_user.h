@@ -18,8 +18,16 @@
  * is held while changing memory or rings. Every message is length-checked; a malformed one
  * closes the connection (the device is reset and the server waits for the next
  * front-end), never the process. Reading a message blocks the loop until it is whole (at
- * most VU_MSG_TIMEOUT_S): the front-end of all of them is the same QEMU, which is stuck
- * anyway if it stops in the middle of a message. */
+ * most VU_MSG_TIMEOUT_S; the servers of one VM share one QEMU, which is stuck anyway if it
+ * stops in the middle of a message, but an embedder running several VMs in one process
+ * shares the loop between them); sending a reply at most VU_SEND_TIMEOUT_MS.
+ *
+ * What a hostile front end cannot do (issue 12): leave a ring pointing into memory that
+ * is no longer mapped (a new memory table must hold every running ring, or every ring
+ * stops before the old table goes and the connection closes); make the process fault on
+ * guest memory (regions must be memfds sealed with F_SEAL_SHRINK, covering the region);
+ * block the loop on a call fd or spin it on a kick fd (both must be eventfds, both are
+ * non-blocking, a kick fd that fails breaks its ring and leaves the loop). */
 #ifndef VIRTIO_VHOST_USER_H
 #define VIRTIO_VHOST_USER_H
 #include <pthread.h>
