@@ -146,15 +146,16 @@ void vu_reset_all(struct vmm_vhost_user *s)
  * memory-backend-memfd seals by default) and already cover the region. */
 static const char *region_fd_problem(int fd, const struct vu_region *r)
 {
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-        return "its fd is not a memfd";
     int seals = fcntl(fd, F_GET_SEALS);
     if (seals < 0)
         return "its fd is not a memfd (F_GET_SEALS fails); use memory-backend-memfd";
     if (!(seals & F_SEAL_SHRINK))
         return "its memfd is not sealed against shrinking (F_SEAL_SHRINK): the front end could "
                "truncate it under us; use memory-backend-memfd with seal=on";
+    /* The size only after the seal is seen: before it, the file could still shrink. */
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        return "its fd is not a memfd";
     if ((uint64_t)st.st_size < r->mmap_offset + r->size)
         return "it ends beyond the end of its memfd";
     return NULL;
@@ -264,6 +265,13 @@ static bool is_eventfd(int fd)
     char link[48], target[sizeof(want) + 1];
     snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
     ssize_t n = readlink(link, target, sizeof(target));
+    if (n < 0 && errno == ENOENT && access("/proc/self/fd", F_OK) < 0) {
+        /* No /proc: settle for an anonymous inode (no file type bits). The other kinds
+         * (timerfd, signalfd, epoll) cannot block a write and fail a kick read, which
+         * breaks the ring. */
+        struct stat st;
+        return fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == 0;
+    }
     return n == (ssize_t)sizeof(want) - 1 && memcmp(target, want, sizeof(want) - 1) == 0;
 }
 
