@@ -202,6 +202,24 @@ def test_kick_fd_must_be_an_eventfd(servers):
     assert answers(canary.path)
 
 
+def test_kick_eventfd_that_never_drains_breaks_its_ring(servers):
+    """Old code: a semaphore-mode eventfd with a huge count reads 1 at a time and stays
+    readable, so the loop thread spun on it at 100% CPU."""
+    srv, canary, _ = servers
+    c = Client(srv.path)
+    mem = MemfdMem()
+    q, kfd, cfd = running(c, mem)
+    sem = os.eventfd(0, os.EFD_SEMAPHORE | os.EFD_NONBLOCK)
+    os.eventfd_write(sem, 1 << 62)
+    c.send(SET_VRING_KICK, struct.pack("<Q", 0), [sem])
+    wait_until(lambda: srv.device.broken is not None, 5, "the ring to break")
+    assert "kick fd never drains" in srv.device.broken
+    assert _cpu_seconds(0.5) < 0.25, "the back end spins on a kick fd that never drains"
+    assert answers(canary.path) and srv.connected
+    c.close()
+    os.close(sem)
+
+
 def test_call_fd_must_be_an_eventfd(servers):
     srv, _, _ = servers
     r, w = os.pipe()  # a pipe fills up after 8192 interrupts and then blocks the writer

@@ -81,6 +81,9 @@ enum {
  * cannot be sent within this time means a front end that does not read them, and its
  * connection closes instead of blocking the loop (every device of the process) forever. */
 #define VU_SEND_TIMEOUT_MS 1000
+/* A kick eventfd still readable after this many reads in a row does not drain (see
+ * vu_ring_kick): a front end kicking between every two of our reads is not plausible. */
+#define VU_KICK_READS 64
 /* While rings run, look at them this often even without a kick: see vu_rings_tick(). */
 #define VU_TICK_MS 10
 

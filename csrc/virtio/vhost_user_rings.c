@@ -93,25 +93,36 @@ void vu_ring_stop(struct vmm_vhost_user *s, int qi)
     r->started = false;
 }
 
-/* Ring qi's kick fd is ready. An eventfd reads 8 bytes or EAGAIN; anything else (an
- * error, or a hang-up the epoll set reports forever) means the fd is no kick source:
- * it leaves the loop and the ring breaks, instead of the loop spinning on it. */
+/* Ring qi's kick fd is ready. An eventfd reads 8 bytes and then EAGAIN; anything else
+ * (an error, a hang-up the epoll set reports forever, or a semaphore-mode eventfd with a
+ * huge count, which reads 1 at a time and stays readable) means the fd is no kick
+ * source: it leaves the loop and the ring breaks, instead of the loop spinning on it. */
 void vu_ring_kick(struct vmm_vhost_user *s, int qi, bool hangup)
 {
     struct vu_ring *r = &s->ring[qi];
+    const char *why = hangup ? "hung up" : NULL;
+    int reads = 0;
     eventfd_t v;
-    int n = hangup ? -1 : eventfd_read(r->kick, &v);
-    if (n < 0 && !hangup && errno == EAGAIN)
+    while (!why && reads < VU_KICK_READS) {
+        if (eventfd_read(r->kick, &v) == 0)
+            reads++;
+        else if (errno == EAGAIN)
+            break;
+        else
+            why = strerror(errno);
+    }
+    if (!why && reads == VU_KICK_READS)
+        why = "never drains (a semaphore eventfd?)";
+    if (!why && reads == 0)
         return;
     pthread_mutex_lock(&s->d->lock);
-    if (n < 0) {
-        int e = errno;
+    if (why) {
         vu_epoll_set(s, r->kick, TAG_KICK0 + qi, false);
         vu_close_fd(&r->kick);
         vu_ring_stop(s, qi);
         if (!s->d->broken[0]) {
             snprintf(s->d->broken, sizeof(s->d->broken), "queue %d: its kick fd %s; the ring stops until the "
-                     "front end sets a new one", qi, hangup ? "hung up" : strerror(e));
+                     "front end sets a new one", qi, why);
             fprintf(stderr, "vmm: vhost-user %s: %s\n", s->path, s->d->broken);
         }
     } else if (r->started && r->enabled && s->d->vq[qi].ready) {

@@ -92,9 +92,16 @@ class Round:
         self._ack(SET_MEM_TABLE, struct.pack("<II", 1, 0) + self.mem.region(), [self.mem.fd])
 
     def _kick_call_fd(self):
-        kind = self.rnd.choices(["eventfd", "pipe", "socket", "memfd", "nofd"], [12, 1, 1, 1, 1])[0]
+        kind = self.rnd.choices(["eventfd", "pipe", "socket", "memfd", "nofd", "semaphore", "full"],
+                                [12, 1, 1, 1, 1, 1, 1])[0]
         if kind == "eventfd":
             return self._fd(os.eventfd(0, os.EFD_NONBLOCK)), 0
+        if kind in ("semaphore", "full"):  # one never drains as a kick, one cannot take a call
+            # Non-blocking here too: our own kick() must not block on it (the dedicated test in
+            # test_vhost_user_hostile.py hands over a blocking one).
+            fd = self._fd(os.eventfd(0, os.EFD_NONBLOCK | (os.EFD_SEMAPHORE if kind == "semaphore" else 0)))
+            os.eventfd_write(fd, (1 << 62) if kind == "semaphore" else 0xFFFFFFFFFFFFFFFE)
+            return fd, 0
         if kind == "pipe":
             r, w = os.pipe()
             self._fd(r)
