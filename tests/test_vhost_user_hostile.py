@@ -11,7 +11,7 @@ import time
 import pytest
 
 from support.vhost_user_child import ChildServer
-from support.vhost_user_client import (GET_FEATURES, NEED_REPLY, SET_MEM_TABLE, SET_VRING_CALL, SET_VRING_KICK,
+from support.vhost_user_client import (GET_FEATURES, NEED_REPLY, SET_MEM_TABLE, SET_SLAVE_REQ_FD, SET_VRING_CALL, SET_VRING_KICK,
                                        SET_VRING_NUM, SET_VRING_ADDR, Client, MemfdMem, kick, wait_call, wait_until)
 from support.virtio_driver import VERSION_1
 from vmm.devices import Disk
@@ -112,6 +112,40 @@ def test_front_end_that_does_not_read_replies_cannot_stall_the_loop(servers):
     assert time.monotonic() - t < 4
     c.close()
     assert answers(srv.path)
+
+
+def test_a_failed_read_closes_no_fd_of_the_process(servers):
+    """Found by the fuzz test under ASan: after a failed recvmsg (a front end closing with
+    a reply unread gets the back end ECONNRESET) the old code parsed the control buffer's
+    leftovers from the previous message and closed those fd numbers again, by then handed
+    out to someone else in the process (here, the files this test opens)."""
+    srv, _, _ = servers
+    c = Client(srv.path)
+    c.send(GET_FEATURES, flags=1 | NEED_REPLY)  # its reply stays unread
+    a, b = socket.socketpair()
+    c.send(SET_SLAVE_REQ_FD, b"", [a.fileno()])  # the back end closes the fd it gets
+    a.close()
+    b.settimeout(5)
+    assert b.recv(1) == b"", "the back end kept the fd"  # EOF once its copy of a is closed too
+    b.close()
+    mine = [os.open(os.devnull, os.O_RDONLY) for _ in range(50)]  # reuse the freed numbers
+    try:
+        c.close()  # with a reply unread: the back end's next read fails
+        wait_until(lambda: not srv.connected, 5, "the back end to see the front end go")
+        closed = []
+        for fd in mine:
+            try:
+                os.fstat(fd)
+            except OSError:
+                closed.append(fd)
+        assert closed == [], f"the back end closed fds {closed} it did not own"
+        assert "cannot read a message" in srv.error
+    finally:
+        for fd in mine:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 # finding 3: guest memory the front end could shrink under us -------------------------------

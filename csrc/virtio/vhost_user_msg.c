@@ -23,18 +23,27 @@ int vu_fail(struct vmm_vhost_user *s, const char *fmt, ...)
 /* Reads one message with its fds. 1 ok, 0 peer closed, -1 error (reason set). */
 int vu_read_msg(struct vmm_vhost_user *s, struct vu_msg *m)
 {
-    char ctl[CMSG_SPACE(sizeof(int) * VU_MAX_FDS)];
+    /* Zeroed, and parsed only after a successful read: a failed recvmsg (a front end that
+     * closes with replies unread gets us ECONNRESET) writes no control data, and parsing
+     * the stack's leftovers closed fd numbers the process had since given to others. */
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * VU_MAX_FDS)];
+        struct cmsghdr align;
+    } ctl;
+    memset(&ctl, 0, sizeof(ctl));
     struct iovec iov = { .iov_base = &m->h, .iov_len = sizeof(m->h) };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl) };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf) };
     m->nfds = 0;
     ssize_t n;
     do
         n = recvmsg(s->conn, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+    for (struct cmsghdr *c = n > 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0))
             continue;
-        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        size_t room = mh.msg_controllen - (size_t)((char *)CMSG_DATA(c) - ctl.buf);
+        size_t len = c->cmsg_len - CMSG_LEN(0) < room ? c->cmsg_len - CMSG_LEN(0) : room;
+        int k = (int)(len / sizeof(int));
         for (int i = 0; i < k; i++) {
             int fd;
             memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
@@ -46,6 +55,8 @@ int vu_read_msg(struct vmm_vhost_user *s, struct vu_msg *m)
     }
     if (n == 0)
         return 0;
+    if (n < 0)
+        return vu_fail(s, "cannot read a message: %s", errno == EAGAIN ? "timed out" : strerror(errno));
     if (n != (ssize_t)sizeof(m->h))
         return vu_fail(s, "short message header (%zd bytes)", n);
     if (mh.msg_flags & MSG_CTRUNC)
