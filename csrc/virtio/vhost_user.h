@@ -17,10 +17,9 @@
  * VM, and for each server a memory-table change never races its queue processing; d->lock
  * is held while changing memory or rings. Every message is length-checked; a malformed one
  * closes the connection (the device is reset and the server waits for the next
- * front-end), never the process. Reading a message blocks the loop until it is whole (at
- * most VU_MSG_TIMEOUT_S; the servers of one VM share one QEMU, which is stuck anyway if it
- * stops in the middle of a message, but an embedder running several VMs in one process
- * shares the loop between them); sending a reply at most VU_SEND_TIMEOUT_MS.
+ * front-end), never the process. Messages are read as they arrive, never waiting for the
+ * rest of one (the loop may serve several VMs' back ends: an embedder runs several VMs
+ * in one process); sending a reply waits at most VU_SEND_TIMEOUT_MS.
  *
  * What a hostile front end cannot do (issue 12): leave a ring pointing into memory that
  * is no longer mapped (a new memory table must hold every running ring, or every ring
@@ -76,7 +75,6 @@ enum {
 #define VU_MAX_FDS 8
 #define VU_MAX_PAYLOAD 4096
 #define VU_CONFIG_HDR 12
-#define VU_MSG_TIMEOUT_S 10
 /* Replies are a few bytes and QEMU reads each one before its next request: a reply that
  * cannot be sent within this time means a front end that does not read them, and its
  * connection closes instead of blocking the loop (every device of the process) forever. */
@@ -132,8 +130,10 @@ struct vmm_vhost_user {
     uint64_t protocol_features;
     bool proto_acked;
     char error[200];
+    struct vu_msg in;       /* the message being read from conn ... */
+    size_t in_have;         /* ... and how many of its bytes (header, payload) are in */
     /* Guards s->conn between the loop thread (which closes it) and stop (which shuts it
-     * down to wake the loop if it is blocked in the middle of one of our messages). */
+     * down to wake the loop if it waits to send one of our replies). */
     pthread_mutex_t conn_lock;
 };
 
@@ -154,8 +154,11 @@ static inline void vu_close_fd(int *fd)
 /* vhost_user_msg.c */
 /* Records why the connection closes (vmm_vhost_user_error) and logs it; returns -1. */
 int vu_fail(struct vmm_vhost_user *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Reads one message with its fds. 1 ok, 0 peer closed, -1 error (reason set). */
-int vu_read_msg(struct vmm_vhost_user *s, struct vu_msg *m);
+/* Reads what has arrived of the next message (with its fds) into s->in, without waiting.
+ * 1 whole message, 2 not yet whole, 0 peer closed between messages, -1 error (reason set). */
+int vu_read_msg(struct vmm_vhost_user *s);
+/* Forgets s->in (closing the fds it still holds) for the next message. */
+void vu_msg_clear(struct vmm_vhost_user *s);
 int vu_send_reply(struct vmm_vhost_user *s, const struct vu_msg *req, const void *payload, uint32_t len);
 int vu_reply_u64(struct vmm_vhost_user *s, const struct vu_msg *m, uint64_t v);
 /* A u64 payload, length checked. */

@@ -4,13 +4,15 @@
 
 Each round is one connection with a random mix of what QEMU sends (negotiation, memory
 tables, rings, requests) and what it must not: memory table swaps while rings run (some
-keep the rings valid, some drop them), unsealed or short memfds, kick/call fds that are
-not eventfds, replies left unread, truncated and garbage messages, ring memory scribbled
-over, guest RAM truncated. Rounds draw from random.Random(SEED, round), so ROUNDS replays a run exactly (the
-time budget is ignored then). After every round the back end must have let the connection
-go, the canary server on the same event loop must answer, and now and then a clean front
-end must read the disk correctly; at the end no guest memory may stay mapped and no fd
-may leak. Prints "rounds=N ops=M ..." on success; a failure names the round and its ops.
+keep the rings valid, some drop them), unsealed or short memfds, guest RAM truncated,
+kick/call fds that are not eventfds or cannot be used, replies left unread, truncated
+messages (some left hanging while the canary is asked), garbage ones, ring memory
+scribbled over. Round n draws from random.Random(SEED * 1000003 + n), so ROUNDS replays a
+run exactly (the time budget is ignored then). After every round the back end must have
+let the connection go, the canary server on the same event loop must answer (also during
+hostile rounds), and now and then a clean front end must read the disk correctly; at the
+end no guest memory may stay mapped and no fd may leak.
+Prints "rounds=N ops=M ..." on success; a failure names the round and its ops.
 """
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ ENDS = (OSError, ConnectionError, AssertionError, MemoryError, struct.error)
 class Round:
     """One front end's connection; ops end it by raising one of ENDS."""
 
-    def __init__(self, rnd: random.Random, target, nqueues: int, disk: str | None):
-        self.rnd, self.nq, self.disk = rnd, nqueues, disk
+    def __init__(self, rnd: random.Random, target, nqueues: int, disk: str | None, canary: str | None = None):
+        self.rnd, self.nq, self.disk, self.canary = rnd, nqueues, disk, canary
         self.c = Client(target.path, timeout=1.0)
         self.mems: list[MemfdMem] = []
         self.mem: MemfdMem | None = None
@@ -258,6 +260,8 @@ class Round:
         """Half a message, then the front end goes: ends the round."""
         whole = struct.pack("<III", SET_VRING_NUM, 1, 8) + struct.pack("<II", 0, 16)
         self.c.s.sendall(whole[: self.rnd.randrange(1, len(whole))])
+        if self.canary and self.rnd.random() < 0.5 and not answers(self.canary):
+            raise FuzzFailure("a front end stalled in the middle of a message holds the loop")
         self.c.s.shutdown(socket.SHUT_WR)
         raise ConnectionError("truncated message sent")
 
@@ -341,7 +345,7 @@ def main(seconds: float, seed: int, d: str, rounds: int | None) -> None:
     while (n < rounds) if rounds is not None else (time.monotonic() < end):
         rnd = random.Random(seed * 1000003 + n)
         srv, nq, data = targets[rnd.randrange(len(targets))]
-        r = Round(rnd, srv, nq, data)
+        r = Round(rnd, srv, nq, data, canary.path)
         log = []
         try:
             if rnd.random() < 0.7:

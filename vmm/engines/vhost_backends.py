@@ -11,8 +11,9 @@ Isolation: the servers run on the C core's one event-loop thread of this process
 that process is the sandbox's own supervisor, so a back end that fails takes down one
 sandbox. An embedder running several machines in one process shares that thread and
 address space between them: the back end refuses what could crash it (unsealed memfds,
-fds that are not eventfds) and bounds what could stall it (1 s per reply, 10 s per
-message), but a stall or crash there reaches every machine of the process.
+fds that are not eventfds) and bounds what could stall it (a reply waits at most 1 s for
+a front end to read; a half-sent message holds only its own connection), but a crash
+there would reach every machine of the process.
 """
 from __future__ import annotations
 
