@@ -1,8 +1,9 @@
 """A hostile vhost-user front end against our back end (issue 12, findings 1, 3, 4): memory
-table swaps while rings run, front ends that do not read replies, memfds that are not
-sealed against shrinking, kick and call fds that are not eventfds or cannot be written.
-Attacks that would kill or hang a broken back end run it in a child process
-(support/vhost_user_child.py)."""
+table swaps while rings run, front ends that do not read replies or close with replies
+unread, memfds that are not sealed against shrinking, kick and call fds that are not
+eventfds, never drain or cannot be written. Each test fails on the back end before its
+fix (named in its docstring). Attacks that would kill or hang a broken back end run it in
+a child process (support/vhost_user_child.py)."""
 import os
 import socket
 import struct
