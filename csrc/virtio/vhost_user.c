@@ -162,23 +162,25 @@ static int dispatch(struct vmm_vhost_user *s, struct vu_msg *m)
     }
 }
 
-/* One message from the front-end; -1 means drop the connection. */
+/* What has arrived from the front-end, and the message if it is whole; -1 means drop
+ * the connection. */
 static int serve_one(struct vmm_vhost_user *s)
 {
-    struct vu_msg m;
-    int rc = vu_read_msg(s, &m);
-    if (rc > 0) {
-        rc = dispatch(s, &m);
-        if (rc == 0 && (m.h.flags & VU_FLAG_NEED_REPLY))
-            rc = vu_reply_u64(s, &m, 0);
-        else if (rc < 0 && (m.h.flags & VU_FLAG_NEED_REPLY))
-            vu_reply_u64(s, &m, 1);
+    struct vu_msg *m = &s->in;
+    int rc = vu_read_msg(s);
+    if (rc == 2)
+        return 1; /* the rest comes later */
+    if (rc == 1) {
+        rc = dispatch(s, m);
+        if (rc == 0 && (m->h.flags & VU_FLAG_NEED_REPLY))
+            rc = vu_reply_u64(s, m, 0);
+        else if (rc < 0 && (m->h.flags & VU_FLAG_NEED_REPLY))
+            vu_reply_u64(s, m, 1);
         rc = rc < 0 ? -1 : 1;
     } else if (rc == 0) {
         rc = -1; /* peer closed: not an error */
     }
-    for (int i = 0; i < m.nfds; i++)
-        close(m.fds[i]);
+    vu_msg_clear(s);
     return rc;
 }
 
@@ -188,6 +190,7 @@ static void drop_conn(struct vmm_vhost_user *s)
     pthread_mutex_lock(&s->conn_lock);
     vu_close_fd(&s->conn);
     pthread_mutex_unlock(&s->conn_lock);
+    vu_msg_clear(s);
     vu_reset_all(s);
     s->protocol_features = offered_protocol_features(s->d);
     vu_epoll_set(s, s->listen_fd, TAG_LISTEN, true);
@@ -198,10 +201,9 @@ static void accept_conn(struct vmm_vhost_user *s)
     int c = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (c < 0)
         return;
-    /* A front-end that stops in the middle of a message must not hold the loop (and
-     * every kick of the device) forever. */
-    struct timeval tv = { .tv_sec = VU_MSG_TIMEOUT_S };
-    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    /* Reads never wait (vu_read_msg); a reply waits for room at most this long. */
+    struct timeval stv = { .tv_sec = VU_SEND_TIMEOUT_MS / 1000, .tv_usec = VU_SEND_TIMEOUT_MS % 1000 * 1000 };
+    setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof(stv));
     pthread_mutex_lock(&s->conn_lock);
     s->conn = c;
     pthread_mutex_unlock(&s->conn_lock);
@@ -239,7 +241,7 @@ static void server_events(void *opaque, int fd)
         else if (tag == TAG_BACKEND)
             s->d->ops->poll(s->d);
         else if (tag >= TAG_KICK0 && tag < TAG_KICK0 + VDEV_MAX_QUEUES && s->ring[tag - TAG_KICK0].kick >= 0)
-            vu_ring_kick(s, (int)(tag - TAG_KICK0));
+            vu_ring_kick(s, (int)(tag - TAG_KICK0), evs[i].events & (EPOLLHUP | EPOLLERR));
     }
     /* Rings the device left unfinished for lack of budget (vdev_budget_spent): kick them
      * ourselves, so the rest is served after what else the loop has ready. */
@@ -362,11 +364,12 @@ void vmm_vhost_user_stop(struct vmm_vhost_user *s)
         return;
     pthread_mutex_lock(&s->conn_lock);
     if (s->conn >= 0)
-        shutdown(s->conn, SHUT_RDWR); /* wakes the loop if it is blocked reading our message */
+        shutdown(s->conn, SHUT_RDWR); /* wakes the loop if it waits to send a reply */
     pthread_mutex_unlock(&s->conn_lock);
     leave_process_loop(s);
     if (s->conn >= 0)
         vu_close_fd(&s->conn);
+    vu_msg_clear(s);
     vu_reset_all(s);
     vdev_unbind(s->d);
     if (s->listen_fd >= 0) {

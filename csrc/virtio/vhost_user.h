@@ -17,9 +17,16 @@
  * VM, and for each server a memory-table change never races its queue processing; d->lock
  * is held while changing memory or rings. Every message is length-checked; a malformed one
  * closes the connection (the device is reset and the server waits for the next
- * front-end), never the process. Reading a message blocks the loop until it is whole (at
- * most VU_MSG_TIMEOUT_S): the front-end of all of them is the same QEMU, which is stuck
- * anyway if it stops in the middle of a message. */
+ * front-end), never the process. Messages are read as they arrive, never waiting for the
+ * rest of one (the loop may serve several VMs' back ends: an embedder runs several VMs
+ * in one process); sending a reply waits at most VU_SEND_TIMEOUT_MS.
+ *
+ * What a hostile front end cannot do (issue 12): leave a ring pointing into memory that
+ * is no longer mapped (a new memory table must hold every running ring, or every ring
+ * stops before the old table goes and the connection closes); make the process fault on
+ * guest memory (regions must be memfds sealed with F_SEAL_SHRINK, covering the region);
+ * block the loop on a call fd or spin it on a kick fd (both must be eventfds, both are
+ * non-blocking, a kick fd that fails breaks its ring and leaves the loop). */
 #ifndef VIRTIO_VHOST_USER_H
 #define VIRTIO_VHOST_USER_H
 #include <pthread.h>
@@ -68,7 +75,13 @@ enum {
 #define VU_MAX_FDS 8
 #define VU_MAX_PAYLOAD 4096
 #define VU_CONFIG_HDR 12
-#define VU_MSG_TIMEOUT_S 10
+/* Replies are a few bytes and QEMU reads each one before its next request: a reply that
+ * cannot be sent within this time means a front end that does not read them, and its
+ * connection closes instead of blocking the loop (every device of the process) forever. */
+#define VU_SEND_TIMEOUT_MS 1000
+/* A kick eventfd still readable after this many reads in a row does not drain (see
+ * vu_ring_kick): a front end kicking between every two of our reads is not plausible. */
+#define VU_KICK_READS 64
 /* While rings run, look at them this often even without a kick: see vu_rings_tick(). */
 #define VU_TICK_MS 10
 
@@ -117,8 +130,10 @@ struct vmm_vhost_user {
     uint64_t protocol_features;
     bool proto_acked;
     char error[200];
+    struct vu_msg in;       /* the message being read from conn ... */
+    size_t in_have;         /* ... and how many of its bytes (header, payload) are in */
     /* Guards s->conn between the loop thread (which closes it) and stop (which shuts it
-     * down to wake the loop if it is blocked in the middle of one of our messages). */
+     * down to wake the loop if it waits to send one of our replies). */
     pthread_mutex_t conn_lock;
 };
 
@@ -139,8 +154,11 @@ static inline void vu_close_fd(int *fd)
 /* vhost_user_msg.c */
 /* Records why the connection closes (vmm_vhost_user_error) and logs it; returns -1. */
 int vu_fail(struct vmm_vhost_user *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Reads one message with its fds. 1 ok, 0 peer closed, -1 error (reason set). */
-int vu_read_msg(struct vmm_vhost_user *s, struct vu_msg *m);
+/* Reads what has arrived of the next message (with its fds) into s->in, without waiting.
+ * 1 whole message, 2 not yet whole, 0 peer closed between messages, -1 error (reason set). */
+int vu_read_msg(struct vmm_vhost_user *s);
+/* Forgets s->in (closing the fds it still holds) for the next message. */
+void vu_msg_clear(struct vmm_vhost_user *s);
 int vu_send_reply(struct vmm_vhost_user *s, const struct vu_msg *req, const void *payload, uint32_t len);
 int vu_reply_u64(struct vmm_vhost_user *s, const struct vu_msg *m, uint64_t v);
 /* A u64 payload, length checked. */
@@ -157,8 +175,8 @@ void vu_irq(void *opaque, int qi);
 void vu_reset_all(struct vmm_vhost_user *s);
 /* Stops ring qi, keeping its position (lock held). */
 void vu_ring_stop(struct vmm_vhost_user *s, int qi);
-/* Ring qi's kick eventfd fired. */
-void vu_ring_kick(struct vmm_vhost_user *s, int qi);
+/* Ring qi's kick eventfd fired (or hung up: the ring breaks). */
+void vu_ring_kick(struct vmm_vhost_user *s, int qi, bool hangup);
 int vu_set_mem_table(struct vmm_vhost_user *s, struct vu_msg *m);
 int vu_set_vring_addr(struct vmm_vhost_user *s, const struct vu_msg *m);
 /* SET_VRING_KICK / CALL / ERR. */

@@ -20,22 +20,15 @@ int vu_fail(struct vmm_vhost_user *s, const char *fmt, ...)
     return -1;
 }
 
-/* Reads one message with its fds. 1 ok, 0 peer closed, -1 error (reason set). */
-int vu_read_msg(struct vmm_vhost_user *s, struct vu_msg *m)
+/* Appends the fds of a successful read's control data to m (extra ones are closed). */
+static void take_fds(struct vu_msg *m, struct msghdr *mh, const char *buf)
 {
-    char ctl[CMSG_SPACE(sizeof(int) * VU_MAX_FDS)];
-    struct iovec iov = { .iov_base = &m->h, .iov_len = sizeof(m->h) };
-    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl) };
-    m->nfds = 0;
-    ssize_t n;
-    do
-        n = recvmsg(s->conn, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC);
-    while (n < 0 && errno == EINTR);
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0))
             continue;
-        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        for (int i = 0; i < k; i++) {
+        size_t room = mh->msg_controllen - (size_t)((char *)CMSG_DATA(c) - buf);
+        size_t len = c->cmsg_len - CMSG_LEN(0) < room ? c->cmsg_len - CMSG_LEN(0) : room;
+        for (size_t i = 0; i < len / sizeof(int); i++) {
             int fd;
             memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
             if (m->nfds < VU_MAX_FDS)
@@ -44,19 +37,63 @@ int vu_read_msg(struct vmm_vhost_user *s, struct vu_msg *m)
                 close(fd);
         }
     }
-    if (n == 0)
-        return 0;
-    if (n != (ssize_t)sizeof(m->h))
-        return vu_fail(s, "short message header (%zd bytes)", n);
-    if (mh.msg_flags & MSG_CTRUNC)
-        return vu_fail(s, "request %u carried too many fds", m->h.request);
-    if ((m->h.flags & 0x3) != VU_VERSION)
-        return vu_fail(s, "request %u has protocol version %u", m->h.request, m->h.flags & 3);
-    if (m->h.size > VU_MAX_PAYLOAD)
-        return vu_fail(s, "request %u payload of %u bytes is too large", m->h.request, m->h.size);
-    if (m->h.size && recv(s->conn, m->payload, m->h.size, MSG_WAITALL) != (ssize_t)m->h.size)
-        return vu_fail(s, "request %u payload truncated", m->h.request);
-    return 1;
+}
+
+/* Reads what has arrived of the message in s->in, never waiting for more: a front end
+ * that stops in the middle of a message holds only its own connection, not the loop
+ * (which may serve other VMs' back ends). */
+int vu_read_msg(struct vmm_vhost_user *s)
+{
+    struct vu_msg *m = &s->in;
+    const size_t hdr = sizeof(m->h);
+    for (;;) {
+        size_t total = s->in_have < hdr ? hdr : hdr + m->h.size;
+        char *dst = s->in_have < hdr ? (char *)&m->h + s->in_have : (char *)m->payload + (s->in_have - hdr);
+        if (s->in_have == total)
+            return 1;
+        /* Zeroed, and parsed only after a successful read: a failed recvmsg (a front end
+         * that closes with replies unread gets us ECONNRESET) writes no control data, and
+         * parsing leftovers closed fd numbers the process had given to others since. */
+        union {
+            char buf[CMSG_SPACE(sizeof(int) * VU_MAX_FDS)];
+            struct cmsghdr align;
+        } ctl;
+        memset(&ctl, 0, sizeof(ctl));
+        struct iovec iov = { .iov_base = dst, .iov_len = total - s->in_have };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                             .msg_controllen = sizeof(ctl.buf) };
+        ssize_t n = recvmsg(s->conn, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 2;
+        if (n < 0)
+            return vu_fail(s, "cannot read a message: %s", strerror(errno));
+        if (n == 0) {
+            if (s->in_have == 0)
+                return 0;
+            return vu_fail(s, "message truncated (%zu bytes of a %s)", s->in_have,
+                           s->in_have < hdr ? "header" : "payload");
+        }
+        take_fds(m, &mh, ctl.buf);
+        if (mh.msg_flags & MSG_CTRUNC)
+            return vu_fail(s, "request %u carried too many fds", s->in_have >= hdr ? m->h.request : 0);
+        s->in_have += (size_t)n;
+        if (s->in_have == hdr) {
+            if ((m->h.flags & 0x3) != VU_VERSION)
+                return vu_fail(s, "request %u has protocol version %u", m->h.request, m->h.flags & 3);
+            if (m->h.size > VU_MAX_PAYLOAD)
+                return vu_fail(s, "request %u payload of %u bytes is too large", m->h.request, m->h.size);
+        }
+    }
+}
+
+void vu_msg_clear(struct vmm_vhost_user *s)
+{
+    for (int i = 0; i < s->in.nfds; i++)
+        close(s->in.fds[i]);
+    s->in.nfds = 0;
+    s->in_have = 0;
 }
 
 int vu_send_reply(struct vmm_vhost_user *s, const struct vu_msg *req, const void *payload, uint32_t len)

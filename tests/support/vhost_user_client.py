@@ -3,6 +3,7 @@ without QEMU: guest memory in a memfd, eventfds for kick and call, raw messages 
 hostile cases."""
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import select
@@ -16,7 +17,7 @@ GET_FEATURES, SET_FEATURES, SET_OWNER, RESET_OWNER, SET_MEM_TABLE = 1, 2, 3, 4, 
 SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE, GET_VRING_BASE = 8, 9, 10, 11
 SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR = 12, 13, 14
 GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, SET_VRING_ENABLE = 15, 16, 17, 18
-GET_CONFIG, SET_CONFIG = 24, 25
+SET_SLAVE_REQ_FD, GET_CONFIG, SET_CONFIG = 21, 24, 25
 F_PROTOCOL_FEATURES = 1 << 30
 PF_REPLY_ACK, PF_CONFIG = 1 << 3, 1 << 9
 NEED_REPLY = 1 << 3
@@ -24,12 +25,17 @@ UVA_BASE = 0x7F1200000000  # the front-end's address of guest RAM; any value wor
 
 
 class MemfdMem:
-    """Guest RAM in a memfd, mapped here too; same interface as virtio_driver.GuestMem."""
+    """Guest RAM in a memfd, mapped here too; same interface as virtio_driver.GuestMem.
+    Sealed against shrinking and growing like QEMU's memory-backend-memfd (the back end
+    refuses an unsealed one); seal=False makes the unsealed one a hostile front end sends."""
 
-    def __init__(self, size=1 << 20, gpa=0x10000):
+    def __init__(self, size=1 << 20, gpa=0x10000, seal=True, uva_base=None):
         self.size, self.gpa = size, gpa
-        self.fd = os.memfd_create("guest-ram")
+        self.uva_base = UVA_BASE if uva_base is None else uva_base
+        self.fd = os.memfd_create("guest-ram", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.fd, size)
+        if seal:
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
         self.view = mmap.mmap(self.fd, size)
         self.top = 0
 
@@ -42,7 +48,15 @@ class MemfdMem:
     put = GuestMem.put
 
     def uva(self, gpa):
-        return UVA_BASE + (gpa - self.gpa)
+        return self.uva_base + (gpa - self.gpa)
+
+    def region(self):
+        """This memory's entry in a SET_MEM_TABLE payload."""
+        return struct.pack("<QQQQ", self.gpa, self.size, self.uva(self.gpa), 0)
+
+    def close(self):
+        self.view.close()
+        os.close(self.fd)
 
 
 class Client:
@@ -119,8 +133,7 @@ class Client:
         return offered, pf
 
     def set_mem(self, mem: MemfdMem):
-        payload = struct.pack("<II", 1, 0) + struct.pack("<QQQQ", mem.gpa, mem.size, mem.uva(mem.gpa), 0)
-        return self.ack(SET_MEM_TABLE, payload, [mem.fd])
+        return self.ack(SET_MEM_TABLE, struct.pack("<II", 1, 0) + mem.region(), [mem.fd])
 
     def start_ring(self, mem: MemfdMem, qi: int, size: int) -> tuple[Queue, int, int]:
         q = Queue(mem, qi, size)
@@ -140,6 +153,15 @@ def wait_call(call_fd, timeout=2.0):
     if not r:
         return 0
     return os.eventfd_read(call_fd)
+
+
+def wait_until(pred, timeout=5.0, what="the condition"):
+    """Polls pred until it is true; fails naming what was awaited after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
 
 
 def kick(fd):

@@ -6,6 +6,14 @@ every socket listening), close() after QEMU has been reaped. close() always runs
 end: servers stopped first (their threads joined, sockets closed), then devices closed
 (which ends a passt helper), then the directory removed. A device that fails to open
 leaves nothing behind: what was already opened is closed again before the error rises.
+
+Isolation: the servers run on the C core's one event-loop thread of this process. Under msb
+that process is the sandbox's own supervisor, so a back end that fails takes down one
+sandbox. An embedder running several machines in one process shares that thread and
+address space between them: the back end refuses what could crash it (unsealed memfds,
+fds that are not eventfds) and bounds what could stall it (a reply waits at most 1 s for
+a front end to read; a half-sent message holds only its own connection), but a crash
+there would reach every machine of the process.
 """
 from __future__ import annotations
 
