@@ -2,9 +2,13 @@
 64 chains or 4 MiB, then the transport re-arms the queue so the event loop serves every
 other ready device first. A guest that keeps one queue full must not starve the other
 devices on its loop, and a batch split by the budget must lose no request."""
+import fcntl
 import os
 import socket
 import struct
+import termios
+import threading
+import time
 
 from vmm.devices import Disk, Net
 from vmm.engines.virtio_device import open_device
@@ -112,6 +116,31 @@ def start_blk(path):
     return c, mem
 
 
+def hold_the_loop(gate):
+    """Blocks the servers' loop thread in a reply send: GET_FEATURES requests whose replies
+    gate never reads, until the replies waiting on its socket stop growing (the server's
+    send buffer is full and its next send waits)."""
+    requests = struct.pack("<III", GET_FEATURES, 1, 0) * 20000
+    threading.Thread(target=lambda: _send_quietly(gate.s, requests), daemon=True).start()
+    waiting, steady_since = -1, None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = struct.unpack("i", fcntl.ioctl(gate.s.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        if now != waiting or now == 0:
+            waiting, steady_since = now, time.monotonic()
+        elif time.monotonic() - steady_since > 0.05:
+            return
+        time.sleep(0.005)
+    raise AssertionError("the server never stopped sending replies")
+
+
+def _send_quietly(sock, data):
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass  # the server dropped this front end: that is how the hold ends
+
+
 def test_a_full_blk_queue_does_not_starve_another_device_on_the_loop(tmp_path):
     """Two blk devices served by one event loop (vhost-user servers of one process), over
     the same disk file. Device A gets a full ring: 1024 reads of 256 KiB (sectors 0..511),
@@ -123,8 +152,9 @@ def test_a_full_blk_queue_does_not_starve_another_device_on_the_loop(tmp_path):
 
     Both kicks must be pending before the loop serves either (else the loop thread, woken
     by A's kick, may run A's whole ring before this thread gets the CPU back to kick B):
-    a third server's front-end holds the loop meanwhile by sending half a message, which
-    the server waits for (up to VU_MSG_TIMEOUT_S)."""
+    a third server's front-end holds the loop meanwhile: it asks for replies it does not
+    read until the server's send blocks (a reply waits up to VU_SEND_TIMEOUT_MS, then the
+    server drops that front end and the loop goes on to the kicks)."""
     img = tmp_path / "d.img"
     img.write_bytes(bytes(512 * 1024))
     devs = [open_device(Disk(str(img))) for _ in range(3)]
@@ -147,14 +177,11 @@ def test_a_full_blk_queue_does_not_starve_another_device_on_the_loop(tmp_path):
         bufs, b_status = blk_request(memb, T_OUT, 511, [(memb.put(marker), 512, False)])
         qb.add(bufs)
 
-        get_features = struct.pack("<III", GET_FEATURES, 1, 0)
-        gate.s.sendall(get_features[:6])  # the loop now waits for the other half
+        hold_the_loop(gate)
         qa.set_avail_idx(qa.avail_idx)
         kick(kick_a)
         qb.set_avail_idx(qb.avail_idx)
         kick(kick_b)
-        gate.s.sendall(get_features[6:])
-        assert gate.recv()[0] == GET_FEATURES
         wait_until(lambda: qa.used_idx() == 1024 and qb.used_idx() == 1, timeout=60,
                    what="both devices to finish")
 
