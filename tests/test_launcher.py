@@ -127,13 +127,17 @@ def test_bad_arguments(launcher, guests, args, message):
 
 @pytest.mark.parametrize("args, message", [
     (("--kernel", "{not_a_kernel}"), "is not a kernel"),
-    (("--kernel", "{hello}", "--cmdline", "x" * 5000), "command line"),
-], ids=["not-a-kernel", "cmdline-too-long"])
+    (("--kernel", "{hello}", "--mem", "2", "--initrd", "{big_initrd}"),
+     "does not fit in guest memory"),
+], ids=["not-a-kernel", "initrd-too-big"])
 @_kvm
 def test_bad_input_files_are_usage_errors(launcher, guests, tmp_path, args, message):
     not_a_kernel = tmp_path / "not-a-kernel"
     not_a_kernel.write_bytes(b"hello\n" * 100)
-    r = run(launcher, *(a.format(not_a_kernel=not_a_kernel, **guests) for a in args))
+    big_initrd = tmp_path / "big-initrd"
+    big_initrd.write_bytes(bytes(3 << 20))  # more than a 2 MiB guest holds
+    files = dict(not_a_kernel=not_a_kernel, big_initrd=big_initrd, **guests)
+    r = run(launcher, *(a.format(**files) for a in args))
     assert r.returncode == 2, r
     assert len(r.stderr.splitlines()) == 1, r.stderr
     assert r.stderr.startswith("vmm-boot: error: ") and message in r.stderr, r.stderr
@@ -200,3 +204,28 @@ def test_timeout_stops_the_guest_and_exits_1(launcher, guests):
     assert r.returncode == 1, r
     assert r.stderr == "exit: host-stop: timed out after 0.5 s\n"
     assert 0.5 <= elapsed < WAIT_S
+
+
+@_kvm
+def test_the_kvm_engine_prefix_goes_before_the_cmdline(launcher, guests):
+    """The loader counts the whole line: the longest --cmdline that boots is the kernel's
+    limit less the prefix, so the prefix is there, once, in front."""
+    from vmm.engines.kvm import CMDLINE_PREFIX
+    from vmm.kernel_image import core_limits
+
+    room = core_limits().cmdline_size - 1 - len(CMDLINE_PREFIX)
+    ok = run(launcher, "--kernel", guests["hello"], "--mem", "16", "--cmdline", "x" * room)
+    assert ok.returncode == 0, ok
+    over = run(launcher, "--kernel", guests["hello"], "--mem", "16", "--cmdline", "x" * (room + 1))
+    assert over.returncode == 2
+    assert over.stderr == (f"vmm-boot: error: kernel command line is {room + 1 + len(CMDLINE_PREFIX)}"
+                           f" bytes; {guests['hello']} takes at most {room + len(CMDLINE_PREFIX)}\n")
+
+
+@_kvm
+def test_an_initrd_that_fits_boots(launcher, guests, tmp_path):
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(os.urandom(100_000))
+    r = run(launcher, "--kernel", guests["hello"], "--mem", "16", "--initrd", str(initrd))
+    assert r.returncode == 0, r
+    assert r.stdout == "hello from the test guest\n"
