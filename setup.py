@@ -75,10 +75,10 @@ class BuildExtWithLauncher(build_ext):
 
         in_place = self.inplace or getattr(self, "editable_mode", False)
         out = os.path.join(HERE if in_place else self.build_lib, "vmm", "bin", build_launcher.NAME)
-        sources = build_launcher.sources() + glob.glob(os.path.join(HERE, "csrc", "**", "*.h"),
-                                                       recursive=True)
+        inputs = [*build_launcher.sources(), build_launcher.__file__,
+                  *glob.glob(os.path.join(HERE, "csrc", "**", "*.h"), recursive=True)]
         if not self.force and os.path.exists(out) and \
-                os.path.getmtime(out) >= max(os.path.getmtime(p) for p in sources):
+                os.path.getmtime(out) >= max(os.path.getmtime(p) for p in inputs):
             return
         try:
             build_launcher.build(out)
