@@ -4,6 +4,7 @@ Everything is in pyproject.toml except the extension itself; here we only check,
 compiling, that a C compiler and the Linux KVM headers exist, so a missing toolchain is one
 clear sentence instead of a page of compiler output.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import sysconfig
 import tempfile
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 # What a plain (non-editable) install carries of guest/: the sources vmm builds on first use
@@ -61,4 +63,28 @@ class BuildPyWithGuest(build_py):
                             dirs_exist_ok=True)
 
 
-setup(cffi_modules=["csrc/build_core.py:ffibuilder"], cmdclass={"build_py": BuildPyWithGuest})
+class BuildExtWithLauncher(build_ext):
+    """The extension, then the compiled launcher vmm-boot from the same C core
+    (csrc/build_launcher.py), as package data: vmm/bin/vmm-boot, in the source tree for an
+    in-place or editable build, else in the build tree that gets installed."""
+
+    def run(self):
+        super().run()
+        sys.path.insert(0, os.path.join(HERE, "csrc"))
+        import build_launcher
+
+        in_place = self.inplace or getattr(self, "editable_mode", False)
+        out = os.path.join(HERE if in_place else self.build_lib, "vmm", "bin", build_launcher.NAME)
+        inputs = [*build_launcher.sources(), build_launcher.__file__,
+                  *glob.glob(os.path.join(HERE, "csrc", "**", "*.h"), recursive=True)]
+        if not self.force and os.path.exists(out) and \
+                os.path.getmtime(out) >= max(os.path.getmtime(p) for p in inputs):
+            return
+        try:
+            build_launcher.build(out)
+        except RuntimeError as e:
+            sys.exit(f"error: {e}")
+
+
+setup(cffi_modules=["csrc/build_core.py:ffibuilder"],
+      cmdclass={"build_py": BuildPyWithGuest, "build_ext": BuildExtWithLauncher})

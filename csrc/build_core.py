@@ -26,7 +26,8 @@ def _cdef():
     return m.group(1).replace("/* python-callback */", 'extern "Python+C"')
 
 
-def _sources():
+def sources():
+    """The core's C files, relative to the project root (the launcher links them too)."""
     files = sorted(glob.glob(os.path.join(HERE, "*.c")) + glob.glob(os.path.join(HERE, "virtio", "*.c")))
     return [os.path.relpath(p, os.path.dirname(HERE)) for p in files]
 
@@ -36,7 +37,7 @@ ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "vmm._core",
     '#include "core_api.h"\n',
-    sources=_sources(),
+    sources=sources(),
     include_dirs=[os.path.relpath(HERE, os.path.dirname(HERE))],
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"],
     extra_link_args=["-pthread"],
