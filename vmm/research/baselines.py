@@ -170,6 +170,7 @@ def run_process(system: str, argv: List[str], *, initcalls: int, timeout: float)
         except OSError as e:
             return failed_sample(system, f"{argv[0]}: {e}")
         deadline = time.monotonic() + timeout
+        eof = False
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
             while True:
@@ -180,13 +181,18 @@ def run_process(system: str, argv: List[str], *, initcalls: int, timeout: float)
                     break
                 data = os.read(proc.stdout.fileno(), 65536)
                 if not data:
+                    eof = True
                     break
                 watch.feed(data)
                 console += data[:max(0, CONSOLE_CAP - len(console))]
-        killed = proc.poll() is None
-        if killed:
+        killed = False
+        try:
+            # Its stdout closed: it is ending (or has), give it a moment to be reaped.
+            rc = proc.wait(EXIT_GRACE_S if eof else 0)
+        except subprocess.TimeoutExpired:
+            killed = True
             proc.kill()
-        rc = proc.wait()
+            rc = proc.wait()
         proc.stdout.close()
         err.seek(0)
         stderr = err.read()[-2000:].decode("utf-8", "replace").strip()

@@ -8,7 +8,7 @@ counters themselves are the C core's (csrc/vcpu.c). The qemu engine has no exits
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 from ..devices import Disk
 from ..machine import Machine
@@ -39,7 +39,7 @@ def boot_test_init(cfg, engine: str, *, initrd: str, root_disk: Optional[str], c
     sample = new_sample(f"vmm-{m.engine}")
     with m:
         m.start()
-        exits_at_init = _run_to_end(m, timeout)
+        exits_at_init, timed_out = _run_to_end(m, timeout)
         status = m.status or m.stop()
         timeline, exits = m.timeline, m.exit_stats
     marks = {"request": m.created_ns, **{k: timeline[k] for k in HOST_MARKS if k in timeline}}
@@ -52,13 +52,15 @@ def boot_test_init(cfg, engine: str, *, initrd: str, root_disk: Optional[str], c
         sample["exits"] = _split_exits(exits, exits_at_init)
     if watch.seen_ns is None:
         sample["ok"] = False
-        sample["error"] = sample["error"] or "no READY line from the test init"
+        sample["error"] = sample["error"] or (
+            f"no READY line from the test init within {timeout:g} s" if timed_out
+            else f"no READY line from the test init ({sample['status']})")
     return sample
 
 
-def _run_to_end(m: Machine, timeout: float) -> Optional[dict]:
+def _run_to_end(m: Machine, timeout: float) -> Tuple[Optional[dict], bool]:
     """Wait for the guest to end (stop it at timeout); on the kvm engine, the exit counters
-    as they stood when the boot-timer mark was first seen."""
+    as they stood when the boot-timer mark was first seen; and whether it timed out."""
     deadline = time.monotonic() + timeout
     poll = POLL_S if m.engine == "kvm" else 0.05
     at_init = None
@@ -69,7 +71,8 @@ def _run_to_end(m: Machine, timeout: float) -> Optional[dict]:
             at_init = m.exit_stats
     else:
         m.stop()
-    return at_init
+        return at_init, True
+    return at_init, False
 
 
 def _split_exits(total: dict, at_init: Optional[dict]) -> dict:

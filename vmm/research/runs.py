@@ -11,7 +11,6 @@ EngineUnavailable) ends the whole run at once.
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,9 @@ def run_bench(settings: BenchSettings, *, workdir: Optional[str] = None,
     found, skipped = baselines_mod.available(settings.baselines, info["kvm_backing"])
     for line in skipped:
         say(line)
+    if info["kvm_backing"] == "pvm" and "kvm" in settings.engine:
+        say("warning: /dev/kvm here is PVM (a software hypervisor): Linux guests do not reach "
+            "init on the kvm engine here (docs/platform.md); expect failed rounds")
     result = new_result(info, settings.to_dict(), skipped=skipped)
     owned = None
     if workdir is None:
@@ -98,7 +100,3 @@ def _progress_line(label, rnd, total, warmup, s) -> str:
            else f"FAILED: {s['error']}")
     return f"[{label}] {what} {s['system']}: {got}"
 
-
-def _stderr(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
