@@ -85,3 +85,21 @@ def test_exits_split_at_the_boot_timer(acted_boot):
         print("exits split at the boot timer:", before["io"], "io before,", after["io"], "after")
     else:  # a host fast enough to end the guest within one 2 ms poll
         assert list(exits) == ["whole_run"]
+
+
+@needs_kvm
+def test_a_fresh_process_run_reports_its_own_marks(acted_boot, tmp_path):
+    """process=fresh: `python -m vmm boot --timeline-out` in a new process, READY read from
+    its stdout, its own timeline (the host's CLOCK_MONOTONIC) joined to the spawn."""
+    cfg = BootConfig(engine="kvm", kernel=acted_boot, memory=16, process="fresh")
+    s = ours.boot_fresh_process(cfg, "kvm", initrd=None, cmdline="", initcalls=0,
+                                timeout=60, workdir=str(tmp_path))
+    assert s["ok"], s
+    assert s["system"] == "vmm-kvm-fresh" and s["status"] == "exit 0"
+    assert list(s["marks_ms"]) == ["request", "machine_created", "vm_created", "kernel_loaded",
+                                   "first_vcpu_entry", "boot_timer", "ready_line"], s["marks_ms"]
+    times = list(s["marks_ms"].values())
+    assert times == sorted(times), s["marks_ms"]
+    # the interpreter and its imports: more than nothing, less than the run
+    assert 5 < s["phases_ms"]["machine_created"] < s["phases_ms"]["total"]
+    assert s["exits"]["whole_run"]["io"] == 1 + READY_BYTES + EXTRA_EXITS + 1

@@ -4,11 +4,12 @@ compare, the report, settings refused with their reason, baseline detection, plo
 import json
 import random
 import statistics
+import time
 
 import pytest
 
 from vmm.errors import ConfigError
-from vmm.research import baselines, phases, results, samples, stats
+from vmm.research import baselines, phases, results, samples, spawned, stats
 from vmm.research.compare import compare, render as render_compare
 from vmm.research.report import render
 from vmm.research.settings import BenchSettings
@@ -197,6 +198,9 @@ def test_report_tables_and_ratios():
     ({"init": ["agent"], "hugepages": [True]}, "hugepages needs init=test"),
     ({"baselines": ["vmware"]}, "unknown baseline 'vmware'"),
     ({"timeout": 0}, "timeout must be positive"),
+    ({"process": ["fork"]}, "process 'fork' is not one of in, fresh"),
+    ({"process": ["fresh"], "root": ["disk"]}, "process=fresh runs `python -m vmm boot`"),
+    ({"process": ["in", "fresh"], "init": ["agent"]}, "process=fresh runs"),
 ])
 def test_settings_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
@@ -251,15 +255,24 @@ def test_baseline_command_lines(tmp_path):
 
 
 def test_a_baseline_that_never_prints_ready_fails_with_its_reason():
-    s = baselines.run_process("fake", ["sh", "-c", "echo booting; echo oops >&2; exit 3"],
+    s = spawned.run_process("fake", ["sh", "-c", "echo booting; echo oops >&2; exit 3"],
                               initcalls=0, timeout=10)
     assert not s["ok"] and s["status"] == "exit 3" and s["error"] == "no READY line (exit 3): oops"
-    s = baselines.run_process("fake", ["sh", "-c", "echo 'READY boottime_ns=5000000 cpus=1'"],
+    s = spawned.run_process("fake", ["sh", "-c", "echo 'READY boottime_ns=5000000 cpus=1'"],
                               initcalls=0, timeout=10)
     assert s["ok"] and s["guest_ms"] == {"guest_kernel_to_init": 5.0}
     assert s["phases_ms"]["total"] == s["marks_ms"]["ready_line"] > 0
-    s = baselines.run_process("fake", ["/no/such/binary"], initcalls=0, timeout=10)
+    s = spawned.run_process("fake", ["/no/such/binary"], initcalls=0, timeout=10)
     assert not s["ok"] and "/no/such/binary" in s["error"]
+    # marks the process reported itself join the ones taken here, in MARKS order
+    before = time.monotonic_ns()
+    s = spawned.run_process("fake", ["sh", "-c", "sleep 0.05; echo 'READY boottime_ns=1 cpus=1'"],
+                            initcalls=0, timeout=10,
+                            more_marks=lambda: {"machine_created": before + 20_000_000})
+    assert list(s["marks_ms"]) == ["request", "machine_created", "ready_line"]
+    assert 0 < s["marks_ms"]["machine_created"] <= 20 < s["marks_ms"]["ready_line"]
+    assert s["phases_ms"]["machine_created"] + s["phases_ms"]["ready_line"] == \
+        pytest.approx(s["phases_ms"]["total"])
 
 
 # --- plots -------------------------------------------------------------------------------------

@@ -60,6 +60,9 @@ def add_parsers(sub) -> None:
                       default=["initramfs"], help="initramfs or disk (the test init on ext4)")
     boot.add_argument("--init", type=_list(str, "--init", ("test", "agent")), default=["test"],
                       help="test (the test init's READY line) or agent (a Sandbox to first exec)")
+    boot.add_argument("--process", type=_list(str, "--process", ("in", "fresh")), default=["in"],
+                      help="in (Machine() in this process) or fresh (`python -m vmm boot` per "
+                           "run, timed from its spawn like a baseline)")
     boot.add_argument("--baseline", type=_list(str, "--baseline",
                                                ("qemu", "firecracker", "cloud-hypervisor", "none")),
                       default=["qemu", "firecracker", "cloud-hypervisor"],
@@ -108,6 +111,7 @@ def _boot(args) -> int:
     settings = BenchSettings(runs=args.runs, warmup=args.warmup, engine=args.engine,
                              kernel=args.kernel, memory=args.memory, cpus=args.cpus,
                              hugepages=args.hugepages, root=args.root, init=args.init,
+                             process=args.process,
                              baselines=baselines, initcalls=args.initcalls,
                              timeout=args.timeout, cmdline=args.cmdline, seed=args.seed)
     settings.check()  # before --out is created: a bad request leaves nothing behind

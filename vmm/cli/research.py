@@ -3,6 +3,7 @@
     python -m vmm info [--json]
     python -m vmm boot [--kernel K] [--initrd I] [--cmdline C] [--cpus N] [--memory MIB]
                        [--engine kvm|qemu|auto] [--timeout S] [--timeline] [--json]
+                       [--timeline-out FILE]
     python -m vmm bench boot [-n N] [--warmup W] [--engine E,..] [--memory M,..] ... [--out DIR]
     python -m vmm bench compare A.json B.json [--out DIR]     (bench.py, vmm.research)
 
@@ -48,6 +49,9 @@ def _parser():
     boot.add_argument("--timeline", action="store_true", help="print the boot timeline")
     boot.add_argument("--json", action="store_true",
                       help="one JSON object on stdout (console included) instead of text")
+    boot.add_argument("--timeline-out", metavar="FILE",
+                      help="when the guest ends, write its timeline (CLOCK_MONOTONIC ns) and "
+                           "exit counts to FILE as JSON (what `bench boot --process fresh` reads)")
     bench.add_parsers(sub)
     return p
 
@@ -156,6 +160,10 @@ def _boot(args):
         timeline, stats = m.timeline, m.exit_stats
     if timed_out:
         status.message = f"timed out after {args.timeout:g} s"
+    if args.timeline_out:
+        with open(args.timeline_out, "w") as f:
+            json.dump({"engine": m.engine, "timeline_ns": timeline, "exit_stats": stats,
+                       "status": status.kind}, f)
 
     if args.json:
         print(json.dumps({

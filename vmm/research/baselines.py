@@ -17,20 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import shutil
-import subprocess
-import tempfile
-import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
-from .phases import INITCALL_CMDLINE, ReadyLineWatch, guest_phases, host_phases, \
-    ready_boottime_ns
-from .samples import failed_sample, keep_initcalls, new_sample
-
-CONSOLE_CAP = 4 << 20   # bytes of a baseline's console kept for parsing
-EXIT_GRACE_S = 5.0      # after READY, how long the guest may take to end before a kill
+from .phases import INITCALL_CMDLINE
+from .samples import failed_sample
+from .spawned import run_process
 # Matches the qemu engine's choices where they change boot time for everyone: rtc=on
 # (without an RTC Linux 6.1 polls a second for one), no option ROMs, no ACPI.
 QEMU_MACHINE = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"
@@ -156,58 +149,3 @@ def available(requested, kvm_backing: str, which=shutil.which) -> Tuple[List[Bas
         else:
             found.append(Baseline(name, binary, argv, supports_hugepages=False))
     return found, skipped
-
-
-def run_process(system: str, argv: List[str], *, initcalls: int, timeout: float) -> dict:
-    """Spawn argv, time it to the READY line on its stdout, let it end (or kill it)."""
-    watch = ReadyLineWatch(time.monotonic_ns)
-    console = bytearray()
-    with tempfile.TemporaryFile() as err:
-        request = time.monotonic_ns()
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=err)
-        except OSError as e:
-            return failed_sample(system, f"{argv[0]}: {e}")
-        deadline = time.monotonic() + timeout
-        eof = False
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            while True:
-                left = deadline - time.monotonic()
-                if watch.seen_ns is not None:
-                    left = min(left, EXIT_GRACE_S)
-                if left <= 0 or not sel.select(left):
-                    break
-                data = os.read(proc.stdout.fileno(), 65536)
-                if not data:
-                    eof = True
-                    break
-                watch.feed(data)
-                console += data[:max(0, CONSOLE_CAP - len(console))]
-        killed = False
-        try:
-            # Its stdout closed: it is ending (or has), give it a moment to be reaped.
-            rc = proc.wait(EXIT_GRACE_S if eof else 0)
-        except subprocess.TimeoutExpired:
-            killed = True
-            proc.kill()
-            rc = proc.wait()
-        proc.stdout.close()
-        err.seek(0)
-        stderr = err.read()[-2000:].decode("utf-8", "replace").strip()
-    sample = new_sample(system)
-    marks = {"request": request}
-    if watch.seen_ns:
-        marks["ready_line"] = watch.seen_ns
-    sample["marks_ms"] = {k: (v - request) / 1e6 for k, v in marks.items()}
-    sample["phases_ms"] = host_phases(marks)
-    sample["guest_ms"] = guest_phases(init_boottime_ns=ready_boottime_ns(bytes(console)))
-    sample["status"] = "killed" if killed else f"exit {rc}"
-    if initcalls:
-        keep_initcalls(sample, console.decode("utf-8", "replace"), initcalls)
-    if watch.seen_ns is None:
-        sample["ok"] = False
-        sample["error"] = (f"no READY line ({sample['status']})"
-                           + (f": {stderr.splitlines()[-1]}" if stderr else ""))
-    return sample

@@ -1,5 +1,6 @@
-"""One timed boot of our own VMM, in this process: the test init through Machine, or the
-agent through Sandbox (init=agent). Returns a sample (see results.py for its fields).
+"""One timed boot of our own VMM: in this process, the test init through Machine or the
+agent through Sandbox (init=agent); or in a fresh `python -m vmm boot` process, timed from
+its spawn like a baseline (process=fresh). Returns a sample (samples.py).
 
 The kvm engine's exits are split at the boot-timer mark by sampling the exit counters
 while the guest runs (every POLL_S): the split is as exact as that polling, and the
@@ -7,7 +8,11 @@ counters themselves are the C core's (csrc/vcpu.c). The qemu engine has no exits
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
+from pathlib import Path
 from typing import Optional, Tuple
 
 from ..devices import Disk
@@ -16,6 +21,7 @@ from . import guest_files
 from .phases import INITCALL_CMDLINE, ReadyLineWatch, guest_phases, host_phases, \
     ready_boottime_ns
 from .samples import new_sample, keep_initcalls
+from .spawned import run_process
 
 POLL_S = 0.002
 HOST_MARKS = ("vm_created", "kernel_loaded", "first_vcpu_entry", "boot_timer")
@@ -122,3 +128,39 @@ def _fill(sample: dict, marks: dict, status, console: str, initcalls: int, guest
     sample["status"] = f"{status.kind}" + (f": {status.message}" if status.message else "")
     if initcalls:
         keep_initcalls(sample, console, initcalls)
+
+
+def boot_fresh_process(cfg, engine: str, *, initrd: Optional[str], cmdline: str, initcalls: int,
+                       timeout: float, workdir: str) -> dict:
+    """`python -m vmm boot` in a new process: its spawn is the request, its own timeline
+    (written with --timeline-out on the shared CLOCK_MONOTONIC) gives the inner marks,
+    and its console on stdout the READY line, read exactly as a baseline's."""
+    timeline_file = os.path.join(workdir, "fresh-timeline.json")
+    if os.path.exists(timeline_file):
+        os.unlink(timeline_file)
+    extra = " ".join(x for x in (cmdline, INITCALL_CMDLINE if initcalls else "") if x)
+    argv = [sys.executable, "-m", "vmm", "boot", "--kernel", guest_files.kernel_for(cfg.kernel),
+            *(["--initrd", initrd] if initrd else []), "--engine", engine, "--memory", str(cfg.memory),
+            "--cpus", str(cfg.cpus), "--timeout", f"{timeout:g}", "--cmdline", extra,
+            "--timeline-out", timeline_file]
+    reported: dict = {}
+
+    def inner_marks() -> dict:
+        try:
+            with open(timeline_file) as f:
+                reported.update(json.load(f))
+        except (OSError, ValueError):
+            return {}  # it died before writing: the sample says so (no READY, its status)
+        t = reported.get("timeline_ns", {})
+        return {k: t[k] for k in ("machine_created",) + HOST_MARKS if t.get(k)}
+
+    # The child imports this same vmm, wherever it was imported from here.
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env_path = os.pathsep.join(x for x in (package_parent, os.environ.get("PYTHONPATH")) if x)
+    sample = run_process(f"vmm-{engine}-fresh", argv, initcalls=initcalls, timeout=timeout + 10,
+                         more_marks=inner_marks, env=dict(os.environ, PYTHONPATH=env_path))
+    if reported.get("engine"):
+        sample["system"] = f"vmm-{reported['engine']}-fresh"
+    if reported.get("exit_stats"):
+        sample["exits"] = {"whole_run": reported["exit_stats"]}
+    return sample

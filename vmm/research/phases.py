@@ -23,6 +23,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 # Host marks, in the order a boot passes them.
 #   request           Machine()/Sandbox.create() called; the baseline's process spawned
+#   machine_created   a fresh `python -m vmm boot` process (--process fresh) called Machine():
+#                     the interpreter's start-up and imports end here
 #   vm_created        kvm: VM and vCPUs exist; qemu engine: QEMU spawned
 #   kernel_loaded     kvm: kernel, initrd and command line in guest memory
 #   first_vcpu_entry  kvm: the first KVM_RUN
@@ -31,7 +33,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 #   agent_ready       the agent's READY, converted from the guest's clock (agent runs)
 #   ready_received    the host read the agent's READY (agent runs)
 #   first_exec        `true` run through the agent returned (agent runs)
-MARKS = ("request", "vm_created", "kernel_loaded", "first_vcpu_entry", "boot_timer",
+MARKS = ("request", "machine_created", "vm_created", "kernel_loaded", "first_vcpu_entry", "boot_timer",
          "ready_line", "agent_ready", "ready_received", "first_exec")
 READY_MARKS = ("first_exec", "ready_received", "ready_line")
 GUEST_PHASES = ("guest_kernel_to_init", "guest_init_to_ready")

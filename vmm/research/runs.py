@@ -61,9 +61,13 @@ def _run_config(settings, cfg, found, initrd, workdir, result, say) -> None:
                                   root_cmdline=guest_files.DISK_ROOT_CMDLINE,
                                   memory=cfg.memory, cpus=cfg.cpus, hugepages=cfg.hugepages,
                                   cmdline=settings.cmdline, workdir=str(workdir))
-    ours_name = f"vmm-{cfg.engine}"
+    ours_name = f"vmm-{cfg.engine}" + ("-fresh" if cfg.process == "fresh" else "")
 
     def run_ours():
+        if cfg.process == "fresh":
+            return ours.boot_fresh_process(cfg, cfg.engine, initrd=initrd,
+                                           cmdline=settings.cmdline, initcalls=settings.initcalls,
+                                           timeout=settings.timeout, workdir=str(workdir))
         if cfg.init == "agent":
             return ours.boot_agent(cfg, cfg.engine, image=image, cmdline=settings.cmdline,
                                    initcalls=settings.initcalls, timeout=settings.timeout)

@@ -18,6 +18,10 @@ What each combination means, and what is refused (ConfigError, before anything b
     init       "test" (guest/init/init.c: READY line, then reboot) or "agent" (a
                Sandbox: the guest agent as PID 1, a busybox image, one `true` exec)
     engine     "auto", "kvm" or "qemu" (resolved when the run starts)
+    process    "in": ours boots in this process (Machine(); Python's start-up is not timed)
+               or "fresh": `python -m vmm boot` in a new process per run, timed from its
+               spawn like a baseline (interpreter start-up and imports included); fresh
+               takes init=test, root=initramfs and no hugepages (what `boot` offers)
 """
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ from typing import List, Optional, Sequence
 
 from ..errors import ConfigError
 
-SWEEPABLE = ("engine", "kernel", "memory", "cpus", "hugepages", "root", "init")
+SWEEPABLE = ("engine", "kernel", "memory", "cpus", "hugepages", "root", "init", "process")
 ROOTS = ("initramfs", "disk")
 INITS = ("test", "agent")
 ENGINES = ("auto", "kvm", "qemu")
+PROCESSES = ("in", "fresh")
 BASELINE_NAMES = ("qemu", "firecracker", "cloud-hypervisor")
 
 
@@ -45,6 +50,7 @@ class BootConfig:
     hugepages: bool = False
     root: str = "initramfs"
     init: str = "test"
+    process: str = "in"
     label: str = "default"
 
     def params(self) -> dict:
@@ -64,6 +70,7 @@ class BenchSettings:
     hugepages: Sequence[bool] = (False,)
     root: Sequence[str] = ("initramfs",)
     init: Sequence[str] = ("test",)
+    process: Sequence[str] = ("in",)
     baselines: Sequence[str] = BASELINE_NAMES
     initcalls: int = 0          # 0: off; N: the slowest N initcalls (initcall_debug)
     timeout: float = 120.0      # per boot
@@ -87,6 +94,7 @@ class BenchSettings:
         _check_choices("engine", self.engine, ENGINES)
         _check_choices("root", self.root, ROOTS)
         _check_choices("init", self.init, INITS)
+        _check_choices("process", self.process, PROCESSES)
         for unknown in set(self.baselines) - set(BASELINE_NAMES) - {"none"}:
             raise ConfigError(f"unknown baseline {unknown!r} (choose from "
                               f"{', '.join(BASELINE_NAMES)}, or none)")
@@ -105,6 +113,10 @@ class BenchSettings:
         if "agent" in self.init and True in self.hugepages:
             raise ConfigError("hugepages needs init=test: Sandbox.create() has no huge-page "
                               "option")
+        if "fresh" in self.process and ("agent" in self.init or "disk" in self.root
+                                        or True in self.hugepages):
+            raise ConfigError("process=fresh runs `python -m vmm boot`, which takes "
+                              "init=test, root=initramfs and no hugepages")
         if True in self.hugepages and _free_hugepages() == 0:
             raise ConfigError("hugepages: no free 2 MiB huge pages on this host "
                               "(/proc/sys/vm/nr_hugepages is 0)")
