@@ -18,7 +18,7 @@ def machine_lines(result: dict) -> List[str]:
              f"host kernel {m.get('host_kernel')}",
              f"         {m.get('qemu') or 'no QEMU'}; vmm {m.get('vmm_version')} "
              f"at {m.get('git_revision') or 'unknown revision'}; load average at start "
-             f"{m.get('load_average_at_start')}"]
+             f"{m.get('load_average_at_start')}, at end {m.get('load_average_at_end')}"]
     if result.get("note"):
         lines.append(f"note:    {result['note']}")
     return lines

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from ..errors import ConfigError, EngineUnavailable, VmmError
 from . import baselines as baselines_mod
 from . import guest_files, ours
-from .machine_info import machine_info
+from .machine_info import load_average, machine_info
 from .results import new_result
 from .samples import failed_sample
 from .settings import BenchSettings
@@ -50,6 +50,7 @@ def run_bench(settings: BenchSettings, *, workdir: Optional[str] = None,
         if owned is not None:
             owned.cleanup()
     result["finished"] = time.time()
+    result["machine"]["load_average_at_end"] = load_average()
     return result
 
 
