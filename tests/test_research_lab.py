@@ -10,7 +10,7 @@ import pytest
 
 from vmm.errors import ConfigError
 from vmm.research import baselines, phases, results, samples, spawned, stats
-from vmm.research.compare import compare, render as render_compare
+from vmm.research.compare import compare, differences, render as render_compare
 from vmm.research.report import render
 from vmm.research.settings import BenchSettings
 
@@ -159,6 +159,18 @@ def test_compare_finds_a_real_difference_and_not_a_fake_one():
     assert compare(a, b, seed=5) == compare(a, b, seed=5)
     text = render_compare(compare(a, b, seed=5), "a.json", "b.json", 5)
     assert "B / A per phase" in text and " *" in text
+
+
+def test_compare_names_what_differs_besides_the_samples():
+    a, b = fake_result(), fake_result(seed=2)
+    assert differences(a, b) == []
+    b["settings"]["memory"] = [256]
+    b["machine"]["git_revision"] = "abc"
+    b["machine"]["load_average_at_start"] = [9.0]   # expected to differ: not listed
+    assert differences(a, b) == ["settings memory: [128] vs [256]",
+                                 "machine git_revision: None vs 'abc'"]
+    text = render_compare(compare(a, b), "a", "b", 13, differences(a, b))
+    assert text.startswith("A and B differ in settings memory: [128] vs [256]\n")
 
 
 def test_compare_matches_single_configs_under_different_labels():

@@ -137,7 +137,7 @@ def _boot(args) -> int:
 
 def _compare(args) -> int:
     from ..research import compare, read_json
-    from ..research.compare import render
+    from ..research.compare import differences, render
 
     a, b = read_json(args.a), read_json(args.b)
     out = _out_dir(args.out)
@@ -146,7 +146,7 @@ def _compare(args) -> int:
         import json
         print(json.dumps(rows, indent=1))
     else:
-        sys.stdout.write(render(rows, args.a, args.b, args.seed))
+        sys.stdout.write(render(rows, args.a, args.b, args.seed, differences(a, b)))
     if out:
         from ..research.plots import compare_plot
         compare_plot(rows, out, os.path.basename(args.a), os.path.basename(args.b))

@@ -35,10 +35,27 @@ def compare(a: dict, b: dict, *, seed: int = 13, initcalls: bool = False) -> Lis
     return rows
 
 
-def render(rows: List[dict], name_a: str, name_b: str, seed: int) -> str:
+IGNORED_SETTINGS = ("seed", "extra")
+IGNORED_MACHINE = ("load_average_at_start", "load_average_at_end")
+
+
+def differences(a: dict, b: dict) -> List[str]:
+    """What differs between the two results besides the samples: the settings (what was
+    meant to differ, or a confound) and the machine (what should not)."""
+    out = []
+    for section, ignored in (("settings", IGNORED_SETTINGS), ("machine", IGNORED_MACHINE)):
+        sa, sb = a.get(section) or {}, b.get(section) or {}
+        for key in sorted(set(sa) | set(sb)):
+            if key not in ignored and sa.get(key) != sb.get(key):
+                out.append(f"{section} {key}: {sa.get(key)!r} vs {sb.get(key)!r}")
+    return out
+
+
+def render(rows: List[dict], name_a: str, name_b: str, seed: int, diffs=()) -> str:
     if not rows:
         return "no phase appears in both results (same config and system)\n"
-    lines = [f"B / A per phase: A = {name_a}, B = {name_b}; 95% bootstrap CI, seed {seed}",
+    lines = [f"A and B differ in {d}" for d in diffs]
+    lines += [f"B / A per phase: A = {name_a}, B = {name_b}; 95% bootstrap CI, seed {seed}",
              f"  {'config':<14} {'system':<12} {'phase':<24} {'A ms':>8} {'B ms':>8} "
              f"{'B/A':>7} {'CI':>15}"]
     for r in rows:
