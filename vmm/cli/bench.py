@@ -135,6 +135,15 @@ def _boot(args) -> int:
     return 0 if counted and all(s["ok"] for s in counted) else 1
 
 
+def _short_names(a: str, b: str):
+    """Names for a legend: the file names, or with their directories when those match."""
+    na, nb = os.path.basename(a), os.path.basename(b)
+    if na != nb:
+        return na, nb
+    return (os.path.join(os.path.basename(os.path.dirname(os.path.abspath(a))), na),
+            os.path.join(os.path.basename(os.path.dirname(os.path.abspath(b))), nb))
+
+
 def _compare(args) -> int:
     from ..research import compare, read_json
     from ..research.compare import differences, render
@@ -149,5 +158,5 @@ def _compare(args) -> int:
         sys.stdout.write(render(rows, args.a, args.b, args.seed, differences(a, b)))
     if out:
         from ..research.plots import compare_plot
-        compare_plot(rows, out, os.path.basename(args.a), os.path.basename(args.b))
+        compare_plot(rows, out, *_short_names(args.a, args.b))
     return 0 if rows else 1
