@@ -122,3 +122,34 @@ def test_real_bench_boot_on_qemu_with_the_qemu_baseline(tmp_path):
     for name in ("waterfall_default", "distribution"):
         assert (out / f"{name}.png").read_bytes().startswith(b"\x89PNG")
         assert b"<svg" in (out / f"{name}.svg").read_bytes()[:2000]
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.skipif(qemu_binary() is None, reason="no qemu-system-x86_64")
+def test_agent_and_disk_root_through_the_api():
+    """The other two sweep values that change what boots: the agent to a first exec, and
+    the test init from an ext4 root disk (ours over vhost-user, plain QEMU's own virtio-blk)."""
+    from vmm.research import BenchSettings, run_bench
+
+    from support.sandbox_image import have_busybox
+    inits = ["test", "agent"] if have_busybox() else ["test"]
+    lines = []
+    result = run_bench(BenchSettings(runs=1, warmup=0, engine=["qemu"], init=inits,
+                                     baselines=["qemu"], timeout=120),
+                       progress=lines.append)
+    assert len(result["samples"]) == 2 * len(inits) and all(s["ok"] for s in result["samples"])
+    assert len([x for x in lines if x.startswith("[init=")]) == 2 * len(inits)  # one per run
+    agent = [s for s in result["samples"]
+             if s["params"]["init"] == "agent" and s["system"] == "vmm-qemu"]
+    for s in agent:
+        assert list(s["marks_ms"]) == ["request", "vm_created", "boot_timer", "agent_ready",
+                                       "ready_received", "first_exec"], s["marks_ms"]
+        assert s["guest_ms"]["guest_init_to_ready"] > 0
+    result = run_bench(BenchSettings(runs=1, warmup=0, engine=["qemu"], root=["disk"],
+                                     baselines=["qemu"], timeout=120))
+    by_system = {s["system"]: s for s in result["samples"]}
+    assert set(by_system) == {"vmm-qemu", "qemu-tcg"}
+    for s in by_system.values():
+        assert s["ok"] and s["params"]["root"] == "disk", s
+        assert s["guest_ms"]["guest_kernel_to_init"] > 0
