@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..engines import choose as choose_engine
 from ..errors import ConfigError, EngineUnavailable, VmmError
 from . import baselines as baselines_mod
 from . import guest_files, ours
@@ -62,17 +63,20 @@ def _run_config(settings, cfg, found, initrd, workdir, result, say) -> None:
                                   root_cmdline=guest_files.DISK_ROOT_CMDLINE,
                                   memory=cfg.memory, cpus=cfg.cpus, hugepages=cfg.hugepages,
                                   cmdline=settings.cmdline, workdir=str(workdir))
-    ours_name = f"vmm-{cfg.engine}" + ("-fresh" if cfg.process == "fresh" else "")
+    # "auto" resolved once here (EngineUnavailable ends the run: a bad request), so that
+    # every sample of ours, a failed one too, carries the engine that ran it.
+    engine = choose_engine(cfg.engine).name
+    ours_name = f"vmm-{engine}" + ("-fresh" if cfg.process == "fresh" else "")
 
     def run_ours():
         if cfg.process == "fresh":
-            return ours.boot_fresh_process(cfg, cfg.engine, initrd=initrd,
+            return ours.boot_fresh_process(cfg, engine, initrd=initrd,
                                            cmdline=settings.cmdline, initcalls=settings.initcalls,
                                            timeout=settings.timeout, workdir=str(workdir))
         if cfg.init == "agent":
-            return ours.boot_agent(cfg, cfg.engine, image=image, cmdline=settings.cmdline,
+            return ours.boot_agent(cfg, engine, image=image, cmdline=settings.cmdline,
                                    initcalls=settings.initcalls, timeout=settings.timeout)
-        return ours.boot_test_init(cfg, cfg.engine, initrd=initrd, root_disk=root_disk,
+        return ours.boot_test_init(cfg, engine, initrd=initrd, root_disk=root_disk,
                                    cmdline=settings.cmdline, initcalls=settings.initcalls,
                                    timeout=settings.timeout)
 
