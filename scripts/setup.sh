@@ -32,7 +32,7 @@ fi
 scripts/build-passt.sh
 
 PY=${PYTHON:-python3}
-echo "setup: installing vmm (pip install -e .[test])" >&2
-$PY -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v -e "^WARNING: Location" -e "Running pip as the 'root'" >&2 || true
+echo "setup: installing vmm (pip install -e .[test,lab])" >&2
+$PY -m pip install -q --disable-pip-version-check -e ".[test,lab]" 2>&1 | grep -v -e "^WARNING: Location" -e "Running pip as the 'root'" >&2 || true
 $PY -c "import vmm._core" || { echo "setup: the C core did not build" >&2; exit 1; }
 [ -x vmm/bin/vmm-boot ] || { echo "setup: the launcher vmm/bin/vmm-boot did not build" >&2; exit 1; }

@@ -3,6 +3,9 @@
     python -m vmm info [--json]
     python -m vmm boot [--kernel K] [--initrd I] [--cmdline C] [--cpus N] [--memory MIB]
                        [--engine kvm|qemu|auto] [--timeout S] [--timeline] [--json]
+                       [--timeline-out FILE]
+    python -m vmm bench boot [-n N] [--warmup W] [--engine E,..] [--memory M,..] ... [--out DIR]
+    python -m vmm bench compare A.json B.json [--out DIR]     (bench.py, vmm.research)
 
 Errors go through the boundary `msb` uses too (boundary.py): bad input is one `error:`
 line on stderr and exit code 2, a failure exit code 1; a guest that does not shut down
@@ -17,7 +20,7 @@ import sys
 
 from .._version import __version__
 from ..errors import ConfigError, EngineUnavailable, VmmError
-from . import boundary
+from . import bench, boundary
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +49,10 @@ def _parser():
     boot.add_argument("--timeline", action="store_true", help="print the boot timeline")
     boot.add_argument("--json", action="store_true",
                       help="one JSON object on stdout (console included) instead of text")
+    boot.add_argument("--timeline-out", metavar="FILE",
+                      help="when the guest ends, write its timeline (CLOCK_MONOTONIC ns) and "
+                           "exit counts to FILE as JSON (what `bench boot --process fresh` reads)")
+    bench.add_parsers(sub)
     return p
 
 
@@ -58,6 +65,8 @@ def _run(argv):
     args = _parser().parse_args(argv)
     if args.command == "info":
         return _info(args)
+    if args.command == "bench":
+        return bench.run(args)
     return _boot(args)
 
 
@@ -151,6 +160,10 @@ def _boot(args):
         timeline, stats = m.timeline, m.exit_stats
     if timed_out:
         status.message = f"timed out after {args.timeout:g} s"
+    if args.timeline_out:
+        with open(args.timeline_out, "w") as f:
+            json.dump({"engine": m.engine, "timeline_ns": timeline, "exit_stats": stats,
+                       "status": status.kind}, f)
 
     if args.json:
         print(json.dumps({

@@ -1,0 +1,69 @@
+"""One run of one system: a sample, a plain dict so that it goes to JSON as it is.
+
+    system      "vmm-qemu", "vmm-kvm" (ours, by the engine that ran) or a baseline's name
+    config      the configuration's label (settings.py)
+    round       0-based round number; warmup: True for the rounds no statistic uses
+    ok, error   whether it reached its ready mark; why not
+    status      how the VM ended, as the engine said
+    marks_ms    host marks (phases.MARKS), ms since the run's `request` mark
+    phases_ms   host phases (phases.host_phases), ms, plus `total`
+    guest_ms    guest-side phases from the guest's own clock, ms
+    initcalls   [[function, ms], ...]: the run's slowest initcalls (with --initcalls)
+    exits       kvm engine: {"to_boot_timer": {reason: n}, "after_boot_timer": {...}}
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List
+
+from .phases import parse_initcalls, slowest_initcalls
+
+INITCALL_PREFIX = "initcall:"
+
+
+def new_sample(system: str) -> dict:
+    return {"system": system, "config": "default", "round": 0, "warmup": False, "ok": True,
+            "error": None, "status": None, "marks_ms": {}, "phases_ms": {}, "guest_ms": {}}
+
+
+def failed_sample(system: str, error: str) -> dict:
+    s = new_sample(system)
+    s.update(ok=False, error=error)
+    return s
+
+
+def keep_initcalls(sample: dict, console: str, n: int) -> None:
+    calls = parse_initcalls(console)
+    sample["initcalls"] = [[fn, ms] for fn, ms in slowest_initcalls(calls, n)]
+    sample["initcalls_seen"] = len(calls)
+
+
+def metrics(sample: dict) -> Dict[str, float]:
+    """Every duration of a sample under one name: host phases, guest phases, and each kept
+    initcall as "initcall:<function>"."""
+    out = dict(sample.get("phases_ms", {}))
+    out.update(sample.get("guest_ms", {}))
+    for fn, ms in sample.get("initcalls", []):
+        out[INITCALL_PREFIX + fn] = ms
+    return out
+
+
+def counted(samples: Iterable[dict]) -> List[dict]:
+    """The samples statistics use: not warm-up, and reached their ready mark."""
+    return [s for s in samples if not s.get("warmup") and s.get("ok")]
+
+
+def groups(samples: Iterable[dict]) -> Dict[tuple, List[dict]]:
+    """Samples by (config, system), in first-seen order."""
+    out: Dict[tuple, List[dict]] = {}
+    for s in samples:
+        out.setdefault((s["config"], s["system"]), []).append(s)
+    return out
+
+
+def metric_values(samples: Iterable[dict]) -> Dict[str, List[float]]:
+    """metric -> values over the samples that have it, metrics in first-seen order."""
+    out: Dict[str, List[float]] = {}
+    for s in samples:
+        for k, v in metrics(s).items():
+            out.setdefault(k, []).append(v)
+    return out

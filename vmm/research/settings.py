@@ -1,0 +1,159 @@
+"""What a `bench boot` run varies and repeats: BenchSettings, and the configurations
+(one per combination of swept values) it expands to.
+
+Every sweepable variable takes a list of values; the run measures the cartesian product,
+each configuration with its own rounds and baselines. A configuration's label names only
+the variables that take more than one value ("default" when nothing is swept), so two
+result files of single-configuration runs compare by system alone.
+
+What each combination means, and what is refused (ConfigError, before anything boots):
+    kernel     a vmlinux path (None: the project's guest kernel)
+    memory     MiB of guest RAM
+    cpus       vCPUs
+    hugepages  guest RAM on 2 MiB huge pages (needs free ones in /proc/sys/vm/nr_hugepages;
+               the agent init has no such option: Sandbox.create() does not take one)
+    root       "initramfs" (the test init in an initramfs) or "disk" (the same init on an
+               ext4 disk as root=/dev/vda, no initramfs); the agent always boots from its
+               initramfs with the image as a disk, so init=agent takes root=initramfs only
+    init       "test" (guest/init/init.c: READY line, then reboot) or "agent" (a
+               Sandbox: the guest agent as PID 1, a busybox image, one `true` exec)
+    engine     "auto", "kvm" or "qemu" (resolved when the run starts)
+    process    "in": ours boots in this process (Machine(); Python's start-up is not timed)
+               or "fresh": `python -m vmm boot` in a new process per run, timed from its
+               spawn like a baseline (interpreter start-up and imports included); fresh
+               takes init=test, root=initramfs and no hugepages (what `boot` offers)
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Sequence
+
+from ..errors import ConfigError
+
+SWEEPABLE = ("engine", "kernel", "memory", "cpus", "hugepages", "root", "init", "process")
+ROOTS = ("initramfs", "disk")
+INITS = ("test", "agent")
+ENGINES = ("auto", "kvm", "qemu")
+PROCESSES = ("in", "fresh")
+BASELINE_NAMES = ("qemu", "firecracker", "cloud-hypervisor")
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """One configuration of a sweep."""
+    engine: str = "auto"
+    kernel: Optional[str] = None
+    memory: int = 128
+    cpus: int = 1
+    hugepages: bool = False
+    root: str = "initramfs"
+    init: str = "test"
+    process: str = "in"
+    label: str = "default"
+
+    def params(self) -> dict:
+        d = asdict(self)
+        d.pop("label")
+        return d
+
+
+@dataclass
+class BenchSettings:
+    runs: int = 20
+    warmup: int = 1
+    engine: Sequence[str] = ("auto",)
+    kernel: Sequence[Optional[str]] = (None,)
+    memory: Sequence[int] = (128,)
+    cpus: Sequence[int] = (1,)
+    hugepages: Sequence[bool] = (False,)
+    root: Sequence[str] = ("initramfs",)
+    init: Sequence[str] = ("test",)
+    process: Sequence[str] = ("in",)
+    baselines: Sequence[str] = BASELINE_NAMES
+    initcalls: int = 0          # 0: off; N: the slowest N initcalls (initcall_debug)
+    timeout: float = 120.0      # per boot
+    cmdline: str = ""
+    seed: int = 13              # bootstrap resampling
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Refuse what cannot run, with a message that names the value."""
+        if not isinstance(self.runs, int) or self.runs < 1:
+            raise ConfigError(f"runs must be at least 1, got {self.runs}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ConfigError(f"warmup must be 0 or more, got {self.warmup}")
+        if self.timeout <= 0:
+            raise ConfigError(f"timeout must be positive, got {self.timeout:g}")
+        if self.initcalls < 0:
+            raise ConfigError(f"initcalls must be 0 (off) or more, got {self.initcalls}")
+        for name in SWEEPABLE:
+            if not list(getattr(self, name)):
+                raise ConfigError(f"{name}: no values given")
+        _check_choices("engine", self.engine, ENGINES)
+        _check_choices("root", self.root, ROOTS)
+        _check_choices("init", self.init, INITS)
+        _check_choices("process", self.process, PROCESSES)
+        for unknown in set(self.baselines) - set(BASELINE_NAMES) - {"none"}:
+            raise ConfigError(f"unknown baseline {unknown!r} (choose from "
+                              f"{', '.join(BASELINE_NAMES)}, or none)")
+        for m in self.memory:
+            if not isinstance(m, int) or m < 16:
+                raise ConfigError(f"memory must be at least 16 MiB, got {m}")
+        for c in self.cpus:
+            if not isinstance(c, int) or not 1 <= c <= 255:
+                raise ConfigError(f"cpus must be between 1 and 255, got {c}")
+        for k in self.kernel:
+            if k is not None and not os.path.isfile(k):
+                raise ConfigError(f"kernel not found: {k}")
+        if "agent" in self.init and "disk" in self.root:
+            raise ConfigError("root=disk needs init=test: the agent always boots from its "
+                              "initramfs with the image as a disk")
+        if "agent" in self.init and True in self.hugepages:
+            raise ConfigError("hugepages needs init=test: Sandbox.create() has no huge-page "
+                              "option")
+        if "fresh" in self.process and ("agent" in self.init or "disk" in self.root
+                                        or True in self.hugepages):
+            raise ConfigError("process=fresh runs `python -m vmm boot`, which takes "
+                              "init=test, root=initramfs and no hugepages")
+        if True in self.hugepages and _free_hugepages() == 0:
+            raise ConfigError("hugepages: no free 2 MiB huge pages on this host "
+                              "(/proc/sys/vm/nr_hugepages is 0)")
+
+    def configs(self) -> List[BootConfig]:
+        swept = [n for n in SWEEPABLE if len(list(getattr(self, n))) > 1]
+        out = []
+        for combo in itertools.product(*(list(getattr(self, n)) for n in SWEEPABLE)):
+            values = dict(zip(SWEEPABLE, combo))
+            label = " ".join(f"{n}={_show(values[n])}" for n in swept) or "default"
+            out.append(BootConfig(label=label, **values))
+        return out
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(self).items()}
+
+
+def _show(value) -> str:
+    if value is None:
+        return "project"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _check_choices(name: str, values, allowed) -> None:
+    for v in values:
+        if v not in allowed:
+            raise ConfigError(f"{name} {v!r} is not one of {', '.join(allowed)}")
+
+
+def _free_hugepages() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("HugePages_Free:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
