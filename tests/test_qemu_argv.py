@@ -18,7 +18,7 @@ def test_argv_for_a_two_cpu_machine():
     pairs = _pairs(argv)
     assert argv[0] == "/usr/bin/qemu-system-x86_64"
     assert ("-smp", "2") in pairs and ("-m", "192") in pairs
-    assert ("-object", "memory-backend-memfd,id=mem,size=192M,share=on") in pairs
+    assert ("-object", "memory-backend-memfd,id=mem,size=192M,share=on,merge=off") in pairs
     assert ("-accel", "tcg") in pairs
     assert ("-kernel", "/k/vmlinux") in pairs and ("-initrd", "/k/initrd.gz") in pairs
     assert ("-append", "console=ttyS0 reboot=t panic=-1 quiet x=1") in pairs
@@ -65,9 +65,34 @@ def test_bad_vhost_user_devices_are_named(dev, message):
 
 def test_hugepages_back_guest_ram_with_hugetlb_memfd():
     argv = qemu_argv(MachineSpec(kernel="/k", memory_mib=256, hugepages=True), "qemu", debugcon_fd=3)
-    assert "memory-backend-memfd,id=mem,size=256M,share=on,hugetlb=on,hugetlbsize=2M" in argv
+    assert "memory-backend-memfd,id=mem,size=256M,share=on,hugetlb=on,hugetlbsize=2M,merge=off" in argv
 
 
 def test_extra_qemu_args_are_appended():
     spec = MachineSpec(kernel="/k", options=QemuOptions(extra_args=["-d", "guest_errors"]))
     assert qemu_argv(spec, "qemu", debugcon_fd=3)[-2:] == ["-d", "guest_errors"]
+
+
+def test_qemu_runs_sandboxed_by_default():
+    pairs = _pairs(qemu_argv(MachineSpec(kernel="/k"), "qemu", debugcon_fd=3))
+    assert ("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny") in pairs
+
+
+def test_sandbox_can_be_turned_off():
+    argv = qemu_argv(MachineSpec(kernel="/k", options=QemuOptions(sandbox=False)), "qemu", debugcon_fd=3)
+    assert "-sandbox" not in argv
+
+
+def test_guest_ram_is_not_offered_to_ksm_unless_asked():
+    """QEMU's default mem-merge=on marks guest RAM MADV_MERGEABLE (finding 10): a cross-VM
+    page-deduplication side channel where KSM runs."""
+    def backend(options):
+        argv = qemu_argv(MachineSpec(kernel="/k", options=options), "qemu", debugcon_fd=3)
+        return [v for k, v in _pairs(argv) if k == "-object" and v.startswith("memory-backend")]
+    def machine(options):
+        argv = qemu_argv(MachineSpec(kernel="/k", options=options), "qemu", debugcon_fd=3)
+        return dict(_pairs(argv))["-M"].split(",")
+    assert backend(None) == ["memory-backend-memfd,id=mem,size=128M,share=on,merge=off"]
+    assert "mem-merge=off" in machine(None)
+    assert backend(QemuOptions(mem_merge=True)) == ["memory-backend-memfd,id=mem,size=128M,share=on,merge=on"]
+    assert "mem-merge=on" in machine(QemuOptions(mem_merge=True))

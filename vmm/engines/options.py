@@ -42,9 +42,16 @@ class QemuOptions:
     extra_args: appended to the qemu-system-x86_64 command line as they are.
     vhost_user: further vhost-user back ends someone else serves, each
     {"kind": "blk" | "vsock" | "net", "socket": path, "options": {...}} (see
-    engines.qemu.vhost_user_args), attached after the machine's own devices."""
+    engines.qemu.vhost_user_args), attached after the machine's own devices.
+    sandbox: run QEMU under its seccomp filter (`-sandbox on` denying obsolete calls,
+    privilege changes, spawning and resource control); False for extra_args that need one
+    of those (e.g. a netdev helper script).
+    mem_merge: let KSM merge guest RAM with identical pages elsewhere (QEMU's own default).
+    Off: merged pages make a cross-VM timing side channel where KSM runs."""
     extra_args: Tuple[str, ...] = ()
     vhost_user: Tuple[dict, ...] = ()
+    sandbox: bool = True
+    mem_merge: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "extra_args", tuple(str(a) for a in self.extra_args))

@@ -15,6 +15,10 @@ served on a private Unix socket before QEMU starts (vhost_backends.py); QEMU onl
 the virtio-mmio transport. QemuOptions(vhost_user=...) adds back ends served by someone
 else (see vhost_user_args()), QemuOptions(extra_args=...) any other QEMU arguments.
 
+Confinement: QEMU runs under its own seccomp filter (`-sandbox`, see SANDBOX), and guest
+RAM is not offered to KSM (`merge=off`); QemuOptions(sandbox=False, mem_merge=True) undo
+either. QEMU still runs as our user (see docs/security.md, "QEMU's user").
+
 exit_stats() stays {}: TCG executes guest code inside QEMU's own process, so there are
 no VM exits to count, and QEMU exposes no comparable counters.
 """
@@ -51,6 +55,11 @@ STDERR_TAIL = 4096
 STOP_GRACE_S = 2.0
 MAX_CPUS_TCG = 255
 
+# QEMU's own seccomp filter (QemuOptions.sandbox): besides the default set, deny obsolete
+# system calls, set*uid/gid, fork/exec (a `migrate exec:` or a helper script is then fatal)
+# and scheduler/priority changes. QEMU 7.2 ends itself with SIGSYS on a denied call.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
 # Device kinds a vhost-user back end may serve, and the QEMU device each becomes.
 VHOST_USER_DEVICES = {
     "blk": "vhost-user-blk",
@@ -77,8 +86,11 @@ def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=()) -> L
     # rtc=on: without an RTC, Linux 6.1 polls for one for a full second at boot
     # (mc146818_get_time, "Unable to read current time from RTC") and the guest's
     # clock starts in 1970. With it the read is immediate and the date is right.
+    # mem-merge: the machine's own RAM (the 64 KiB firmware) is offered to KSM unless off;
+    # the memory backend's merge= below covers guest RAM (see there).
+    merge = "on" if options.mem_merge else "off"
     machine = ("microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,"
-               "memory-backend=mem")
+               f"memory-backend=mem,mem-merge={merge}")
     argv = [
         binary,
         "-M", machine,
@@ -88,10 +100,14 @@ def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=()) -> L
         "-cpu", "max",
         "-smp", str(spec.cpus),
         "-m", str(mem),
-        # Shared so a vhost-user backend can map guest RAM.
+        # Shared so a vhost-user backend can map guest RAM. merge: QEMU's default marks
+        # guest RAM MADV_MERGEABLE, which lets KSM share identical pages across VMs: a
+        # timing side channel between guests where KSM is on. Off unless asked for.
         "-object", f"memory-backend-memfd,id=mem,size={mem}M,share=on"
-                   + (",hugetlb=on,hugetlbsize=2M" if spec.hugepages else ""),
+                   + (",hugetlb=on,hugetlbsize=2M" if spec.hugepages else "")
+                   + f",merge={merge}",
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        *(["-sandbox", SANDBOX] if options.sandbox else []),
         "-chardev", "stdio,id=con,signal=off",
         "-serial", "chardev:con",
         "-chardev", f"socket,id=dbg,fd={debugcon_fd}",
