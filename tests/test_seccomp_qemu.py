@@ -85,7 +85,8 @@ def test_no_memory_is_offered_to_ksm_unless_asked(guest, mem_merge):
     """Finding 10: QEMU's default marks RAM MADV_MERGEABLE (VmFlags "mg"); by default no
     mapping of ours is, and the opt-in brings QEMU's default back (the control)."""
     vmlinux, initrd = guest
-    with vmm.Machine(vmlinux, initrd=initrd, engine="qemu", options=QemuOptions(mem_merge=mem_merge)) as m:
+    with vmm.Machine(vmlinux, initrd=initrd, engine="qemu", cmdline="vmmtest.end=hang",
+                     options=QemuOptions(mem_merge=mem_merge)) as m:
         m.start()
         deadline = time.monotonic() + TIMEOUT
         while b"READY" not in m.console and time.monotonic() < deadline:
