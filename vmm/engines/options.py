@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class PythonDevice:
@@ -26,13 +28,41 @@ class KvmOptions:
     python_devices: PythonDevice ranges added to the VM before boot.
     ioeventfd / irqfd: False forces the slow paths for virtio queue notifies (an MMIO exit
     each) and interrupts (KVM_IRQ_LINE), which a KVM without those features would take;
-    tests use it to cover both."""
+    tests use it to cover both.
+    seccomp: confine the vCPU threads and the device I/O thread with seccomp filters that
+    allow only the system calls they make (csrc/seccomp_filter.c); a thread that makes any
+    other call ends the process with one line on stderr naming it (exit status 159).
+    None (the default) means on, except on the vCPU threads of a VM with Python devices:
+    they run Python there, which needs far more than the filter allows (seccomp=True with
+    Python devices is refused; the device I/O thread is confined either way).
+    seccomp=False turns it off (e.g. to debug with a tool that makes calls of its own on
+    those threads).
+    seccomp_probe: tests only: (port, "vcpu" | "io", syscall number): a guest write to the
+    port makes that thread issue the call, to see the filter end the process."""
     python_devices: Tuple[PythonDevice, ...] = ()
     ioeventfd: bool = True
     irqfd: bool = True
+    seccomp: Optional[bool] = None
+    seccomp_probe: Optional[Tuple[int, str, int]] = None
 
     def __post_init__(self):
         object.__setattr__(self, "python_devices", tuple(self.python_devices))
+        if self.seccomp and self.python_devices:
+            raise ConfigError("KvmOptions(seccomp=True) cannot have Python devices: they run "
+                              "Python on the vCPU thread, which the seccomp filter does not allow "
+                              "(leave seccomp unset or pass seccomp=False)")
+        if self.seccomp_probe is not None and self.seccomp_probe[1] not in ("vcpu", "io"):
+            raise ConfigError(f"seccomp_probe thread must be 'vcpu' or 'io', not {self.seccomp_probe[1]!r}")
+
+    @property
+    def seccomp_vcpus(self) -> bool:
+        """Whether the vCPU threads run under the seccomp filter (see seccomp)."""
+        return self.seccomp if self.seccomp is not None else not self.python_devices
+
+    @property
+    def seccomp_io(self) -> bool:
+        """Whether the device I/O thread runs under the seccomp filter (see seccomp)."""
+        return self.seccomp is not False
 
 
 @dataclass(frozen=True)
