@@ -1,4 +1,6 @@
 """The qemu engine's command line (fast: nothing is started)."""
+import os
+
 import pytest
 
 from vmm import QemuOptions
@@ -96,3 +98,59 @@ def test_guest_ram_is_not_offered_to_ksm_unless_asked():
     assert "mem-merge=off" in machine(None)
     assert backend(QemuOptions(mem_merge=True)) == ["memory-backend-memfd,id=mem,size=128M,share=on,merge=on"]
     assert "mem-merge=on" in machine(QemuOptions(mem_merge=True))
+
+
+def test_qemu_user_hands_over_kernel_initrd_and_sockets_as_descriptors(tmp_path):
+    """QEMU running as a uid of its own cannot reach root's 0700 directories by path: the
+    kernel and initrd become /proc/self/fd/N of files we opened; someone else's vhost-user
+    blk socket is connected here and given as chardev fd=N; our own back end's socket is
+    given to QEMU's uid alone (owner, mode 0700) in a directory it can traverse, not list."""
+    import socket
+    from vmm.engines.qemu_user import QemuUser
+    k, i = tmp_path / "vmlinux", tmp_path / "initrd"
+    k.write_bytes(b"k")
+    i.write_bytes(b"i")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "blk.sock"))
+    listener.listen(1)
+    user = QemuUser(4242)
+    try:
+        ours = tmp_path / "ours"
+        ours.mkdir(mode=0o700)
+        own = socket.socket(socket.AF_UNIX)
+        own.bind(str(ours / "net.sock"))
+        spec = MachineSpec(kernel=str(k), initrd=str(i), options=QemuOptions(
+            vhost_user=[{"kind": "blk", "socket": str(tmp_path / "blk.sock")}]))
+        argv = qemu_argv(spec, "qemu", debugcon_fd=3,
+                         devices=[{"kind": "net", "socket": str(ours / "net.sock")}], user=user)
+        st = os.stat(ours / "net.sock")
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4242, 0o700)
+        assert os.stat(ours).st_mode & 0o777 == 0o711
+        assert f"socket,id=vu0,path={ours / 'net.sock'}" in argv
+        own.close()
+        pairs = dict(_pairs(argv))
+        for flag, path in (("-kernel", k), ("-initrd", i)):
+            fd = int(pairs[flag].removeprefix("/proc/self/fd/"))
+            assert os.path.samestat(os.fstat(fd), os.stat(path)) and fd in user.pass_fds()
+        [chardev] = [v for f, v in _pairs(argv) if f == "-chardev" and v.startswith("socket,id=vu1")]
+        fd = int(chardev.removeprefix("socket,id=vu1,fd="))
+        assert fd in user.pass_fds() and socket.socket(fileno=os.dup(fd)).getpeername() == str(tmp_path / "blk.sock")
+        assert user.popen_args() == {"user": 4242, "group": 4242, "extra_groups": []}
+    finally:
+        user.release()
+        listener.close()
+    assert user.pass_fds() == ()
+
+
+def test_qemu_user_none_changes_nothing():
+    from vmm.engines.qemu_user import QemuUser
+    user = QemuUser(None)
+    assert not user.active and user.popen_args() == {} and user.file("/k") == "/k"
+    assert qemu_argv(MachineSpec(kernel="/k"), "qemu", debugcon_fd=3, user=user) == \
+        qemu_argv(MachineSpec(kernel="/k"), "qemu", debugcon_fd=3)
+
+
+@pytest.mark.parametrize("user", [0, -5, "root", True])
+def test_bad_qemu_user_is_refused(user):
+    with pytest.raises(ConfigError, match="QemuOptions.user"):
+        QemuOptions(user=user)

@@ -1,10 +1,12 @@
-"""QEMU's own seccomp sandbox, provoked (slow: real TCG boots).
+"""QEMU's confinement: its own seccomp sandbox, provoked; its own uid; no KSM (slow: real
+TCG boots).
 
 A QEMU monitor command that spawns a process (`migrate "exec:..."` forks a shell) is what a
 compromised QEMU would do to escape: with the sandbox QEMU dies of SIGSYS and the machine
 ends with an error naming the signal; without it (the control) the same command runs and
 the guest goes on to boot and shut down normally.
 """
+import os
 import socket
 import time
 
@@ -12,7 +14,9 @@ import pytest
 
 import vmm
 from vmm import QemuOptions
+from vmm.devices import Disk
 from vmm.engines import qemu_binary
+from vmm.engines.qemu_user import UID_BASE
 from vmm.guest import kernel
 
 pytestmark = [
@@ -50,12 +54,17 @@ def _monitor(path, command):
 
 def _boot_and_spawn(guest, tmp_path, sandbox):
     vmlinux, initrd = guest
-    mon = tmp_path / "mon.sock"
+    # In /tmp itself: QEMU runs as a uid of its own, which cannot reach pytest's 0700 tmp_path.
+    mon = f"/tmp/vmm-test-mon-{os.getpid()}-{tmp_path.name}.sock"
     options = QemuOptions(sandbox=sandbox, extra_args=[
         "-chardev", f"socket,id=mon,path={mon},server=on,wait=off", "-mon", "chardev=mon,mode=readline"])
     with vmm.Machine(vmlinux, initrd=initrd, engine="qemu", options=options) as m:
         m.start()
-        _monitor(mon, 'migrate "exec:true"')
+        try:
+            _monitor(mon, 'migrate "exec:true"')
+        finally:
+            if os.path.exists(mon):
+                os.unlink(mon)
         status = m.wait(timeout=TIMEOUT)
         assert status is not None, f"no exit within {TIMEOUT}s; console:\n{m.console!r}"
         return m, status
@@ -94,3 +103,49 @@ def test_no_memory_is_offered_to_ksm_unless_asked(guest, mem_merge):
         mergeable = _mergeable_mappings(m.inspect().pid)
         m.stop()
     assert bool(mergeable) == mem_merge, mergeable
+
+
+def _ids(pid):
+    with open(f"/proc/{pid}/status") as f:
+        st = dict(line.split(":", 1) for line in f if ":" in line)
+    return int(st["Uid"].split()[0]), int(st["Gid"].split()[0]), st["Groups"].split()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="QEMU drops to a uid of its own only when started by root")
+def test_qemu_runs_as_a_uid_of_its_own_and_still_serves_its_disk(guest, tmp_path):
+    """Two machines at once: each QEMU has its own unprivileged uid and gid, no groups,
+    and boots with a disk over vhost-user (its socket handed over as a descriptor: QEMU
+    cannot reach our 0700 directory by path)."""
+    vmlinux, initrd = guest
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * (1 << 20))
+    machines = [vmm.Machine(vmlinux, initrd=initrd, engine="qemu", cmdline="vmmtest.end=hang",
+                            disks=[Disk(str(disk), read_only=True)]) for _ in range(2)]
+    try:
+        for m in machines:
+            m.start()
+        ids = [_ids(m.inspect().pid) for m in machines]
+        for m in machines:
+            deadline = time.monotonic() + TIMEOUT
+            while b"READY" not in m.console and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert b"READY" in m.console, m.console[-2000:]
+            assert m.device_stats[0]["requests"] > 0, "the guest read its disk through QEMU"
+    finally:
+        for m in machines:
+            m.stop()
+    (uid0, gid0, groups0), (uid1, gid1, groups1) = ids
+    assert uid0 >= UID_BASE and uid1 >= UID_BASE and uid0 != uid1, ids
+    assert (gid0, gid1) == (uid0, uid1) and groups0 == groups1 == [], ids
+    # Released when the machine is closed: the next QEMU of this process may reuse it.
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="QEMU drops to a uid of its own only when started by root")
+def test_user_none_keeps_qemu_as_our_user(guest):
+    vmlinux, initrd = guest
+    with vmm.Machine(vmlinux, initrd=initrd, engine="qemu", cmdline="vmmtest.end=hang",
+                     options=QemuOptions(user=None)) as m:
+        m.start()
+        uid = _ids(m.inspect().pid)[0]
+        m.stop()
+    assert uid == 0

@@ -6,7 +6,7 @@ that, say, Python devices will not exist under QEMU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 from ..errors import ConfigError
 
@@ -77,12 +77,21 @@ class QemuOptions:
     privilege changes, spawning and resource control); False for extra_args that need one
     of those (e.g. a netdev helper script).
     mem_merge: let KSM merge guest RAM with identical pages elsewhere (QEMU's own default).
-    Off: merged pages make a cross-VM timing side channel where KSM runs."""
+    Off: merged pages make a cross-VM timing side channel where KSM runs.
+    user: the uid QEMU runs as. "auto": when we are root, a uid of its own that no other
+    process uses (engines/qemu_user.py), else ours; an int: that uid (root only); None:
+    ours. Paths in extra_args must be reachable by that uid."""
     extra_args: Tuple[str, ...] = ()
     vhost_user: Tuple[dict, ...] = ()
     sandbox: bool = True
     mem_merge: bool = False
+    user: Union[str, int, None] = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "extra_args", tuple(str(a) for a in self.extra_args))
         object.__setattr__(self, "vhost_user", tuple(self.vhost_user))
+        if self.user is not None and self.user != "auto" and (isinstance(self.user, bool)
+                                                              or not isinstance(self.user, int)
+                                                              or not 0 < self.user < 2**32 - 1):
+            raise ConfigError(f"QemuOptions.user takes 'auto', None or a uid other than 0, "
+                              f"not {self.user!r}")

@@ -17,7 +17,7 @@ else (see vhost_user_args()), QemuOptions(extra_args=...) any other QEMU argumen
 
 Confinement: QEMU runs under its own seccomp filter (`-sandbox`, see SANDBOX), and guest
 RAM is not offered to KSM (`merge=off`); QemuOptions(sandbox=False, mem_merge=True) undo
-either. QEMU still runs as our user (see docs/security.md, "QEMU's user").
+either. Started by root, QEMU runs as a uid of its own (qemu_user.py; QemuOptions(user=)).
 
 exit_stats() stays {}: TCG executes guest code inside QEMU's own process, so there are
 no VM exits to count, and QEMU exposes no comparable counters.
@@ -41,6 +41,7 @@ from .base import Engine, ExitStatus, MachineSpec
 from .child_process import spawn
 from .panic_watch import PanicWatch
 from .options import QemuOptions
+from .qemu_user import QemuUser
 from .vhost_backends import VhostBackends
 
 if TYPE_CHECKING:
@@ -78,10 +79,13 @@ def _options(spec: MachineSpec) -> QemuOptions:
     return spec.options if spec.options is not None else QemuOptions()
 
 
-def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=()) -> List[str]:
+def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=(),
+              user: Optional[QemuUser] = None) -> List[str]:
     """The full qemu-system-x86_64 command line for spec; devices: vhost-user entries of
-    the back ends the engine itself serves (before any from the QemuOptions)."""
+    the back ends the engine itself serves (before any from the QemuOptions); user: the
+    QemuUser QEMU runs as, which hands it the kernel, initrd and sockets as descriptors."""
     options = _options(spec)
+    user = user if user is not None else QemuUser(None)
     mem = spec.memory_mib
     # rtc=on: without an RTC, Linux 6.1 polls for one for a full second at boot
     # (mc146818_get_time, "Unable to read current time from RTC") and the guest's
@@ -112,12 +116,12 @@ def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=()) -> L
         "-serial", "chardev:con",
         "-chardev", f"socket,id=dbg,fd={debugcon_fd}",
         "-device", f"isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=dbg",
-        "-kernel", spec.kernel,
+        "-kernel", user.file(spec.kernel),
         "-append", kernel_cmdline(spec).text().strip(),
     ]
     if spec.initrd:
-        argv += ["-initrd", spec.initrd]
-    argv += vhost_user_args(list(devices) + list(options.vhost_user))
+        argv += ["-initrd", user.file(spec.initrd)]
+    argv += vhost_user_args(user.own_sockets(devices) + user.vhost_user(options.vhost_user))
     argv += list(options.extra_args)
     return argv
 
@@ -126,7 +130,8 @@ def vhost_user_args(devices) -> List[str]:
     """QEMU arguments attaching vhost-user device backends.
 
     Each device is a dict: {"kind": "blk" | "vsock" | "net", "socket": path}, plus
-    optional "options" (a dict of extra -device properties, e.g. {"num-queues": 1}).
+    optional "options" (a dict of extra -device properties, e.g. {"num-queues": 1}), and
+    "fd": a socket already connected to it that QEMU inherits (used instead of the path).
     QEMU is the vhost-user client: the backend must be listening on the socket.
     """
     args: List[str] = []
@@ -140,7 +145,8 @@ def vhost_user_args(devices) -> List[str]:
         if "," in str(path):
             raise ConfigError(f"vhost-user device {i}: socket path {path!r} contains a comma")
         chardev = f"vu{i}"
-        args += ["-chardev", f"socket,id={chardev},path={path}"]
+        where = f"fd={int(dev['fd'])}" if "fd" in dev else f"path={path}"
+        args += ["-chardev", f"socket,id={chardev},{where}"]
         props = "".join(f",{k}={v}" for k, v in dev.get("options", {}).items())
         if kind == "net":
             args += ["-netdev", f"vhost-user,id=net{i},chardev={chardev}",
@@ -177,6 +183,7 @@ class QemuEngine(Engine):
         self._panic = PanicWatch()
         self._paused = False
         self._backends = VhostBackends(spec)
+        self._user: Optional[QemuUser] = None
 
     # --- start -------------------------------------------------------------------------
     def start(self, on_console: Callable[[bytes], None]) -> None:
@@ -191,17 +198,22 @@ class QemuEngine(Engine):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._debugcon = ours
         try:
-            argv = qemu_argv(self.spec, binary, theirs.fileno(), self._backends.qemu_devices)
+            self._user = user = QemuUser(_options(self.spec).user)
+            argv = qemu_argv(self.spec, binary, theirs.fileno(), self._backends.qemu_devices, user)
             # A session of its own: a terminal's Ctrl-C reaches us, and we stop QEMU.
             # spawn(): QEMU dies with this process, even if it is SIGKILLed.
             self._proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),),
-                               start_new_session=True)
+                               stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),) + user.pass_fds(),
+                               start_new_session=True, **user.popen_args())
         except BaseException:
+            if self._user is not None:
+                self._user.release()
             self._backends.close()
             raise
         finally:
             theirs.close()  # QEMU has its own copy now (or never will)
+            if self._user is not None:
+                self._user.close_fds()
         self._times["vm_created"] = time.monotonic_ns()
         self._thread = threading.Thread(target=self._io_loop, args=(on_console,),
                                         name=f"qemu-io-{self._proc.pid}", daemon=True)
@@ -353,6 +365,8 @@ class QemuEngine(Engine):
             self._debugcon.close()
         # Only now, with QEMU reaped, is no one using guest RAM through our devices.
         self._backends.close()
+        if self._user is not None:
+            self._user.release()  # its uid may serve the next QEMU
 
     def timeline(self) -> dict:
         return dict(self._times)
