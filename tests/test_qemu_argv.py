@@ -104,7 +104,8 @@ def test_qemu_user_hands_over_kernel_initrd_and_sockets_as_descriptors(tmp_path)
     """QEMU running as a uid of its own cannot reach root's 0700 directories by path: the
     kernel and initrd become /proc/self/fd/N of files we opened; someone else's vhost-user
     blk socket is connected here and given as chardev fd=N; our own back end's socket is
-    given to QEMU's uid alone (owner, mode 0700) in a directory it can traverse, not list."""
+    given to QEMU's uid alone (owner, mode 0700) and named relative to QEMU's working
+    directory (entered as root), since the directories above it may be closed to that uid."""
     import socket
     from vmm.engines.qemu_user import QemuUser
     k, i = tmp_path / "vmlinux", tmp_path / "initrd"
@@ -126,7 +127,7 @@ def test_qemu_user_hands_over_kernel_initrd_and_sockets_as_descriptors(tmp_path)
         st = os.stat(ours / "net.sock")
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4242, 0o700)
         assert os.stat(ours).st_mode & 0o777 == 0o711
-        assert f"socket,id=vu0,path={ours / 'net.sock'}" in argv
+        assert "socket,id=vu0,path=net.sock" in argv and user.popen_args()["cwd"] == str(ours)
         own.close()
         pairs = dict(_pairs(argv))
         for flag, path in (("-kernel", k), ("-initrd", i)):
@@ -135,7 +136,8 @@ def test_qemu_user_hands_over_kernel_initrd_and_sockets_as_descriptors(tmp_path)
         [chardev] = [v for f, v in _pairs(argv) if f == "-chardev" and v.startswith("socket,id=vu1")]
         fd = int(chardev.removeprefix("socket,id=vu1,fd="))
         assert fd in user.pass_fds() and socket.socket(fileno=os.dup(fd)).getpeername() == str(tmp_path / "blk.sock")
-        assert user.popen_args() == {"user": 4242, "group": 4242, "extra_groups": []}
+        assert {k: v for k, v in user.popen_args().items() if k != "cwd"} == \
+            {"user": 4242, "group": 4242, "extra_groups": []}
     finally:
         user.release()
         listener.close()

@@ -193,12 +193,16 @@ class QemuEngine(Engine):
         if binary is None:
             raise EngineUnavailable("the qemu engine needs qemu-system-x86_64 "
                                     "(apt-get install qemu-system-x86)")
+        self._user = user = QemuUser(_options(self.spec).user)
         # Every back end listens before QEMU connects; a failure here closes what opened.
-        self._backends.open()
+        try:
+            self._backends.open()
+        except BaseException:
+            user.release()
+            raise
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._debugcon = ours
         try:
-            self._user = user = QemuUser(_options(self.spec).user)
             argv = qemu_argv(self.spec, binary, theirs.fileno(), self._backends.qemu_devices, user)
             # A session of its own: a terminal's Ctrl-C reaches us, and we stop QEMU.
             # spawn(): QEMU dies with this process, even if it is SIGKILLed.
@@ -206,14 +210,12 @@ class QemuEngine(Engine):
                                stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),) + user.pass_fds(),
                                start_new_session=True, **user.popen_args())
         except BaseException:
-            if self._user is not None:
-                self._user.release()
+            user.release()
             self._backends.close()
             raise
         finally:
             theirs.close()  # QEMU has its own copy now (or never will)
-            if self._user is not None:
-                self._user.close_fds()
+            user.close_fds()
         self._times["vm_created"] = time.monotonic_ns()
         self._thread = threading.Thread(target=self._io_loop, args=(on_console,),
                                         name=f"qemu-io-{self._proc.pid}", daemon=True)
