@@ -22,6 +22,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 
@@ -67,7 +68,7 @@ static const struct rule vcpu_rules[] = {
 static const struct rule io_rules[] = {
     ALLOW(epoll_wait), ALLOW(epoll_pwait),
     COMMON_RULES,
-    ONE_OF(ioctl, 1, KVM_IRQ_LINE),
+    ONE_OF(ioctl, 1, KVM_IRQ_LINE, FIONREAD), /* FIONREAD: vsock asks a hung-up host socket */
     ALLOW(pread64), ALLOW(pwrite64), ALLOW(preadv), ALLOW(pwritev), ALLOW(preadv2),
     ALLOW(pwritev2), ALLOW(fdatasync), ALLOW(fsync), ALLOW(lseek),
     ONE_OF(socket, 0, AF_UNIX), ALLOW(connect), ALLOW(accept4), ALLOW(accept),
