@@ -42,6 +42,14 @@ struct vmm_vm_config {
     int hugepages;          /* back RAM with MAP_HUGETLB (2 MiB pages) */
     int console_fd;         /* serial output is written here (the core dup()s it and closes
                                its copy when the last vCPU thread ends); -1 = discard */
+    int seccomp;            /* enum vmm_seccomp_threads: which threads run under seccomp
+                               filters once they start (csrc/seccomp.h); a forbidden call
+                               ends the process with a one-line message on stderr */
+};
+
+enum vmm_seccomp_threads {
+    VMM_SECCOMP_VCPU = 1,   /* the vCPU threads (not with Python devices: they run Python) */
+    VMM_SECCOMP_IO = 2      /* the device I/O thread */
 };
 
 enum vmm_exit_kind {
@@ -130,6 +138,14 @@ int vmm_vm_add_python_device(struct vmm_vm *vm, int is_mmio, uint64_t base, uint
  * for a read, return the value (little-endian, size bytes); for a write, value holds it. */
 /* python-callback */ uint64_t vmm_python_device_access(void *handle, uint64_t offset, uint32_t size,
                                                         int is_write, uint64_t value);
+
+/* Tests only: a port whose writes make the vCPU thread (on_io_thread = 0) or the device
+ * I/O thread (1) issue system call nr with zero arguments, to see the seccomp filter end
+ * the process. Only before vmm_vm_start. */
+int vmm_vm_add_seccomp_probe(struct vmm_vm *vm, uint16_t port, int on_io_thread, long nr,
+                             char *err, size_t errlen);
+/* The x86_64 name of system call nr as the seccomp report gives it; NULL if unknown. */
+const char *vmm_seccomp_syscall_name(long nr);
 
 /* --- kernel files and the core's limits (the one source Python reads them from) ------- */
 struct vmm_kernel_info {

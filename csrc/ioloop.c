@@ -19,6 +19,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "seccomp.h"
 #include "util.h"
 
 #define IOLOOP_MAX 64
@@ -135,6 +136,7 @@ static void end_round(struct ioloop *l)
 static void *loop_thread(void *arg)
 {
     struct ioloop *l = arg;
+    seccomp_ioloop_thread(l); /* confines the thread if its VM asked for it */
     for (;;) {
         struct epoll_event evs[16];
         int n = epoll_wait(l->epfd, evs, 16, -1);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "layout.h"
+#include "seccomp.h"
 #include "util.h"
 #include "vm.h"
 
@@ -200,6 +201,7 @@ struct vmm_vm *vmm_vm_create(const struct vmm_vm_config *cfg, char *err, size_t 
     for (int i = 0; i < VMM_MAX_CPUS; i++)
         vm->vcpus[i].fd = -1;
     vm->ncpus = cfg->cpus;
+    vm->seccomp = cfg->seccomp & (VMM_SECCOMP_VCPU | VMM_SECCOMP_IO);
     vm->pio.what = "port";
     vm->mmio.what = "MMIO";
     pthread_mutex_init(&vm->lock, NULL);
@@ -252,8 +254,14 @@ int vmm_vm_start(struct vmm_vm *vm, char *err, size_t errlen)
     if (vm->started)
         return errf(err, errlen, "VM already started");
     vm->pio.sealed = vm->mmio.sealed = true;
-    if (vm_virtio_start(vm, err, errlen) < 0)
+    if (vm->seccomp && seccomp_check(err, errlen) < 0)
         return -1;
+    if ((vm->seccomp & VMM_SECCOMP_IO) && vm->io && seccomp_expect_ioloop(vm->io, vm, err, errlen) < 0)
+        return -1;
+    if (vm_virtio_start(vm, err, errlen) < 0) {
+        seccomp_forget_ioloop(vm->io);
+        return -1;
+    }
     return vcpus_start(vm, err, errlen);
 }
 
@@ -427,7 +435,10 @@ void vmm_vm_destroy(struct vmm_vm *vm)
         vmm_vm_stop(vm);
         vcpus_join(vm);
     }
+    if (vm->io)
+        seccomp_forget_ioloop(vm->io); /* if its thread never started */
     vm_virtio_destroy(vm); /* devices let go of guest memory and their eventfds */
+    seccomp_probe_free(vm);
     for (int i = 0; i < VMM_MAX_CPUS; i++)
         vcpu_close(&vm->vcpus[i]);
     if (vm->vm_fd >= 0)

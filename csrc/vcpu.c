@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "seccomp.h"
 #include "util.h"
 #include "vm.h"
 
@@ -230,6 +231,16 @@ static void *vcpu_thread(void *arg)
     c->self = pthread_self();
     c->alive = true;
     pthread_mutex_unlock(&vm->lock);
+
+    /* Set-up is over (registers, CPUID, MSRs were set before the thread started): from
+     * here the thread only runs the guest and serves its exits. A filter that cannot be
+     * installed ends the VM: it never runs unconfined. */
+    char why[160];
+    if ((vm->seccomp & VMM_SECCOMP_VCPU) && seccomp_confine(SECCOMP_VCPU, why, sizeof(why)) < 0) {
+        vm_end(vm, VMM_EXIT_ERROR, 0, "%s", why);
+        thread_ended(c);
+        return NULL;
+    }
 
     while (!__atomic_load_n(&vm->stopping, __ATOMIC_SEQ_CST)) {
         timeline_mark(&vm->t_first_vcpu_entry);

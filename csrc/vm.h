@@ -52,6 +52,8 @@ struct vmm_vm {
     struct virtio_mmio *vdevs[VMM_MAX_VDEVS];
     int nvdevs;
     int console_fd;          /* our dup of the caller's fd; closed when the last vCPU ends */
+    int seccomp;             /* enum vmm_seccomp_threads to confine (seccomp.h) */
+    struct seccomp_probe *seccomp_probe; /* tests only (seccomp_probe.c) */
 
     struct kvm_cpuid2 *cpuid;   /* KVM_GET_SUPPORTED_CPUID, patched per vCPU */
     struct kvm_msr_list *msrs;  /* KVM_GET_MSR_INDEX_LIST: the only MSRs we may set */

@@ -1,4 +1,6 @@
 """The qemu engine's command line (fast: nothing is started)."""
+import os
+
 import pytest
 
 from vmm import QemuOptions
@@ -18,7 +20,7 @@ def test_argv_for_a_two_cpu_machine():
     pairs = _pairs(argv)
     assert argv[0] == "/usr/bin/qemu-system-x86_64"
     assert ("-smp", "2") in pairs and ("-m", "192") in pairs
-    assert ("-object", "memory-backend-memfd,id=mem,size=192M,share=on") in pairs
+    assert ("-object", "memory-backend-memfd,id=mem,size=192M,share=on,merge=off") in pairs
     assert ("-accel", "tcg") in pairs
     assert ("-kernel", "/k/vmlinux") in pairs and ("-initrd", "/k/initrd.gz") in pairs
     assert ("-append", "console=ttyS0 reboot=t panic=-1 quiet x=1") in pairs
@@ -65,9 +67,92 @@ def test_bad_vhost_user_devices_are_named(dev, message):
 
 def test_hugepages_back_guest_ram_with_hugetlb_memfd():
     argv = qemu_argv(MachineSpec(kernel="/k", memory_mib=256, hugepages=True), "qemu", debugcon_fd=3)
-    assert "memory-backend-memfd,id=mem,size=256M,share=on,hugetlb=on,hugetlbsize=2M" in argv
+    assert "memory-backend-memfd,id=mem,size=256M,share=on,hugetlb=on,hugetlbsize=2M,merge=off" in argv
 
 
 def test_extra_qemu_args_are_appended():
     spec = MachineSpec(kernel="/k", options=QemuOptions(extra_args=["-d", "guest_errors"]))
     assert qemu_argv(spec, "qemu", debugcon_fd=3)[-2:] == ["-d", "guest_errors"]
+
+
+def test_qemu_runs_sandboxed_by_default():
+    pairs = _pairs(qemu_argv(MachineSpec(kernel="/k"), "qemu", debugcon_fd=3))
+    assert ("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny") in pairs
+
+
+def test_sandbox_can_be_turned_off():
+    argv = qemu_argv(MachineSpec(kernel="/k", options=QemuOptions(sandbox=False)), "qemu", debugcon_fd=3)
+    assert "-sandbox" not in argv
+
+
+def test_guest_ram_is_not_offered_to_ksm_unless_asked():
+    """QEMU's default mem-merge=on marks guest RAM MADV_MERGEABLE (finding 10): a cross-VM
+    page-deduplication side channel where KSM runs."""
+    def backend(options):
+        argv = qemu_argv(MachineSpec(kernel="/k", options=options), "qemu", debugcon_fd=3)
+        return [v for k, v in _pairs(argv) if k == "-object" and v.startswith("memory-backend")]
+    def machine(options):
+        argv = qemu_argv(MachineSpec(kernel="/k", options=options), "qemu", debugcon_fd=3)
+        return dict(_pairs(argv))["-M"].split(",")
+    assert backend(None) == ["memory-backend-memfd,id=mem,size=128M,share=on,merge=off"]
+    assert "mem-merge=off" in machine(None)
+    assert backend(QemuOptions(mem_merge=True)) == ["memory-backend-memfd,id=mem,size=128M,share=on,merge=on"]
+    assert "mem-merge=on" in machine(QemuOptions(mem_merge=True))
+
+
+def test_qemu_user_hands_over_kernel_initrd_and_sockets_as_descriptors(tmp_path):
+    """QEMU running as a uid of its own cannot reach root's 0700 directories by path: the
+    kernel and initrd become /proc/self/fd/N of files we opened; someone else's vhost-user
+    blk socket is connected here and given as chardev fd=N; our own back end's socket is
+    given to QEMU's uid alone (owner, mode 0700) and named relative to QEMU's working
+    directory (entered as root), since the directories above it may be closed to that uid."""
+    import socket
+    from vmm.engines.qemu_user import QemuUser
+    k, i = tmp_path / "vmlinux", tmp_path / "initrd"
+    k.write_bytes(b"k")
+    i.write_bytes(b"i")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "blk.sock"))
+    listener.listen(1)
+    user = QemuUser(4242)
+    try:
+        ours = tmp_path / "ours"
+        ours.mkdir(mode=0o700)
+        own = socket.socket(socket.AF_UNIX)
+        own.bind(str(ours / "net.sock"))
+        spec = MachineSpec(kernel=str(k), initrd=str(i), options=QemuOptions(
+            vhost_user=[{"kind": "blk", "socket": str(tmp_path / "blk.sock")}]))
+        argv = qemu_argv(spec, "qemu", debugcon_fd=3,
+                         devices=[{"kind": "net", "socket": str(ours / "net.sock")}], user=user)
+        st = os.stat(ours / "net.sock")
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4242, 0o700)
+        assert os.stat(ours).st_mode & 0o777 == 0o711
+        assert "socket,id=vu0,path=net.sock" in argv and user.popen_args()["cwd"] == str(ours)
+        own.close()
+        pairs = dict(_pairs(argv))
+        for flag, path in (("-kernel", k), ("-initrd", i)):
+            fd = int(pairs[flag].removeprefix("/proc/self/fd/"))
+            assert os.path.samestat(os.fstat(fd), os.stat(path)) and fd in user.pass_fds()
+        [chardev] = [v for f, v in _pairs(argv) if f == "-chardev" and v.startswith("socket,id=vu1")]
+        fd = int(chardev.removeprefix("socket,id=vu1,fd="))
+        assert fd in user.pass_fds() and socket.socket(fileno=os.dup(fd)).getpeername() == str(tmp_path / "blk.sock")
+        assert {k: v for k, v in user.popen_args().items() if k != "cwd"} == \
+            {"user": 4242, "group": 4242, "extra_groups": []}
+    finally:
+        user.release()
+        listener.close()
+    assert user.pass_fds() == ()
+
+
+def test_qemu_user_none_changes_nothing():
+    from vmm.engines.qemu_user import QemuUser
+    user = QemuUser(None)
+    assert not user.active and user.popen_args() == {} and user.file("/k") == "/k"
+    assert qemu_argv(MachineSpec(kernel="/k"), "qemu", debugcon_fd=3, user=user) == \
+        qemu_argv(MachineSpec(kernel="/k"), "qemu", debugcon_fd=3)
+
+
+@pytest.mark.parametrize("user", [0, -5, "root", True])
+def test_bad_qemu_user_is_refused(user):
+    with pytest.raises(ConfigError, match="QemuOptions.user"):
+        QemuOptions(user=user)

@@ -9,6 +9,10 @@ console delivered.
 Python devices (tests, prototypes): KvmOptions(python_devices=[PythonDevice(...), ...]), a
 port or MMIO range whose accesses call a Python function on the vCPU thread.
 
+Confinement: once started, the vCPU threads and the device I/O thread run under seccomp
+filters (csrc/seccomp.h), on by default; the vCPU threads of a VM with Python devices run
+without (see KvmOptions.seccomp).
+
 virtio devices (spec.disks, spec.vsock, spec.nets): opened here, attached to the VM behind
 the core's virtio-mmio transport in the order of engines/device_order.py, announced to the
 guest as `virtio_mmio.device=4K@<base>:<irq>` in the kernel command line, and closed after
@@ -188,7 +192,9 @@ class KvmEngine(Engine):
         cmdline = self.kernel_cmdline(spec).text()  # Machine() checked it; a direct caller may not have
         cfg = ffi.new("struct vmm_vm_config *", {
             "cpus": spec.cpus, "memory_bytes": spec.memory_mib << 20,
-            "hugepages": int(bool(spec.hugepages)), "console_fd": console_fd})
+            "hugepages": int(bool(spec.hugepages)), "console_fd": console_fd,
+            "seccomp": ((lib.VMM_SECCOMP_VCPU if self.options.seccomp_vcpus else 0)
+                        | (lib.VMM_SECCOMP_IO if self.options.seccomp_io else 0))})
         try:
             vm = check(lib.vmm_vm_create, cfg, error=GuestError, context="cannot create the VM")
         except GuestError as e:
@@ -202,6 +208,9 @@ class KvmEngine(Engine):
             self._handles.append(handle)  # must outlive the VM: C holds the pointer
             check(lib.vmm_vm_add_python_device, vm, int(dev.mmio), dev.base, dev.length, handle)
         self._attach_devices(vm)
+        if self.options.seccomp_probe is not None:
+            port, thread, nr = self.options.seccomp_probe
+            check(lib.vmm_vm_add_seccomp_probe, vm, port, int(thread == "io"), nr)
         initrd = os.fsencode(spec.initrd) if spec.initrd else ffi.NULL
         check(lib.vmm_vm_load_kernel, vm, os.fsencode(spec.kernel), initrd, cmdline.encode())
         self._cmdline = cmdline

@@ -6,7 +6,9 @@ that, say, Python devices will not exist under QEMU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,41 @@ class KvmOptions:
     python_devices: PythonDevice ranges added to the VM before boot.
     ioeventfd / irqfd: False forces the slow paths for virtio queue notifies (an MMIO exit
     each) and interrupts (KVM_IRQ_LINE), which a KVM without those features would take;
-    tests use it to cover both."""
+    tests use it to cover both.
+    seccomp: confine the vCPU threads and the device I/O thread with seccomp filters that
+    allow only the system calls they make (csrc/seccomp_filter.c); a thread that makes any
+    other call ends the process with one line on stderr naming it (exit status 159).
+    None (the default) means on, except on the vCPU threads of a VM with Python devices:
+    they run Python there, which needs far more than the filter allows (seccomp=True with
+    Python devices is refused; the device I/O thread is confined either way).
+    seccomp=False turns it off (e.g. to debug with a tool that makes calls of its own on
+    those threads).
+    seccomp_probe: tests only: (port, "vcpu" | "io", syscall number): a guest write to the
+    port makes that thread issue the call, to see the filter end the process."""
     python_devices: Tuple[PythonDevice, ...] = ()
     ioeventfd: bool = True
     irqfd: bool = True
+    seccomp: Optional[bool] = None
+    seccomp_probe: Optional[Tuple[int, str, int]] = None
 
     def __post_init__(self):
         object.__setattr__(self, "python_devices", tuple(self.python_devices))
+        if self.seccomp and self.python_devices:
+            raise ConfigError("KvmOptions(seccomp=True) cannot have Python devices: they run "
+                              "Python on the vCPU thread, which the seccomp filter does not allow "
+                              "(leave seccomp unset or pass seccomp=False)")
+        if self.seccomp_probe is not None and self.seccomp_probe[1] not in ("vcpu", "io"):
+            raise ConfigError(f"seccomp_probe thread must be 'vcpu' or 'io', not {self.seccomp_probe[1]!r}")
+
+    @property
+    def seccomp_vcpus(self) -> bool:
+        """Whether the vCPU threads run under the seccomp filter (see seccomp)."""
+        return self.seccomp if self.seccomp is not None else not self.python_devices
+
+    @property
+    def seccomp_io(self) -> bool:
+        """Whether the device I/O thread runs under the seccomp filter (see seccomp)."""
+        return self.seccomp is not False
 
 
 @dataclass(frozen=True)
@@ -42,10 +72,26 @@ class QemuOptions:
     extra_args: appended to the qemu-system-x86_64 command line as they are.
     vhost_user: further vhost-user back ends someone else serves, each
     {"kind": "blk" | "vsock" | "net", "socket": path, "options": {...}} (see
-    engines.qemu.vhost_user_args), attached after the machine's own devices."""
+    engines.qemu.vhost_user_args), attached after the machine's own devices.
+    sandbox: run QEMU under its seccomp filter (`-sandbox on` denying obsolete calls,
+    privilege changes, spawning and resource control); False for extra_args that need one
+    of those (e.g. a netdev helper script).
+    mem_merge: let KSM merge guest RAM with identical pages elsewhere (QEMU's own default).
+    Off: merged pages make a cross-VM timing side channel where KSM runs.
+    user: the uid QEMU runs as. "auto": when we are root, a uid of its own that no other
+    process uses (engines/qemu_user.py), else ours; an int: that uid (root only); None:
+    ours. Paths in extra_args must be reachable by that uid."""
     extra_args: Tuple[str, ...] = ()
     vhost_user: Tuple[dict, ...] = ()
+    sandbox: bool = True
+    mem_merge: bool = False
+    user: Union[str, int, None] = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "extra_args", tuple(str(a) for a in self.extra_args))
         object.__setattr__(self, "vhost_user", tuple(self.vhost_user))
+        if self.user is not None and self.user != "auto" and (isinstance(self.user, bool)
+                                                              or not isinstance(self.user, int)
+                                                              or not 0 < self.user < 2**32 - 1):
+            raise ConfigError(f"QemuOptions.user takes 'auto', None or a uid other than 0, "
+                              f"not {self.user!r}")

@@ -15,6 +15,10 @@ served on a private Unix socket before QEMU starts (vhost_backends.py); QEMU onl
 the virtio-mmio transport. QemuOptions(vhost_user=...) adds back ends served by someone
 else (see vhost_user_args()), QemuOptions(extra_args=...) any other QEMU arguments.
 
+Confinement: QEMU runs under its own seccomp filter (`-sandbox`, see SANDBOX), and guest
+RAM is not offered to KSM (`merge=off`); QemuOptions(sandbox=False, mem_merge=True) undo
+either. Started by root, QEMU runs as a uid of its own (qemu_user.py; QemuOptions(user=)).
+
 exit_stats() stays {}: TCG executes guest code inside QEMU's own process, so there are
 no VM exits to count, and QEMU exposes no comparable counters.
 """
@@ -37,6 +41,7 @@ from .base import Engine, ExitStatus, MachineSpec
 from .child_process import spawn
 from .panic_watch import PanicWatch
 from .options import QemuOptions
+from .qemu_user import QemuUser
 from .vhost_backends import VhostBackends
 
 if TYPE_CHECKING:
@@ -50,6 +55,11 @@ BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1"
 STDERR_TAIL = 4096
 STOP_GRACE_S = 2.0
 MAX_CPUS_TCG = 255
+
+# QEMU's own seccomp filter (QemuOptions.sandbox): besides the default set, deny obsolete
+# system calls, set*uid/gid, fork/exec (a `migrate exec:` or a helper script is then fatal)
+# and scheduler/priority changes. QEMU 7.2 ends itself with SIGSYS on a denied call.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 # Device kinds a vhost-user back end may serve, and the QEMU device each becomes.
 VHOST_USER_DEVICES = {
@@ -69,16 +79,22 @@ def _options(spec: MachineSpec) -> QemuOptions:
     return spec.options if spec.options is not None else QemuOptions()
 
 
-def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=()) -> List[str]:
+def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=(),
+              user: Optional[QemuUser] = None) -> List[str]:
     """The full qemu-system-x86_64 command line for spec; devices: vhost-user entries of
-    the back ends the engine itself serves (before any from the QemuOptions)."""
+    the back ends the engine itself serves (before any from the QemuOptions); user: the
+    QemuUser QEMU runs as, which hands it the kernel, initrd and sockets as descriptors."""
     options = _options(spec)
+    user = user if user is not None else QemuUser(None)
     mem = spec.memory_mib
     # rtc=on: without an RTC, Linux 6.1 polls for one for a full second at boot
     # (mc146818_get_time, "Unable to read current time from RTC") and the guest's
     # clock starts in 1970. With it the read is immediate and the date is right.
+    # mem-merge: the machine's own RAM (the 64 KiB firmware) is offered to KSM unless off;
+    # the memory backend's merge= below covers guest RAM (see there).
+    merge = "on" if options.mem_merge else "off"
     machine = ("microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,"
-               "memory-backend=mem")
+               f"memory-backend=mem,mem-merge={merge}")
     argv = [
         binary,
         "-M", machine,
@@ -88,20 +104,24 @@ def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=()) -> L
         "-cpu", "max",
         "-smp", str(spec.cpus),
         "-m", str(mem),
-        # Shared so a vhost-user backend can map guest RAM.
+        # Shared so a vhost-user backend can map guest RAM. merge: QEMU's default marks
+        # guest RAM MADV_MERGEABLE, which lets KSM share identical pages across VMs: a
+        # timing side channel between guests where KSM is on. Off unless asked for.
         "-object", f"memory-backend-memfd,id=mem,size={mem}M,share=on"
-                   + (",hugetlb=on,hugetlbsize=2M" if spec.hugepages else ""),
+                   + (",hugetlb=on,hugetlbsize=2M" if spec.hugepages else "")
+                   + f",merge={merge}",
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        *(["-sandbox", SANDBOX] if options.sandbox else []),
         "-chardev", "stdio,id=con,signal=off",
         "-serial", "chardev:con",
         "-chardev", f"socket,id=dbg,fd={debugcon_fd}",
         "-device", f"isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=dbg",
-        "-kernel", spec.kernel,
+        "-kernel", user.file(spec.kernel),
         "-append", kernel_cmdline(spec).text().strip(),
     ]
     if spec.initrd:
-        argv += ["-initrd", spec.initrd]
-    argv += vhost_user_args(list(devices) + list(options.vhost_user))
+        argv += ["-initrd", user.file(spec.initrd)]
+    argv += vhost_user_args(user.own_sockets(devices) + user.vhost_user(options.vhost_user))
     argv += list(options.extra_args)
     return argv
 
@@ -110,7 +130,8 @@ def vhost_user_args(devices) -> List[str]:
     """QEMU arguments attaching vhost-user device backends.
 
     Each device is a dict: {"kind": "blk" | "vsock" | "net", "socket": path}, plus
-    optional "options" (a dict of extra -device properties, e.g. {"num-queues": 1}).
+    optional "options" (a dict of extra -device properties, e.g. {"num-queues": 1}), and
+    "fd": a socket already connected to it that QEMU inherits (used instead of the path).
     QEMU is the vhost-user client: the backend must be listening on the socket.
     """
     args: List[str] = []
@@ -124,7 +145,8 @@ def vhost_user_args(devices) -> List[str]:
         if "," in str(path):
             raise ConfigError(f"vhost-user device {i}: socket path {path!r} contains a comma")
         chardev = f"vu{i}"
-        args += ["-chardev", f"socket,id={chardev},path={path}"]
+        where = f"fd={int(dev['fd'])}" if "fd" in dev else f"path={path}"
+        args += ["-chardev", f"socket,id={chardev},{where}"]
         props = "".join(f",{k}={v}" for k, v in dev.get("options", {}).items())
         if kind == "net":
             args += ["-netdev", f"vhost-user,id=net{i},chardev={chardev}",
@@ -161,6 +183,7 @@ class QemuEngine(Engine):
         self._panic = PanicWatch()
         self._paused = False
         self._backends = VhostBackends(spec)
+        self._user: Optional[QemuUser] = None
 
     # --- start -------------------------------------------------------------------------
     def start(self, on_console: Callable[[bytes], None]) -> None:
@@ -170,22 +193,29 @@ class QemuEngine(Engine):
         if binary is None:
             raise EngineUnavailable("the qemu engine needs qemu-system-x86_64 "
                                     "(apt-get install qemu-system-x86)")
+        self._user = user = QemuUser(_options(self.spec).user)
         # Every back end listens before QEMU connects; a failure here closes what opened.
-        self._backends.open()
+        try:
+            self._backends.open()
+        except BaseException:
+            user.release()
+            raise
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._debugcon = ours
         try:
-            argv = qemu_argv(self.spec, binary, theirs.fileno(), self._backends.qemu_devices)
+            argv = qemu_argv(self.spec, binary, theirs.fileno(), self._backends.qemu_devices, user)
             # A session of its own: a terminal's Ctrl-C reaches us, and we stop QEMU.
             # spawn(): QEMU dies with this process, even if it is SIGKILLed.
             self._proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),),
-                               start_new_session=True)
+                               stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),) + user.pass_fds(),
+                               start_new_session=True, **user.popen_args())
         except BaseException:
+            user.release()
             self._backends.close()
             raise
         finally:
             theirs.close()  # QEMU has its own copy now (or never will)
+            user.close_fds()
         self._times["vm_created"] = time.monotonic_ns()
         self._thread = threading.Thread(target=self._io_loop, args=(on_console,),
                                         name=f"qemu-io-{self._proc.pid}", daemon=True)
@@ -337,6 +367,8 @@ class QemuEngine(Engine):
             self._debugcon.close()
         # Only now, with QEMU reaped, is no one using guest RAM through our devices.
         self._backends.close()
+        if self._user is not None:
+            self._user.release()  # its uid may serve the next QEMU
 
     def timeline(self) -> dict:
         return dict(self._times)
