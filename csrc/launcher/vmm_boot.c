@@ -286,6 +286,8 @@ int main(int argc, char **argv)
     struct vmm_vm_config cfg = {
         .cpus = (uint32_t)o.cpus, .memory_bytes = (uint64_t)o.mem_mib << 20,
         .hugepages = 0, .console_fd = STDOUT_FILENO,
+        /* confined as the Python engine's VMs are (it has no Python devices to exempt) */
+        .seccomp = VMM_SECCOMP_VCPU | VMM_SECCOMP_IO,
     };
     struct vmm_vm *vm = vmm_vm_create(&cfg, err, sizeof(err));
     if (!vm) {
