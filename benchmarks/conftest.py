@@ -37,6 +37,13 @@ def compare(request):
 
 
 @pytest.fixture
+def record_median():
+    """record(group, role, label, median_s, target=""): a median measured some other way
+    (e.g. a second interval of alternate()'s rounds) into the session's ratio table."""
+    return record
+
+
+@pytest.fixture
 def alternate(request):
     """alternate(benchmark, group, ours=(label, fn), baseline=(label, fn), rounds, warmup=1,
     target="") -> paired.Paired: both sides in turn each round, warm-up never sampled, both
