@@ -120,11 +120,15 @@ done
 /bin/vsock_probe echo "$VPORT" "$NCONN"
 wait
 """,
-    # Benchmarks: ROUNDS downloads from the host's loopback server on PORT.
+    # Benchmarks: ROUNDS downloads from the host's loopback server on PORT. With STEP=1
+    # each round waits for a line on the console first: the host starts the rounds of
+    # several guests in turn.
     "bench_net": """
 if net_up; then
+    echo "NET_UP"
     i=0
     while [ $i -lt "$ROUNDS" ]; do
+        [ "$STEP" = 1 ] && read -r _
         mark start $i
         /bin/tcp_sink "$(cat /tmp/gateway)" "$PORT" nohash
         mark end $i
