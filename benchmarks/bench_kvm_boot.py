@@ -13,8 +13,13 @@ entry, the guest's first port write, teardown.
     QEMU         the same guest under `qemu-system-x86_64 -M microvm -accel kvm`: spawn to
                  exit, and spawn to the write (an isa-debugcon on 0x440 forwards the byte)
 
-Targets (issue 2), reported, not asserted: in-process set-up to first vCPU entry under
-5 ms; a fresh process under half of QEMU's time to the same guest write.
+Like is compared with like: the in-process times have no QEMU baseline (QEMU cannot run
+in our process; they are set against their targets), and the fresh process alternates with
+QEMU round by round, both timed from spawn. Warm-up rounds are never in a median.
+
+Targets, reported, not asserted: in-process set-up to first vCPU entry under 1.5 ms (issue
+13; issue 2 asked for 5 ms); a fresh process under half of QEMU's time to the same guest
+write (issue 2).
 
     pytest benchmarks/bench_kvm_boot.py --benchmark-only
 """
@@ -89,7 +94,7 @@ def test_kvm_in_process(benchmark, compare, guest):
     samples = {k: v[1:] for k, v in samples.items()}
     med = _record(benchmark, **samples)
     compare(benchmark, "kvm: Machine() to first vCPU entry", "ours",
-            "in-process (C timeline)", "target < 5 ms", seconds=med["first_vcpu_entry"])
+            "in-process (C timeline)", "target <= 1.5 ms", seconds=med["first_vcpu_entry"])
     compare(benchmark, "kvm: in-process to the port write", "ours",
             "Machine() (C timeline)", seconds=med["boot_timer"])
 
@@ -103,6 +108,7 @@ def vmm_argv(guest):
 
 
 def _boot_fresh_process(guest, samples):
+    """One `python -m vmm boot`; returns spawn to the guest's port write, keeps the rest."""
     t0 = time.monotonic_ns()
     p = subprocess.run(vmm_argv(guest), capture_output=True, timeout=WAIT_S)
     t_exit = time.monotonic_ns()
@@ -117,17 +123,7 @@ def _boot_fresh_process(guest, samples):
     samples.setdefault("cold_machine_to_first_vcpu_entry", []).append(
         (tl["first_vcpu_entry"] - tl["machine_created"]) / 1e9)
     samples.setdefault("spawn_to_exit", []).append((t_exit - t0) / 1e9)
-
-
-def test_kvm_fresh_process(benchmark, compare, guest):
-    samples = {}
-    benchmark.pedantic(_boot_fresh_process, args=(guest, samples), rounds=ROUNDS_PROCESS,
-                       iterations=1, warmup_rounds=1)
-    samples = {k: v[1:] for k, v in samples.items()}
-    med = _record(benchmark, **samples)
-    compare(benchmark, "kvm: to the guest's port write", "ours",
-            "python -m vmm boot (spawn)", "target ratio < 0.5", seconds=med["spawn_to_boot_timer"])
-    compare(benchmark, "kvm: spawn to process exit", "ours", "python -m vmm boot")
+    return (tl["boot_timer"] - t0) / 1e9
 
 
 # --- plain QEMU ------------------------------------------------------------------------------
@@ -147,6 +143,7 @@ def qemu_argv(guest):
 
 
 def _boot_qemu(guest, samples):
+    """One QEMU run of the same guest; returns spawn to the guest's port write."""
     t0 = time.monotonic_ns()
     p = subprocess.Popen(qemu_argv(guest), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
@@ -172,16 +169,26 @@ def _boot_qemu(guest, samples):
     assert t_write is not None, f"no boot-timer byte from QEMU: {out!r} {err}"
     samples.setdefault("spawn_to_boot_timer", []).append((t_write - t0) / 1e9)
     samples.setdefault("spawn_to_exit", []).append((t_exit - t0) / 1e9)
+    return (t_write - t0) / 1e9
 
 
 @needs_qemu
-def test_qemu_kvm_process(benchmark, compare, guest):
-    samples = {}
-    benchmark.pedantic(_boot_qemu, args=(guest, samples), rounds=ROUNDS_PROCESS,
-                       iterations=1, warmup_rounds=1)
-    samples = {k: v[1:] for k, v in samples.items()}
-    med = _record(benchmark, **samples)
-    for group in ("kvm: to the guest's port write", "kvm: in-process to the port write"):
-        compare(benchmark, group, "baseline", "qemu-system-x86_64 microvm -accel kvm",
-                seconds=med["spawn_to_boot_timer"])
-    compare(benchmark, "kvm: spawn to process exit", "baseline", "qemu-system-x86_64 microvm")
+def test_kvm_fresh_process_vs_qemu(benchmark, alternate, record_median, guest):
+    """`python -m vmm boot` and QEMU in turn, round by round, both timed from spawn."""
+    ours, theirs = {}, {}
+    warmup = 1
+    alternate(benchmark, "kvm: spawn to the guest's port write",
+              ours=("python -m vmm boot (spawn)", lambda: _boot_fresh_process(guest, ours)),
+              baseline=("qemu-system-x86_64 microvm -accel kvm",
+                        lambda: _boot_qemu(guest, theirs)),
+              rounds=ROUNDS_PROCESS, warmup=warmup, target="target ratio < 0.5")
+    ours = {k: v[warmup:] for k, v in ours.items()}
+    theirs = {k: v[warmup:] for k, v in theirs.items()}
+    for side, samples in (("ours", ours), ("qemu", theirs)):
+        for name, v in samples.items():
+            benchmark.extra_info[f"{side}_{name}_median_ms"] = _ms(_median(v))
+    # Same rounds, another interval: recorded for the ratio table, not alternated apart.
+    record_median("kvm: spawn to process exit", "ours", "python -m vmm boot",
+                  _median(ours["spawn_to_exit"]))
+    record_median("kvm: spawn to process exit", "baseline", "qemu-system-x86_64 microvm",
+                  _median(theirs["spawn_to_exit"]))

@@ -151,38 +151,35 @@ def test_msb_exec(benchmark, compare, home, running, image_disk, capsys):
               f"(p99 ratio {benchmark.extra_info['p99_ratio']})")
 
 
-def test_msb_run_detached(benchmark, compare, home, running, image_disk, capsys):
+def test_msb_run_detached(benchmark, alternate, home, running, image_disk, capsys):
     import vmm
     from vmm.net.network import Network
     d, env = home
-    ours, base = [], []
     counter = iter(range(1000))
 
-    def one_round():
-        i = next(counter)
-        name = f"r{i}"
-        ours.append(_timed(_msb("run", "-d", "-q", "-n", name), env))
+    def ours():
+        name = f"r{next(counter)}"
+        seconds = _timed(_msb("run", "-d", "-q", "-n", name), env)
         _run(_msb("rm", "-f", "-q", name), env)
+        return seconds
+
+    def baseline():
+        i = next(counter)
         disk = d / f"baseline-{i}.ext4"
         t0 = time.perf_counter()
         vmm.Sandbox.format_writable_disk(disk, "4G")
         sb = vmm.Sandbox.create(image_disk, writable_disk=str(disk), engine=ENGINE,
-                                memory_mib=MEMORY_MIB, hostname=name, network=Network())
-        base.append(time.perf_counter() - t0)
+                                memory_mib=MEMORY_MIB, hostname=f"r{i}", network=Network())
+        seconds = time.perf_counter() - t0
         sb.stop()
         disk.unlink()
-    benchmark.pedantic(one_round, rounds=RUN_ROUNDS, iterations=1, warmup_rounds=1)
-    med, bmed = statistics.median(ours), statistics.median(base)
-    benchmark.extra_info.update(samples_ms=[round(s * 1e3) for s in ours],
-                                baseline_samples_ms=[round(s * 1e3) for s in base],
-                                ratio=round(med / bmed, 3))
-    compare(benchmark, "msb run -d to running", "ours", "msb run -d", "target <= 1.2",
-            seconds=med)
-    compare(benchmark, "msb run -d to running", "baseline",
-            "format disk + Sandbox.create()", seconds=bmed)
+        return seconds
+    r = alternate(benchmark, "msb run -d to running", ours=("msb run -d", ours),
+                  baseline=("format disk + Sandbox.create()", baseline), rounds=RUN_ROUNDS,
+                  target="target <= 1.2")
     with capsys.disabled():
-        print(f"\nmsb run -d: median {med * 1e3:.0f} ms vs in-process {bmed * 1e3:.0f} ms; "
-              f"ratio {med / bmed:.2f}")
+        print(f"\nmsb run -d: median {r.ours_median * 1e3:.0f} ms vs in-process "
+              f"{r.baseline_median * 1e3:.0f} ms; ratio {r.ratio:.2f}")
 
 
 def _fill_database(running_names):
@@ -199,7 +196,7 @@ def _fill_database(running_names):
                       image_config=model.image_config, started_at=model.started_at)
 
 
-def test_msb_ls_100(benchmark, compare, home, running, capsys):
+def test_msb_ls_100(benchmark, alternate, home, running, capsys):
     _, env = home
     extra = ["ls-a", "ls-b"]
     with ThreadPoolExecutor(len(extra)) as pool:
@@ -210,22 +207,16 @@ def test_msb_ls_100(benchmark, compare, home, running, capsys):
         rows = json.loads(_run(_msb("ls", "--format", "json"), env).stdout)
         assert len(rows) == LS_ROWS
         assert sum(r["status"] == "running" for r in rows) == 1 + len(extra)
-        ours, base = [], []
-
-        def one_round():
-            base.append(_timed(_msb("--version"), env))
-            ours.append(_timed(_msb("ls"), env))
-        benchmark.pedantic(one_round, rounds=LS_ROUNDS, iterations=1, warmup_rounds=2)
+        r = alternate(benchmark, f"msb ls ({LS_ROWS} sandboxes)",
+                      ours=("msb ls", lambda: _timed(_msb("ls"), env)),
+                      baseline=("msb --version", lambda: _timed(_msb("--version"), env)),
+                      rounds=LS_ROUNDS, warmup=2, target="target <= 1.5")
     finally:
         _run(_msb("rm", "-f", "-q", *extra), env)
         names = [n for n in _run(_msb("ls", "-q"), env).stdout.split() if n.startswith("stopped-")]
         _run(_msb("rm", "-q", *names), env)
-    med, bmed = statistics.median(ours), statistics.median(base)
-    benchmark.extra_info.update(median_ms=round(med * 1e3, 2), p99_ms=round(_p99(ours) * 1e3, 2),
-                                version_ms=round(bmed * 1e3, 2), ratio=round(med / bmed, 3))
-    compare(benchmark, f"msb ls ({LS_ROWS} sandboxes)", "ours", "msb ls", "target <= 1.5",
-            seconds=med)
-    compare(benchmark, f"msb ls ({LS_ROWS} sandboxes)", "baseline", "msb --version", seconds=bmed)
+    med, bmed = r.ours_median, r.baseline_median
+    benchmark.extra_info.update(p99_ms=round(_p99(r.ours) * 1e3, 2))
     with capsys.disabled():
         print(f"\nmsb ls ({LS_ROWS} rows, 3 running): median {med * 1e3:.1f} ms vs "
               f"msb --version {bmed * 1e3:.1f} ms; ratio {med / bmed:.2f}")

@@ -2,6 +2,7 @@
  * devices, and how it ends. The vCPU threads and their run loop are in vcpu.c. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,15 +95,15 @@ static bool kvm_has(const struct vmm_kvm_info *info, const char *name)
 
 /* ---- create ------------------------------------------------------------------------ */
 
-static int get_supported_cpuid(struct vmm_vm *vm, char *err, size_t errlen)
+static int query_supported_cpuid(int kvm_fd, struct kvm_cpuid2 **out, char *err, size_t errlen)
 {
     for (int n = 64; n <= 4096; n *= 2) {
         struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(struct kvm_cpuid_entry2));
         if (!c)
             return errf(err, errlen, "out of memory");
         c->nent = n;
-        if (ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
-            vm->cpuid = c;
+        if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+            *out = c;
             return 0;
         }
         int e = errno;
@@ -111,6 +112,28 @@ static int get_supported_cpuid(struct vmm_vm *vm, char *err, size_t errlen)
             return errf(err, errlen, "KVM_GET_SUPPORTED_CPUID: %s", strerror(e));
     }
     return errf(err, errlen, "KVM_GET_SUPPORTED_CPUID: too many entries");
+}
+
+/* What KVM supports does not change while we run, and asking costs ~0.3 ms a call here
+ * (the kernel builds the whole list even to answer E2BIG): a third of Machine() to the
+ * first vCPU entry (issue 13). The first VM of the process asks; later ones copy. */
+static pthread_mutex_t supported_cpuid_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kvm_cpuid2 *supported_cpuid;
+
+static int get_supported_cpuid(struct vmm_vm *vm, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&supported_cpuid_lock);
+    int rc = supported_cpuid ? 0 : query_supported_cpuid(vm->kvm_fd, &supported_cpuid, err, errlen);
+    if (rc == 0) {
+        size_t size = sizeof(*supported_cpuid) + supported_cpuid->nent * sizeof(struct kvm_cpuid_entry2);
+        vm->cpuid = malloc(size);
+        if (vm->cpuid)
+            memcpy(vm->cpuid, supported_cpuid, size);
+        else
+            rc = errf(err, errlen, "out of memory");
+    }
+    pthread_mutex_unlock(&supported_cpuid_lock);
+    return rc;
 }
 
 static int get_msr_list(struct vmm_vm *vm, char *err, size_t errlen)

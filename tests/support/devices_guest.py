@@ -88,18 +88,29 @@ net_up
     "net": """
 net_up && /bin/tcp_sink "$(cat /tmp/gateway)" "$PORT"
 """,
-    # Benchmarks: sequential O_DIRECT reads (OP=read) or writes (OP=write) of MIB MiB of
-    # /dev/vda, ROUNDS times, each between MARK lines.
+    # Benchmarks: sequential O_DIRECT reads (OP=read) or writes (OP=write) of MIB MiB, ROUNDS
+    # times, on each disk named by serial in SERIALS (comma-separated), taking turns: round i
+    # starts with the (i mod n)-th disk. Each pass sits between `MARK start_<serial> i` and
+    # `MARK end_<serial> i`.
     "bench_blk": """
+nth() { _n=$1; shift; shift "$_n"; echo "$1"; }
+LIST=$(echo "$SERIALS" | tr , ' ')
+n=$(echo $LIST | wc -w)
 i=0
 while [ $i -lt "$ROUNDS" ]; do
-    mark start $i
-    if [ "$OP" = write ]; then
-        dd if=/dev/zero of=/dev/vda bs=1M count="$MIB" oflag=direct 2>/dev/null || echo "BENCH_FAIL write"
-    else
-        dd if=/dev/vda of=/dev/null bs=1M count="$MIB" iflag=direct 2>/dev/null || echo "BENCH_FAIL read"
-    fi
-    mark end $i
+    k=0
+    while [ $k -lt $n ]; do
+        s=$(nth $(( (i + k) % n )) $LIST)
+        dev=$(disk_by_serial "$s") || { echo "BENCH_FAIL no disk with serial $s"; break; }
+        mark start_$s $i
+        if [ "$OP" = write ]; then
+            dd if=/dev/zero of=$dev bs=1M count="$MIB" oflag=direct 2>/dev/null || echo "BENCH_FAIL write"
+        else
+            dd if=$dev of=/dev/null bs=1M count="$MIB" iflag=direct 2>/dev/null || echo "BENCH_FAIL read"
+        fi
+        mark end_$s $i
+        k=$((k + 1))
+    done
     i=$((i + 1))
 done
 """,
@@ -109,11 +120,15 @@ done
 /bin/vsock_probe echo "$VPORT" "$NCONN"
 wait
 """,
-    # Benchmarks: ROUNDS downloads from the host's loopback server on PORT.
+    # Benchmarks: ROUNDS downloads from the host's loopback server on PORT. With STEP=1
+    # each round waits for a line on the console first: the host starts the rounds of
+    # several guests in turn.
     "bench_net": """
 if net_up; then
+    echo "NET_UP"
     i=0
     while [ $i -lt "$ROUNDS" ]; do
+        [ "$STEP" = 1 ] && read -r _
         mark start $i
         /bin/tcp_sink "$(cat /tmp/gateway)" "$PORT" nohash
         mark end $i

@@ -150,6 +150,7 @@ class KvmEngine(Engine):
         self._devices = list(self.options.python_devices)
         self._handles = []
         self._reader = None
+        self._reader_made = threading.Event()
         self._read_fd = None
         self._status = None
         self._panic = PanicWatch()  # the console's panic line turns a reset into an error
@@ -179,13 +180,23 @@ class KvmEngine(Engine):
         self._read_fd = read_fd
         try:
             self._create(write_fd)
+        except BaseException:
+            self._reader_made.set()  # none will be: a waiter must not wait for it
+            raise
         finally:
             os.close(write_fd)  # the core holds its own dup; EOF comes when it closes that
-        self._reader = threading.Thread(target=self._read_console,
-                                        args=(read_fd, on_console, self._panic),
-                                        name="kvm-console", daemon=True)
-        self._reader.start()
-        check(lib.vmm_vm_start, self._vm, error=GuestError, context="cannot start the VM")
+        try:
+            check(lib.vmm_vm_start, self._vm, error=GuestError, context="cannot start the VM")
+        finally:
+            # After the vCPUs, not before: Thread.start() waits until the new thread runs,
+            # a scheduling round trip (0.1-2 ms here) that would sit between Machine() and
+            # the first guest entry. The pipe holds what the guest writes meanwhile; a
+            # waiter that sees the guest end first waits for the reader to exist (_finish).
+            self._reader = threading.Thread(target=self._read_console,
+                                            args=(read_fd, on_console, self._panic),
+                                            name="kvm-console", daemon=True)
+            self._reader.start()
+            self._reader_made.set()
 
     def _create(self, console_fd):
         spec = self.spec
@@ -265,6 +276,7 @@ class KvmEngine(Engine):
 
     def _finish(self, vm):
         """The VM has ended: wait for the last console bytes, then record the exit."""
+        self._reader_made.wait()   # start() makes it just after the vCPUs run
         reader = self._reader
         if reader is not None and reader is not threading.current_thread():
             reader.join()  # the core closed its console fd with its last vCPU thread: EOF
