@@ -258,12 +258,14 @@ def run_mode(mode: str, cfg: DensityConfig, image: str,
         if fleet.sandboxes:
             time.sleep(cfg.settle_s)   # idle: the guests finish boot-time work
             result["memory"] = measure_fleet(fleet, ours_before, len(fleet.sandboxes))
-        return result
-    finally:
+    except BaseException:              # Ctrl-C too: nothing started may outlive the run
         cleanup(fleet, cfg.boot_timeout)
-        left = fleet.new_children()
-        if left and sys.exc_info()[0] is None:
-            raise RuntimeError(f"{len(left)} child processes outlived the {mode} run: {left}")
+        raise
+    cleanup(fleet, cfg.boot_timeout)
+    left = fleet.new_children()
+    if left:
+        raise RuntimeError(f"{len(left)} child processes outlived the {mode} run: {left}")
+    return result
 
 
 def cleanup(fleet: Fleet, boot_timeout: float) -> None:
