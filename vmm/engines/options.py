@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class PythonDevice:
@@ -42,10 +44,27 @@ class QemuOptions:
     extra_args: appended to the qemu-system-x86_64 command line as they are.
     vhost_user: further vhost-user back ends someone else serves, each
     {"kind": "blk" | "vsock" | "net", "socket": path, "options": {...}} (see
-    engines.qemu.vhost_user_args), attached after the machine's own devices."""
+    engines.qemu.vhost_user_args), attached after the machine's own devices.
+    tb_size_mib: TCG's translation cache in MiB (`-accel tcg,tb-size=N`); None: the
+    engine's default (engines.qemu.tb_size_mib()), 0: QEMU's own (up to 1 GiB, of which
+    a booted guest fills ~26 MiB)."""
     extra_args: Tuple[str, ...] = ()
     vhost_user: Tuple[dict, ...] = ()
+    tb_size_mib: Optional[int] = None
 
     def __post_init__(self):
         object.__setattr__(self, "extra_args", tuple(str(a) for a in self.extra_args))
         object.__setattr__(self, "vhost_user", tuple(self.vhost_user))
+        check_tb_size(self.tb_size_mib, "QemuOptions(tb_size_mib=...)")
+
+
+MAX_TB_SIZE_MIB = 1024   # QEMU's own ceiling for the translation cache
+
+
+def check_tb_size(value, what: str) -> None:
+    """A translation-cache size must be a whole number of MiB, 0..MAX_TB_SIZE_MIB."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TB_SIZE_MIB:
+        raise ConfigError(f"{what}: the TCG translation cache size must be a whole number "
+                          f"of MiB from 0 (QEMU's default) to {MAX_TB_SIZE_MIB}, not {value!r}")
