@@ -3,6 +3,8 @@
     python -m vmm info [--json]
     python -m vmm boot [--kernel K] [--initrd I] [--cmdline C] [--cpus N] [--memory MIB]
                        [--engine kvm|qemu|auto] [--timeout S] [--timeline] [--json]
+    python -m vmm bench density [--count N] [--mode both|sequential|concurrent] [--out DIR]
+                       ...    (vmm/research/density.py)
 
 Errors go through the boundary `msb` uses too (boundary.py): bad input is one `error:`
 line on stderr and exit code 2, a failure exit code 1; a guest that does not shut down

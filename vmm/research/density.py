@@ -176,7 +176,7 @@ def _start_all(mode: str, cfg: DensityConfig, image: str, fleet: Fleet,
         gate = threading.Event()
 
         def one():
-            gate.wait()
+            gate.wait()   # `started` is read after the gate: the time it opened
             _create(cfg, image, fleet, started, ready_at, durations)
         threads = [threading.Thread(target=one, name=f"density-{i}", daemon=True)
                    for i in range(cfg.count)]
