@@ -96,8 +96,14 @@ class Fleet:
     def __init__(self):
         self.sandboxes: List = []
         self.errors: List[str] = []
-        self.creators: List[threading.Thread] = []
         self.closing = threading.Event()
+        # Creator threads still running. Counted by the threads themselves rather than
+        # read from Thread.is_alive(): a Ctrl-C that lands in Thread.join() can leave a
+        # running thread marked stopped (CPython's bpo-45274 handling), and clean-up must
+        # wait for every create() still in flight.
+        self._running = 0
+        self.creators_done = threading.Event()
+        self.creators_done.set()
         self._lock = threading.Lock()
         self._preexisting = set(children(os.getpid()))
 
@@ -108,6 +114,17 @@ class Fleet:
                 return False
             self.sandboxes.append(sandbox)
             return True
+
+    def creator_started(self) -> None:
+        with self._lock:
+            self._running += 1
+            self.creators_done.clear()
+
+    def creator_ended(self) -> None:
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                self.creators_done.set()
 
     def failed(self, error: BaseException) -> None:
         with self._lock:
@@ -176,18 +193,22 @@ def _start_all(mode: str, cfg: DensityConfig, image: str, fleet: Fleet,
         gate = threading.Event()
 
         def one():
-            gate.wait()   # `started` is read after the gate: the time it opened
-            _create(cfg, image, fleet, started, ready_at, durations)
-        threads = [threading.Thread(target=one, name=f"density-{i}", daemon=True)
-                   for i in range(cfg.count)]
-        fleet.creators = threads
-        for t in threads:
-            t.start()
+            try:
+                gate.wait()   # `started` is read after the gate: the time it opened
+                _create(cfg, image, fleet, started, ready_at, durations)
+            finally:
+                fleet.creator_ended()
+        for i in range(cfg.count):
+            fleet.creator_started()
+            try:
+                threading.Thread(target=one, name=f"density-{i}", daemon=True).start()
+            except BaseException:
+                fleet.creator_ended()
+                raise
         started = time.monotonic()
         gate.set()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.1)   # in slices: Ctrl-C reaches the main thread at once
+        while not fleet.creators_done.wait(0.1):   # in slices: Ctrl-C is seen at once
+            pass
         progress(f"{mode}: {len(ready_at)}/{cfg.count} ready")
     ready_at.sort()
     all_ready = ready_at[-1] if len(ready_at) == cfg.count else None
@@ -275,10 +296,9 @@ def cleanup(fleet: Fleet, boot_timeout: float) -> None:
     fleet.closing.set()
     fleet.stop_all()
     deadline = time.monotonic() + boot_timeout + STOP_TIMEOUT_S
-    while any(t.is_alive() for t in fleet.creators) and time.monotonic() < deadline:
+    while not fleet.creators_done.is_set() and time.monotonic() < deadline:
         fleet.kill_new_children()
-        for t in fleet.creators:
-            t.join(0.05)
+        fleet.creators_done.wait(0.05)
     fleet.stop_all()     # nothing should be left; a create that beat `closing` is stopped
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while fleet.new_children() and time.monotonic() < deadline:
