@@ -263,3 +263,22 @@ def test_bench_without_what_to_measure_is_a_usage_error():
                        timeout=60, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
     assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+
+
+def test_the_command_line_maps_to_the_config_and_a_failed_start_exits_1(monkeypatch, capsys):
+    from vmm.cli import research
+    seen = {}
+
+    def fake_run(cfg, progress):
+        seen["cfg"] = cfg
+        return _report(ready_seq=2)
+    monkeypatch.setattr(density, "run_density", fake_run)
+    rc = research.main(["bench", "density", "--count", "3", "--mode", "sequential",
+                        "--memory", "128", "--cmdline", "no_timer_check", "--settle", "0.5"])
+    cfg = seen["cfg"]
+    assert (cfg.count, cfg.modes, cfg.memory_mib, cfg.cmdline, cfg.settle_s) == \
+        (3, ("sequential",), 128, "no_timer_check", 0.5)
+    out, err = capsys.readouterr()
+    assert rc == 1 and "sequential: only 2/3 ready" in out
+    assert err.splitlines()[-1] == ("error: not every sandbox started: "
+                                    "sequential: 2/3 sandboxes ready (BootFailed: no agent)")

@@ -69,6 +69,7 @@ def _add_bench_density(bench_sub):
     d.add_argument("--boot-timeout", type=float, default=120.0, metavar="SECONDS")
     d.add_argument("--image", metavar="DISK", help="root disk (default: the busybox default image)")
     d.add_argument("--network", action="store_true", help="NAT (passt) for each sandbox")
+    d.add_argument("--cmdline", default="", help="more kernel command line for every guest")
     d.add_argument("--out", metavar="DIR", help="write density.json, .png and .svg here")
     d.add_argument("--json", action="store_true", help="the report as JSON on stdout")
 
@@ -232,7 +233,8 @@ def _bench_density(args):
     cfg = density.DensityConfig(
         count=args.count, engine=args.engine, memory_mib=args.memory,
         modes=density.MODES if args.mode == "both" else (args.mode,), settle_s=args.settle,
-        boot_timeout=args.boot_timeout, image=args.image, network=args.network)
+        boot_timeout=args.boot_timeout, image=args.image, network=args.network,
+        cmdline=args.cmdline)
     cfg.check()
     if args.out is not None:
         density.check_out_dir(args.out)

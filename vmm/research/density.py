@@ -56,6 +56,7 @@ class DensityConfig:
     boot_timeout: float = 120.0
     image: Optional[str] = None      # an EROFS/ext4 root disk; None: the default image
     network: bool = False            # NAT through passt for each sandbox
+    cmdline: str = ""                # more kernel command line for every guest
 
     def check(self) -> None:
         """ConfigError (a bad argument: exit 2 at the command line) for values that
@@ -167,7 +168,7 @@ def _create(cfg: DensityConfig, image: str, fleet: Fleet, started: float,
     t0 = time.monotonic()
     try:
         sb = vmm.Sandbox.create(image, engine=cfg.engine, memory_mib=cfg.memory_mib,
-                                boot_timeout=cfg.boot_timeout,
+                                boot_timeout=cfg.boot_timeout, extra_cmdline=cfg.cmdline,
                                 **({} if cfg.network else {"network": None}))
     except Exception as e:
         fleet.failed(e)
@@ -320,7 +321,7 @@ def run_density(cfg: DensityConfig, progress: Callable[[str], None] = lambda s: 
     image = cfg.image or default_image_disk()
     report = {"config": {"count": cfg.count, "engine": cfg.engine, "memory_mib": cfg.memory_mib,
                          "modes": list(cfg.modes), "settle_s": cfg.settle_s,
-                         "network": cfg.network, "image": image},
+                         "network": cfg.network, "cmdline": cfg.cmdline, "image": image},
               "host": host_facts(), "modes": {}}
     progress("warm-up: one sandbox (builds and caches kernel, agent and image disk)")
     warm = run_mode("sequential", dataclasses.replace(cfg, count=1, settle_s=0), image)
