@@ -46,8 +46,9 @@ def plot_density(report: Dict, out_dir: str) -> List[str]:
     cfg = report["config"]
     for mode, r in report["modes"].items():
         times = [0.0] + r["ready_at_s"]
-        ready_ax.step(times, range(len(times)), where="post",
-                      label=f"{mode}: {r['starts_per_s'] or 0:.2f} starts/s")
+        label = (f"{mode}: {r['starts_per_s']:.2f} starts/s" if r["starts_per_s"] is not None
+                 else f"{mode}: only {r['ready']}/{cfg['count']} ready")
+        ready_ax.step(times, range(len(times)), where="post", label=label)
     ready_ax.set_xlabel("seconds since the first create()")
     ready_ax.set_ylabel("sandboxes ready")
     ready_ax.set_title(f"{cfg['count']} sandboxes, {report.get('engine')} engine, "
@@ -57,20 +58,25 @@ def plot_density(report: Dict, out_dir: str) -> List[str]:
 
     modes = [m for m, r in report["modes"].items() if r.get("memory")]
     colors = ["#8da0cb", "#fc8d62", "#66c2a5", "#e78ac3"]
+    top = 0.0
     for i, mode in enumerate(modes):
         bottom = 0.0
         for j, (label, mib) in enumerate(stack(report["modes"][mode]["memory"]["per_sandbox_mib"])):
-            mem_ax.bar(i, mib, bottom=bottom, color=colors[j], label=label if i == 0 else None)
+            mem_ax.bar(i, mib, width=0.5, bottom=bottom, color=colors[j],
+                       label=label if i == 0 else None)
             bottom += mib
-        mem_ax.text(i, bottom, f"{bottom:.1f}", ha="center", va="bottom")
+        mem_ax.text(i, bottom, f"{bottom:.1f} MiB", ha="center", va="bottom")
+        top = max(top, bottom)
     target = report.get("target_pss_mib")
     if target:
         mem_ax.axhline(target, color="black", linestyle="--", linewidth=1,
                        label=f"target {target} MiB")
+    mem_ax.set_ylim(0, max(top, target or 0) * 1.35)   # room for the labels and the legend
+    mem_ax.set_xlim(-0.75, len(modes) - 0.25)
     mem_ax.set_xticks(range(len(modes)), modes)
     mem_ax.set_ylabel("MiB PSS per idle sandbox")
     mem_ax.set_title(f"host memory per idle sandbox ({cfg['memory_mib']} MiB guests)")
-    mem_ax.legend(loc="lower right", fontsize="small")
+    mem_ax.legend(loc="upper right", fontsize="small", ncols=2)
 
     paths = []
     for ext in ("png", "svg"):
