@@ -19,7 +19,7 @@ import sys
 
 from .._version import __version__
 from ..errors import ConfigError, EngineUnavailable, VmmError
-from . import boundary
+from . import bench_density, boundary
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,26 +52,8 @@ def _parser():
     bench = sub.add_parser("bench", help="measure: many runs, many sandboxes")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True,
                                      parser_class=_Parser)
-    _add_bench_density(bench_sub)
+    bench_density.add_parser(bench_sub)
     return p
-
-
-def _add_bench_density(bench_sub):
-    d = bench_sub.add_parser("density", help="start N sandboxes (sequentially and at once): "
-                                             "starts per second, host memory per idle sandbox")
-    d.add_argument("--count", type=int, default=10, metavar="N", help="sandboxes (default 10)")
-    d.add_argument("--engine", default="auto", choices=["auto", "kvm", "qemu"])
-    d.add_argument("--memory", type=int, default=256, metavar="MIB",
-                   help="guest RAM of each (default 256)")
-    d.add_argument("--mode", default="both", choices=["both", "sequential", "concurrent"])
-    d.add_argument("--settle", type=float, default=3.0, metavar="SECONDS",
-                   help="idle time before memory is read (default 3)")
-    d.add_argument("--boot-timeout", type=float, default=120.0, metavar="SECONDS")
-    d.add_argument("--image", metavar="DISK", help="root disk (default: the busybox default image)")
-    d.add_argument("--network", action="store_true", help="NAT (passt) for each sandbox")
-    d.add_argument("--cmdline", default="", help="more kernel command line for every guest")
-    d.add_argument("--out", metavar="DIR", help="write density.json, .png and .svg here")
-    d.add_argument("--json", action="store_true", help="the report as JSON on stdout")
 
 
 def main(argv=None) -> int:
@@ -84,7 +66,7 @@ def _run(argv):
     if args.command == "info":
         return _info(args)
     if args.command == "bench":
-        return _bench_density(args)
+        return bench_density.run(args)
     return _boot(args)
 
 
@@ -223,29 +205,3 @@ def _print_stats(stats: dict):
     print("\nexit reason           count")
     for k, v in sorted(stats.items(), key=lambda kv: -kv[1]):
         print(f"{k:<20} {v:8d}")
-
-
-# --- bench density ------------------------------------------------------------------------
-
-def _bench_density(args):
-    from ..research import density
-
-    cfg = density.DensityConfig(
-        count=args.count, engine=args.engine, memory_mib=args.memory,
-        modes=density.MODES if args.mode == "both" else (args.mode,), settle_s=args.settle,
-        boot_timeout=args.boot_timeout, image=args.image, network=args.network,
-        cmdline=args.cmdline)
-    cfg.check()
-    if args.out is not None:
-        density.check_out_dir(args.out)
-    progress = (lambda line: None) if args.json else \
-        (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
-    report = density.run_density(cfg, progress)
-    print(json.dumps(report, indent=2) if args.json else density.format_report(report))
-    if args.out is not None:
-        for path in density.write_outputs(report, args.out):
-            progress(f"wrote {path}")
-    failed = density.failures(report)
-    if failed:
-        raise boundary.Failure("not every sandbox started: " + "; ".join(failed))
-    return 0
