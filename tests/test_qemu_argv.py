@@ -4,7 +4,7 @@ import os
 import pytest
 
 from vmm import QemuOptions
-from vmm.engines.qemu import qemu_argv, vhost_user_args
+from vmm.engines.qemu import TB_SIZE_ENV, TB_SIZE_MIB, qemu_argv, vhost_user_args
 from vmm.errors import ConfigError
 from vmm.machine import MachineSpec
 
@@ -13,7 +13,8 @@ def _pairs(argv):
     return [(argv[i], argv[i + 1]) for i in range(1, len(argv) - 1) if argv[i].startswith("-")]
 
 
-def test_argv_for_a_two_cpu_machine():
+def test_argv_for_a_two_cpu_machine(monkeypatch):
+    monkeypatch.delenv(TB_SIZE_ENV, raising=False)
     spec = MachineSpec(kernel="/k/vmlinux", initrd="/k/initrd.gz", cmdline="quiet x=1",
                        cpus=2, memory_mib=192)
     argv = qemu_argv(spec, "/usr/bin/qemu-system-x86_64", debugcon_fd=7)
@@ -21,7 +22,7 @@ def test_argv_for_a_two_cpu_machine():
     assert argv[0] == "/usr/bin/qemu-system-x86_64"
     assert ("-smp", "2") in pairs and ("-m", "192") in pairs
     assert ("-object", "memory-backend-memfd,id=mem,size=192M,share=on,merge=off") in pairs
-    assert ("-accel", "tcg") in pairs
+    assert ("-accel", f"tcg,tb-size={TB_SIZE_MIB}") in pairs
     assert ("-kernel", "/k/vmlinux") in pairs and ("-initrd", "/k/initrd.gz") in pairs
     assert ("-append", "console=ttyS0 reboot=t panic=-1 quiet x=1") in pairs
     assert ("-chardev", "socket,id=dbg,fd=7") in pairs
@@ -156,3 +157,35 @@ def test_qemu_user_none_changes_nothing():
 def test_bad_qemu_user_is_refused(user):
     with pytest.raises(ConfigError, match="QemuOptions.user"):
         QemuOptions(user=user)
+def _accel(monkeypatch, env=None, **options):
+    if env is None:
+        monkeypatch.delenv(TB_SIZE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(TB_SIZE_ENV, env)
+    spec = MachineSpec(kernel="/k", options=QemuOptions(**options) if options else None)
+    argv = qemu_argv(spec, "qemu", debugcon_fd=3)
+    return argv[argv.index("-accel") + 1]
+
+
+def test_translation_cache_default_and_overrides(monkeypatch):
+    """The engine's smaller TCG cache by default (docs/architecture.md, QEMU engine
+    memory); the environment for callers without engine options; QemuOptions first;
+    0 gives QEMU's own default back."""
+    assert 0 < TB_SIZE_MIB < 26            # below what a boot fills with QEMU's default
+    assert _accel(monkeypatch) == f"tcg,tb-size={TB_SIZE_MIB}"
+    assert _accel(monkeypatch, env="24") == "tcg,tb-size=24"
+    assert _accel(monkeypatch, env="0") == "tcg"
+    assert _accel(monkeypatch, env="24", tb_size_mib=8) == "tcg,tb-size=8"
+    assert _accel(monkeypatch, tb_size_mib=0) == "tcg"
+
+
+@pytest.mark.parametrize("env", ["lots", "-1", "4096", "1.5"])
+def test_a_bad_translation_cache_size_in_the_environment_is_named(monkeypatch, env):
+    with pytest.raises(ConfigError, match=TB_SIZE_ENV):
+        _accel(monkeypatch, env=env)
+
+
+@pytest.mark.parametrize("size", [-1, 1025, 2.5, True, "16"])
+def test_a_bad_translation_cache_option_is_refused(size):
+    with pytest.raises(ConfigError, match="tb_size_mib"):
+        QemuOptions(tb_size_mib=size)

@@ -13,6 +13,7 @@ import os
 import sys
 
 from ..errors import ConfigError
+from . import bench_density
 
 
 _KIND_NAMES = {int: "an integer", str: "a string"}
@@ -87,9 +88,12 @@ def add_parsers(sub) -> None:
     cmp_.add_argument("--initcalls", action="store_true", help="compare initcalls too")
     cmp_.add_argument("--out", metavar="DIR", help="draw them side by side here (PNG+SVG)")
     cmp_.add_argument("--json", action="store_true", help="the rows as JSON on stdout")
+    bench_density.add_parser(bsub)
 
 
 def run(args) -> int:
+    if args.bench_command == "density":
+        return bench_density.run(args)
     if args.bench_command == "compare":
         return _compare(args)
     return _boot(args)

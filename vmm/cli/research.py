@@ -6,6 +6,8 @@
                        [--timeline-out FILE]
     python -m vmm bench boot [-n N] [--warmup W] [--engine E,..] [--memory M,..] ... [--out DIR]
     python -m vmm bench compare A.json B.json [--out DIR]     (bench.py, vmm.research)
+    python -m vmm bench density [--count N] [--mode both|sequential|concurrent] [--out DIR]
+                       ...    (vmm/research/density.py)
 
 Errors go through the boundary `msb` uses too (boundary.py): bad input is one `error:`
 line on stderr and exit code 2, a failure exit code 1; a guest that does not shut down

@@ -10,6 +10,8 @@ from typing import Callable, Optional, Tuple, Union
 
 from ..errors import ConfigError
 
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class PythonDevice:
@@ -80,12 +82,16 @@ class QemuOptions:
     Off: merged pages make a cross-VM timing side channel where KSM runs.
     user: the uid QEMU runs as. "auto": when we are root, a uid of its own that no other
     process uses (engines/qemu_user.py), else ours; an int: that uid (root only); None:
-    ours. Paths in extra_args must be reachable by that uid."""
+    ours. Paths in extra_args must be reachable by that uid.
+    tb_size_mib: TCG's translation cache in MiB (`-accel tcg,tb-size=N`); None: the
+    engine's default (engines.qemu.tb_size_mib()), 0: QEMU's own (up to 1 GiB, of which
+    a booted guest fills ~26 MiB)."""
     extra_args: Tuple[str, ...] = ()
     vhost_user: Tuple[dict, ...] = ()
     sandbox: bool = True
     mem_merge: bool = False
     user: Union[str, int, None] = "auto"
+    tb_size_mib: Optional[int] = None
 
     def __post_init__(self):
         object.__setattr__(self, "extra_args", tuple(str(a) for a in self.extra_args))
@@ -95,3 +101,16 @@ class QemuOptions:
                                                               or not 0 < self.user < 2**32 - 1):
             raise ConfigError(f"QemuOptions.user takes 'auto', None or a uid other than 0, "
                               f"not {self.user!r}")
+        check_tb_size(self.tb_size_mib, "QemuOptions(tb_size_mib=...)")
+
+
+MAX_TB_SIZE_MIB = 1024   # QEMU's own ceiling for the translation cache
+
+
+def check_tb_size(value, what: str) -> None:
+    """A translation-cache size must be a whole number of MiB, 0..MAX_TB_SIZE_MIB."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TB_SIZE_MIB:
+        raise ConfigError(f"{what}: the TCG translation cache size must be a whole number "
+                          f"of MiB from 0 (QEMU's default) to {MAX_TB_SIZE_MIB}, not {value!r}")

@@ -10,7 +10,9 @@ One concept per module: settings (what varies), phases (marks, phases, the guest
 console), samples (one run), ours / baselines (who boots), runs (the alternating loop),
 stats (percentiles, bootstrap), results (JSON/CSV), report (tables), compare, plots
 (matplotlib, imported lazily), machine_info (what the result was measured on),
-guest_files (kernel, initrd, root disk, agent image).
+guest_files (kernel, initrd, root disk, agent image); density (`bench density`: many
+sandboxes at once, starts per second, memory per idle sandbox) with proc_memory and
+density_plot.
 """
 from .compare import compare
 from .report import render
