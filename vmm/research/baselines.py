@@ -27,7 +27,7 @@ from .spawned import run_process
 # Matches the qemu engine's choices where they change boot time for everyone: rtc=on
 # (without an RTC Linux 6.1 polls a second for one), no option ROMs, no ACPI.
 QEMU_MACHINE = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"
-QEMU_CMDLINE = "console=ttyS0 reboot=t panic=-1"
+QEMU_CMDLINE = "console=ttyS0 reboot=t panic=-1 no_timer_check"  # the qemu engine's prefix
 FC_CMDLINE = "console=ttyS0 reboot=k panic=1 pci=off"
 CH_CMDLINE = "console=ttyS0 reboot=k panic=1"
 
