@@ -73,8 +73,7 @@ def run(name: str, module: str, *args, secs: float | None = None, extra_timeout:
     secs = seconds() if secs is None else secs
     s = seed(name)
     n = rounds()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")] if p))
+    env = child_env()
     argv = [sys.executable, "-m", f"support.{module}", str(secs), str(n), str(s), *map(str, args)]
     # A replay by rounds takes as long as it takes; a time budget has a hard deadline.
     timeout = None if n else secs + extra_timeout
@@ -93,6 +92,12 @@ def run(name: str, module: str, *args, secs: float | None = None, extra_timeout:
                              + f"{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
     print(f"{name}: {r.stdout.strip().splitlines()[-1]} (replay: {replay})")
     return st
+
+
+def child_env() -> dict:
+    """A child imports `support.*` (tests/) and `vmm` (the checkout above it) first."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")] if p))
 
 
 def _crash_rounds(stderr: str) -> str:
