@@ -6,13 +6,31 @@ import sys
 
 import pytest
 
-from support import fuzz_run
+from support import fuzz_run, sanitized_core
+
+
+def _confinement() -> str | None:
+    """Why the native agent cannot be confined here (it runs as this user), or None."""
+    r = subprocess.run(["unshare", "-m", "-u", "-n", "-p", "-f", "--mount-proc", "true"],
+                       capture_output=True, text=True)
+    return None if r.returncode == 0 else f"cannot make namespaces to confine the agent: {r.stderr.strip()}"
 
 
 @pytest.mark.fuzz
 def test_agent_client_against_a_hostile_agent():
     st = fuzz_run.run("agent client fuzz", "fuzz_agent_client")
     assert int(st["rounds"]) >= 1 and int(st["agent_bytes"]) > 0
+
+
+@pytest.mark.fuzz
+def test_guest_agent_against_a_hostile_host(tmp_path):
+    """The agent's own C (frame reader, TLV parser, sessions, exec and fs requests) under
+    ASan/UBSan, natively on the host, confined to namespaces and a read-only root."""
+    why = sanitized_core.available() or _confinement()
+    if why:
+        pytest.skip(why)
+    st = fuzz_run.run("guest agent fuzz", "fuzz_agent_native", tmp_path)
+    assert int(st["rounds"]) >= 5 and int(st["frames_received"]) > 0
 
 
 FLOOD_MIB = 256
