@@ -3,7 +3,7 @@ built with AddressSanitizer + UBSan (tests/support/sanitized_core.py), so an out
 access or undefined behaviour that does not happen to crash still fails the run, with the
 sanitizer's report quoted.
 
-Budget: VMM_FUZZ_TIER_SECONDS per fuzzer (default 8: the tier takes about two minutes in
+Budget: VMM_FUZZ_TIER_SECONDS per fuzzer (default 12: the tier takes about two minutes in
 CI); a longer local run is e.g. `VMM_FUZZ_TIER_SECONDS=300 python3 -m pytest
 tests/test_fuzz_tier.py`, or `python3 -m support.sanitized_core fuzz 300` from tests/.
 """
@@ -16,7 +16,7 @@ import pytest
 
 from support import sanitized_core
 
-TIER_SECONDS = float(os.environ.get("VMM_FUZZ_TIER_SECONDS") or 8)
+TIER_SECONDS = float(os.environ.get("VMM_FUZZ_TIER_SECONDS") or 12)
 # Room for the slowest fuzzer's fixed costs under ASan (about 3x slower), per fuzz test.
 TIER_TIMEOUT = 600 + 40 * TIER_SECONDS
 
