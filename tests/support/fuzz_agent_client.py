@@ -18,7 +18,6 @@ import os
 import random
 import select
 import socket
-import struct
 import sys
 import threading
 import time
@@ -63,14 +62,14 @@ class FakeAgent:
             if tag in P.INT_TAGS and r.random() < 0.85:
                 out += P.tlv(tag, r.choice([0, 1, 2**63, 2**64 - 1, r.getrandbits(64)]))
             else:
-                val = r.choice([b"", b"x" * r.randrange(1, 64), os.urandom(r.randrange(1, 64)),
+                val = r.choice([b"", b"x" * r.randrange(1, 64), r.randbytes(r.randrange(1, 64)),
                                 "\udcff".encode("utf-8", "surrogateescape"), b"\xff\xfe"])
                 out += P.TLV_HEAD.pack(tag, len(val)) + val
         k = r.random()
         if k < 0.05:
             out += P.TLV_HEAD.pack(r.getrandbits(16), 1 << 30)          # claims more than is there
         elif k < 0.1:
-            out += os.urandom(r.randrange(1, 6))                          # a truncated header
+            out += r.randbytes(r.randrange(1, 6))                          # a truncated header
         elif k < 0.15 and out:
             out = out[:r.randrange(len(out))]
         return out
@@ -83,7 +82,7 @@ class FakeAgent:
         plausible = {
             T.EXEC: [(T.STARTED, P.encode([(G.PID, 42)])), (T.STDOUT, b"out"), (T.STDERR, b"err"),
                      (T.STDOUT, b""), (T.EXITED, P.encode([(G.CODE, r.randrange(256))]))],
-            T.FS_READ: [(T.DATA, os.urandom(r.randrange(1, 5000))), (T.DONE, b"")],
+            T.FS_READ: [(T.DATA, r.randbytes(r.randrange(1, 5000))), (T.DONE, b"")],
             T.FS_LIST: [(T.ENTRIES, self.fields()), (T.DONE, b"")],
             T.FS_STAT: [(T.STAT, self.fields())],
             T.FS_WRITE: [(T.CREDIT, P.encode([(G.BYTES, r.choice([1, 4096, P.WINDOW, 2**64 - 1])) ])),
@@ -104,7 +103,7 @@ class FakeAgent:
                 elif k == 3:
                     sid = r.choice(self.sessions + [0, r.getrandbits(32)])
                 else:
-                    payload = os.urandom(r.randrange(0, 300))
+                    payload = r.randbytes(r.randrange(0, 300))
             self.out(sid, t, payload, flags)
         if r.random() < 0.1:       # more after the final frame
             self.out(sid, r.choice(TYPES), self.fields())
@@ -112,7 +111,7 @@ class FakeAgent:
     def flood(self):
         """Frames the window does not cover, for live and forgotten sessions alike."""
         r = self.rnd
-        chunk = os.urandom(r.choice([1024, 64 * 1024, P.MAX_PAYLOAD]))
+        chunk = r.randbytes(r.choice([1024, 64 * 1024, P.MAX_PAYLOAD]))
         t = r.choice([T.STARTED, T.STAT, T.EXITED, T.CREDIT, 0x7777])
         sids = self.sessions[-4:] or [1]
         while self.sent < FLOOD_BYTES:
@@ -154,7 +153,7 @@ class FakeAgent:
                 if k < 0.02:
                     self.out(r.choice(self.sessions + [0, 7]), r.choice(TYPES), self.fields())
                 elif k < 0.025:
-                    self.sock.sendall(os.urandom(r.randrange(1, 100)))          # garbage
+                    self.sock.sendall(r.randbytes(r.randrange(1, 100)))          # garbage
                 elif k < 0.027:
                     self.out(1, T.STDOUT, b"", length=P.MAX_PAYLOAD + 1 + r.randrange(1 << 20))
                 elif k < 0.03:

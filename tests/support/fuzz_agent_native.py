@@ -5,8 +5,9 @@ process and fed random and mutated frames over many connections.
 Usage: python -m support.fuzz_agent_native SECONDS ROUNDS SEED DIR
 
 The agent runs as root here, so it is confined: new mount, UTS, network and PID namespaces
-(it is PID 2 there: no PID-1 duties), every mount remounted read-only except DIR (its cwd
-and socket), and the requests name only paths under DIR and harmless programs (true, cat).
+(it is PID 2 there: no PID-1 duties), every mount remounted read-only except DIR/work (its
+cwd) and DIR/run (its socket), and the requests name only paths under DIR/work and
+harmless programs (true, cat).
 What must hold: no sanitizer report and no crash, every frame the agent sends is well
 formed, and after the run a clean connection still gets an answer to PING.
 """
@@ -34,15 +35,16 @@ SRC = sanitized_core.ROOT / "guest" / "agent"
 # _GNU_SOURCE themselves, so the prelude does the same first.
 PRELUDE = "#define _GNU_SOURCE\n#include <sys/wait.h>\n"
 CFLAGS = ["-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", *sanitized_core.SANITIZE]
-# Confinement: everything read-only but DIR (bind-mounted onto itself first, so it stays
-# writable), refusing to start the agent if the root is still writable.
+# Confinement: everything read-only but DIR/work (the agent's cwd, where the requests' paths
+# point) and DIR/run (its socket, which no request names), each bind-mounted onto itself
+# first so it stays writable; the agent does not start if the root is still writable.
 CONFINE = r"""
-mount --bind "$1" "$1" || exit 90
+mount --bind "$1" "$1" && mount --bind "$2" "$2" || exit 90
 awk '{print $5}' /proc/self/mountinfo | sort -r | while read -r mp; do
-    [ "$mp" = "$1" ] || mount -o remount,bind,ro "$mp" 2>/dev/null
+    [ "$mp" = "$1" ] || [ "$mp" = "$2" ] || mount -o remount,bind,ro "$mp" 2>/dev/null
 done
 if touch /.fuzz-probe 2>/dev/null; then rm -f /.fuzz-probe; echo "root still writable" >&2; exit 91; fi
-cd "$1" && "$2" --unix "$1/agent.sock"
+cd "$1" && "$3" --unix "$2/agent.sock"
 """
 ARGV = [b"/bin/true", b"/bin/cat", b"cat", b"true", b"/nonexistent/x", b"", b"\xff"]
 REQUESTS = [T.EXEC, T.PING, T.CONFIG, T.FS_READ, T.FS_WRITE, T.FS_STAT, T.FS_LIST, T.FS_MKDIR,
@@ -97,10 +99,10 @@ class Fuzzer:
             return r.choice(ARGV)
         if tag == G.RLIMIT:
             return P.RLIMIT.pack(r.randrange(-2, 20) & 0xFFFFFFFF, r.getrandbits(64), r.getrandbits(64)) \
-                if r.random() < 0.8 else os.urandom(r.randrange(0, 30))
+                if r.random() < 0.8 else r.randbytes(r.randrange(0, 30))
         if tag == G.ENV:
             return r.choice([b"A=b", b"noequals", b"=", b"PATH=/bin:/usr/bin", b"X=" + b"y" * 1000])
-        return r.choice([b"", b"fuzz", b"root", b"0", b"65534", b"nobody", os.urandom(r.randrange(1, 20))])
+        return r.choice([b"", b"fuzz", b"root", b"0", b"65534", b"nobody", r.randbytes(r.randrange(1, 20))])
 
     def fields(self, type_):
         r = self.rnd
@@ -123,7 +125,7 @@ class Fuzzer:
         elif k < 0.1 and out:
             out = out[:r.randrange(len(out))]
         elif k < 0.13:
-            out += os.urandom(r.randrange(1, 6))
+            out += r.randbytes(r.randrange(1, 6))
         return out
 
     def frames(self):
@@ -140,14 +142,14 @@ class Fuzzer:
                 out.append(P.HEADER.pack(0, sid, type_, 0) + self.fields(type_))
             elif k < 0.85:
                 type_ = r.choice(IN_SESSION)
-                payload = os.urandom(r.choice([0, 1, 100, 65536])) if type_ in (T.STDIN, T.DATA) \
+                payload = r.randbytes(r.choice([0, 1, 100, 65536])) if type_ in (T.STDIN, T.DATA) \
                     else self.fields(type_)
                 out.append(P.HEADER.pack(0, r.choice(sids), type_, 0) + payload)
             elif k < 0.95:
                 out.append(P.HEADER.pack(0, r.choice(sids + [7]), r.getrandbits(16), r.getrandbits(16))
-                           + os.urandom(r.randrange(0, 64)))
+                           + r.randbytes(r.randrange(0, 64)))
             else:   # a header that lies about its length, then garbage
-                out.append(P.HEADER.pack(0, 1, T.PING, 0)[:r.randrange(1, 12)] + os.urandom(r.randrange(0, 64)))
+                out.append(P.HEADER.pack(0, 1, T.PING, 0)[:r.randrange(1, 12)] + r.randbytes(r.randrange(0, 64)))
                 break
         # Fix up lengths (the header's first field) unless this frame is the liar.
         fixed = []
@@ -197,14 +199,17 @@ def listening(path):
 
 def main(budget, seed, d):
     d = Path(d).resolve()
+    work, run = d / "work", d / "run"
+    work.mkdir()
+    run.mkdir()
     agent = build()
     log = open(d / "agent.log", "w+")
     proc = subprocess.Popen(["unshare", "-m", "-u", "-n", "-p", "-f", "--mount-proc", "sh", "-c", CONFINE,
-                             "sh", str(d), str(agent)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             "sh", str(work), str(run), str(agent)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                             env=dict(os.environ, ASAN_OPTIONS=sanitized_core.ASAN_OPTIONS,
                                      UBSAN_OPTIONS=sanitized_core.UBSAN_OPTIONS),
                             start_new_session=True)
-    sock_path = str(d / "agent.sock")
+    sock_path = str(run / "agent.sock")
     try:
         deadline = time.monotonic() + 20
         while not listening(sock_path):   # the file appears at bind(), before listen()
@@ -213,7 +218,7 @@ def main(budget, seed, d):
                 raise SystemExit(f"the sanitized agent did not start (rc {proc.poll()}):\n{log.read()[-3000:]}")
             time.sleep(0.02)
         rnd = random.Random(seed)
-        fz = Fuzzer(rnd, d)
+        fz = Fuzzer(rnd, work)
         bad, counter = [], [0]
         while budget.more():
             try:

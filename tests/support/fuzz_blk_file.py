@@ -23,6 +23,7 @@ S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
 T_IN, T_OUT, T_FLUSH, T_GET_ID = 0, 1, 4, 8
 SLOT = 80 * 1024   # one request's buffers
 SERIAL = "fuzz-serial-0123"
+DISK_ROUNDS = 1000   # then another disk size and queue size
 
 
 def split(total, rnd, pieces):
@@ -34,9 +35,18 @@ def split(total, rnd, pieces):
 
 def main(budget, seed, d):
     rnd = random.Random(seed)
-    sectors = rnd.choice([1, 8, 64, 129])
+    stats = {"ok": 0, "ioerr": 0, "unsupp": 0, "host_writes": 0, "disks": 0}
     path = os.path.join(d, "disk.img")
-    model = bytearray(os.urandom(sectors * 512))
+    while budget.left():
+        stats["disks"] += 1
+        one_disk(budget, rnd, path, stats)
+    print(f"rounds={budget.rounds} " + " ".join(f"{k}={v}" for k, v in stats.items()))
+
+
+def one_disk(budget, rnd, path, stats):
+    """A fresh disk and queue of random sizes, for up to DISK_ROUNDS rounds."""
+    sectors = rnd.choice([1, 8, 64, 129])
+    model = bytearray(rnd.randbytes(sectors * 512))
     with open(path, "wb") as f:
         f.write(model)
     dev = open_device(Disk(path, serial=SERIAL))
@@ -47,7 +57,6 @@ def main(budget, seed, d):
     slots = [mem.alloc(SLOT, 512) for _ in range(max(1, qsize // 3))]
     mark = mem.top
     fd = os.open(path, os.O_RDWR)
-    stats = {"ok": 0, "ioerr": 0, "unsupp": 0, "host_writes": 0}
 
     def request(slot):
         """Lays out one request in its slot; returns (bufs, check) where check(used_len)
@@ -56,7 +65,7 @@ def main(budget, seed, d):
         sector = rnd.choice([0, rnd.randrange(sectors), sectors - 1, sectors, sectors + 1, 2**64 - 1,
                              rnd.getrandbits(64)])
         n = rnd.choice([0, 512, 1024, 4096, 512 * rnd.randrange(1, 65), rnd.randrange(1, 9000)])
-        payload = os.urandom(n) if t == T_OUT else b""
+        payload = rnd.randbytes(n) if t == T_OUT else b""
         head = struct.pack("<IIQ", t, 0, sector) + payload
         wlen = (n if t == T_IN else 20 if t == T_GET_ID and rnd.random() < 0.7 else rnd.randrange(0, 30)) + 1
         mem.write(slot, head)
@@ -96,10 +105,12 @@ def main(budget, seed, d):
             stats[{S_OK: "ok", S_IOERR: "ioerr", S_UNSUPP: "unsupp"}[want]] += 1
         return bufs, check
 
-    while budget.more():
+    for _ in range(DISK_ROUNDS):
+        if not budget.more():
+            break
         if rnd.random() < 0.1:   # the host writes the file itself: the guest must see it
             off = rnd.randrange(len(model))
-            data = os.urandom(min(rnd.randrange(1, 4096), len(model) - off))
+            data = rnd.randbytes(min(rnd.randrange(1, 4096), len(model) - off))
             os.pwrite(fd, data, off)
             model[off:off + len(data)] = data
             stats["host_writes"] += 1
@@ -118,7 +129,6 @@ def main(budget, seed, d):
     os.close(fd)
     with open(path, "rb") as f:
         assert f.read() == bytes(model), "the disk file differs from the model"
-    print(f"rounds={budget.rounds} qsize={qsize} sectors={sectors} " + " ".join(f"{k}={v}" for k, v in stats.items()))
     dev.close()
 
 

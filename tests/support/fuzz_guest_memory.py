@@ -15,7 +15,6 @@ overwrites when can differ between runs (set VMM_FUZZ_MUTATOR=0 for an exact rep
 """
 import ctypes
 import mmap
-import os
 import random
 import struct
 import sys

@@ -11,7 +11,6 @@ arrives whole (header: num_buffers 1) if it fits, else the buffer comes back emp
 then the peer sends a length the device must refuse (the link goes down) or hangs up; the
 device must say so and a fresh one starts.
 """
-import os
 import random
 import socket
 import struct
@@ -87,7 +86,7 @@ class Link:
         for i, slot in enumerate(self.tx_slots[:k]):
             r = self.rnd
             n = r.choice([0, 1, 14, 60, 1514, 9000, r.randrange(1, 3000), MAX_FRAME, MAX_FRAME + 1])
-            frame = os.urandom(n)
+            frame = r.randbytes(n)
             self.mem.write(slot, bytes(HDR) + frame)
             bufs, at = [], slot
             for ln in pieces(HDR + n, r, 4):
@@ -120,7 +119,7 @@ class Link:
             head = self.rx.add(bufs, indirect=r.random() < 0.3 or len(bufs) + (k - i - 1) > len(self.rx.free))
             posted.append((head, slot, size))
         notify(self.dev, 0)
-        frames = [os.urandom(r.choice([1, 60, 1514, r.randrange(1, 9000), MAX_FRAME])) for _ in range(k)]
+        frames = [r.randbytes(r.choice([1, 60, 1514, r.randrange(1, 9000), MAX_FRAME])) for _ in range(k)]
         wire = b"".join(struct.pack(">I", len(f)) + f for f in frames)
         for ln in pieces(len(wire), r, 6):
             self.peer_sock.sendall(wire[:ln])

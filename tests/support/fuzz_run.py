@@ -54,6 +54,10 @@ class Budget:
             print(f"progress: rounds={self.rounds}", file=sys.stderr, flush=True)
         return True
 
+    def left(self) -> bool:
+        """Whether more() would say yes, without counting a round."""
+        return self.rounds < self.limit if self.limit else time.monotonic() < self.end
+
     def argv(self) -> list[str]:
         return [str(self.secs), str(self.limit)]
 

@@ -176,13 +176,13 @@ def main(budget, seed, d):
             c = rnd.choice(live)
             n = min(c.credit(), rnd.choice([1, 100, 4096, 65536]))
             if n:
-                data = os.urandom(n)
+                data = rnd.randbytes(n)
                 c.g2h_sent += data
                 send(c, OP_RW, data)
                 stats["bytes"] += n
         elif k < 0.7 and live:              # host sends what its socket takes
             c = rnd.choice(live)
-            data = os.urandom(rnd.choice([1, 100, 4096, 100000]))
+            data = rnd.randbytes(rnd.choice([1, 100, 4096, 100000]))
             try:
                 n = c.sock.send(data)
                 c.h2g_sent += data[:n]
@@ -209,7 +209,7 @@ def main(budget, seed, d):
         elif 0.78 <= k < 0.8:               # a stray packet for nobody
             g.send(rnd.choice([OP_RW, OP_RST, OP_SHUTDOWN, OP_CREDIT_UPDATE, OP_RESPONSE]),
                    rnd.randrange(50000, 60000), rnd.choice([7002, 1 << 30 | rnd.getrandbits(16)]),
-                   os.urandom(rnd.randrange(0, 100)))
+                   rnd.randbytes(rnd.randrange(0, 100)))
             stats["strays"] += 1
         handle(g.poll(0, want=0))
         host_io()

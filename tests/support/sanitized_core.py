@@ -187,6 +187,22 @@ def check(so: Path, argv: list[str], what: str, timeout: float, extra_env: dict 
     return text
 
 
+def fuzz_tests(pytest_args=()) -> list[str]:
+    """The ids of the @pytest.mark.fuzz tests (collected without the sanitizers: quicker)."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                        "-m", "fuzz", *pytest_args, str(TESTS)], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                           p for p in [str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")] if p)))
+    return [line for line in r.stdout.splitlines() if "::" in line]
+
+
+def per_fuzzer_seconds(total: float, n: int) -> float:
+    """Each fuzzer's budget so that n of them take about `total` seconds under the
+    sanitizers: measured, the child pytest's collection costs about 15 s and each test
+    about 2 s beyond its budget (start-up, its final checks)."""
+    return max(2.0, (total - 15.0 - 2.0 * n) / max(n, 1))
+
+
 def fuzz_tier(so: Path, seconds: float, timeout: float, pytest_args=(), echo: bool = False) -> str:
     """Every @pytest.mark.fuzz test in a child pytest under the sanitized core, each fuzzer
     with a budget of `seconds`. Its output, or AssertionError (see check())."""
