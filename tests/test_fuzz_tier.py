@@ -44,14 +44,25 @@ def test_sanitized_core_is_instrumented_and_is_what_the_tier_imports(sanitized):
     assert os.path.dirname(package) == os.path.join(sanitized_core.ROOT, "vmm")
 
 
-def test_a_sanitizer_report_fails_the_run_and_is_quoted(sanitized, tmp_path):
-    """The canary writes one byte past a heap buffer through virtio-blk (a lie told to the
-    test transport, not a product bug): the run must fail, quoting ASan's report."""
+CANARY_TEST = """
+from support import fuzz_run
+
+def test_canary(tmp_path):
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(64 * 512))
+    fuzz_run.run("canary", "fuzz_canary", disk)
+"""
+
+
+def test_a_sanitizer_report_fails_the_run_and_is_quoted(sanitized, tmp_path):
+    """The canary writes one byte past a heap buffer through virtio-blk (a lie told to the
+    test transport, not a product bug), run the way the tier runs a fuzzer (a child pytest,
+    a fuzzer process under it): the run must fail, quoting ASan's report."""
+    test = tmp_path / "test_canary.py"
+    test.write_text(CANARY_TEST)
     with pytest.raises(AssertionError) as failed:
-        sanitized_core.check(sanitized, [sys.executable, "-m", "support.fuzz_canary", str(disk)],
-                             "canary", timeout=120)
+        sanitized_core.check(sanitized, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                         str(test)], "canary", timeout=120)
     message = str(failed.value)
     assert "AddressSanitizer: heap-buffer-overflow" in message, message
     assert "blk_handle" in message and "vmm_vdev_test_notify" in message, message   # the stack

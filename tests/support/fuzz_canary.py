@@ -4,7 +4,8 @@ that guest memory is one page larger than the buffer behind it, and virtio-blk i
 write a request's status byte just past the buffer's end, which the sanitized core must
 report as a heap-buffer-overflow.
 
-Usage (under support.sanitized_core.env()): python -m support.fuzz_canary DISK"""
+Usage (under support.sanitized_core.env()): python -m support.fuzz_canary SECONDS ROUNDS SEED DISK
+(the fuzzers' arguments, so that support.fuzz_run runs it like one; only DISK is used)."""
 import struct
 import sys
 
@@ -44,4 +45,4 @@ def main(disk):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[4]))

@@ -46,9 +46,9 @@ ASAN_OPTIONS = "detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_may_re
 UBSAN_OPTIONS = "print_stacktrace=1:halt_on_error=1:abort_on_error=1"
 CORE_ENV = "VMM_SANITIZED_CORE"   # read by sanitized_site/sitecustomize.py
 
-# The first line of every ASan/UBSan report, and UBSan's "runtime error" lines.
-_REPORT = re.compile(r"^(=+\d+=+ ?ERROR: (Address|Undefined)Sanitizer.*|.*: runtime error: .*)$",
-                     re.M)
+# The first line of an ASan/UBSan report, or UBSan's "runtime error" line, wherever it is
+# quoted (a child pytest prefixes its grandchild's output with "E   ").
+_REPORT = re.compile(r"^.*(==\d+==ERROR: (Address|Undefined)Sanitizer|: runtime error: ).*$", re.M)
 
 
 class BuildError(RuntimeError):
