@@ -28,7 +28,7 @@ from vmm.agent import protocol as P
 from vmm.agent.errors import AgentError
 from vmm.agent.protocol import G, T
 
-GRACE = 5.0 + 3.0          # the client's KILL_GRACE_S after an exec timeout, plus slack
+GRACE = 5.0 + 5.0          # the client's KILL_GRACE_S after an exec timeout, plus slack for a loaded CI
 FLOOD_BYTES = 48 << 20     # what one flood sends: far more than any sane buffer
 MEMORY_LIMIT = 256 << 20   # RSS growth allowed over the whole run
 TYPES = [v for k, v in vars(T).items() if not k.startswith("_")]

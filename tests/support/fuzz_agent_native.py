@@ -9,7 +9,8 @@ The agent runs as root here, so it is confined: new mount, UTS, network and PID 
 cwd) and DIR/run (its socket), and the requests name only paths under DIR/work and
 harmless programs (true, cat).
 What must hold: no sanitizer report and no crash, every frame the agent sends is well
-formed, and after the run a clean connection still gets an answer to PING.
+formed, and after the run a clean connection still gets an answer to PING, and SHUTDOWN
+(which no random frame may be: it ends the agent) a DONE and a clean exit.
 """
 from __future__ import annotations
 
@@ -146,7 +147,9 @@ class Fuzzer:
                     else self.fields(type_)
                 out.append(P.HEADER.pack(0, r.choice(sids), type_, 0) + payload)
             elif k < 0.95:
-                out.append(P.HEADER.pack(0, r.choice(sids + [7]), r.getrandbits(16), r.getrandbits(16))
+                type_ = r.getrandbits(16)
+                type_ = 0x7777 if type_ == T.SHUTDOWN else type_   # that one ends the agent: last
+                out.append(P.HEADER.pack(0, r.choice(sids + [7]), type_, r.getrandbits(16))
                            + r.randbytes(r.randrange(0, 64)))
             else:   # a header that lies about its length, then garbage
                 out.append(P.HEADER.pack(0, 1, T.PING, 0)[:r.randrange(1, 12)] + r.randbytes(r.randrange(0, 64)))
@@ -254,7 +257,15 @@ def main(budget, seed, d):
             more = s.recv(65536)
             assert more, "the agent closed a clean connection instead of answering PING"
             got += more
+        # SHUTDOWN: DONE, then the agent ends everything and exits 0.
+        s.sendall(P.frame(0x5eee, T.SHUTDOWN))
+        got, done = b"", P.HEADER.pack(0, 0x5eee, T.DONE, 0)[4:10]
+        while done not in got:
+            more = s.recv(65536)
+            assert more, "the agent closed the connection instead of answering SHUTDOWN"
+            got += more
         s.close()
+        assert proc.wait(20) == 0, f"the agent exited with {proc.returncode} after SHUTDOWN"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -93,7 +93,7 @@ def run(name: str, module: str, *args, secs: float | None = None, extra_timeout:
         found = sanitized_core.report(r.stderr)
         raise AssertionError(f"{name}: seed {s} failed (rc {r.returncode}; replay: {replay})\n"
                              + (f"sanitizer report:\n{found}\n" if found else "")
-                             + f"{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+                             + f"{r.stdout[-2000:]}\n{_without_progress(r.stderr)[-4000:]}")
     print(f"{name}: {r.stdout.strip().splitlines()[-1]} (replay: {replay})")
     return st
 
@@ -108,6 +108,10 @@ def _crash_rounds(stderr: str) -> str:
     """Rounds enough to reach a crash: the last progress line plus one interval."""
     done = [int(line.split("=")[1]) for line in stderr.splitlines() if line.startswith("progress: rounds=")]
     return f"{(done[-1] if done else 0) + PROGRESS} (at most)"
+
+
+def _without_progress(stderr: str) -> str:
+    return "\n".join(line for line in stderr.splitlines() if not line.startswith("progress: "))
 
 
 def _text(b) -> str:
