@@ -11,10 +11,13 @@ host hangs up, the guest has everything the host sent before; when the guest shu
 the host has everything before its EOF; at the end, after a quiet period, both directions
 are complete.
 """
+import fcntl
 import os
 import random
 import socket
+import struct
 import sys
+import termios
 import time
 
 from support.fuzz_run import Budget
@@ -27,6 +30,7 @@ CID = 11
 G_BUF = 256 * 1024          # the guest's receive buffer, granted to the device
 LISTEN_PORTS = (7000, 7001)
 MAX_CONNS = 12
+HELLO = struct.Struct("<Q")   # a guest-initiated connection's first bytes: its guest port
 
 
 class Conn:
@@ -50,6 +54,15 @@ class Conn:
                 f"h->g {len(self.h2g_recv)}/{len(self.h2g_sent)})")
 
 
+def describe(c):
+    """c, with how much the host wrote that the device has not read yet (its socket's
+    send queue): stuck there, the device stopped reading; else it holds the bytes itself."""
+    queued = "closed"
+    if c.sock is not None and c.sock.fileno() >= 0:
+        queued = struct.unpack("i", fcntl.ioctl(c.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    return f"{c} [host bytes not yet read by the device: {queued}]"
+
+
 def main(budget, seed, d):
     rnd = random.Random(seed)
     path = os.path.join(d, "v.sock")
@@ -59,10 +72,11 @@ def main(budget, seed, d):
     for port in LISTEN_PORTS:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.bind(f"{path}_{port}")
-        s.listen(16)
+        s.listen(64)
         s.setblocking(False)
         listeners[port] = s
     conns = {}              # (gport, hport) -> Conn
+    unclaimed = []          # (listener port, accepted socket) not yet matched to a Conn
     waiting = {}            # host-initiated: guest port -> Conn without its host port yet
     next_port = [10000]
     stats = {"opened": 0, "guest_closes": 0, "host_closes": 0, "resets": 0, "bytes": 0, "strays": 0}
@@ -109,8 +123,11 @@ def main(budget, seed, d):
             if c is None:
                 continue    # resets for strays and for connections already forgotten
             c.peer_buf, c.peer_fwd = p.buf_alloc, p.fwd_cnt
-            if p.op == OP_RESPONSE:
+            if p.op == OP_RESPONSE and not c.open_:
                 c.open_ = True
+                hello = HELLO.pack(c.gport)
+                c.g2h_sent += hello
+                send(c, OP_RW, hello)
             elif p.op == OP_RW:
                 c.h2g_recv += p.payload
                 c.check_prefixes()
@@ -122,24 +139,42 @@ def main(budget, seed, d):
                 if p.op == OP_RST:
                     stats["resets"] += 1
                     forget(c)
+                elif c.host_closed and not c.guest_shut:   # the guest closes its end too
+                    send(c, OP_RST)
+                    forget(c)
         if pkts:   # the guest consumed what came: tell the device, so the host may send more
             for c in list(conns.values()):
                 if c.open_ and not c.guest_shut:
                     send(c, OP_CREDIT_UPDATE)
 
     def host_io():
+        # Accepted sockets wait in `unclaimed` until their first 8 bytes, the hello the guest
+        # sent after RESPONSE, say which connection they are: the device may dial in a
+        # different order than the guest asked (a full backlog is retried later).
         for port, lst in listeners.items():
-            try:
-                s, _ = lst.accept()
+            while True:
+                try:
+                    s, _ = lst.accept()
+                except BlockingIOError:
+                    break
                 s.setblocking(False)
-                for c in conns.values():    # the accept belongs to the oldest unaccepted conn
-                    if c.origin == "guest" and c.hport == port and c.sock is None:
-                        c.sock = s
-                        break
-                else:
-                    s.close()
+                unclaimed.append((port, s))
+        for port, s in list(unclaimed):
+            try:
+                hello = s.recv(HELLO.size, socket.MSG_PEEK)
             except BlockingIOError:
-                pass
+                continue
+            except ConnectionResetError:
+                hello = b""
+            if 0 < len(hello) < HELLO.size:
+                continue
+            unclaimed.remove((port, s))
+            c = conns.get((HELLO.unpack(hello)[0], port)) if hello else None
+            if c is None:
+                s.close()   # a connection the guest or the device already ended
+            else:
+                assert c.sock is None, f"{c}: accepted twice"
+                c.sock = s
         for c in list(conns.values()):
             if c.sock is None or c.sock.fileno() < 0:
                 continue
@@ -223,10 +258,13 @@ def main(budget, seed, d):
     while incomplete() and time.monotonic() < deadline:
         handle(g.poll(0.01, want=1))
         host_io()
-    assert not incomplete(), "; ".join(map(str, incomplete()))
+    assert not incomplete(), (f"after round {budget.rounds}: " + "; ".join(map(describe, incomplete()))
+                              + f"; device counters {dev.counters()}")
     for c in list(conns.values()) + list(waiting.values()):
         if c.sock is not None:
             c.sock.close()
+    for _, s in unclaimed:
+        s.close()
     for s in listeners.values():
         s.close()
     print(f"rounds={budget.rounds} " + " ".join(f"{k}={v}" for k, v in stats.items()))
