@@ -40,7 +40,8 @@ class Conn:
         self.h2g_sent, self.h2g_recv = bytearray(), bytearray()
         self.peer_buf, self.peer_fwd = 0, 0
         self.open_ = False          # the device said RESPONSE / the guest answered REQUEST
-        self.host_closed = self.guest_shut = False
+        self.guest_shut = False
+        self.host_closed = None     # "half" (shutdown SHUT_WR) or "full" (close)
 
     def credit(self):
         return max(0, self.peer_buf - (len(self.g2h_sent) - self.peer_fwd))
@@ -134,8 +135,10 @@ def main(budget, seed, d):
             elif p.op == OP_CREDIT_REQUEST:
                 send(c, OP_CREDIT_UPDATE)
             elif p.op in (OP_SHUTDOWN, OP_RST):
-                if c.host_closed:   # everything the host wrote before closing is here
-                    assert c.h2g_recv == c.h2g_sent, f"{c}: host data lost at its close"
+                if c.host_closed == "half":   # everything the host wrote before it is here
+                    assert c.h2g_recv == c.h2g_sent, f"{c}: host data lost at its half-close"
+                # (A full close is a reset when data is still on the way, as with TCP: what
+                # the host wrote may be lost, but the guest must hear that the connection ended.)
                 if p.op == OP_RST:
                     stats["resets"] += 1
                     forget(c)
@@ -235,8 +238,8 @@ def main(budget, seed, d):
             stats["guest_closes"] += 1
         elif k < 0.78 and live:             # the host hangs up: half or whole
             c = rnd.choice(live)
-            c.host_closed = True
-            if rnd.random() < 0.5:
+            c.host_closed = rnd.choice(["half", "full"])
+            if c.host_closed == "half":
                 c.sock.shutdown(socket.SHUT_WR)
             else:
                 c.sock.close()
@@ -251,15 +254,17 @@ def main(budget, seed, d):
     # Quiet period: everything still open must be complete both ways.
     deadline = time.monotonic() + 15
     def incomplete():
-        """Connections with data still on the way (a guest shutdown is checked at its reset;
-        guest data to a host that closed its socket has nowhere to go)."""
+        """Connections with data still on the way, or a host close the guest was not told
+        of (a guest shutdown is checked at its reset; guest data to a host that closed its
+        socket has nowhere to go)."""
         return [c for c in conns.values() if c.open_ and c.sock is not None and not c.guest_shut and
-                (c.h2g_recv != c.h2g_sent or c.sock.fileno() >= 0 and c.g2h_recv != c.g2h_sent)]
+                (c.host_closed == "full" or c.h2g_recv != c.h2g_sent
+                 or c.sock.fileno() >= 0 and c.g2h_recv != c.g2h_sent)]
     while incomplete() and time.monotonic() < deadline:
         handle(g.poll(0.01, want=1))
         host_io()
     assert not incomplete(), (f"after round {budget.rounds}: " + "; ".join(map(describe, incomplete()))
-                              + f"; device counters {dev.counters()}")
+                              + f"; device counters {dev.counters()}, broken: {dev.broken()}")
     for c in list(conns.values()) + list(waiting.values()):
         if c.sock is not None:
             c.sock.close()
