@@ -264,7 +264,7 @@ def main(budget, seed, d):
         handle(g.poll(0.01, want=1))
         host_io()
     assert not incomplete(), (f"after round {budget.rounds}: " + "; ".join(map(describe, incomplete()))
-                              + f"; device counters {dev.counters()}, broken: {dev.broken()}")
+                              + f"; device counters {dev.counters()}, broken: {dev.broken}")
     for c in list(conns.values()) + list(waiting.values()):
         if c.sock is not None:
             c.sock.close()
