@@ -214,8 +214,10 @@ void vmm_vdev_reset(struct vmm_vdev *dev);
  * Test transport (csrc/virtio/test_transport.c): guest memory is the caller's buffer mem
  * (size bytes at guest address gpa); features are what the "driver" accepts; notify runs
  * the device in the caller's thread; interrupts are counted per queue. Attaching again to
- * a device it already holds starts over with the new memory. */
+ * a device it already holds starts over with the new memory. test_add_memory adds one
+ * more region (up to 8 in all) to the attached memory, for layouts with holes. */
 int vmm_vdev_test_attach(struct vmm_vdev *dev, uint8_t *mem, uint64_t gpa, uint64_t size, uint64_t features, char *err, size_t errlen);
+int vmm_vdev_test_add_memory(struct vmm_vdev *dev, uint8_t *mem, uint64_t gpa, uint64_t size, char *err, size_t errlen);
 int vmm_vdev_test_queue(struct vmm_vdev *dev, int qi, uint32_t size, uint64_t desc, uint64_t avail, uint64_t used, char *err, size_t errlen);
 int vmm_vdev_test_notify(struct vmm_vdev *dev, int qi);
 uint64_t vmm_vdev_test_irqs(struct vmm_vdev *dev, int qi);

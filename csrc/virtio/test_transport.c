@@ -2,7 +2,8 @@
  * by the caller (Python tests and fuzzers), with no VM and no front-end process.
  *
  * It is a transport like virtio-mmio and vhost-user, bound through vdev_bind(): guest
- * memory is one caller-owned buffer, the "driver" is the caller (features, queue
+ * memory is one caller-owned buffer (more regions can be added, so that fuzzers can put
+ * unmapped guard pages between them), the "driver" is the caller (features, queue
  * addresses), notifies run the device on the caller's thread and interrupts are only
  * counted, per queue. Attaching again to a device this transport already holds starts
  * over with the new memory (fuzzers do that between rounds); a device bound to another
@@ -96,6 +97,24 @@ int vmm_vdev_test_attach(struct vmm_vdev *dev, uint8_t *mem, uint64_t gpa, uint6
     d->acked = features & d->features;
     pthread_mutex_unlock(&d->lock);
     return 0;
+}
+
+int vmm_vdev_test_add_memory(struct vmm_vdev *dev, uint8_t *mem, uint64_t gpa, uint64_t size,
+                             char *err, size_t errlen)
+{
+    struct vdev *d = DEV(dev);
+    int rc = -1;
+    pthread_mutex_lock(&d->lock);  /* the device reads the regions under its lock */
+    if (!d->transport || d->irq != test_irq)
+        snprintf(err, errlen, "device has no test memory attached");
+    else if (guest_mem_add(&((struct test_transport *)d->irq_opaque)->mem, gpa, size, mem) < 0)
+        snprintf(err, errlen, "bad test memory region gpa=0x%llx size=0x%llx (overlap, wrap or "
+                 "more than %d regions)", (unsigned long long)gpa, (unsigned long long)size,
+                 GUEST_MEM_MAX_REGIONS);
+    else
+        rc = 0;
+    pthread_mutex_unlock(&d->lock);
+    return rc;
 }
 
 int vmm_vdev_test_queue(struct vmm_vdev *dev, int qi, uint32_t size, uint64_t desc, uint64_t avail,
