@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from ..errors import ConfigError
+from .machine_info import machine_info
 from .proc_memory import ProcMemory, children, comm, read_memory
 
 MODES = ("sequential", "concurrent")
@@ -338,22 +339,11 @@ def run_density(cfg: DensityConfig, progress: Callable[[str], None] = lambda s: 
 
 
 def host_facts() -> Dict:
-    facts = {"cores": cores(), "cpu_model": _cpu_model(), "kernel": platform.release(),
-             "python": platform.python_version()}
-    from ..engines import qemu_binary
-    facts["qemu"] = qemu_binary()
+    """The machine record every lab result carries (machine_info), plus the cores a
+    per-core rate divides by and the Python that ran it."""
+    facts = machine_info()
+    facts.update(cores=cores(), python=platform.python_version())
     return facts
-
-
-def _cpu_model() -> Optional[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 # --- output ------------------------------------------------------------------------------
