@@ -190,7 +190,10 @@ def test_the_same_status_as_python_m_vmm_boot(launcher, guests):
 def test_a_crashing_guest_exits_1_with_the_error(launcher, guests):
     r = run(launcher, "--kernel", guests["triple"], "--mem", "16", "--timeline")
     assert r.returncode == 1, r
-    assert r.stderr.startswith("exit: error: triple fault (KVM_EXIT_SHUTDOWN) on vCPU 0: rip=")
+    # The registers where KVM still has them; on AMD SVM (the nested tier's L1) KVM resets
+    # the vCPU first and the message says so (as test_kvm_engine's triple-fault test).
+    assert re.match(r"exit: error: triple fault \(KVM_EXIT_SHUTDOWN\) on vCPU 0: "
+                    r"(rip=|registers unavailable)", r.stderr), r.stderr
     phases, stats = parse_timeline(r.stdout)
     assert "boot_timer" not in phases and "exit" in phases  # not reached: absent, not zero
     assert stats["shutdown"] == 1
