@@ -44,10 +44,16 @@ class Budget:
 
     def __init__(self, secs: float, rounds: int = 0):
         self.secs, self.limit, self.rounds = secs, rounds, 0
-        self.end = time.monotonic() + secs
+        self.end = None  # the clock starts at the first round: set-up (a build, a child
+        #                  starting on a loaded machine) must not eat the fuzzing time
+
+    def _ended(self) -> bool:
+        if self.end is None:
+            self.end = time.monotonic() + self.secs
+        return time.monotonic() >= self.end
 
     def more(self) -> bool:
-        if self.limit and self.rounds >= self.limit or not self.limit and time.monotonic() >= self.end:
+        if self.limit and self.rounds >= self.limit or not self.limit and self._ended():
             return False
         self.rounds += 1
         if self.rounds % PROGRESS == 0:   # a crash prints no statistics: this bounds the replay
@@ -56,7 +62,7 @@ class Budget:
 
     def left(self) -> bool:
         """Whether more() would say yes, without counting a round."""
-        return self.rounds < self.limit if self.limit else time.monotonic() < self.end
+        return self.rounds < self.limit if self.limit else not self._ended()
 
     def argv(self) -> list[str]:
         return [str(self.secs), str(self.limit)]
