@@ -108,3 +108,24 @@ def test_a_fresh_process_run_reports_its_own_marks(acted_boot, tmp_path):
     assert 5 < s["phases_ms"]["machine_created"] < s["phases_ms"]["total"]
     assert s["exits"]["to_boot_timer"]["io"] == EARLY_EXITS + 1, s["exits"]
     assert s["exits"]["after_boot_timer"]["io"] == READY_BYTES + EXTRA_EXITS + 1, s["exits"]
+
+
+@needs_kvm
+def test_a_launcher_run_reports_its_own_marks_and_the_exact_split(acted_boot):
+    """process=launcher: the compiled vmm-boot --timeline per run, timed from its spawn,
+    its marks and exit split parsed from its timeline."""
+    from vmm.research import launcher
+    cfg = BootConfig(engine="kvm", kernel=acted_boot, memory=16, process="launcher")
+    s = launcher.boot_launcher(cfg, initrd=None, cmdline="", initcalls=0, timeout=60)
+    assert s["ok"], s
+    assert s["system"] == "vmm-kvm-launcher" and s["status"] == "exit 0"
+    assert list(s["marks_ms"]) == ["request", "machine_created", "vm_created", "kernel_loaded",
+                                   "first_vcpu_entry", "boot_timer", "ready_line"], s["marks_ms"]
+    times = list(s["marks_ms"].values())
+    assert times == sorted(times), s["marks_ms"]
+    assert s["guest_ms"] == {"guest_kernel_to_init": 1.5}
+    before, after = s["exits"]["to_boot_timer"], s["exits"]["after_boot_timer"]
+    assert (before["io"], before["unclaimed_io"]) == (EARLY_EXITS + 1, EARLY_EXITS), s["exits"]
+    assert (after["io"], after["unclaimed_io"]) == (READY_BYTES + EXTRA_EXITS + 1, EXTRA_EXITS)
+    print("launcher, spawn to boot_timer: %.2f ms (exec to main %.2f ms)"
+          % (s["marks_ms"]["boot_timer"], s["marks_ms"]["machine_created"]))

@@ -107,6 +107,11 @@ def _read_struct(vm, ctype, getter):
     return _fields(out, ctype)
 
 
+def exit_reasons() -> tuple:
+    """The reasons exits are counted by, in the core's order (struct vmm_exit_stats)."""
+    return tuple(name for name, _ in ffi.typeof("struct vmm_exit_stats").fields)
+
+
 def max_vcpus() -> int:
     """The most vCPUs a VM can have here: the C core's table, or less if KVM says so."""
     core_max = core_limits().max_cpus   # the C core's fixed vCPU table

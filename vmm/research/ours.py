@@ -21,7 +21,7 @@ from ..machine import Machine
 from . import guest_files
 from .phases import INITCALL_CMDLINE, ReadyLineWatch, guest_phases, host_phases, \
     ready_boottime_ns
-from .samples import new_sample, keep_initcalls
+from .samples import keep_initcalls, new_sample, split_exits
 from .spawned import run_process
 
 HOST_MARKS = ("vm_created", "kernel_loaded", "first_vcpu_entry", "boot_timer")
@@ -56,20 +56,13 @@ def boot_test_init(cfg, engine: str, *, initrd: str, root_disk: Optional[str], c
     _fill(sample, marks, status, console.decode("utf-8", "replace"), initcalls,
           guest_phases(init_boottime_ns=ready_boottime_ns(console)))
     if exits:
-        sample["exits"] = _split_exits(exits, exits_at_init)
+        sample["exits"] = split_exits(exits, exits_at_init)
     if watch.seen_ns is None:
         sample["ok"] = False
         sample["error"] = sample["error"] or (
             f"no READY line from the test init within {timeout:g} s" if timed_out
             else f"no READY line from the test init ({sample['status']})")
     return sample
-
-
-def _split_exits(total: dict, at_init: dict) -> dict:
-    if not at_init:  # the guest never wrote the boot timer
-        return {"whole_run": total}
-    return {"to_boot_timer": at_init,
-            "after_boot_timer": {k: total[k] - at_init.get(k, 0) for k in total}}
 
 
 def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
@@ -101,7 +94,7 @@ def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
     if r.exit_code != 0:
         sample["ok"], sample["error"] = False, f"`true` exited {r.exit_code} in the guest"
     if exits:  # up to the first exec (the sandbox still runs; its stop is not counted)
-        sample["exits"] = _split_exits(exits, exits_at_init)
+        sample["exits"] = split_exits(exits, exits_at_init)
     return sample
 
 
@@ -130,7 +123,7 @@ def boot_fresh_process(cfg, engine: str, *, initrd: Optional[str], cmdline: str,
             "--timeline-out", timeline_file]
     reported: dict = {}
 
-    def inner_marks() -> dict:
+    def inner_marks(_stdout_tail: bytes) -> dict:  # it reports through timeline_file
         try:
             with open(timeline_file) as f:
                 reported.update(json.load(f))
@@ -147,6 +140,6 @@ def boot_fresh_process(cfg, engine: str, *, initrd: Optional[str], cmdline: str,
     if reported.get("engine"):
         sample["system"] = f"vmm-{reported['engine']}-fresh"
     if reported.get("exit_stats"):
-        sample["exits"] = _split_exits(reported["exit_stats"],
+        sample["exits"] = split_exits(reported["exit_stats"],
                                        reported.get("exit_stats_at_boot_timer") or {})
     return sample
