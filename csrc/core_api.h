@@ -121,6 +121,9 @@ int vmm_vm_pause(struct vmm_vm *vm, int paused, char *err, size_t errlen);
 void vmm_vm_exit_info(struct vmm_vm *vm, struct vmm_exit_info *out);
 void vmm_vm_stats(struct vmm_vm *vm, struct vmm_exit_stats *out);
 void vmm_vm_timeline(struct vmm_vm *vm, struct vmm_timeline *out);
+/* The exit counts as they stood when the guest first wrote the boot timer (timeline
+ * boot_timer), that write's own exit included: 0, or -1 (out zeroed) if it has not. */
+int vmm_vm_stats_at_boot_timer(struct vmm_vm *vm, struct vmm_exit_stats *out);
 /* -1 if no kernel is loaded yet. */
 int vmm_vm_boot_info(struct vmm_vm *vm, struct vmm_boot_info *out);
 /* The e820 map the VMM gave the guest; returns the number of entries (<= max). */

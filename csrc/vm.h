@@ -76,6 +76,10 @@ struct vmm_vm {
 
     uint64_t stats[ST_COUNT];   /* updated with __atomic builtins */
     int64_t t_vm_created, t_kernel_loaded, t_first_vcpu_entry, t_boot_timer, t_exit;
+    /* stats as they stood at the first boot-timer write (boot_timer.c): copied once by the
+     * vCPU thread that wrote it, then ready is set (release), so a reader that sees ready
+     * sees the whole copy. */
+    struct { int ready; uint64_t v[ST_COUNT]; } stats_at_boot_timer;
 };
 
 static inline void stat_inc(struct vmm_vm *vm, enum exit_stat s)

@@ -32,7 +32,7 @@ from test_research_cli import ROOT, assert_bad_input, vmm_cli
     (["bench", "boot", "--init", "agent", "--root", "disk"], ["root=disk needs init=test"]),
     (["bench", "boot", "--timeout", "0"], ["timeout must be positive"]),
     (["bench", "boot", "--process", "fresh", "--root", "disk"], ["process=fresh runs"]),
-    (["bench", "boot", "--process", "spawn"], ["--process: 'spawn' is not one of in, fresh"]),
+    (["bench", "boot", "--process", "spawn"], ["--process: 'spawn' is not one of in, fresh, launcher"]),
     (["bench", "compare", "/no/a.json", "/no/b.json"], ["result file not found: /no/a.json"]),
     (["bench", "compare", "only-one.json"], ["the following arguments are required: B.json"]),
 ])

@@ -210,7 +210,7 @@ def test_report_tables_and_ratios():
     ({"init": ["agent"], "hugepages": [True]}, "hugepages needs init=test"),
     ({"baselines": ["vmware"]}, "unknown baseline 'vmware'"),
     ({"timeout": 0}, "timeout must be positive"),
-    ({"process": ["fork"]}, "process 'fork' is not one of in, fresh"),
+    ({"process": ["fork"]}, "process 'fork' is not one of in, fresh, launcher"),
     ({"process": ["fresh"], "root": ["disk"]}, "process=fresh runs `python -m vmm boot`"),
     ({"process": ["in", "fresh"], "init": ["agent"]}, "process=fresh runs"),
 ])
@@ -280,7 +280,7 @@ def test_a_baseline_that_never_prints_ready_fails_with_its_reason():
     before = time.monotonic_ns()
     s = spawned.run_process("fake", ["sh", "-c", "sleep 0.05; echo 'READY boottime_ns=1 cpus=1'"],
                             initcalls=0, timeout=10,
-                            more_marks=lambda: {"machine_created": before + 20_000_000})
+                            more_marks=lambda _tail: {"machine_created": before + 20_000_000})
     assert list(s["marks_ms"]) == ["request", "machine_created", "ready_line"]
     assert 0 < s["marks_ms"]["machine_created"] <= 20 < s["marks_ms"]["ready_line"]
     assert s["phases_ms"]["machine_created"] + s["phases_ms"]["ready_line"] == \

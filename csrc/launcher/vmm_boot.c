@@ -13,7 +13,8 @@
  * then gets the phases (the same names as vmm/timeline.py) as a table whose every row is
  * four whitespace-separated fields: phase, ms since process_start, delta ms ("-" on the
  * first row), CLOCK_MONOTONIC ns (system-wide, so a parent can set it against its spawn),
- * followed by the exit counts by reason.
+ * followed by the exit counts by reason and, if the guest wrote the boot timer, the
+ * counts as they stood at that write ("exits to boot_timer": the core's exact split).
  *
  * Exit status: 0 the guest shut down (reset or power-off), 1 it did not (a KVM error, a
  * triple fault, the timeout) or the VM could not be made, 2 bad arguments or input files
@@ -222,6 +223,21 @@ struct phase {
     int64_t ns;
 };
 
+/* A header, then one "reason count" row per nonzero count. */
+static void print_counts(const char *header, const struct vmm_exit_stats *s)
+{
+    const struct { const char *name; uint64_t n; } counts[] = {
+        { "io", s->io }, { "mmio", s->mmio }, { "hlt", s->hlt }, { "shutdown", s->shutdown },
+        { "internal_error", s->internal_error }, { "fail_entry", s->fail_entry },
+        { "system_event", s->system_event }, { "intr", s->intr }, { "other", s->other },
+        { "unclaimed_io", s->unclaimed_io }, { "unclaimed_mmio", s->unclaimed_mmio },
+    };
+    printf("\n%s\n", header);
+    for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++)
+        if (counts[i].n)
+            printf("%-20s %8llu\n", counts[i].name, (unsigned long long)counts[i].n);
+}
+
 static void print_timeline(int64_t process_start, int64_t main_entered, struct vmm_vm *vm)
 {
     struct vmm_timeline t;
@@ -249,16 +265,9 @@ static void print_timeline(int64_t process_start, int64_t main_entered, struct v
     }
     struct vmm_exit_stats s;
     vmm_vm_stats(vm, &s);
-    const struct { const char *name; uint64_t n; } counts[] = {
-        { "io", s.io }, { "mmio", s.mmio }, { "hlt", s.hlt }, { "shutdown", s.shutdown },
-        { "internal_error", s.internal_error }, { "fail_entry", s.fail_entry },
-        { "system_event", s.system_event }, { "intr", s.intr }, { "other", s.other },
-        { "unclaimed_io", s.unclaimed_io }, { "unclaimed_mmio", s.unclaimed_mmio },
-    };
-    printf("\nexit reason           count\n");
-    for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++)
-        if (counts[i].n)
-            printf("%-20s %8llu\n", counts[i].name, (unsigned long long)counts[i].n);
+    print_counts("exit reason           count", &s);
+    if (vmm_vm_stats_at_boot_timer(vm, &s) == 0)
+        print_counts("exits to boot_timer   count", &s);
     fflush(stdout);
 }
 

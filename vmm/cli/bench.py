@@ -61,9 +61,12 @@ def add_parsers(sub) -> None:
                       default=["initramfs"], help="initramfs or disk (the test init on ext4)")
     boot.add_argument("--init", type=_list(str, "--init", ("test", "agent")), default=["test"],
                       help="test (the test init's READY line) or agent (a Sandbox to first exec)")
-    boot.add_argument("--process", type=_list(str, "--process", ("in", "fresh")), default=["in"],
-                      help="in (Machine() in this process) or fresh (`python -m vmm boot` per "
-                           "run, timed from its spawn like a baseline)")
+    boot.add_argument("--process", type=_list(str, "--process", ("in", "fresh", "launcher")),
+                      default=["in"],
+                      help="in (Machine() in this process), fresh (`python -m vmm boot` per "
+                           "run) or launcher (the compiled vmm-boot per run, kvm engine, "
+                           "init=test only); fresh and launcher are timed from their spawn "
+                           "like a baseline")
     boot.add_argument("--baseline", type=_list(str, "--baseline",
                                                ("qemu", "firecracker", "cloud-hypervisor", "none")),
                       default=["qemu", "firecracker", "cloud-hypervisor"],

@@ -160,11 +160,13 @@ def _boot(args):
         timed_out = status is None
         status = m.stop() if timed_out else status
         timeline, stats = m.timeline, m.exit_stats
+        stats_at_boot_timer = m.inspect().exit_stats_at_boot_timer
     if timed_out:
         status.message = f"timed out after {args.timeout:g} s"
     if args.timeline_out:
         with open(args.timeline_out, "w") as f:
             json.dump({"engine": m.engine, "timeline_ns": timeline, "exit_stats": stats,
+                       "exit_stats_at_boot_timer": stats_at_boot_timer,
                        "status": status.kind}, f)
 
     if args.json:

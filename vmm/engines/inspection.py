@@ -18,6 +18,8 @@ class Inspection:
     boot: where the kernel went: kind, entry, boot_arg, kernel_end, initrd_addr,
       initrd_size (kvm).
     exit_stats: exit counts by reason (kvm; TCG has no exits).
+    exit_stats_at_boot_timer: the same counts as they stood when the guest first wrote the
+      boot timer, that write included, copied by the C core at that exit (kvm; {} until then).
     pid: the engine's own process for the VM (qemu), None when it runs in ours.
     """
     engine: str
@@ -26,4 +28,5 @@ class Inspection:
     e820: Tuple[Tuple[int, int, int], ...] = ()
     boot: dict = field(default_factory=dict)
     exit_stats: dict = field(default_factory=dict)
+    exit_stats_at_boot_timer: dict = field(default_factory=dict)
     pid: Optional[int] = None

@@ -107,6 +107,11 @@ def _read_struct(vm, ctype, getter):
     return _fields(out, ctype)
 
 
+def exit_reasons() -> tuple:
+    """The reasons exits are counted by, in the core's order (struct vmm_exit_stats)."""
+    return tuple(name for name, _ in ffi.typeof("struct vmm_exit_stats").fields)
+
+
 def max_vcpus() -> int:
     """The most vCPUs a VM can have here: the C core's table, or less if KVM says so."""
     core_max = core_limits().max_cpus   # the C core's fixed vCPU table
@@ -352,7 +357,9 @@ class KvmEngine(Engine):
             transports=tuple(dict(t) for t in self._observe("transport_info", self._transport_info, [])),
             e820=tuple(self._observe("e820", self._e820, [])),
             boot=dict(self._observe("boot_info", self._boot_info, {})),
-            exit_stats=self.exit_stats())
+            exit_stats=self.exit_stats(),
+            exit_stats_at_boot_timer=self._observe("exit_stats_at_boot_timer",
+                                                   self._exit_stats_at_boot_timer, {}))
 
     def _transport_info(self, vm):
         out = []
@@ -369,6 +376,13 @@ class KvmEngine(Engine):
     @staticmethod
     def _exit_stats(vm):
         return _read_struct(vm, "struct vmm_exit_stats", lib.vmm_vm_stats)
+
+    @staticmethod
+    def _exit_stats_at_boot_timer(vm):
+        out = ffi.new("struct vmm_exit_stats *")
+        if lib.vmm_vm_stats_at_boot_timer(vm, out) != 0:
+            return {}  # the guest has not written the boot timer (yet)
+        return _fields(out, "struct vmm_exit_stats")
 
     @staticmethod
     def _e820(vm):
@@ -401,14 +415,15 @@ class KvmEngine(Engine):
                 lib.vmm_vm_stop(vm)  # kick again: a kick can land just before a blocking call
             self._record_status(vm)
             self._final = {"timeline": self._timeline(vm), "exit_stats": self._exit_stats(vm),
+                           "exit_stats_at_boot_timer": self._exit_stats_at_boot_timer(vm),
                            "e820": self._e820(vm), "boot_info": self._boot_info(vm),
                            "transport_info": self._transport_info(vm)}
             with self._cond:
                 self._vm = None
             lib.vmm_vm_destroy(vm)  # joins the vCPU threads, closes fds, unmaps memory
         else:
-            self._final = {"timeline": {}, "exit_stats": {}, "e820": [], "boot_info": {},
-                           "transport_info": []}
+            self._final = {"timeline": {}, "exit_stats": {}, "exit_stats_at_boot_timer": {},
+                           "e820": [], "boot_info": {}, "transport_info": []}
         self._final["device_stats"] = self._live_device_stats()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join()  # the core's console fd is closed by now: EOF

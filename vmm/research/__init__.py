@@ -7,7 +7,7 @@
     rows = compare(read_json("a.json"), read_json("b.json"))
 
 One concept per module: settings (what varies), phases (marks, phases, the guest's
-console), samples (one run), ours / baselines (who boots), runs (the alternating loop),
+console), samples (one run), ours / launcher / baselines (who boots), runs (the alternating loop),
 stats (percentiles, bootstrap), results (JSON/CSV), report (tables), compare, plots
 (matplotlib, imported lazily), machine_info (what the result was measured on),
 guest_files (kernel, initrd, root disk, agent image); density (`bench density`: many

@@ -2,9 +2,10 @@
 agent through Sandbox (init=agent); or in a fresh `python -m vmm boot` process, timed from
 its spawn like a baseline (process=fresh). Returns a sample (samples.py).
 
-The kvm engine's exits are split at the boot-timer mark by sampling the exit counters
-while the guest runs (every POLL_S): the split is as exact as that polling, and the
-counters themselves are the C core's (csrc/vcpu.c). The qemu engine has no exits (TCG).
+The kvm engine's exits are split exactly at the boot-timer mark: the C core copies its
+exit counters at the guest's boot-timer write (csrc/boot_timer.c; Machine.inspect()'s
+exit_stats_at_boot_timer), that write's own exit counted before the mark. The qemu engine
+has no exits (TCG).
 """
 from __future__ import annotations
 
@@ -13,17 +14,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 from ..devices import Disk
 from ..machine import Machine
 from . import guest_files
 from .phases import INITCALL_CMDLINE, ReadyLineWatch, guest_phases, host_phases, \
     ready_boottime_ns
-from .samples import new_sample, keep_initcalls
+from .samples import keep_initcalls, new_sample, split_exits
 from .spawned import run_process
 
-POLL_S = 0.002
 HOST_MARKS = ("vm_created", "kernel_loaded", "first_vcpu_entry", "boot_timer")
 
 
@@ -45,9 +45,10 @@ def boot_test_init(cfg, engine: str, *, initrd: str, root_disk: Optional[str], c
     sample = new_sample(f"vmm-{m.engine}")
     with m:
         m.start()
-        exits_at_init, timed_out = _run_to_end(m, timeout)
-        status = m.status or m.stop()
+        timed_out = m.wait(timeout) is None
+        status = m.stop()  # the guest's own end, or the host stop at the timeout
         timeline, exits = m.timeline, m.exit_stats
+        exits_at_init = m.inspect().exit_stats_at_boot_timer
     marks = {"request": m.created_ns, **{k: timeline[k] for k in HOST_MARKS if k in timeline}}
     if watch.seen_ns:
         marks["ready_line"] = watch.seen_ns
@@ -55,37 +56,13 @@ def boot_test_init(cfg, engine: str, *, initrd: str, root_disk: Optional[str], c
     _fill(sample, marks, status, console.decode("utf-8", "replace"), initcalls,
           guest_phases(init_boottime_ns=ready_boottime_ns(console)))
     if exits:
-        sample["exits"] = _split_exits(exits, exits_at_init)
+        sample["exits"] = split_exits(exits, exits_at_init)
     if watch.seen_ns is None:
         sample["ok"] = False
         sample["error"] = sample["error"] or (
             f"no READY line from the test init within {timeout:g} s" if timed_out
             else f"no READY line from the test init ({sample['status']})")
     return sample
-
-
-def _run_to_end(m: Machine, timeout: float) -> Tuple[Optional[dict], bool]:
-    """Wait for the guest to end (stop it at timeout); on the kvm engine, the exit counters
-    as they stood when the boot-timer mark was first seen; and whether it timed out."""
-    deadline = time.monotonic() + timeout
-    poll = POLL_S if m.engine == "kvm" else 0.05
-    at_init = None
-    while time.monotonic() < deadline:
-        if m.wait(poll) is not None:
-            break
-        if m.engine == "kvm" and at_init is None and "boot_timer" in m.timeline:
-            at_init = m.exit_stats
-    else:
-        m.stop()
-        return at_init, True
-    return at_init, False
-
-
-def _split_exits(total: dict, at_init: Optional[dict]) -> dict:
-    if at_init is None:  # the guest never marked init (or ended before a poll saw it)
-        return {"whole_run": total}
-    return {"to_boot_timer": at_init,
-            "after_boot_timer": {k: total[k] - at_init.get(k, 0) for k in total}}
 
 
 def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
@@ -105,6 +82,7 @@ def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
         sample = new_sample(f"vmm-{sb.engine}")
         console = sb.console
         exits = sb.machine.exit_stats
+        exits_at_init = sb.machine.inspect().exit_stats_at_boot_timer
     finally:
         status = sb.stop()
     marks = {"request": t.get("sandbox_create", request),
@@ -115,8 +93,8 @@ def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
           guest_phases(agent_start_ns=g.get("agent_start_ns"), agent_ready_ns=g.get("ready_ns")))
     if r.exit_code != 0:
         sample["ok"], sample["error"] = False, f"`true` exited {r.exit_code} in the guest"
-    if exits:
-        sample["exits"] = {"whole_run": exits}
+    if exits:  # up to the first exec (the sandbox still runs; its stop is not counted)
+        sample["exits"] = split_exits(exits, exits_at_init)
     return sample
 
 
@@ -145,7 +123,7 @@ def boot_fresh_process(cfg, engine: str, *, initrd: Optional[str], cmdline: str,
             "--timeline-out", timeline_file]
     reported: dict = {}
 
-    def inner_marks() -> dict:
+    def inner_marks(_stdout_tail: bytes) -> dict:  # it reports through timeline_file
         try:
             with open(timeline_file) as f:
                 reported.update(json.load(f))
@@ -162,5 +140,6 @@ def boot_fresh_process(cfg, engine: str, *, initrd: Optional[str], cmdline: str,
     if reported.get("engine"):
         sample["system"] = f"vmm-{reported['engine']}-fresh"
     if reported.get("exit_stats"):
-        sample["exits"] = {"whole_run": reported["exit_stats"]}
+        sample["exits"] = split_exits(reported["exit_stats"],
+                                       reported.get("exit_stats_at_boot_timer") or {})
     return sample

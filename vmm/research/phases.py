@@ -24,7 +24,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 # Host marks, in the order a boot passes them.
 #   request           Machine()/Sandbox.create() called; the baseline's process spawned
 #   machine_created   a fresh `python -m vmm boot` process (--process fresh) called Machine():
-#                     the interpreter's start-up and imports end here
+#                     the interpreter's start-up and imports end here; the compiled
+#                     launcher (--process launcher) entered main(): exec and loading end here
 #   vm_created        kvm: VM and vCPUs exist; qemu engine: QEMU spawned
 #   kernel_loaded     kvm: kernel, initrd and command line in guest memory
 #   first_vcpu_entry  kvm: the first KVM_RUN

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from ..engines import choose as choose_engine
 from ..errors import ConfigError, EngineUnavailable, VmmError
 from . import baselines as baselines_mod
-from . import guest_files, ours
+from . import guest_files, launcher, ours
 from .machine_info import load_average, machine_info
 from .results import new_result
 from .samples import failed_sample
@@ -30,6 +30,7 @@ def run_bench(settings: BenchSettings, *, workdir: Optional[str] = None,
               progress: Optional[Callable[[str], None]] = None) -> dict:
     """Run the benchmark; returns a result (results.py). progress gets one line per event."""
     settings.check()
+    _check_launcher_engines(settings)
     say = progress or (lambda line: None)
     info = machine_info()
     found, skipped = baselines_mod.available(settings.baselines, info["kvm_backing"])
@@ -55,6 +56,19 @@ def run_bench(settings: BenchSettings, *, workdir: Optional[str] = None,
     return result
 
 
+def _check_launcher_engines(settings: BenchSettings) -> None:
+    """process=launcher with engine=auto: refuse before anything boots if auto is not kvm
+    here (settings.check() refused engine=qemu already)."""
+    if "launcher" not in settings.process:
+        return
+    for asked in settings.engine:
+        chosen = choose_engine(asked)
+        if chosen.name != "kvm":
+            raise ConfigError(f"process=launcher boots on the kvm engine only (vmm-boot is "
+                              f"the C core); engine {asked} chose {chosen.name} here "
+                              f"({chosen.reason}): ask for engine kvm")
+
+
 def _run_config(settings, cfg, found, initrd, workdir, result, say) -> None:
     kernel = guest_files.kernel_for(cfg.kernel)
     root_disk = guest_files.init_root_disk(workdir) if cfg.root == "disk" else None
@@ -66,9 +80,12 @@ def _run_config(settings, cfg, found, initrd, workdir, result, say) -> None:
     # "auto" resolved once here (EngineUnavailable ends the run: a bad request), so that
     # every sample of ours, a failed one too, carries the engine that ran it.
     engine = choose_engine(cfg.engine).name
-    ours_name = f"vmm-{engine}" + ("-fresh" if cfg.process == "fresh" else "")
+    ours_name = f"vmm-{engine}" + {"fresh": "-fresh", "launcher": "-launcher"}.get(cfg.process, "")
 
     def run_ours():
+        if cfg.process == "launcher":
+            return launcher.boot_launcher(cfg, initrd=initrd, cmdline=settings.cmdline,
+                                          initcalls=settings.initcalls, timeout=settings.timeout)
         if cfg.process == "fresh":
             return ours.boot_fresh_process(cfg, engine, initrd=initrd,
                                            cmdline=settings.cmdline, initcalls=settings.initcalls,

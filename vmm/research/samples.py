@@ -9,7 +9,9 @@
     phases_ms   host phases (phases.host_phases), ms, plus `total`
     guest_ms    guest-side phases from the guest's own clock, ms
     initcalls   [[function, ms], ...]: the run's slowest initcalls (with --initcalls)
-    exits       kvm engine: {"to_boot_timer": {reason: n}, "after_boot_timer": {...}}
+    exits       kvm engine: {"to_boot_timer": {reason: n}, "after_boot_timer": {...}} (the
+                C core's exact split: the boot-timer write itself is before), or
+                {"whole_run": {...}} when the guest never wrote the boot timer
 """
 from __future__ import annotations
 
@@ -29,6 +31,17 @@ def failed_sample(system: str, error: str) -> dict:
     s = new_sample(system)
     s.update(ok=False, error=error)
     return s
+
+
+def split_exits(total: Dict[str, int], at_init: Dict[str, int]) -> Dict[str, Dict[str, int]]:
+    """A sample's "exits" from the whole run's counts and those at the boot-timer write
+    (empty: the guest never wrote it). A reason missing from either counts 0, so every
+    phase lists every reason of the run and medians over runs see the zeros."""
+    if not at_init:
+        return {"whole_run": dict(total)}
+    reasons = list(total) + [r for r in at_init if r not in total]
+    return {"to_boot_timer": {r: at_init.get(r, 0) for r in reasons},
+            "after_boot_timer": {r: total.get(r, 0) - at_init.get(r, 0) for r in reasons}}
 
 
 def keep_initcalls(sample: dict, console: str, n: int) -> None:

@@ -22,6 +22,10 @@ What each combination means, and what is refused (ConfigError, before anything b
                or "fresh": `python -m vmm boot` in a new process per run, timed from its
                spawn like a baseline (interpreter start-up and imports included); fresh
                takes init=test, root=initramfs and no hugepages (what `boot` offers)
+               or "launcher": the compiled `vmm-boot --timeline` in a new process per run,
+               timed from its spawn (launcher.py); it is the C core alone: kvm engine
+               only, no virtio devices and no agent, so init=test, root=initramfs and
+               no hugepages; engine=auto must resolve to kvm (checked when the run starts)
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ SWEEPABLE = ("engine", "kernel", "memory", "cpus", "hugepages", "root", "init", 
 ROOTS = ("initramfs", "disk")
 INITS = ("test", "agent")
 ENGINES = ("auto", "kvm", "qemu")
-PROCESSES = ("in", "fresh")
+PROCESSES = ("in", "fresh", "launcher")
 BASELINE_NAMES = ("qemu", "firecracker", "cloud-hypervisor")
 
 
@@ -117,6 +121,16 @@ class BenchSettings:
                                         or True in self.hugepages):
             raise ConfigError("process=fresh runs `python -m vmm boot`, which takes "
                               "init=test, root=initramfs and no hugepages")
+        if "launcher" in self.process:
+            if "agent" in self.init or "disk" in self.root or True in self.hugepages:
+                raise ConfigError("process=launcher runs the compiled vmm-boot, which has no "
+                                  "virtio devices, no agent and no huge-page option: it takes "
+                                  "init=test, root=initramfs and no hugepages")
+            if "qemu" in self.engine:
+                raise ConfigError("process=launcher boots on the kvm engine only (vmm-boot "
+                                  "is the C core); engine qemu cannot run it")
+            from .launcher import launcher_path
+            launcher_path()  # built with the C core; if not, say how
         if True in self.hugepages and _free_hugepages() == 0:
             raise ConfigError("hugepages: no free 2 MiB huge pages on this host "
                               "(/proc/sys/vm/nr_hugepages is 0)")

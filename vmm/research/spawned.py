@@ -1,6 +1,7 @@
 """Timing a VMM that runs as its own process: spawn it, watch its serial console (its
 stdout) for the test init's READY line, let it end or kill it. The baselines run this
-way, and so does ours with `--process fresh` (`python -m vmm boot` in a new process).
+way, and so does ours with `--process fresh` (`python -m vmm boot` in a new process) and
+`--process launcher` (the compiled `vmm-boot`, launcher.py).
 
 The spawn is the run's `request` mark: the process's own start-up counts for it.
 """
@@ -17,17 +18,21 @@ from .phases import ReadyLineWatch, guest_phases, host_phases, ready_boottime_ns
 from .samples import failed_sample, keep_initcalls, new_sample
 
 CONSOLE_CAP = 4 << 20   # bytes of a console kept for parsing
+TAIL_CAP = 64 << 10     # bytes of the end of stdout kept for what the process reports last
 EXIT_GRACE_S = 5.0      # after READY, how long the guest may take to end before a kill
 
 
 def run_process(system: str, argv: List[str], *, initcalls: int, timeout: float,
-                more_marks: Optional[Callable[[], Dict[str, int]]] = None,
+                more_marks: Optional[Callable[[bytes], Dict[str, int]]] = None,
                 env: Optional[Dict[str, str]] = None) -> dict:
     """Spawn argv, time it to the READY line on its stdout, let it end (or kill it).
-    more_marks, called once the process has ended, may add marks it reported itself
-    (CLOCK_MONOTONIC ns: the clock is the host's, shared by every process)."""
+    more_marks, called once the process has ended with the last TAIL_CAP bytes of its
+    stdout (where a report after the console is, however long the console was), may add
+    marks it reported itself (CLOCK_MONOTONIC ns: the clock is the host's, shared by
+    every process)."""
     watch = ReadyLineWatch(time.monotonic_ns)
     console = bytearray()
+    tail = bytearray()
     with tempfile.TemporaryFile() as err:
         request = time.monotonic_ns()
         try:
@@ -51,6 +56,8 @@ def run_process(system: str, argv: List[str], *, initcalls: int, timeout: float,
                     break
                 watch.feed(data)
                 console += data[:max(0, CONSOLE_CAP - len(console))]
+                tail += data
+                del tail[:max(0, len(tail) - TAIL_CAP)]
         killed = False
         try:
             # Its stdout closed: it is ending (or has), give it a moment to be reaped.
@@ -65,7 +72,7 @@ def run_process(system: str, argv: List[str], *, initcalls: int, timeout: float,
     sample = new_sample(system)
     marks = {"request": request}
     if more_marks is not None:
-        marks.update(more_marks())
+        marks.update(more_marks(bytes(tail)))
     if watch.seen_ns:
         marks["ready_line"] = watch.seen_ns
     sample["marks_ms"] = {k: (v - request) / 1e6 for k, v in marks.items()}
