@@ -56,10 +56,11 @@ BOOT_TIMER_INIT_STARTED = 123
 # doesn't work!" with 30 booting at once, 0 of 150 with the check skipped).
 # noapictimer: under TCG the kernel finds no TSC frequency and no HPET/PM timer, so it
 # calibrates the local APIC timer against jiffies (25 ticks, then 25 more to verify), and
-# the verification fails anyway ("APIC timer disabled due to verification failure"): ~200
-# ms of every boot spent learning not to use it. The PIT ticks instead, as it did after
-# that failure (other vCPUs get the tick by broadcast). Guest kernel-to-init 670 -> 494 ms
-# median, 10 alternated rounds under load (docs/architecture.md, "Boot-time cuts").
+# on a loaded host the verification then fails ("APIC timer disabled due to verification
+# failure"): ~200 ms of a boot spent learning not to use it. The PIT ticks instead, as it
+# did after that failure (other vCPUs get the tick by broadcast). Sandbox create to first exec 1385
+# -> 1014 ms median, 14 alternated rounds under load (docs/architecture.md, "Where a
+# sandbox start goes"). TCG only: a KVM guest has a TSC-deadline timer and no calibration.
 BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer"
 STDERR_TAIL = 4096
 STOP_GRACE_S = 2.0
