@@ -24,7 +24,7 @@ def test_argv_for_a_two_cpu_machine(monkeypatch):
     assert ("-object", "memory-backend-memfd,id=mem,size=192M,share=on,merge=off") in pairs
     assert ("-accel", f"tcg,tb-size={TB_SIZE_MIB}") in pairs
     assert ("-kernel", "/k/vmlinux") in pairs and ("-initrd", "/k/initrd.gz") in pairs
-    assert ("-append", "console=ttyS0 reboot=t panic=-1 no_timer_check quiet x=1") in pairs
+    assert ("-append", "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer quiet x=1") in pairs
     assert ("-chardev", "socket,id=dbg,fd=7") in pairs
     assert ("-device", "isa-debugcon,iobase=0x440,chardev=dbg") in pairs
     machine = dict(pairs)["-M"]
@@ -36,7 +36,7 @@ def test_argv_for_a_two_cpu_machine(monkeypatch):
 def test_no_initrd_no_initrd_flag():
     argv = qemu_argv(MachineSpec(kernel="/k"), "qemu", debugcon_fd=3)
     assert "-initrd" not in argv
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 no_timer_check"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer"
 
 
 def test_vhost_user_devices_become_chardevs_and_devices():

@@ -255,8 +255,10 @@ def test_baseline_command_lines(tmp_path):
     assert tcg[tcg.index("-accel") + 1] == "tcg" and tcg[tcg.index("-cpu") + 1] == "max"
     assert tcg[tcg.index("-M") + 1].startswith("microvm,")
     assert tcg[tcg.index("-initrd") + 1] == "/i" and tcg[tcg.index("-smp") + 1] == "2"
-    assert tcg[tcg.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 no_timer_check quiet"
+    assert tcg[tcg.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer quiet"
     assert argv["qemu-kvm"][argv["qemu-kvm"].index("-accel") + 1] == "kvm"
+    kvm = argv["qemu-kvm"]
+    assert kvm[kvm.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 no_timer_check quiet"
     fc = json.loads((tmp_path / "firecracker.json").read_text())
     assert fc["boot-source"]["initrd_path"] == "/i" and fc["machine-config"]["mem_size_mib"] == 256
     assert "--initramfs" in argv["cloud-hypervisor"]

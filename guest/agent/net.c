@@ -224,6 +224,8 @@ out:
 	return rc;
 }
 
+static int announce_fd = -1; /* the announcing socket, kept open (see announce) */
+
 /* One gratuitous ARP (a request for our own address, RFC 5227's announcement) the moment
  * eth0 is up. It is the guest's first frame, and passt learns the guest's MAC address from
  * it: until passt has seen a frame it sends inbound traffic (a published port's first
@@ -258,7 +260,10 @@ static void announce(const struct net_conf *c)
 	memset(to.sll_addr, 0xff, 6);
 	if (sendto(fd, f, sizeof(f), 0, (struct sockaddr *)&to, sizeof(to)) != (ssize_t)sizeof(f))
 		goto fail;
-	close(fd);
+	/* Left open for the agent's life (CLOEXEC: no child gets it): closing a packet socket
+	 * waits for an RCU grace period (synchronize_net), 8-17 ms of boot under TCG's 4 ms
+	 * ticks. Opened with protocol 0 it is hooked to no packet type and receives nothing. */
+	announce_fd = fd;
 	return;
 fail:
 	log_msg("agent: network: announcing eth0: %s", strerror(errno));
