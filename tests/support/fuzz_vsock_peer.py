@@ -30,6 +30,7 @@ CID = 11
 G_BUF = 256 * 1024          # the guest's receive buffer, granted to the device
 LISTEN_PORTS = (7000, 7001)
 MAX_CONNS = 12
+FIRST_GUEST_PORT = 10000   # guest ports count up from here; strays come from below
 HELLO = struct.Struct("<Q")   # a guest-initiated connection's first bytes: its guest port
 
 
@@ -79,7 +80,7 @@ def main(budget, seed, d):
     conns = {}              # (gport, hport) -> Conn
     unclaimed = []          # (listener port, accepted socket) not yet matched to a Conn
     waiting = {}            # host-initiated: guest port -> Conn without its host port yet
-    next_port = [10000]
+    next_port = [FIRST_GUEST_PORT]
     stats = {"opened": 0, "guest_closes": 0, "host_closes": 0, "resets": 0, "bytes": 0, "strays": 0}
 
     def send(c, op, payload=b"", flags=0):
@@ -245,8 +246,10 @@ def main(budget, seed, d):
                 c.sock.close()
             stats["host_closes"] += 1
         elif 0.78 <= k < 0.8:               # a stray packet for nobody
+            # From a guest port below FIRST_GUEST_PORT: never a connection's, however many a
+            # long run opens (to a host port that may well be one: the pair is what counts).
             g.send(rnd.choice([OP_RW, OP_RST, OP_SHUTDOWN, OP_CREDIT_UPDATE, OP_RESPONSE]),
-                   rnd.randrange(50000, 60000), rnd.choice([7002, 1 << 30 | rnd.getrandbits(16)]),
+                   rnd.randrange(1024, FIRST_GUEST_PORT), rnd.choice([7002, 1 << 30 | rnd.getrandbits(16)]),
                    rnd.randbytes(rnd.randrange(0, 100)))
             stats["strays"] += 1
         handle(g.poll(0, want=0))
