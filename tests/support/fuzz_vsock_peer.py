@@ -65,6 +65,23 @@ def describe(c):
     return f"{c} [host bytes not yet read by the device: {queued}]"
 
 
+def loop_probe(g, path):
+    """For a stall report: whether the device still serves its host sockets at all (a new
+    host client's CONNECT needs the transport's event loop to reach the guest), which tells
+    a stopped loop from a connection the device no longer polls."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(b"CONNECT 9\n")       # below FIRST_GUEST_PORT: no connection of the run
+    end = time.monotonic() + 2
+    try:
+        while time.monotonic() < end:
+            if any(p.op == OP_REQUEST and p.dst_port == 9 for p in g.poll(0.05, want=0)):
+                return "the device's event loop still serves new host clients"
+        return "the device's event loop serves no new host client either (2 s)"
+    finally:
+        s.close()
+
+
 def main(budget, seed, d):
     rnd = random.Random(seed)
     path = os.path.join(d, "v.sock")
@@ -266,8 +283,10 @@ def main(budget, seed, d):
     while incomplete() and time.monotonic() < deadline:
         handle(g.poll(0.01, want=1))
         host_io()
-    assert not incomplete(), (f"after round {budget.rounds}: " + "; ".join(map(describe, incomplete()))
-                              + f"; device counters {dev.counters()}, broken: {dev.broken}")
+    if incomplete():
+        stuck = "; ".join(map(describe, incomplete()))
+        raise AssertionError(f"after round {budget.rounds}: {stuck}; device counters {dev.counters()}, broken: "
+                             f"{dev.broken}; {loop_probe(g, path)}")
     for c in list(conns.values()) + list(waiting.values()):
         if c.sock is not None:
             c.sock.close()
