@@ -505,3 +505,4 @@ def test_fuzz_no_crash():
         st = e.stats()
         assert st["passed"] + st["denied"] + st["malformed"] + st["infra"] == n
     print(f"{n} frames: {verdicts}")
+    fuzz_run.summary("net policy fuzz", "NET_POLICY_FUZZ_SEED", seed, budget, frames=n)

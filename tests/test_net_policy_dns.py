@@ -436,3 +436,4 @@ def test_dns_fuzz_no_crash():
         assert st["dns_entries"] <= 256 and results["learned"] > 0 and results[-1] > 0
     print(f"{n} DNS answers: {results}, {st['dns_learned']} addresses learned, "
           f"{st['dns_evicted']} evicted")
+    fuzz_run.summary("net dns fuzz", "NET_DNS_FUZZ_SEED", seed, budget, answers=n, learned=st["dns_learned"])

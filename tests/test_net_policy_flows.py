@@ -419,3 +419,4 @@ def test_flows_fuzz_no_crash_and_no_escape():
         assert st["replies"] > 0 and st["flows_opened"] > 0
     print(f"{n} rounds: {results}; flows opened {st['flows_opened']}, closed {st['flows_closed']}, "
           f"expired {st['flows_expired']}, evicted {st['flows_evicted']}, replies {st['replies']}")
+    fuzz_run.summary("net flows fuzz", "NET_FLOWS_FUZZ_SEED", seed, budget, flows=st["flows_opened"])

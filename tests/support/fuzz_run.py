@@ -107,6 +107,13 @@ def seed_named_on_failure(seed_env: str, seed_: int, budget: Budget):
                              f"(replay: {replay(seed_env, seed_, budget.rounds)}): {e!r}") from e
 
 
+def summary(name: str, seed_env: str, seed_: int, budget: Budget, **stats) -> None:
+    """An in-process loop's statistics line, as a child's run() prints it (the fuzz tier
+    quotes these lines): the rounds done and how to replay them."""
+    words = " ".join(f"{k}={v}" for k, v in stats.items())
+    print(f"{name}: rounds={budget.rounds} {words} (replay: {replay(seed_env, seed_, budget.rounds)})")
+
+
 class Progress:
     """The shared round counter of a child's Budget (see Budget.from_argv)."""
 
