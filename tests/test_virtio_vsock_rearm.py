@@ -3,11 +3,12 @@ sockets rather than by guest kicks: a readable connection is not polled (the pum
 until the socket is empty), so once the pump stops at its budget only the transport's
 re-arm brings it back. Through the test transport, whose event loop re-arms as the VM's and
 the vhost-user server's loops do (csrc/virtio/test_transport.c)."""
+import threading
 import time
 
 from support.virtio_driver import notify
 from support.vsock_guest import HDR, OP_REQUEST, OP_RESPONSE, OP_RW, Guest, Packet
-from support.vsock_host import host_connect, read_line
+from support.vsock_host import accept_host_conn, host_connect, read_line
 from vmm.devices import Vsock
 from vmm.engines.virtio_device import open_device
 
@@ -60,6 +61,28 @@ def test_rx_pump_stopped_by_the_budget_comes_back_without_a_guest_kick(tmp_path)
                            f"({len(stream()) // SMALL} packets); counters {dev.counters()}")
         assert stream() == data
         assert dev.counters()["budget_yields"] > yields
+        s.close()
+    finally:
+        dev.close()
+
+
+def test_a_stream_starved_of_rx_buffers_resumes_on_each_rx_kick(tmp_path):
+    """Two rx buffers for 200 KB: the pump runs out of buffers every other packet with the
+    connection readable (so not polled), and each rx kick alone must bring it back."""
+    path = str(tmp_path / "v.sock")
+    dev = open_device(Vsock(CID, path))
+    try:
+        g = Guest(dev, cid=CID, nrx=2)
+        s, _ = accept_host_conn(g, path, buf_alloc=1 << 20)
+        data = bytes(range(256)) * 800
+        writer = threading.Thread(target=s.sendall, args=(data,))
+        writer.start()
+        got = bytearray()
+        end = time.monotonic() + 20
+        while len(got) < len(data) and time.monotonic() < end:
+            got += b"".join(p.payload for p in g.poll(0.2, want=1) if p.op == OP_RW)   # re-gives + kicks
+        writer.join(10)
+        assert bytes(got) == data, f"{len(got)} of {len(data)} bytes; counters {dev.counters()}"
         s.close()
     finally:
         dev.close()
