@@ -3,7 +3,6 @@
 Every address here is only bytes in a frame built by tests/support/net_frames.py and
 handed to the C decision function: nothing is sent anywhere."""
 import ipaddress
-import os
 import random
 import struct
 
@@ -11,7 +10,7 @@ import pytest
 
 from vmm.errors import ConfigError
 from vmm.net.policy import DENIED, MALFORMED, PASS, Policy, PolicyEngine, parse_rule
-from support.fuzz_budget import Budget, fuzz_rounds, fuzz_seed, seed_named_on_failure
+from support import fuzz_run
 from support.net_frames import (ACK, FIN, GATEWAY4, GATEWAY6, GUEST4, GUEST6, GUEST_MAC, GW_MAC, ICMP,
                                 ICMP6, PSH, PUBLIC4, PUBLIC6, RST, SYN, TCP, UDP, eth, ext, frag6,
                                 frame, frame4, frame6, ip4, ip6, parse_rst, tcp, udp)
@@ -474,8 +473,8 @@ def test_fuzz_no_crash():
     """Random and mutated frames for a few seconds (NET_POLICY_FUZZ_SECONDS), on a clock that
     advances a millisecond a frame; replay exactly with the NET_POLICY_FUZZ_SEED=<seed>
     VMM_FUZZ_ROUNDS=<n> that a failure names."""
-    seed = fuzz_seed("net policy fuzz", "NET_POLICY_FUZZ_SEED")
-    budget = Budget(float(os.environ.get("NET_POLICY_FUZZ_SECONDS", "3")), fuzz_rounds())
+    seed = fuzz_run.seed("net policy fuzz", "NET_POLICY_FUZZ_SEED")
+    budget = fuzz_run.Budget.from_env(3, "NET_POLICY_FUZZ_SECONDS")
     rng = random.Random(seed)
     e = engine("public", rules=["deny@203.0.113.0/24:tcp:443", "allow@fd00::/8:udp:1-100"])
     now = 1_000_000
@@ -485,7 +484,7 @@ def test_fuzz_no_crash():
              frame4("203.0.113.1", b"z" * 20, frag=0x2000 | 7),
              eth(0x0800, ip4("10.0.0.1", tcp()), vlan=1), eth(0x0806, bytes(28))]
     n, verdicts = 0, {PASS: 0, DENIED: 0, MALFORMED: 0}
-    with seed_named_on_failure("NET_POLICY_FUZZ_SEED", seed, budget):
+    with fuzz_run.seed_named_on_failure("NET_POLICY_FUZZ_SEED", seed, budget):
         while budget.more():
             now += 1
             e.set_clock(now)
@@ -506,3 +505,4 @@ def test_fuzz_no_crash():
         st = e.stats()
         assert st["passed"] + st["denied"] + st["malformed"] + st["infra"] == n
     print(f"{n} frames: {verdicts}")
+    fuzz_run.summary("net policy fuzz", "NET_POLICY_FUZZ_SEED", seed, budget, frames=n)

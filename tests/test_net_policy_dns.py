@@ -3,7 +3,6 @@ net_dns.c, net_dns_table.c): parsing, learning from synthetic DNS answers, judgi
 to learned addresses, TTLs, table limits, hostile messages, and a replayable fuzz run.
 
 Every address here is only bytes in a frame built by tests/support: nothing is sent."""
-import os
 import random
 import socket
 import struct
@@ -14,7 +13,7 @@ import pytest
 
 from vmm.errors import ConfigError
 from vmm.net.policy import DENIED, PASS, DnsLimits, Policy, PolicyEngine, parse_rule
-from support.fuzz_budget import Budget, fuzz_rounds, fuzz_seed, seed_named_on_failure
+from support import fuzz_run
 from support.dns_frames import (AAAA, CNAME, RESOLVER4, RESOLVER6, TXT, a, aaaa, cname,
                                 compressed_response, dns_frame, header, name, pointer,
                                 question, response, rr)
@@ -404,8 +403,8 @@ def test_dns_fuzz_no_crash():
     (NET_DNS_FUZZ_SECONDS), on a clock that advances a millisecond an answer (so that
     TTLs expire the same way each run); replay exactly with the NET_DNS_FUZZ_SEED=<seed>
     VMM_FUZZ_ROUNDS=<n> that a failure names."""
-    seed = fuzz_seed("net dns fuzz", "NET_DNS_FUZZ_SEED")
-    budget = Budget(float(os.environ.get("NET_DNS_FUZZ_SECONDS", "3")), fuzz_rounds())
+    seed = fuzz_run.seed("net dns fuzz", "NET_DNS_FUZZ_SEED")
+    budget = fuzz_run.Budget.from_env(3, "NET_DNS_FUZZ_SECONDS")
     rng = random.Random(seed)
     e = engine(["allow@*.example.org:tcp:443", "deny@example.com", "deny@a.b.example.org:udp"],
                limits=DnsLimits(entries=256))
@@ -416,7 +415,7 @@ def test_dns_fuzz_no_crash():
              a(b"\x03cdn" + pointer(12 + 9), NPM),
              response("a.b.example.org", [aaaa("a.b.example.org", "2001:db8::2"), a("a.b.example.org", NPM)])]
     n, results = 0, {-1: 0, 0: 0, "learned": 0}
-    with seed_named_on_failure("NET_DNS_FUZZ_SEED", seed, budget):
+    with fuzz_run.seed_named_on_failure("NET_DNS_FUZZ_SEED", seed, budget):
         while budget.more():
             now += 1
             e.set_clock(now)
@@ -437,3 +436,4 @@ def test_dns_fuzz_no_crash():
         assert st["dns_entries"] <= 256 and results["learned"] > 0 and results[-1] > 0
     print(f"{n} DNS answers: {results}, {st['dns_learned']} addresses learned, "
           f"{st['dns_evicted']} evicted")
+    fuzz_run.summary("net dns fuzz", "NET_DNS_FUZZ_SEED", seed, budget, answers=n, learned=st["dns_learned"])

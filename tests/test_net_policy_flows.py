@@ -3,7 +3,6 @@ vmm/net/policy.py tells it the published ports): the guest's replies to a connec
 datagram a remote side sent to a published port pass whatever the scope says, and nothing
 else does. Synthetic frames only: the receive side is `observe` (what passt hands the
 guest), the transmit side `check` (what the guest sends). Nothing is sent anywhere."""
-import os
 import random
 import socket
 import struct
@@ -15,7 +14,7 @@ import pytest
 from vmm.errors import ConfigError
 from vmm.net.policy import DENIED, MALFORMED, PASS, Policy, PolicyEngine
 from vmm.net.ports import parse_ports
-from support.fuzz_budget import Budget, fuzz_rounds, fuzz_seed, seed_named_on_failure
+from support import fuzz_run
 from support.net_frames import (ACK, FIN, GATEWAY4, GATEWAY6, GUEST4, GUEST6, GUEST_MAC, GW_MAC,
                                 PSH, PUBLIC4, PUBLIC6, RST, SYN, TCP, UDP, eth, frame4, frame6,
                                 ip4, ip6, parse_rst, tcp, udp)
@@ -380,8 +379,8 @@ def test_flows_fuzz_no_crash_and_no_escape():
     with the NET_FLOWS_FUZZ_SEED=<seed> VMM_FUZZ_ROUNDS=<n> that a failure names. Between
     them, the escape: a SYN without ACK from a published port to the (denied) gateway never
     passes, whatever the table holds."""
-    seed = fuzz_seed("net flows fuzz", "NET_FLOWS_FUZZ_SEED")
-    budget = Budget(float(os.environ.get("NET_FLOWS_FUZZ_SECONDS", "3")), fuzz_rounds())
+    seed = fuzz_run.seed("net flows fuzz", "NET_FLOWS_FUZZ_SEED")
+    budget = fuzz_run.Budget.from_env(3, "NET_FLOWS_FUZZ_SECONDS")
     rng = random.Random(seed)
     e = engine(max_flows=32)
     rx_seeds = [inbound(tcp(sport=CLIENT, dport=WEB, flags=SYN)),
@@ -397,7 +396,7 @@ def test_flows_fuzz_no_crash_and_no_escape():
     now, n, checks = 1_000_000, 0, 0
     e.set_clock(now)  # the run's own clock from the start, so a replay sees the same times
     results = {PASS: 0, DENIED: 0, MALFORMED: 0}
-    with seed_named_on_failure("NET_FLOWS_FUZZ_SEED", seed, budget):
+    with fuzz_run.seed_named_on_failure("NET_FLOWS_FUZZ_SEED", seed, budget):
         while budget.more():
             if rng.random() < 0.01:
                 now += rng.choice([1_000, 11_000, 61_000, 301_000])
@@ -420,3 +419,4 @@ def test_flows_fuzz_no_crash_and_no_escape():
         assert st["replies"] > 0 and st["flows_opened"] > 0
     print(f"{n} rounds: {results}; flows opened {st['flows_opened']}, closed {st['flows_closed']}, "
           f"expired {st['flows_expired']}, evicted {st['flows_evicted']}, replies {st['replies']}")
+    fuzz_run.summary("net flows fuzz", "NET_FLOWS_FUZZ_SEED", seed, budget, flows=st["flows_opened"])

@@ -1,8 +1,8 @@
 """Random-descriptor fuzzing of the virtqueue walker through virtio-blk (run as a script so
 a crash shows up as a failed child, not a dead test runner).
 
-Usage: python -m support.fuzz_queue SECONDS ROUNDS SEED DISK [PROGRESS] (ROUNDS 0: as many as
-fit in SECONDS; else exactly that many, to replay a run; see support.fuzz_budget)
+Usage: python -m support.fuzz_queue SECONDS ROUNDS SEED DISK (ROUNDS 0: as many as fit
+in SECONDS; else exactly that many, to replay a run; see support.fuzz_run)
 
 Guest memory is the middle of a larger buffer whose guard bytes on both sides must stay
 untouched; descriptors, indirect tables and ring indices are random but biased towards
@@ -11,7 +11,7 @@ import random
 import struct
 import sys
 
-from support.fuzz_budget import Budget
+from support.fuzz_run import Budget
 from support.virtio_driver import EVENT_IDX, INDIRECT, VERSION_1, ffi, lib  # noqa: E402
 from vmm.devices import Disk  # noqa: E402
 from vmm.engines.virtio_device import open_device  # noqa: E402
@@ -22,9 +22,8 @@ GUARD = 64 * 1024
 QSIZE = 16
 
 
-def main(seconds, rounds, seed, disk, progress=None):
+def main(budget, seed, disk):
     rnd = random.Random(seed)
-    budget = Budget(seconds, rounds or None, progress)
     raw = ffi.new("uint8_t[]", SIZE + 2 * GUARD)
     view = ffi.buffer(raw)
     view[:] = b"\xa5" * len(view)
@@ -125,10 +124,10 @@ def main(seconds, rounds, seed, disk, progress=None):
     assert bytes(view[:GUARD]) == b"\xa5" * GUARD, "write below guest memory"
     assert bytes(view[GUARD + SIZE:]) == b"\xa5" * GUARD, "write above guest memory"
     c = dev.counters()
-    print(f"rounds={budget.done} broken={broken} requests={c['requests']} rejected={c['rejected']} "
+    print(f"rounds={budget.rounds} broken={broken} requests={c['requests']} rejected={c['rejected']} "
           f"errors={c['errors']}")
     dev.close()
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], *sys.argv[5:6])
+    main(Budget.from_argv(sys.argv[1:3]), int(sys.argv[3]), sys.argv[4])

@@ -1,6 +1,6 @@
 """Random vsock packets from a hostile "guest" mixed with host clients coming and going.
-Usage: python -m support.fuzz_vsock SECONDS ROUNDS SEED DIR [PROGRESS] (ROUNDS 0: as many as
-fit in SECONDS; else exactly that many, to replay a run). Every input comes from the seed
+Usage: python -m support.fuzz_vsock SECONDS ROUNDS SEED DIR (ROUNDS 0: as many as fit in
+SECONDS; else exactly that many, to replay a run; see support.fuzz_run). Every input comes from the seed
 (what the host sockets see of the device's timing cannot). At the end: a host connection
 to the guest must succeed whatever the guest holds (slots are reserved for the host); then
 the guest closes what it opened and a clean guest connection must work."""
@@ -10,7 +10,7 @@ import socket
 import sys
 import time
 
-from support.fuzz_budget import Budget
+from support.fuzz_run import Budget
 from support.vsock_guest import OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, Guest  # noqa: E402
 from vmm.devices import Vsock  # noqa: E402
 from vmm.engines.virtio_device import open_device  # noqa: E402
@@ -42,9 +42,8 @@ def wait_for(g, known, match):
     return None
 
 
-def main(seconds, rounds, seed, d, progress=None):
+def main(budget, seed, d):
     rnd = random.Random(seed)
-    budget = Budget(seconds, rounds or None, progress)
     path = os.path.join(d, "f.sock")
     dev = open_device(Vsock(CID, path))
     g = Guest(dev, cid=CID)
@@ -134,7 +133,7 @@ def main(seconds, rounds, seed, d, progress=None):
     a.settimeout(5)
     assert a.recv(100) == b"still alive"
     c = dev.counters()
-    print(f"rounds={budget.done} packets={sent} connections={c['connections']} resets={c['resets']} "
+    print(f"rounds={budget.rounds} packets={sent} connections={c['connections']} resets={c['resets']} "
           f"errors={c['errors']}")
     a.close()
     lst.close()
@@ -142,4 +141,4 @@ def main(seconds, rounds, seed, d, progress=None):
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], *sys.argv[5:6])
+    main(Budget.from_argv(sys.argv[1:3]), int(sys.argv[3]), sys.argv[4])

@@ -30,6 +30,7 @@ CID = 11
 G_BUF = 256 * 1024          # the guest's receive buffer, granted to the device
 LISTEN_PORTS = (7000, 7001)
 MAX_CONNS = 12
+FIRST_GUEST_PORT = 10000   # guest ports count up from here; strays come from below
 HELLO = struct.Struct("<Q")   # a guest-initiated connection's first bytes: its guest port
 
 
@@ -64,6 +65,23 @@ def describe(c):
     return f"{c} [host bytes not yet read by the device: {queued}]"
 
 
+def loop_probe(g, path):
+    """For a stall report: whether the device still serves its host sockets at all (a new
+    host client's CONNECT needs the transport's event loop to reach the guest), which tells
+    a stopped loop from a connection the device no longer polls."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(b"CONNECT 9\n")       # below FIRST_GUEST_PORT: no connection of the run
+    end = time.monotonic() + 2
+    try:
+        while time.monotonic() < end:
+            if any(p.op == OP_REQUEST and p.dst_port == 9 for p in g.poll(0.05, want=0)):
+                return "the device's event loop still serves new host clients"
+        return "the device's event loop serves no new host client either (2 s)"
+    finally:
+        s.close()
+
+
 def main(budget, seed, d):
     rnd = random.Random(seed)
     path = os.path.join(d, "v.sock")
@@ -79,7 +97,7 @@ def main(budget, seed, d):
     conns = {}              # (gport, hport) -> Conn
     unclaimed = []          # (listener port, accepted socket) not yet matched to a Conn
     waiting = {}            # host-initiated: guest port -> Conn without its host port yet
-    next_port = [10000]
+    next_port = [FIRST_GUEST_PORT]
     stats = {"opened": 0, "guest_closes": 0, "host_closes": 0, "resets": 0, "bytes": 0, "strays": 0}
 
     def send(c, op, payload=b"", flags=0):
@@ -245,8 +263,10 @@ def main(budget, seed, d):
                 c.sock.close()
             stats["host_closes"] += 1
         elif 0.78 <= k < 0.8:               # a stray packet for nobody
+            # From a guest port below FIRST_GUEST_PORT: never a connection's, however many a
+            # long run opens (to a host port that may well be one: the pair is what counts).
             g.send(rnd.choice([OP_RW, OP_RST, OP_SHUTDOWN, OP_CREDIT_UPDATE, OP_RESPONSE]),
-                   rnd.randrange(50000, 60000), rnd.choice([7002, 1 << 30 | rnd.getrandbits(16)]),
+                   rnd.randrange(1024, FIRST_GUEST_PORT), rnd.choice([7002, 1 << 30 | rnd.getrandbits(16)]),
                    rnd.randbytes(rnd.randrange(0, 100)))
             stats["strays"] += 1
         handle(g.poll(0, want=0))
@@ -263,8 +283,10 @@ def main(budget, seed, d):
     while incomplete() and time.monotonic() < deadline:
         handle(g.poll(0.01, want=1))
         host_io()
-    assert not incomplete(), (f"after round {budget.rounds}: " + "; ".join(map(describe, incomplete()))
-                              + f"; device counters {dev.counters()}, broken: {dev.broken}")
+    if incomplete():
+        stuck = "; ".join(map(describe, incomplete()))
+        raise AssertionError(f"after round {budget.rounds}: {stuck}; device counters {dev.counters()}, broken: "
+                             f"{dev.broken}; {loop_probe(g, path)}")
     for c in list(conns.values()) + list(waiting.values()):
         if c.sock is not None:
             c.sock.close()
