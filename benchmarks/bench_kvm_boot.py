@@ -24,7 +24,6 @@ write (issue 2).
     pytest benchmarks/bench_kvm_boot.py --benchmark-only
 """
 import json
-import os
 import pathlib
 import shutil
 import statistics
@@ -37,6 +36,7 @@ import pytest
 import vmm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+from spawn_timing import QEMU_DEBUG_EXIT_STATUS, qemu_microvm_argv, spawn_and_time  # noqa: E402
 from support.kvm_guests import KVM_MARKS, guest_build  # noqa: E402  (shared with the kvm tests)
 
 pytestmark = KVM_MARKS
@@ -47,8 +47,6 @@ MEMORY_MIB = 16
 ROUNDS_IN_PROCESS = 30
 ROUNDS_PROCESS = 15
 WAIT_S = 20
-BOOT_TIMER_BYTE = 123
-QEMU_DEBUG_EXIT_STATUS = 1  # isa-debug-exit: (value 0 << 1) | 1
 
 
 @pytest.fixture(scope="module")
@@ -128,43 +126,10 @@ def _boot_fresh_process(guest, samples):
 
 # --- plain QEMU ------------------------------------------------------------------------------
 
-def qemu_argv(guest):
-    """The microvm command line that boots a PVH ELF here: -cpu max/host fail on PVM (MSR
-    0x10a), qemu64 works. The debugcon forwards the guest's boot-timer byte to stdout."""
-    return [
-        "qemu-system-x86_64",
-        "-M", "microvm,x-option-roms=off,isa-serial=off,rtc=off,acpi=off",
-        "-accel", "kvm", "-cpu", "qemu64", "-m", str(MEMORY_MIB),
-        "-nodefaults", "-no-user-config", "-nographic",
-        "-device", "isa-debug-exit,iobase=0xf4",
-        "-chardev", "stdio,id=dbg", "-device", "isa-debugcon,iobase=0x440,chardev=dbg",
-        "-kernel", guest,
-    ]
-
-
 def _boot_qemu(guest, samples):
-    """One QEMU run of the same guest; returns spawn to the guest's port write."""
-    t0 = time.monotonic_ns()
-    p = subprocess.Popen(qemu_argv(guest), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
-    t_write, out = None, b""
-    try:
-        while True:
-            chunk = os.read(p.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            if t_write is None and bytes([BOOT_TIMER_BYTE]) in chunk:
-                t_write = time.monotonic_ns()
-            out += chunk
-        rc = p.wait(WAIT_S)
-        t_exit = time.monotonic_ns()
-        err = p.stderr.read().decode(errors="replace")
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        p.stdout.close()
-        p.stderr.close()
+    """One QEMU run of the same guest (-accel kvm); returns spawn to the guest's port write."""
+    t0, t_write, t_exit, rc, out, err = spawn_and_time(qemu_microvm_argv(guest, "kvm", MEMORY_MIB),
+                                                       WAIT_S, watch_byte=True)
     assert rc == QEMU_DEBUG_EXIT_STATUS, f"qemu exited {rc}: {err}"
     assert t_write is not None, f"no boot-timer byte from QEMU: {out!r} {err}"
     samples.setdefault("spawn_to_boot_timer", []).append((t_write - t0) / 1e9)

@@ -32,13 +32,12 @@ import os
 import pathlib
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 
 import pytest
 
 import vmm
+from spawn_timing import QEMU_DEBUG_EXIT_STATUS, qemu_microvm_argv, spawn_and_time
 from support.kvm_guests import KVM_MARKS, guest_build
 
 pytestmark = [*KVM_MARKS, pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
@@ -48,53 +47,11 @@ LAUNCHER = pathlib.Path(vmm.__file__).resolve().parent / "bin" / "vmm-boot"
 MEMORY_MIB = 16
 ROUNDS = 15
 WAIT_S = 30
-BOOT_TIMER_BYTE = 123
-QEMU_DEBUG_EXIT_STATUS = 1  # isa-debug-exit: (value 0 << 1) | 1
 
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory):
     return str(guest_build.build_guest("port_exit", tmp_path_factory.mktemp("guest")))
-
-
-def _qemu_argv(guest, accel):
-    """The microvm line bench_kvm_boot.py uses (-cpu qemu64: -cpu host/max fail on PVM);
-    the debugcon forwards the boot-timer byte to stdout."""
-    return [
-        "qemu-system-x86_64",
-        "-M", "microvm,x-option-roms=off,isa-serial=off,rtc=off,acpi=off",
-        "-accel", accel, "-cpu", "qemu64", "-m", str(MEMORY_MIB),
-        "-nodefaults", "-no-user-config", "-nographic",
-        "-device", "isa-debug-exit,iobase=0xf4",
-        "-chardev", "stdio,id=dbg", "-device", "isa-debugcon,iobase=0x440,chardev=dbg",
-        "-kernel", guest,
-    ]
-
-
-def _run(argv, watch_byte=False):
-    """Spawn argv; returns (t0, t_byte or None, t_exit, returncode, stdout, stderr)."""
-    t0 = time.monotonic_ns()
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
-    t_byte, out = None, b""
-    try:
-        while True:
-            chunk = os.read(p.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            if watch_byte and t_byte is None and bytes([BOOT_TIMER_BYTE]) in chunk:
-                t_byte = time.monotonic_ns()
-            out += chunk
-        rc = p.wait(WAIT_S)
-        t_exit = time.monotonic_ns()
-        err = p.stderr.read().decode(errors="replace")
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        p.stdout.close()
-        p.stderr.close()
-    return t0, t_byte, t_exit, rc, out.decode(errors="replace"), err
 
 
 def _launcher_phases(stdout):
@@ -108,8 +65,8 @@ def _launcher_phases(stdout):
 
 
 def boot_launcher(guest):
-    t0, _, t_exit, rc, out, err = _run([str(LAUNCHER), "--kernel", guest, "--mem", str(MEMORY_MIB),
-                                        "--timeline"])
+    t0, _, t_exit, rc, out, err = spawn_and_time(
+        [str(LAUNCHER), "--kernel", guest, "--mem", str(MEMORY_MIB), "--timeline"], WAIT_S)
     assert rc == 0 and err.startswith("exit: shutdown"), f"vmm-boot exited {rc}: {err}"
     phases = _launcher_phases(out)
     assert "boot_timer" in phases, f"no boot_timer in vmm-boot's timeline: {out!r}"
@@ -122,7 +79,7 @@ def boot_launcher(guest):
 def boot_python(guest):
     argv = [sys.executable, "-m", "vmm", "boot", "--kernel", guest, "--engine", "kvm",
             "--memory", str(MEMORY_MIB), "--json"]
-    t0, _, t_exit, rc, out, err = _run(argv)
+    t0, _, t_exit, rc, out, err = spawn_and_time(argv, WAIT_S)
     assert rc == 0, f"python -m vmm boot exited {rc}: {err}"
     tl = json.loads(out)["timeline_ns"]
     return {"write": tl["boot_timer"] - t0, "exit": t_exit - t0,
@@ -130,7 +87,8 @@ def boot_python(guest):
 
 
 def boot_qemu(guest, accel):
-    t0, t_write, t_exit, rc, out, err = _run(_qemu_argv(guest, accel), watch_byte=True)
+    t0, t_write, t_exit, rc, out, err = spawn_and_time(qemu_microvm_argv(guest, accel, MEMORY_MIB), WAIT_S,
+                                                   watch_byte=True)
     assert rc == QEMU_DEBUG_EXIT_STATUS, f"qemu ({accel}) exited {rc}: {err}"
     assert t_write is not None, f"no boot-timer byte from QEMU ({accel}): {out!r} {err}"
     return {"write": t_write - t0, "exit": t_exit - t0}
