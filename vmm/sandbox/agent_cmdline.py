@@ -8,6 +8,7 @@ guest/agent/PROTOCOL.md ("PID-1 configuration") lists them with their defaults:
     vmm.root=     the image disk, mounted read-only (the sandbox's /dev/vda)
     vmm.data=     the writable disk (/dev/vdb), or `none` for a tmpfs upper layer
     vmm.port=     the vsock port the agent listens on
+    vmm.dial=     the host's vsock port the agent connects to once listening (agent_dial.py)
     vmm.hostname= the guest's hostname (omitted: the agent's default)
     vmm.net=      eth0's address, gateway, MTU, DNS (vmm/net/network.py); omitted: no NIC
     vmm.vol=      volumes: SERIAL:MODE:PATH,... (volume_arg below); omitted: none
@@ -62,7 +63,8 @@ def volume_arg(volumes: Sequence[tuple]) -> str:
 
 
 def agent_cmdline(*, writable: bool, hostname: Optional[str], port: int = DEFAULT_VSOCK_PORT,
-                  net: str = "", volumes: str = "", extra: str = "") -> str:
+                  net: str = "", volumes: str = "", extra: str = "",
+                  dial: Optional[int] = None) -> str:
     """The kernel command line of a sandbox (the engine adds console/reboot/panic).
 
     hostname must already be checked (checks.check_hostname): a space in it would
@@ -70,6 +72,8 @@ def agent_cmdline(*, writable: bool, hostname: Optional[str], port: int = DEFAUL
     """
     parts = [BASE_CMDLINE, f"vmm.root={IMAGE_DEVICE}",
              f"vmm.data={WRITABLE_DEVICE if writable else 'none'}", f"vmm.port={port}"]
+    if dial is not None:
+        parts.append(f"vmm.dial={dial}")
     if hostname is not None:
         parts.append(f"vmm.hostname={hostname}")
     if net:

@@ -37,6 +37,7 @@ from ..net.network import Nat, Network, NetworkState, guest_state, kernel_arg
 from ..net.policy import Policy
 from ..net.ports import reserve_ports
 from .agent_cmdline import agent_cmdline, volume_arg, volume_serial
+from .agent_dial import AgentDial
 from .checks import check_env, check_hostname, check_timeout, check_workdir, existing_disk
 from .console import ConsoleLog
 from .disk_lock import DiskLock
@@ -61,6 +62,7 @@ class Sandbox:
             raise TypeError("use Sandbox.create(image_disk, ...) to start a sandbox")
         self.machine: Optional[Machine] = None
         self._client: Optional[AgentClient] = None
+        self._dial: Optional[AgentDial] = None
         self._console: Optional[ConsoleLog] = None
         self._disk_lock: Optional[DiskLock] = None
         self._volume_locks: List[DiskLock] = []
@@ -177,21 +179,28 @@ class Sandbox:
         nets = []
         net_arg = ""
         if self.network is not None:
-            self._nat = Nat(self.network)
+            # passt is spawned once QEMU is: its fork+exec then overlaps the guest's boot
+            self._nat = Nat(self.network, spawn=False)
             policy = Policy.parse(self.network.scope, self.network.rules,
                                   gateways=self.network.gateways, dns=[self.network.dns],
                                   published=self.network.ports)
             nets.append(Net(backend="passt", fd=self._nat.fd, policy=policy))
             net_arg = kernel_arg(self.network)
+        try:  # the agent connects to us once up (agent_dial.py)
+            self._dial = AgentDial(self.socket_path, DEFAULT_VSOCK_PORT)
+        except OSError:  # e.g. a runtime dir too long for the socket's path: we connect
+            self._dial = None
         self.machine = Machine(kernel, initrd=initrd,
                                cmdline=agent_cmdline(writable=writable, hostname=hostname,
                                                      net=net_arg, volumes=volumes,
-                                                     extra=extra_cmdline),
+                                                     extra=extra_cmdline,
+                                                     dial=self._dial and self._dial.port),
                                cpus=cpus, memory_mib=memory_mib, engine=engine,
                                console=self._console.write, disks=disks,
                                vsock=Vsock(GUEST_CID, self.socket_path), nets=nets)
         self.machine.start()
         if self._nat is not None:
+            self._nat.spawn()
             self._nat.release_fd()  # the device holds its own copy now
             self._nat.wait_ready()  # passt started up while the machine did
             machine = self.machine
@@ -211,9 +220,12 @@ class Sandbox:
 
         def connect():
             try:
-                box["client"] = AgentClient.connect_when_ready(
-                    self.socket_path, DEFAULT_VSOCK_PORT, timeout=timeout,
-                    alive=lambda: m.wait(0) is None)
+                if self._dial is not None:
+                    box["client"] = self._dial.wait(timeout, alive=lambda: m.wait(0) is None)
+                else:
+                    box["client"] = AgentClient.connect_when_ready(
+                        self.socket_path, DEFAULT_VSOCK_PORT, timeout=timeout,
+                        alive=lambda: m.wait(0) is None)
             except BaseException as e:  # handed to the waiting thread
                 box["error"] = e
 
@@ -224,6 +236,7 @@ class Sandbox:
             t.join(0.02)
         if "client" not in box:
             self._fail_boot(box.get("error"), started, timeout, t, box)
+        self._close_dial()
         self._client = box["client"]
         self.ready = self._client.ready
         self._times["ready_received"] = self.ready.received_monotonic_ns
@@ -386,8 +399,14 @@ class Sandbox:
             self._times["stopped"] = time.monotonic_ns()
             return self.exit_status
 
+    def _close_dial(self) -> None:
+        if self._dial is not None:
+            self._dial.close()
+            self._dial = None
+
     def _teardown(self) -> None:
         """Release everything; safe to call more than once and after partial set-up."""
+        self._close_dial()
         if self._client is not None:
             self._client.close()
         if self.machine is not None:
