@@ -31,7 +31,7 @@ def test_the_agents_own_connection_is_accepted_with_its_ready(tmp_path):
     """An agent connected to the dial socket (here: the real agent serving one inherited
     connection) is the sandbox's client, READY taken, at once."""
     from vmm.guest.agent import agent_binary
-    dial = AgentDial(str(tmp_path / "agent.sock"), 1024)
+    dial = AgentDial(str(tmp_path / "agent.sock"), 1024, 1024)
     assert dial.path == str(tmp_path / "agent.sock_1024")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(dial.path)
@@ -51,7 +51,7 @@ def test_the_agents_own_connection_is_accepted_with_its_ready(tmp_path):
 
 
 def test_dial_wait_ends_when_the_vm_does_or_at_the_timeout(tmp_path):
-    dial = AgentDial(str(tmp_path / "agent.sock"), 1024)
+    dial = AgentDial(str(tmp_path / "agent.sock"), 1024, 1024)
     try:
         with pytest.raises(SandboxNotRunning):
             dial.wait(10, alive=lambda: False)
@@ -67,10 +67,10 @@ def test_an_agent_that_does_not_dial_is_still_found(tmp_path, monkeypatch):
     from support.agent_harness import AgentProcess
     monkeypatch.setattr("vmm.sandbox.agent_dial.FALLBACK_EVERY", 0.05)
     agent = AgentProcess(tmp_path)
-    dial = AgentDial(str(tmp_path / "x.sock"), 1024)
+    dial = AgentDial(str(tmp_path / "x.sock"), 1024, 1024)
     # The fallback connects with a vsock CONNECT, which a plain Unix socket agent does not
     # answer: point it at the agent's socket without a port instead.
-    monkeypatch.setattr(dial, "port", None)
+    monkeypatch.setattr(dial, "agent_port", None)
     monkeypatch.setattr(dial, "_agent_socket", str(agent.sock))
     try:
         client = dial.wait(10, alive=lambda: True)

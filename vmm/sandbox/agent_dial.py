@@ -18,7 +18,7 @@ import os
 import select
 import socket
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from ..agent import AgentClient, SandboxNotRunning, Timeout
 
@@ -27,10 +27,14 @@ ALIVE_EVERY = 0.05    # how often the wait asks whether the VM still runs
 
 
 class AgentDial:
-    """A listening socket for the agent's own connection; wait() returns the client."""
+    """A listening socket for the agent's own connection; wait() returns the client.
 
-    def __init__(self, socket_path: str, port: int):
+    socket_path: the vsock device's host socket; port: the host port the agent dials
+    (its `vmm.dial=`); agent_port: the port the agent listens on (the fallback's)."""
+
+    def __init__(self, socket_path: str, port: int, agent_port: Optional[int]):
         self.port = port
+        self.agent_port = agent_port
         self._agent_socket = socket_path
         self.path = f"{socket_path}_{port}"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -70,7 +74,7 @@ class AgentDial:
 
     def _try_connect(self, deadline: float):
         try:
-            client = AgentClient.connect(self._agent_socket, self.port, timeout=1.0)
+            client = AgentClient.connect(self._agent_socket, self.agent_port, timeout=1.0)
         except (SandboxNotRunning, Timeout, ConnectionError, OSError):
             return None  # not listening yet: the agent's own dial may still come
         try:

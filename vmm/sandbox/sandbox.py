@@ -187,7 +187,7 @@ class Sandbox:
             nets.append(Net(backend="passt", fd=self._nat.fd, policy=policy))
             net_arg = kernel_arg(self.network)
         try:  # the agent connects to us once up (agent_dial.py)
-            self._dial = AgentDial(self.socket_path, DEFAULT_VSOCK_PORT)
+            self._dial = AgentDial(self.socket_path, DEFAULT_VSOCK_PORT, DEFAULT_VSOCK_PORT)
         except OSError:  # e.g. a runtime dir too long for the socket's path: we connect
             self._dial = None
         self.machine = Machine(kernel, initrd=initrd,
