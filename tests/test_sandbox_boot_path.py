@@ -153,18 +153,3 @@ def test_sandbox_found_when_the_agent_dials_elsewhere(tmp_path):
                             extra_cmdline="vmm.dial=9") as sb:
         assert sb.exec(["true"], timeout=T).code == 0
         assert "connecting to the host's vsock port 9" in sb.console
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="no qemu")
-@pytest.mark.skipif(not have_busybox(), reason="no busybox-static")
-def test_image_disk_reads_ahead_a_mebibyte(tmp_path):
-    """The image disk's read-ahead is 1 MiB (the first run of a program pages its binary
-    in fewer disk round trips); the writable disk keeps the kernel's default."""
-    from support.sandbox_image import build_busybox_image
-    image = build_busybox_image(tmp_path)
-    disk = vmm.Sandbox.format_writable_disk(tmp_path / "state.ext4", size="64M")
-    with vmm.Sandbox.create(image, writable_disk=disk, engine="qemu", boot_timeout=T,
-                            network=None) as sb:
-        assert _sh(sb, "cat /sys/block/vda/queue/read_ahead_kb") == "1024\n"
-        assert _sh(sb, "cat /sys/block/vdb/queue/read_ahead_kb") == "128\n"

@@ -183,30 +183,12 @@ static int wait_for_device(const char *dev)
 	return stat(dev, &st);
 }
 
-/* The image disk's read-ahead, KiB. The kernel's 128 KiB default makes a program's first
- * run page its binary in 128 KiB at a time, one disk round trip (guest, VMM, back) per
- * fault into a part not yet read; the image is read-only and read mostly whole. */
-#define IMAGE_READ_AHEAD_KB "1024"
-
-static void set_read_ahead(const char *dev)
-{
-	const char *name = strrchr(dev, '/');
-	char path[128];
-	snprintf(path, sizeof(path), "/sys/block/%s/queue/read_ahead_kb", name ? name + 1 : dev);
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0 || write(fd, IMAGE_READ_AHEAD_KB, strlen(IMAGE_READ_AHEAD_KB)) < 0)
-		log_msg("agent: read-ahead of %s: %s", dev, strerror(errno));
-	if (fd >= 0)
-		close(fd);
-}
-
 static int mount_image(const char *dev, const char *type)
 {
 	if (wait_for_device(dev) < 0) {
 		log_msg("agent: image disk %s did not appear", dev);
 		return -1;
 	}
-	set_read_ahead(dev);
 	step_mark("image_dev");
 	if (strcmp(type, "auto") != 0)
 		return do_mount(dev, "/mnt/image", type, MS_RDONLY, NULL);
