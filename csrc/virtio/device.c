@@ -95,6 +95,18 @@ void vdev_note_broken(struct vdev *d, int qi)
     vdev_log(d, "%s; the queue stops until the driver resets the device", d->broken);
 }
 
+void vdev_fail(struct vdev *d, const char *fmt, ...)
+{
+    if (!d->broken[0]) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(d->broken, sizeof(d->broken), fmt, ap);
+        va_end(ap);
+        vdev_log(d, "%s; the device needs a reset", d->broken);
+    }
+    d->failed = true;
+}
+
 void vdev_reset(struct vdev *d)
 {
     for (int i = 0; i < d->nqueues; i++) {
@@ -104,6 +116,7 @@ void vdev_reset(struct vdev *d)
     }
     d->acked = 0;
     d->broken[0] = 0;
+    d->failed = false;
     __atomic_store_n(&d->more, 0, __ATOMIC_RELAXED); /* nothing left to serve */
     if (d->ops->reset)
         d->ops->reset(d);

@@ -126,6 +126,14 @@ static void needs_reset(struct virtio_mmio *t, const char *fmt, ...)
         raise_edge(t, INT_CONFIG);
 }
 
+/* After a device op: a device that failed as a whole (vdev_fail) needs a reset. The
+ * reason is in d->broken and logged already. d->lock held. */
+static void check_failed(struct virtio_mmio *t)
+{
+    if (t->d->failed)
+        needs_reset(t, "%s", t->d->broken);
+}
+
 /* ---- status and reset ---- */
 
 static void transport_reset(struct virtio_mmio *t)
@@ -162,6 +170,9 @@ static void write_status(struct virtio_mmio *t, uint32_t v)
     /* The driver only sets bits (clearing them is a reset); NEEDS_RESET is ours to set. */
     t->status |= v & ~S_NEEDS_RESET;
     if ((added & S_DRIVER_OK) && (t->status & S_DRIVER_OK)) {
+        if (t->d->ops->driver_ok)
+            t->d->ops->driver_ok(t->d);
+        check_failed(t);
         /* Buffers queued before DRIVER_OK (vsock fills its rx ring first) get served. */
         for (int i = 0; i < t->d->nqueues; i++)
             if (t->d->vq[i].ready)
@@ -254,6 +265,9 @@ static void backend_ready(void *opaque, int fd)
 {
     struct virtio_mmio *t = opaque;
     t->d->ops->poll(t->d);
+    pthread_mutex_lock(&t->d->lock);
+    check_failed(t);
+    pthread_mutex_unlock(&t->d->lock);
     rearm(t);
 }
 
@@ -275,6 +289,7 @@ static void kick_ready(void *opaque, int fd)
         d->ops->notify(d, qi);
         if (d->vq[qi].broken)
             needs_reset(t, "queue %d: %s", qi, d->vq[qi].reason);
+        check_failed(t);
     }
     pthread_mutex_unlock(&d->lock);
     rearm(t);

@@ -95,6 +95,24 @@ def device_arg(base: int, size: int, irq: int) -> str:
     return f"virtio_mmio.device={size >> 10}K@{base:#x}:{irq}"
 
 
+def vhost_user_devices(spec) -> list:
+    """[(kind, name, {"kind", "socket", "config", "num_queues"[, "queue_size"]})]: the
+    devices a vhost-user back end serves, attached after the machine's own."""
+    options = spec.options if isinstance(spec.options, KvmOptions) else None
+    return [(dev["kind"], f"vhost-user{i}", dev) for i, dev in enumerate(options.vhost_user if options else ())]
+
+
+def _all_devices(spec) -> list:
+    return attached_devices(spec) + vhost_user_devices(spec)
+
+
+def _open_vhost_user(dev: dict):
+    from .vhost_user_front import DEFAULT_QUEUE_SIZE, open_vhost_user_device
+    return open_vhost_user_device(dev["kind"], dev["socket"], config=dev["config"],
+                                  num_queues=dev["num_queues"],
+                                  queue_size=dev.get("queue_size", DEFAULT_QUEUE_SIZE))
+
+
 # --- the engine --------------------------------------------------------------------------------
 
 def _fields(cdata, ctype) -> dict:
@@ -137,7 +155,7 @@ class KvmEngine(Engine):
         stay last), then the caller's."""
         line = KernelCmdline().append(CMDLINE_PREFIX, "the kvm engine's {n}-byte prefix")
         args, names = [], []
-        for i, (_, name, _) in enumerate(attached_devices(spec)):
+        for i, (_, name, _) in enumerate(_all_devices(spec)):
             slot = mmio_slot(i)
             if slot is not None:
                 args.append(device_arg(*slot) + " ")
@@ -210,7 +228,9 @@ class KvmEngine(Engine):
             "cpus": spec.cpus, "memory_bytes": spec.memory_mib << 20,
             "hugepages": int(bool(spec.hugepages)), "console_fd": console_fd,
             "seccomp": ((lib.VMM_SECCOMP_VCPU if self.options.seccomp_vcpus else 0)
-                        | (lib.VMM_SECCOMP_IO if self.options.seccomp_io else 0))})
+                        | (lib.VMM_SECCOMP_IO if self.options.seccomp_io else 0)),
+            # A vhost-user back end maps guest RAM itself: it must be a memfd.
+            "shared_memory": int(bool(vhost_user_devices(spec)))})
         try:
             vm = check(lib.vmm_vm_create, cfg, error=GuestError, context="cannot create the VM")
         except GuestError as e:
@@ -232,14 +252,14 @@ class KvmEngine(Engine):
         self._cmdline = cmdline
 
     def _attach_devices(self, vm):
-        wanted = attached_devices(self.spec)
+        wanted = _all_devices(self.spec)
         if not wanted:
             return
         from .virtio_device import open_device  # only machines with devices pay for its imports
         flags = ((0 if self.options.ioeventfd else lib.VMM_VDEV_NO_IOEVENTFD)
                  | (0 if self.options.irqfd else lib.VMM_VDEV_NO_IRQFD))
         for i, (kind, name, cfg) in enumerate(wanted):
-            dev = open_device(cfg)
+            dev = _open_vhost_user(cfg) if isinstance(cfg, dict) else open_device(cfg)
             self._attached.append((kind, name, dev))  # closed by close(), whatever happens next
             info = ffi.new("struct vmm_virtio_mmio_info *")
             check(lib.vmm_vm_add_device, vm, dev.ptr, flags, info, context=f"device {name}")
