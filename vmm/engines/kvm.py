@@ -37,6 +37,8 @@ from .base import Engine, ExitStatus, MachineSpec
 from .panic_watch import PanicWatch
 from .options import KvmOptions
 from .device_order import attached_devices, stats_entry
+from .virtiofsd import SharedDirServers
+from ..devices import SharedDir
 
 if TYPE_CHECKING:
     from .inspection import Inspection
@@ -96,21 +98,35 @@ def device_arg(base: int, size: int, irq: int) -> str:
 
 
 def vhost_user_devices(spec) -> list:
-    """[(kind, name, {"kind", "socket", "config", "num_queues"[, "queue_size"]})]: the
-    devices a vhost-user back end serves, attached after the machine's own."""
+    """[(kind, name, config)] of the devices a vhost-user back end serves, attached after
+    the machine's own: the shared dirs (a SharedDir each, served by our virtiofsd), then
+    KvmOptions(vhost_user=[{...}]) entries (served by someone else)."""
     options = spec.options if isinstance(spec.options, KvmOptions) else None
-    return [(dev["kind"], f"vhost-user{i}", dev) for i, dev in enumerate(options.vhost_user if options else ())]
+    out = [("fs", f"fs{i}", shared) for i, shared in enumerate(spec.shared_dirs)]
+    return out + [(dev["kind"], f"vhost-user{i}", dev)
+                  for i, dev in enumerate(options.vhost_user if options else ())]
 
 
 def _all_devices(spec) -> list:
     return attached_devices(spec) + vhost_user_devices(spec)
 
 
-def _open_vhost_user(dev: dict):
-    from .vhost_user_front import DEFAULT_QUEUE_SIZE, open_vhost_user_device
-    return open_vhost_user_device(dev["kind"], dev["socket"], config=dev["config"],
-                                  num_queues=dev["num_queues"],
-                                  queue_size=dev.get("queue_size", DEFAULT_QUEUE_SIZE))
+# virtio-fs: the hiprio queue and one request queue (config num_request_queues = 1), of
+# QEMU's vhost-user-fs-device's default size, so both engines give the guest the same device.
+FS_QUEUES = 2
+FS_QUEUE_SIZE = 128
+
+
+def _open_vhost_user(cfg, socket_path=None):
+    """The front end for a KvmOptions(vhost_user=) entry (a dict), or for a SharedDir
+    whose virtiofsd listens at socket_path."""
+    from . import vhost_user_front as front
+    if isinstance(cfg, dict):
+        return front.open_vhost_user_device(cfg["kind"], cfg["socket"], config=cfg["config"],
+                                            num_queues=cfg["num_queues"],
+                                            queue_size=cfg.get("queue_size", front.DEFAULT_QUEUE_SIZE))
+    return front.open_vhost_user_device("fs", socket_path, config=front.fs_config(cfg.tag),
+                                        num_queues=FS_QUEUES, queue_size=FS_QUEUE_SIZE)
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -144,6 +160,7 @@ class KvmEngine(Engine):
     hold a reference (_ref) so close() never frees the VM under another thread."""
     name = "kvm"
     options_class = KvmOptions
+    supports_shared_dirs = True
 
     @classmethod
     def max_cpus(cls) -> int:
@@ -180,6 +197,7 @@ class KvmEngine(Engine):
         self._final = None  # what the getters return once the VM is gone
         self._attached = []  # (kind, name, virtio_device.Device) attached to the VM
         self._cmdline = ""  # the kernel command line, once loaded
+        self._shared = SharedDirServers(spec.shared_dirs)  # their virtiofsds, started by start()
 
     @contextlib.contextmanager
     def _ref(self):
@@ -199,6 +217,7 @@ class KvmEngine(Engine):
     def start(self, on_console):
         if self._vm is not None or self._closing:
             raise RuntimeError("KvmEngine.start() called twice or after close()")
+        self._shared.start()  # listening before the front ends connect; close() stops them
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         self._read_fd = read_fd
         try:
@@ -258,8 +277,14 @@ class KvmEngine(Engine):
         from .virtio_device import open_device  # only machines with devices pay for its imports
         flags = ((0 if self.options.ioeventfd else lib.VMM_VDEV_NO_IOEVENTFD)
                  | (0 if self.options.irqfd else lib.VMM_VDEV_NO_IRQFD))
+        sockets = iter(self._shared.servers)  # one listening virtiofsd per SharedDir, in order
         for i, (kind, name, cfg) in enumerate(wanted):
-            dev = _open_vhost_user(cfg) if isinstance(cfg, dict) else open_device(cfg)
+            if isinstance(cfg, dict):
+                dev = _open_vhost_user(cfg)
+            elif isinstance(cfg, SharedDir):
+                dev = _open_vhost_user(cfg, next(sockets).socket_path)
+            else:
+                dev = open_device(cfg)
             self._attached.append((kind, name, dev))  # closed by close(), whatever happens next
             info = ffi.new("struct vmm_virtio_mmio_info *")
             check(lib.vmm_vm_add_device, vm, dev.ptr, flags, info, context=f"device {name}")
@@ -452,8 +477,12 @@ class KvmEngine(Engine):
             os.close(self._read_fd)
             self._read_fd = None
         self._handles.clear()
-        # The VM (and with it every transport) is gone: no one uses the devices any more.
-        self._close_devices()
+        # The VM (and with it every transport) is gone: no one uses the devices any more;
+        # then the virtiofsds, whose connections the closed front ends have ended.
+        try:
+            self._close_devices()
+        finally:
+            self._shared.stop()
 
     def _close_devices(self):
         attached, self._attached = self._attached, []
