@@ -54,6 +54,18 @@ class Ports:
                 self.values.append(value)
 
 
+def guest_ram_mappings():
+    """Our process's mappings of a VM's RAM memfd (guest_mem.c names it vmm-guest-ram)."""
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if "memfd:vmm-guest-ram" in line:
+                span, perms = line.split()[:2]
+                lo, hi = (int(x, 16) for x in span.split("-"))
+                out.append({"bytes": hi - lo, "shared": perms[3] == "s"})
+    return out
+
+
 def machine(kernel, socket_path, ports, sectors=8):
     vhost = {"kind": "blk", "socket": socket_path, "config": blk_config(sectors), "num_queues": 1,
              "queue_size": 1024}
@@ -118,6 +130,9 @@ def test_a_back_end_that_hangs_up_breaks_the_device_not_the_vm(blk_guest, tmp_pa
                 time.sleep(0.05)
             assert t["status"] & NEEDS_RESET, t
             assert m.wait(timeout=0.5) is None, "the VM must keep running"
+            # Guest RAM is the sealed memfd, shared, that the back end was to map.
+            [ram] = guest_ram_mappings()
+            assert ram["shared"] and ram["bytes"] == 16 << 20, ram
         finally:
             m.stop()
     err = capfd.readouterr().err
