@@ -19,6 +19,8 @@ void vdev_init(struct vdev *d, const char *name, uint32_t device_id, const struc
     d->nqueues = nqueues;
     d->queue_max = queue_max;
     d->poll_fd = -1;
+    for (int i = 0; i < VDEV_MAX_QUEUES; i++)
+        d->kick_fd[i] = -1;
     pthread_mutex_init(&d->lock, NULL);
     pthread_mutex_init(&d->log_lock, NULL);
 }

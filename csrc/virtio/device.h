@@ -93,6 +93,11 @@ struct vdev {
     const char *transport;   /* who the device is bound to ("a VM (virtio-mmio)", ...), or NULL */
     void (*release)(void *opaque); /* the transport's clean-up when the binding ends, or NULL */
     int poll_fd;              /* -1, or the device's backend epoll set (see above) */
+    /* Per queue: -1, or an eventfd of the device's own that a transport with a notify
+     * eventfd (virtio-mmio's ioeventfd) uses as that queue's: the guest's notifies then
+     * reach whoever reads it (a vhost-user front end's back end) without a hop through
+     * the event loop, and the device's notify op is not called for that queue. */
+    int kick_fd[VDEV_MAX_QUEUES];
     struct vmm_vdev_counters c;
     char broken[200]; /* first reason a queue (or the device) broke, for the user */
     bool failed;      /* the device as a whole cannot go on (vdev_fail); under d->lock */

@@ -81,7 +81,9 @@ struct virtio_mmio {
     uint32_t isr;
     uint64_t notify_exits, notify_events, irqs, bad_accesses;
     /* Fixed after attach. */
-    int kick[VDEV_MAX_QUEUES]; /* eventfds the I/O thread waits on, one per queue */
+    int kick[VDEV_MAX_QUEUES]; /* eventfds the I/O thread waits on, one per queue ... */
+    bool device_kick[VDEV_MAX_QUEUES]; /* ... except the device's own (d->kick_fd): not ours
+                                          to wait on or close */
     bool ioeventfd;            /* kick[] are registered with KVM on QueueNotify */
     int irqfd;                 /* eventfd registered with KVM_IRQFD, or -1 */
 };
@@ -429,6 +431,11 @@ static int wire_notify(struct virtio_mmio *t, struct ioloop *io, bool use_ioeven
     if (t->d->poll_fd >= 0 && ioloop_add(io, t->d->poll_fd, backend_ready, t, err, errlen) < 0)
         return -1;
     for (int i = 0; i < t->d->nqueues; i++) {
+        if (t->d->kick_fd[i] >= 0) {
+            t->kick[i] = t->d->kick_fd[i];
+            t->device_kick[i] = true;
+            continue;
+        }
         t->kick[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (t->kick[i] < 0)
             return errf(err, errlen, "eventfd: %s", strerror(errno));
@@ -473,8 +480,10 @@ static void release_fds(struct virtio_mmio *t)
             continue;
         if (t->ioeventfd)
             ioeventfd(t, i, false);
-        close(t->kick[i]);
+        if (!t->device_kick[i])
+            close(t->kick[i]);
         t->kick[i] = -1;
+        t->device_kick[i] = false;
     }
     t->ioeventfd = false;
     if (t->irqfd >= 0) {
@@ -503,7 +512,7 @@ struct virtio_mmio *virtio_mmio_attach(struct vmm_vm *vm, struct ioloop *io, str
     if (wire_notify(t, io, !(flags & VMM_VDEV_NO_IOEVENTFD), err, errlen) < 0 ||
         bus_register(&vm->mmio, d->name, base, VIRTIO_MMIO_WINDOW, mmio_access, t, err, errlen) < 0) {
         for (int i = 0; i < VDEV_MAX_QUEUES; i++)
-            if (t->kick[i] >= 0)
+            if (t->kick[i] >= 0 && !t->device_kick[i])
                 ioloop_del(io, t->kick[i]);
         if (d->poll_fd >= 0)
             ioloop_del(io, d->poll_fd);

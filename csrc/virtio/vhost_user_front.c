@@ -8,7 +8,10 @@
  * SET_VRING_NUM / BASE (0: the driver set the ring up afresh) / ADDR / CALL / KICK, then
  * ENABLE when protocol features are in use. Reset: GET_VRING_BASE for each started ring
  * (which stops it), the reply's ring index checked.
- * Kicks: the transport's notify writes our kick eventfd, which the back end holds.
+ * Kicks: each ring's kick eventfd is ours, made at open and handed to the transport as the
+ * queue's notify eventfd (d->kick_fd: virtio-mmio registers it as the ioeventfd), so a
+ * guest's notify reaches the back end without waking our event loop; a transport that
+ * calls notify instead (the test transport) gets the same eventfd written.
  * Calls: the back end writes our call eventfds, which sit in d->poll_fd; poll raises the
  * guest interrupt through the transport (which sets InterruptStatus' used-buffer bit).
  *
@@ -186,7 +189,8 @@ static void ask_sync(struct vuf *f)
 
 static void vuf_notify(struct vdev *d, int qi)
 {
-    /* Also before the ring reached the back end: the count waits in the eventfd. */
+    /* Only from a transport without d->kick_fd support; also before the ring reached the
+     * back end: the count waits in the eventfd. */
     eventfd_write(F(d)->kick[qi], 1);
 }
 
@@ -272,6 +276,7 @@ static int make_fds(struct vuf *f, char *err, size_t errlen)
         f->call[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (f->kick[i] < 0 || f->call[i] < 0 || epoll_in(f, f->call[i], TAG_CALL0 + (uint32_t)i) < 0)
             return errf(err, errlen, "cannot make the front end's event fds: %s", strerror(errno));
+        f->d.kick_fd[i] = f->kick[i]; /* the guest's notifies go straight to the back end */
     }
     f->d.poll_fd = f->epfd;
     return 0;

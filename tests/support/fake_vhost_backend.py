@@ -42,6 +42,7 @@ class FakeBackend:
         self.listener.bind(self.path)
         self.listener.listen(8)
         self._conns = []
+        self._serving = []
         self._stopping = False
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
@@ -53,21 +54,29 @@ class FakeBackend:
             except OSError:
                 return
             self._conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._serving.append(t)
+            t.start()
 
-    def _recv(self, conn, n):
-        data, fds = b"", []
+    @staticmethod
+    def _recv(conn, n):
+        """n bytes (None at EOF); every fd that came along is closed (the front end's are
+        dups in this very process: a test counts them)."""
+        data = b""
         while len(data) < n:
             msg, anc, _, _ = conn.recvmsg(n - len(data), socket.CMSG_SPACE(8 * 4))
-            if not msg:
-                return None, fds
-            data += msg
+            nfds = 0
             for level, kind, raw in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     a = array.array("i")
                     a.frombytes(raw[:len(raw) - len(raw) % a.itemsize])
-                    fds += list(a)
-        return data, fds
+                    for fd in a:
+                        os.close(fd)
+                    nfds += len(a)
+            if not msg:
+                return None, nfds
+            data += msg
+        return data, nfds
 
     def _correct_reply(self, request, flags, payload):
         if request == GET_FEATURES:
@@ -84,16 +93,14 @@ class FakeBackend:
         n = 0
         try:
             while True:
-                head, fds = self._recv(conn, HDR.size)
+                head, nfds = self._recv(conn, HDR.size)
                 if head is None:
                     return
                 request, flags, size = HDR.unpack(head)
-                payload, more = self._recv(conn, size) if size else (b"", [])
-                for fd in fds + more:
-                    os.close(fd)
+                payload, more = self._recv(conn, size) if size else (b"", 0)
                 if payload is None:
                     return
-                self.requests.append((request, flags, payload, len(fds + more)))
+                self.requests.append((request, flags, payload, nfds + more))
                 reply = self._correct_reply(request, flags, payload)
                 action = self.misbehave(n, request, reply)
                 n += 1
@@ -127,6 +134,8 @@ class FakeBackend:
                 pass
             c.close()
         self._thread.join(5)
+        for t in self._serving:
+            t.join(5)
 
     def __enter__(self):
         return self
