@@ -111,6 +111,9 @@ def test_guest_reads_and_writes_a_disk_served_by_our_back_end(blk_guest, disk, t
     assert stats["kind"] == "blk" and stats["name"] == "vhost-user0" and stats["interrupts"] == 2
     [t] = m.inspect().transports
     assert t["status"] == 0xF and t["interrupts"] == 2
+    # The notifies went from KVM's ioeventfd straight to the back end: none exited to the
+    # VMM, none woke our I/O thread.
+    assert t["ioeventfd"] == 1 and t["notify_exits"] == 0 and t["notify_events"] == 0, t
 
 
 def test_a_back_end_that_hangs_up_breaks_the_device_not_the_vm(blk_guest, tmp_path, capfd):
