@@ -116,6 +116,18 @@ def test_guest_reads_and_writes_a_disk_served_by_our_back_end(blk_guest, disk, t
     assert t["ioeventfd"] == 1 and t["notify_exits"] == 0 and t["notify_events"] == 0, t
 
 
+def test_without_a_vhost_user_device_guest_ram_stays_private(blk_guest, disk):
+    ports = Ports()
+    options = KvmOptions(python_devices=[PythonDevice(REPORT_PORT, 4, ports, mmio=False)])
+    m = vmm.Machine(blk_guest, engine="kvm", memory_mib=16, disks=[Disk(str(disk))], options=options)
+    try:
+        m.start()
+        assert m.wait(timeout=WAIT) is not None
+        assert guest_ram_mappings() == [], "no memfd: today's anonymous mapping"
+    finally:
+        m.stop()
+
+
 def test_a_back_end_that_hangs_up_breaks_the_device_not_the_vm(blk_guest, tmp_path, capfd):
     def hang_up(n, request, reply):
         return ("close",) if request == SET_FEATURES else None
