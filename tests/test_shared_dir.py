@@ -291,33 +291,38 @@ sys.path.insert(0, {repo!r})
 from vmm.devices import SharedDir
 from vmm.engines.virtiofsd import Virtiofsd
 fsd = Virtiofsd.start(SharedDir({share!r}, "t", read_only={ro}), {sock!r})
-c = socket.socket(socket.AF_UNIX); c.connect({sock!r})
+if {connect}:
+    c = socket.socket(socket.AF_UNIX); c.connect({sock!r})
 print(fsd.pid, flush=True)
 time.sleep(600)
 """
 
 
-def _run_owner(tmp_path, ro=False, prefix=()):
+def _run_owner(tmp_path, ro=False, connect=True, prefix=()):
     share = tmp_path / "share"
     share.mkdir(exist_ok=True)
     os.chmod(tmp_path, 0o777)
     os.chmod(share, 0o777)
-    code = OWNER.format(repo=str(REPO), share=str(share), sock=str(tmp_path / "o.sock"), ro=ro)
+    code = OWNER.format(repo=str(REPO), share=str(share), sock=str(tmp_path / "o.sock"), ro=ro,
+                        connect=connect)
     return subprocess.Popen([*prefix, sys.executable if not prefix else "/usr/bin/python3", "-c", code],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @needs_virtiofsd
-@pytest.mark.parametrize("ro", [False, True])
-def test_nothing_outlives_an_owner_killed_with_sigkill(tmp_path, ro):
-    owner = _run_owner(tmp_path, ro)
+@pytest.mark.parametrize("ro, connect", [(False, False), (True, False), (False, True), (True, True)])
+def test_nothing_outlives_an_owner_killed_with_sigkill(tmp_path, ro, connect):
+    """Unconnected, virtiofsd waits in accept() on a socket it holds itself: only its
+    death signal ends it. Connected (the owner holds the front end's end), its worker
+    runs too: a user namespace (ro=True as root takes none) must not lose the signal."""
+    owner = _run_owner(tmp_path, ro, connect)
     try:
         pid = int(owner.stdout.readline() or 0)
         assert pid, owner.stderr.read()
-        worker = _worker_of(pid)
+        pids = [pid, _worker_of(pid)] if connect else [pid]
         owner.send_signal(signal.SIGKILL)
         owner.wait()
-        assert _wait_gone([pid, worker]) == [], "virtiofsd outlived its owner"
+        assert _wait_gone(pids) == [], "virtiofsd outlived its owner"
     finally:
         owner.kill()
         owner.wait()
@@ -381,3 +386,27 @@ def test_an_ordinary_user_runs_virtiofsd_in_a_user_namespace(tmp_path, ro):
     assert first.startswith("65534 True ['"), first   # alive, with its sandboxed worker
     assert "virtio_loop: Entry" in first
     assert second == "gone []"
+
+
+@needs_virtiofsd
+@pytest.mark.skipif(os.geteuid() != 0 or not _setpriv_works(), reason="needs root to become nobody")
+@pytest.mark.parametrize("connect", [False, True])
+def test_an_ordinary_users_virtiofsd_ends_with_its_owner(connect):
+    """As uid 65534 (virtiofsd in a user namespace of its own) too."""
+    base = Path(tempfile.mkdtemp(prefix="vmm-fs-user-"))
+    try:
+        os.chmod(base, 0o777)
+        owner = _run_owner(base, False, connect, prefix=(
+            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"))
+        try:
+            pid = int(owner.stdout.readline() or 0)
+            assert pid, owner.stderr.read()
+            pids = [pid, _worker_of(pid)] if connect else [pid]
+            owner.send_signal(signal.SIGKILL)
+            owner.wait()
+            assert _wait_gone(pids) == [], "virtiofsd outlived its owner"
+        finally:
+            owner.kill()
+            owner.wait()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
