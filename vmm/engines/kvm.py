@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ from .panic_watch import PanicWatch
 from .options import KvmOptions
 from .device_order import attached_devices, stats_entry
 from .virtiofsd import SharedDirServers
+from .vhost_user_front import open_for, vhost_user_devices
 from ..devices import SharedDir
 
 if TYPE_CHECKING:
@@ -97,36 +99,8 @@ def device_arg(base: int, size: int, irq: int) -> str:
     return f"virtio_mmio.device={size >> 10}K@{base:#x}:{irq}"
 
 
-def vhost_user_devices(spec) -> list:
-    """[(kind, name, config)] of the devices a vhost-user back end serves, attached after
-    the machine's own: the shared dirs (a SharedDir each, served by our virtiofsd), then
-    KvmOptions(vhost_user=[{...}]) entries (served by someone else)."""
-    options = spec.options if isinstance(spec.options, KvmOptions) else None
-    out = [("fs", f"fs{i}", shared) for i, shared in enumerate(spec.shared_dirs)]
-    return out + [(dev["kind"], f"vhost-user{i}", dev)
-                  for i, dev in enumerate(options.vhost_user if options else ())]
-
-
 def _all_devices(spec) -> list:
     return attached_devices(spec) + vhost_user_devices(spec)
-
-
-# virtio-fs: the hiprio queue and one request queue (config num_request_queues = 1), of
-# QEMU's vhost-user-fs-device's default size, so both engines give the guest the same device.
-FS_QUEUES = 2
-FS_QUEUE_SIZE = 128
-
-
-def _open_vhost_user(cfg, socket_path=None):
-    """The front end for a KvmOptions(vhost_user=) entry (a dict), or for a SharedDir
-    whose virtiofsd listens at socket_path."""
-    from . import vhost_user_front as front
-    if isinstance(cfg, dict):
-        return front.open_vhost_user_device(cfg["kind"], cfg["socket"], config=cfg["config"],
-                                            num_queues=cfg["num_queues"],
-                                            queue_size=cfg.get("queue_size", front.DEFAULT_QUEUE_SIZE))
-    return front.open_vhost_user_device("fs", socket_path, config=front.fs_config(cfg.tag),
-                                        num_queues=FS_QUEUES, queue_size=FS_QUEUE_SIZE)
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -198,6 +172,8 @@ class KvmEngine(Engine):
         self._attached = []  # (kind, name, virtio_device.Device) attached to the VM
         self._cmdline = ""  # the kernel command line, once loaded
         self._shared = SharedDirServers(spec.shared_dirs)  # their virtiofsds, started by start()
+        self._fs_watch = None     # the thread that ends the VM if a virtiofsd dies
+        self._fs_failure = None   # why it did
 
     @contextlib.contextmanager
     def _ref(self):
@@ -239,6 +215,26 @@ class KvmEngine(Engine):
                                             name="kvm-console", daemon=True)
             self._reader.start()
             self._reader_made.set()
+        if self._shared.servers:
+            self._fs_watch = threading.Thread(target=self._watch_virtiofsd, name="kvm-virtiofsd",
+                                              daemon=True)
+            self._fs_watch.start()
+
+    def _watch_virtiofsd(self):
+        """A shared dir's virtiofsd that ends on its own before stop(): the guest's file
+        system is gone for good (the front end does not reconnect; its device is already
+        failed), so the machine ends with the reason, as on the qemu engine, instead of
+        leaving the guest to hang in its next file access."""
+        fds = list(self._shared.exit_fds())
+        while fds and not self._closing:
+            ready, _, _ = select.select(fds, [], [], 0.25)
+            for fd in ready:
+                fds.remove(fd)
+                failures = self._shared.errors()
+                if failures and not self._closing:
+                    self._fs_failure = "; ".join(failures)
+                    self.stop()
+                    return
 
     def _create(self, console_fd):
         spec = self.spec
@@ -279,10 +275,10 @@ class KvmEngine(Engine):
                  | (0 if self.options.irqfd else lib.VMM_VDEV_NO_IRQFD))
         sockets = iter(self._shared.servers)  # one listening virtiofsd per SharedDir, in order
         for i, (kind, name, cfg) in enumerate(wanted):
-            if isinstance(cfg, dict):
-                dev = _open_vhost_user(cfg)
-            elif isinstance(cfg, SharedDir):
-                dev = _open_vhost_user(cfg, next(sockets).socket_path)
+            if isinstance(cfg, SharedDir):
+                dev = open_for(cfg, next(sockets).socket_path)
+            elif isinstance(cfg, dict):  # KvmOptions(vhost_user=[...])
+                dev = open_for(cfg)
             else:
                 dev = open_device(cfg)
             self._attached.append((kind, name, dev))  # closed by close(), whatever happens next
@@ -341,6 +337,9 @@ class KvmEngine(Engine):
             if kind == "shutdown" and self._panic.line is not None:
                 # panic=-1 made the guest reset; say why, as the qemu engine does.
                 kind, message = "error", self._panic.message()
+            elif kind == "host-stop" and self._fs_failure is not None:
+                kind, message = "error", (f"{self._fs_failure}; the machine was stopped: its "
+                                          "shared directory cannot come back")
             self._status = ExitStatus(kind, message, info.code)
 
     def pause(self):
@@ -409,9 +408,11 @@ class KvmEngine(Engine):
     def _transport_info(self, vm):
         out = []
         info = ffi.new("struct vmm_virtio_mmio_info *")
+        servers = {s["name"]: s for s in self._shared.info()}  # fs<i>: virtiofsd's pid, tag, log
         for i, (kind, name, _) in enumerate(self._attached):
             if lib.vmm_vm_device_info(vm, i, info) == 0:
-                out.append(dict(_fields(info, "struct vmm_virtio_mmio_info"), kind=kind, name=name))
+                entry = dict(_fields(info, "struct vmm_virtio_mmio_info"), **servers.get(name, {}))
+                out.append(dict(entry, kind=kind, name=name))
         return out
 
     @staticmethod
@@ -477,6 +478,8 @@ class KvmEngine(Engine):
             os.close(self._read_fd)
             self._read_fd = None
         self._handles.clear()
+        if self._fs_watch is not None and self._fs_watch is not threading.current_thread():
+            self._fs_watch.join()  # it sees _closing within its 0.25 s slice
         # The VM (and with it every transport) is gone: no one uses the devices any more;
         # then the virtiofsds, whose connections the closed front ends have ended.
         try:

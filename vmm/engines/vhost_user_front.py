@@ -16,7 +16,9 @@ import os
 import struct
 
 from .. import _binding
+from ..devices import SharedDir
 from ..errors import ConfigError
+from .options import KvmOptions
 from .virtio_device import Device
 
 # virtio device ids (virtio 1.x, section 5)
@@ -54,3 +56,32 @@ def open_vhost_user_device(kind: str, socket_path, *, config: bytes, num_queues:
                        ffi.from_buffer(config) if config else ffi.NULL, len(config),
                        num_queues, queue_size, reply_timeout_ms)
     return Device(p, kind)
+
+
+# virtio-fs on the kvm engine: the hiprio queue and one request queue (config
+# num_request_queues = 1), of QEMU's vhost-user-fs-device's default size, so both engines
+# give the guest the same device.
+FS_QUEUES = 2
+FS_QUEUE_SIZE = 128
+
+
+def vhost_user_devices(spec) -> list:
+    """[(kind, name, config)]: the devices of a kvm-engine MachineSpec that a vhost-user
+    back end serves, attached after the machine's own: the shared dirs ("fs", "fs<i>", a
+    SharedDir, served by our virtiofsd), then the KvmOptions(vhost_user=[{...}]) entries
+    ("vhost-user<i>", a dict, served by someone else)."""
+    options = spec.options if isinstance(spec.options, KvmOptions) else None
+    out = [("fs", f"fs{i}", shared) for i, shared in enumerate(spec.shared_dirs)]
+    return out + [(dev["kind"], f"vhost-user{i}", dev)
+                  for i, dev in enumerate(options.vhost_user if options else ())]
+
+
+def open_for(cfg, socket_path=None) -> Device:
+    """The front end for a KvmOptions(vhost_user=) entry (a dict), or for a SharedDir
+    whose virtiofsd listens at socket_path."""
+    if isinstance(cfg, SharedDir):
+        return open_vhost_user_device("fs", socket_path, config=fs_config(cfg.tag),
+                                      num_queues=FS_QUEUES, queue_size=FS_QUEUE_SIZE)
+    return open_vhost_user_device(cfg["kind"], cfg["socket"], config=cfg["config"],
+                                  num_queues=cfg["num_queues"],
+                                  queue_size=cfg.get("queue_size", DEFAULT_QUEUE_SIZE))
