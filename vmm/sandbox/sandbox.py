@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..agent import (DEFAULT_MAX_OUTPUT, DEFAULT_VSOCK_PORT, AgentClient, AgentError,
                      ExecResult, Process, SandboxNotRunning, Timeout)
-from ..devices import Disk, Net, Vsock
+from ..devices import Disk, Net, SharedDir, Vsock
 from ..errors import ConfigError
 from ..machine import ExitStatus, Machine
 from ..net.network import Nat, Network, NetworkState, guest_state, kernel_arg
@@ -185,10 +185,8 @@ class Sandbox:
         # The order makes the image /dev/vda and the writable disk /dev/vdb (/dev/vda with a
         # root directory instead of an image), the devices agent_cmdline names to the guest.
         disks = [Disk(image_disk, read_only=True, serial="image")] if self.root_dir is None else []
-        shared = []
-        if self.root_dir is not None:
-            from ..devices import SharedDir
-            shared.append(SharedDir(self.root_dir, tag=ROOT_TAG, read_only=True))
+        shared = [] if self.root_dir is None else \
+            [SharedDir(self.root_dir, tag=ROOT_TAG, read_only=True)]
         if writable:
             disks.append(Disk(writable_disk, read_only=False, serial="data"))
         disks += [Disk(v.disk_path, read_only=v.read_only, serial=volume_serial(i))
@@ -212,7 +210,7 @@ class Sandbox:
                                cpus=cpus, memory_mib=memory_mib, engine=engine,
                                console=self._console.write, disks=disks,
                                vsock=Vsock(GUEST_CID, self.socket_path), nets=nets,
-                               **({"shared_dirs": shared} if shared else {}))
+                               shared_dirs=shared)
         self.machine.start()
         if self._nat is not None:
             self._nat.release_fd()  # the device holds its own copy now
