@@ -103,4 +103,10 @@ def test_root_failure_reason():
         "the root directory /srv/rootfs could not be mounted in the guest: "
         "no virtio-fs device with this tag")
     assert root_failure("agent: FATAL: volume vmm-vol0: x\n", "/srv/rootfs") is None
-    assert root_failure("agent: root directory other-tag: x\n", "/srv/rootfs") is None
+    assert root_failure("agent: FATAL: cannot set up the root file system\n", "/srv/rootfs") is None
+
+
+def test_async_create_takes_root_dir(tmp_path):
+    import asyncio
+    with pytest.raises(ConfigError, match="does not exist"):
+        asyncio.run(vmm.AsyncSandbox.create(root_dir=tmp_path / "nope"))

@@ -23,7 +23,6 @@ import re
 from typing import Optional
 
 from ..errors import ConfigError
-from .agent_cmdline import ROOT_TAG
 
 
 def check_root_dir(path) -> str:
@@ -51,7 +50,8 @@ def check_root_dir(path) -> str:
     return real
 
 
-_FAILED_LINE = re.compile(r"agent: root directory " + re.escape(ROOT_TAG) + r": (.*)")
+# Any tag: the agent names the one it was told (ROOT_TAG, unless extra_cmdline said otherwise).
+_FAILED_LINE = re.compile(r"agent: root directory \S+: (.*)")
 
 
 def root_failure(console: str, root_dir: str) -> Optional[str]:
