@@ -84,8 +84,9 @@ class Sandbox:
 
     # --- creation ------------------------------------------------------------------------
     @classmethod
-    def create(cls, image_disk=None, *, root_dir=None, writable_disk=None, cpus: int = 1, memory_mib: int = 512,
-               env: Optional[Dict[str, str]] = None, workdir: Optional[str] = None,
+    def create(cls, image_disk=None, *, root_dir=None, writable_disk=None, cpus: int = 1,
+               memory_mib: int = 512, env: Optional[Dict[str, str]] = None,
+               workdir: Optional[str] = None,
                hostname: Optional[str] = None, engine: str = "auto", kernel=None, initrd=None,
                rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
                boot_timeout: float = DEFAULT_BOOT_TIMEOUT, console_log=None,
@@ -140,7 +141,7 @@ class Sandbox:
             extra_cmdline=extra_cmdline, boot_timeout=boot_timeout, env=env, workdir=workdir,
             rlimits=rlimits, network=network, volumes=mounts)
 
-    def _start(self, image_disk: Optional[str], writable_disk: Optional[str], *, console_log, kernel,
+    def _start(self, image_disk, writable_disk: Optional[str], *, console_log, kernel,
                initrd, cpus, memory_mib, engine, hostname, extra_cmdline, boot_timeout, env,
                workdir, rlimits, network, volumes) -> "Sandbox":
         """The second half of create(), on checked arguments: set up, boot, wait for
@@ -166,7 +167,7 @@ class Sandbox:
         self._times["sandbox_ready"] = time.monotonic_ns()
         return self
 
-    def _setup(self, image_disk: str, writable_disk: Optional[str], console_log) -> None:
+    def _setup(self, image_disk, writable_disk: Optional[str], console_log) -> None:
         if writable_disk is not None:
             self._disk_lock = DiskLock(writable_disk)
         self._volume_locks = lock_mounts(self.volumes)
