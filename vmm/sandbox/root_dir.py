@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from typing import Optional
 
 from ..errors import ConfigError
@@ -37,9 +38,13 @@ def check_root_dir(path) -> str:
         path = os.fsdecode(path)
     if not path:
         raise ConfigError("root_dir is empty: give the directory holding the guest's root")
-    if not os.path.exists(path):
-        raise ConfigError(f"root directory {path} does not exist")
-    if not os.path.isdir(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"root directory {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"root directory {path} cannot be reached: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"root directory {path} is not a directory")
     real = os.path.realpath(path)
     if real == "/":
