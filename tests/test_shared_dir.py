@@ -410,3 +410,46 @@ def test_an_ordinary_users_virtiofsd_ends_with_its_owner(connect):
             owner.wait()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _fake_virtiofsd(tmp_path, monkeypatch, body: str) -> None:
+    """A stand-in virtiofsd (VMM_VIRTIOFSD): a shell script with the given body."""
+    fake = tmp_path / "fake-virtiofsd"
+    fake.write_text("#!/bin/sh\n" + body)
+    fake.chmod(0o755)
+    monkeypatch.setenv(vfs.BINARY_ENV, str(fake))
+
+
+def test_the_log_is_capped_like_a_console_file(tmp_path, monkeypatch):
+    """However much virtiofsd writes, its log holds at most 2 x LOG_FILE_BYTES (the
+    older half in <log>.1), and the last lines stay in memory for error messages."""
+    monkeypatch.setattr(vfs, "LOG_FILE_BYTES", 64 << 10)
+    _fake_virtiofsd(tmp_path, monkeypatch,
+                    "echo 'virtio_session_mount: Waiting for vhost-user socket connection...' >&2\n"
+                    "i=0; while [ $i -lt 3000 ]; do echo \"line $i: some message from virtiofsd\" >&2;"
+                    " i=$((i+1)); done\necho 'the last line' >&2\nexec sleep 60\n")
+    (tmp_path / "share").mkdir()
+    log = tmp_path / "fsd.log"
+    fsd = Virtiofsd.start(SharedDir(tmp_path / "share", "t"), str(tmp_path / "s.sock"), log_path=str(log))
+    try:
+        deadline = time.monotonic() + 20
+        while "the last line" not in fsd.tail() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fsd.tail().endswith("the last line")
+    finally:
+        fsd.stop()
+    rotated = Path(str(log) + ".1")
+    assert rotated.exists() and log.stat().st_size <= 64 << 10 and rotated.stat().st_size <= 64 << 10
+    assert log.read_text().endswith("the last line\n")
+    assert not _alive(fsd.pid)
+
+
+def test_a_virtiofsd_that_never_gets_ready_is_ended_with_an_error(tmp_path, monkeypatch):
+    _fake_virtiofsd(tmp_path, monkeypatch, "echo 'starting up' >&2\nexec sleep 60\n")
+    (tmp_path / "share").mkdir()
+    t0 = time.monotonic()
+    with pytest.raises(VirtiofsdError, match=r"did not start within 0.5s: starting up"):
+        Virtiofsd.start(SharedDir(tmp_path / "share", "t"), str(tmp_path / "s.sock"), timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    assert not (tmp_path / "s.sock").exists()
+    assert subprocess.run(["pgrep", "-f", str(tmp_path / "fake-virtiofsd")]).returncode == 1

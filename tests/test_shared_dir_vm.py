@@ -283,3 +283,32 @@ finally:
         assert not (base / "ro" / "new").exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_virtiofsd_that_dies_ends_the_machine_with_the_reason(kernel_path, image, tmp_path):
+    """QEMU 7.2 cannot reconnect a vhost-user-fs device: rather than leave the guest to
+    hang in its next file access, the machine ends, naming the server."""
+    (tmp_path / "s").mkdir()
+    g = boot(kernel_path, image, [SharedDir(tmp_path / "s", "s")], str(tmp_path))
+    try:
+        g.ok("mkdir -p /m && mount -t virtiofs s /m && ls /m")
+        pids = virtiofsd_pids(g.fs_info())
+        os.kill(pids[0], signal.SIGKILL)
+        status = g.machine.wait(30)
+        assert status is not None and status.kind == "error", status
+        assert "virtiofsd for 's' ended (signal SIGKILL)" in status.message
+        assert wait_gone(pids) == []
+    finally:
+        g.stop()
+
+
+def test_a_guest_that_powers_off_ends_cleanly_with_its_shares(kernel_path, image, tmp_path):
+    (tmp_path / "s").mkdir()
+    g = boot(kernel_path, image, [SharedDir(tmp_path / "s", "s")], str(tmp_path))
+    g.ok("mkdir -p /m && mount -t virtiofs s /m && echo bye > /m/last")
+    pids = virtiofsd_pids(g.fs_info())
+    g.client.shutdown()
+    status = g.machine.wait(60)
+    assert status is not None and status.ok, status
+    assert wait_gone(pids) == [] and (tmp_path / "s" / "last").read_text() == "bye\n"
+    g.stop()

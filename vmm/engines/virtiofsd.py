@@ -211,6 +211,9 @@ class Virtiofsd:
         self._stopping = False
         self._stopped = False
         self._reader: Optional[threading.Thread] = None
+        # Readable once virtiofsd has exited: an engine watches it next to its VM's own
+        # descriptors, and asks failure() why.
+        self.exit_fd: int = os.pidfd_open(proc.pid)
 
     @property
     def pid(self) -> int:
@@ -270,11 +273,13 @@ class Virtiofsd:
 
     def _read_log(self) -> None:
         stream = self._proc.stderr
+        carry = b""   # the end of the last read: the mark may straddle two reads
         try:
             while True:
                 data = os.read(stream.fileno(), 65536)
                 if not data:
                     break
+                window, carry = carry + data, (carry + data)[-len(READY_MARK):]
                 with self._lock:
                     self._tail.add(data)
                     if self._log is not None:
@@ -282,7 +287,7 @@ class Virtiofsd:
                             self._log.write(data)
                         except OSError:
                             self._log = None   # a full disk must not stop the reading
-                    if not self._marked and READY_MARK in self._tail.value():
+                    if not self._marked and READY_MARK in window:
                         self._marked = True
                         self._ready.set()
         finally:
@@ -356,6 +361,8 @@ class Virtiofsd:
                     self._log.close()
                     self._log = None
             _unlink(self.socket_path)
+            os.close(self.exit_fd)
+            self.exit_fd = -1
 
 
 class SharedDirServers:
@@ -390,7 +397,12 @@ class SharedDirServers:
                 for s in self.servers]
 
     def errors(self) -> List[str]:
+        """Why each virtiofsd that ended on its own did (see Virtiofsd.failure())."""
         return [f for f in (s.failure() for s in self.servers) if f]
+
+    def exit_fds(self) -> List[int]:
+        """One descriptor per running virtiofsd, readable once it has exited."""
+        return [s.exit_fd for s in self.servers]
 
     def info(self) -> List[dict]:
         return [{"kind": "fs", "name": f"fs{i}", "tag": s.shared.tag, "pid": s.pid,
