@@ -187,7 +187,7 @@ class Sandbox:
         # root directory instead of an image), the devices agent_cmdline names to the guest.
         disks = [Disk(image_disk, read_only=True, serial="image")] if self.root_dir is None else []
         shared = [] if self.root_dir is None else \
-            [SharedDir(self.root_dir, tag=ROOT_TAG, read_only=True)]
+            [SharedDir(self.root_dir, tag=ROOT_TAG, read_only=True, cache="always")]
         if writable:
             disks.append(Disk(writable_disk, read_only=False, serial="data"))
         disks += [Disk(v.disk_path, read_only=v.read_only, serial=volume_serial(i))
