@@ -3,7 +3,7 @@
     vmm.Sandbox.create(root_dir="/var/lib/runtime/rootfs/abc")   # an unpacked rootfs
 
 The directory is shared read-only over virtio-fs (one virtiofsd, which itself refuses
-writes) under the tag ROOT_TAG, and the guest agent mounts it as the overlay's lower
+writes, with cache=always: see below) under the tag ROOT_TAG, and the guest agent mounts it as the overlay's lower
 layer where an image disk would otherwise be (`vmm.root=TAG vmm.rootfstype=virtiofs`,
 agent_cmdline.py); the writable disk, or a tmpfs, is the upper layer as always. So the
 guest may write, delete and rename anything in /, and none of it reaches the directory:
@@ -15,6 +15,12 @@ exists and is one. Its contents are the guest's business (the agent comes from t
 initramfs, so even an empty directory boots; a command it lacks fails as an exec does).
 The host's own / is refused: the whole host file system, read-only or not, is not a
 sandbox root.
+
+The directory must not change while a sandbox runs on it: it is an overlay lower layer,
+and overlayfs leaves changes under a mounted overlay undefined. That is also why its
+virtiofsd caches in the guest across opens (SharedDir(cache="always")), unlike a shared
+host directory (cache=auto, timeout=0: the host's changes are seen at once): otherwise
+every exec re-reads its binary over FUSE (benchmarks/bench_rootdir.py).
 """
 from __future__ import annotations
 
