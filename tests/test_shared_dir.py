@@ -487,3 +487,13 @@ def test_a_run_dir_too_long_for_a_socket_is_a_clear_error(tmp_path):
     servers = SharedDirServers([SharedDir(tmp_path / "a", "a")], run_dir=str(deep))
     with pytest.raises(ConfigError, match="longer than a Unix socket allows"):
         servers.start()
+
+
+@needs_virtiofsd
+def test_an_unwritable_log_path_is_a_clear_error_and_leaves_nothing(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ConfigError, match="cannot open virtiofsd's log .*/no/such/dir/l.log"):
+        Virtiofsd.start(SharedDir(tmp_path / "a", "a"), str(tmp_path / "s.sock"),
+                        log_path=str(tmp_path / "no" / "such" / "dir" / "l.log"))
+    assert not (tmp_path / "s.sock").exists()
+    assert subprocess.run(["pgrep", "-f", f"source={tmp_path}/a"]).returncode == 1
