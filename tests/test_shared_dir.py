@@ -537,3 +537,20 @@ def test_refused_user_namespaces_are_a_clear_error_for_an_ordinary_user(tmp_path
                        r"unprivileged user namespace, which this host refuses"):
         Virtiofsd.start(SharedDir(tmp_path / "a", "a"), str(tmp_path / "s.sock"))
     assert not (tmp_path / "s.sock").exists()
+
+
+@needs_virtiofsd
+@pytest.mark.qemu
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="no qemu-system-x86_64")
+def test_a_qemu_that_fails_at_start_is_reported_and_its_virtiofsd_ended(fake_kernel, tmp_path):
+    """QEMU (connecting by path: user=None) never connects, so virtiofsd still waits in
+    accept(): the machine's ending must not wait for it, and close() ends it."""
+    (tmp_path / "a").mkdir()
+    m = _machine(fake_kernel, shared_dirs=[SharedDir(tmp_path / "a", "a")],
+                 options=QemuOptions(extra_args=["-no-such-option"], user=None))
+    m.start()
+    pid = m.inspect().transports[-1]["pid"]
+    status = m.wait(30)
+    assert status is not None and status.kind == "error" and "no-such-option" in status.message
+    m.stop()
+    assert _wait_gone([pid], 0) == []
