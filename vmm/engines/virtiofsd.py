@@ -49,7 +49,10 @@ names and attributes on every use instead of trusting them for auto's default 1 
 file the host creates, grows or removes is seen by the guest's next stat or open.
 `cache=none` would be stricter still but means direct I/O, under which the guest's 6.1
 kernel refuses a shared mmap (a program that maps a file, e.g. git, fails);
-`cache=always` keeps data across opens and would hide host changes.
+`cache=always` keeps data across opens and would hide host changes: it is only for a
+SharedDir(cache="always"), a tree nobody changes while it is shared, such as a sandbox's
+root directory (an overlay lower layer, which must not change under the overlay anyway),
+where it saves re-reading every binary at each exec.
 
 Log. virtiofsd's stderr is read through a pipe into log_path (default: the caller's
 choice of file), capped like a console file (CappedFile: at most 2 x LOG_FILE_BYTES, the
@@ -129,12 +132,13 @@ def fuse_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
-def virtiofsd_argv(binary: str, source: str, fd: int, *, as_user: bool) -> List[str]:
+def virtiofsd_argv(binary: str, source: str, fd: int, *, as_user: bool,
+                   cache: str = "auto") -> List[str]:
     """virtiofsd's command line for the resolved source directory, listening on fd."""
     argv = [binary, f"--fd={fd}", "-o", f"source={fuse_escape(source)}",
             "-o", "sandbox=namespace", "-o", "log_level=info",
             "-o", "modcaps=-mknod"]
-    for opt in CACHE_OPTIONS:
+    for opt in CACHE_OPTIONS if cache == "auto" else ("cache=always",):
         argv += ["-o", opt]
     if as_user:
         # It would raise RLIMIT_NOFILE's hard limit, which only root may: keep ours.
@@ -244,7 +248,8 @@ class Virtiofsd:
             listener.bind(socket_path)
             os.chmod(socket_path, 0o600)
             listener.listen(1)
-            argv = virtiofsd_argv(binary, source, listener.fileno(), as_user=as_user)
+            argv = virtiofsd_argv(binary, source, listener.fileno(), as_user=as_user,
+                                  cache=shared.cache)
             proc = spawn(argv, child_setup=_namespace_setup(source, shared.read_only, as_user),
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, pass_fds=(listener.fileno(),),
@@ -267,7 +272,11 @@ class Virtiofsd:
     # --- the log -------------------------------------------------------------------------
     def _begin_log(self) -> None:
         if self.log_path is not None:
-            self._log = CappedFile(self.log_path, LOG_FILE_BYTES)
+            try:
+                self._log = CappedFile(self.log_path, LOG_FILE_BYTES)
+            except OSError as e:
+                raise ConfigError(f"shared dir {self.shared.tag!r}: cannot open virtiofsd's "
+                                  f"log {self.log_path}: {e.strerror}") from None
         self._reader = threading.Thread(target=self._read_log, daemon=True,
                                         name=f"virtiofsd-log-{self.pid}")
         self._reader.start()
