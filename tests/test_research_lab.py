@@ -110,6 +110,25 @@ def test_initcalls_parsed_and_ranked():
 
 # --- results: JSON, CSV, compare, report --------------------------------------------------------
 
+def test_exits_split_at_the_boot_timer_and_at_the_agents_ready():
+    total = {"io": 100, "mmio": 7, "hlt": 3}
+    at_init = {"io": 60, "mmio": 5}
+    assert samples.split_exits(total, {}) == {"whole_run": total}
+    assert samples.split_exits(total, at_init) == {
+        "to_boot_timer": {"io": 60, "mmio": 5, "hlt": 0},
+        "after_boot_timer": {"io": 40, "mmio": 2, "hlt": 3}}
+    # An agent run: the exits after the mark split again where the agent's READY was in;
+    # a reason seen only at READY still appears, with zeros, in every phase.
+    at_ready = {"io": 90, "mmio": 6, "hlt": 1, "shutdown": 0}
+    split = samples.split_exits(total, at_init, at_ready)
+    assert list(split) == ["to_boot_timer", "boot_timer_to_ready", "ready_to_first_exec"]
+    assert split["boot_timer_to_ready"] == {"io": 30, "mmio": 1, "hlt": 1, "shutdown": 0}
+    assert split["ready_to_first_exec"] == {"io": 10, "mmio": 1, "hlt": 2, "shutdown": 0}
+    assert split["to_boot_timer"]["shutdown"] == 0
+    for reason in total:
+        assert sum(phase[reason] for phase in split.values()) == total[reason]
+
+
 def test_json_round_trip(tmp_path):
     r = fake_result()
     path = tmp_path / "boot.json"

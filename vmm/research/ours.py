@@ -76,6 +76,9 @@ def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
                         kernel=cfg.kernel, network=None, boot_timeout=timeout,
                         extra_cmdline=extra)
     try:
+        # Where create() returned: the agent's READY is in; splits the exits after the boot
+        # timer into the agent's start and the first exec.
+        exits_at_ready = sb.machine.exit_stats
         r = sb.exec(["true"], timeout=timeout)
         first_exec = time.monotonic_ns()
         t = sb.timeline
@@ -94,7 +97,7 @@ def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
     if r.exit_code != 0:
         sample["ok"], sample["error"] = False, f"`true` exited {r.exit_code} in the guest"
     if exits:  # up to the first exec (the sandbox still runs; its stop is not counted)
-        sample["exits"] = split_exits(exits, exits_at_init)
+        sample["exits"] = split_exits(exits, exits_at_init, exits_at_ready)
     return sample
 
 
