@@ -3,8 +3,8 @@ guest, which only boots in the nested tier: one L1 (QEMU TCG, emulated AMD SVM, 
 tests/support/nested) runs the lab's own command line with a small N for the test init
 in-process, the agent (a Sandbox to its first exec) and the compiled launcher, writing
 into the share that comes back to the host. The checks read what came back: every host
-mark and guest phase of each kind of run, the kvm engine's exits by reason per phase,
-the CSV agreeing with the JSON, and real pictures.
+mark and guest phase of each kind of run, the kvm engine's exits by reason per phase
+(ours and KVM's own counters), the CSV agreeing with the JSON, and real pictures.
 
 Timings inside L1 are TCG's: nothing here asserts a duration beyond "positive".
 """
@@ -117,6 +117,28 @@ def test_kvm_exits_are_split_by_phase(lab, kind):
             assert sum(exits[phase].values()) > 0, (phase, exits)
 
 
+# KVM's own counters (debugfs, which L1 mounts), read by in-process runs only.
+KVM_PHASES = {"test": ["whole_run"], "agent": ["to_ready", "ready_to_first_exec"]}
+OURS = ("io", "mmio", "hlt", "shutdown", "internal_error", "fail_entry", "system_event",
+        "intr", "other")   # exit reasons that are exits (not the unclaimed_* sub-counts)
+
+
+@pytest.mark.parametrize("kind", list(KVM_PHASES))   # not the launcher: a process of its own
+def test_kvm_own_counters_cover_every_exit_we_saw(lab, kind):
+    for s in _result(lab, kind)["samples"]:
+        counters = s.get("kvm_counters")
+        assert counters and list(counters) == KVM_PHASES[kind], counters
+        total = {k: sum(phase.get(k, 0) for phase in counters.values())
+                 for k in ("exits", "io_exits", "mmio_exits")}
+        ours = {r: sum(phase.get(r, 0) for phase in s["exits"].values()) for r in OURS}
+        # KVM counts every exit, those it handled itself too: never fewer than reached us.
+        assert total["exits"] >= sum(ours.values()) > 0, (total, ours)
+        assert total["io_exits"] >= ours["io"], (total, ours)
+        assert total["mmio_exits"] >= ours["mmio"], (total, ours)
+        for phase in counters.values():
+            assert phase["exits"] > 0 and all(n >= 0 for n in phase.values()), counters
+
+
 def test_csv_carries_the_same_numbers_as_the_json(lab, kind):
     result = _result(lab, kind)
     rows = samples_from_csv((lab.out / kind / "boot.csv").read_text())
@@ -143,3 +165,6 @@ def test_the_printed_table_names_each_phase_and_the_exits(lab, kind):
         assert f"\n  {m} " in section, (m, section[-3000:])
     for phase in EXIT_PHASES[kind]:
         assert f"exits {phase} (median per run): " in section, (phase, section[-3000:])
+    for phase in KVM_PHASES.get(kind, []):
+        assert f"KVM's own counters {phase} (median per run, largest 8): exits=" in section, \
+            (phase, section[-3000:])

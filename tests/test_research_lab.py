@@ -11,7 +11,7 @@ import pytest
 from vmm.errors import ConfigError
 from vmm.research import baselines, phases, results, samples, spawned, stats
 from vmm.research.compare import compare, differences, render as render_compare
-from vmm.research.report import render
+from vmm.research.report import exit_lines as render_exit_lines, render
 from vmm.research.settings import BenchSettings
 
 from support.bench_results import fake_result
@@ -127,6 +127,32 @@ def test_exits_split_at_the_boot_timer_and_at_the_agents_ready():
     assert split["to_boot_timer"]["shutdown"] == 0
     for reason in total:
         assert sum(phase[reason] for phase in split.values()) == total[reason]
+
+
+def test_kvm_counters_read_from_debugfs_and_split(tmp_path):
+    from vmm.research import kvm_counters
+    vm = tmp_path / "4242-11"
+    vm.mkdir()
+    (vm / "exits").write_text("1970\n")
+    (vm / "io_exits").write_text("215\n")
+    (vm / "halt_exits").write_text("0\n")
+    (vm / "vcpu0").mkdir()                     # a directory, not a counter
+    (vm / "mmu_log").write_text("not a number\n")
+    (tmp_path / "77-11").mkdir()               # another process's VM
+    assert kvm_counters.read(4242, tmp_path) == {"exits": 1970, "io_exits": 215, "halt_exits": 0}
+    assert kvm_counters.read(99, tmp_path) == {}
+    (tmp_path / "4242-12").mkdir()             # two VMs: which is ours would be a guess
+    assert kvm_counters.read(4242, tmp_path) == {}
+    assert kvm_counters.read(4242, tmp_path / "absent") == {}
+    split = kvm_counters.split({"to_ready": {"exits": 100, "io_exits": 10, "halt_exits": 0},
+                                "ready_to_first_exec": {"exits": 130, "io_exits": 10,
+                                                        "halt_exits": 0, "pf_fixed": 4}})
+    assert split == {"to_ready": {"exits": 100, "io_exits": 10, "pf_fixed": 0},
+                     "ready_to_first_exec": {"exits": 30, "io_exits": 0, "pf_fixed": 4}}
+    sample = dict(samples.new_sample("vmm-kvm"), kvm_counters=split)
+    text = "\n".join(render_exit_lines([sample]))
+    assert "KVM's own counters to_ready (median per run, largest 8): exits=100, io_exits=10" in text
+    assert "ready_to_first_exec (median per run, largest 8): exits=30, pf_fixed=4" in text
 
 
 def test_json_round_trip(tmp_path):

@@ -1,6 +1,7 @@
 """The text a person reads after `bench boot`: the machine, a table per configuration and
 system (median, p90, p99, min, max per phase), ours against each baseline, the slowest
-initcalls, and the kvm engine's exits by reason per phase."""
+initcalls, and the kvm engine's exits by reason per phase (with KVM's own counters where
+debugfs is readable)."""
 from __future__ import annotations
 
 from typing import Dict, List
@@ -43,18 +44,28 @@ def initcall_lines(values: Dict[str, List[float]], n: int) -> List[str]:
     return lines
 
 
+KVM_COUNTERS_SHOWN = 8  # KVM has ~40 counters; the largest say where the exits went
+
+
 def exit_lines(samples: List[dict]) -> List[str]:
+    lines = _count_lines(samples, "exits", "exits {phase} (median per run): ")
+    lines += _count_lines(samples, "kvm_counters", "KVM's own counters {phase} (median per run, "
+                          f"largest {KVM_COUNTERS_SHOWN}): ", KVM_COUNTERS_SHOWN)
+    return lines
+
+
+def _count_lines(samples: List[dict], field: str, head: str, top: int = 0) -> List[str]:
     per_phase: Dict[str, Dict[str, List[int]]] = {}
     for s in samples:
-        for phase, counts in (s.get("exits") or {}).items():
+        for phase, counts in (s.get(field) or {}).items():
             for reason, count in counts.items():
                 per_phase.setdefault(phase, {}).setdefault(reason, []).append(count)
     lines = []
     for phase, reasons in per_phase.items():
-        shown = {r: median(c) for r, c in reasons.items() if any(c)}
+        shown = sorted(((r, median(c)) for r, c in reasons.items() if any(c)), key=lambda kv: -kv[1])
         if shown:
-            lines.append(f"  exits {phase} (median per run): " +
-                         ", ".join(f"{r}={v:g}" for r, v in sorted(shown.items(), key=lambda kv: -kv[1])))
+            lines.append("  " + head.format(phase=phase) +
+                         ", ".join(f"{r}={v:g}" for r, v in (shown[:top] if top else shown)))
     return lines
 
 

@@ -15,6 +15,10 @@
                 runs split after_boot_timer once more where Sandbox.create() returned
                 (read from the host then, so a few exits of the idle agent may land on
                 either side): "boot_timer_to_ready", "ready_to_first_exec"
+    kvm_counters  kvm engine, where debugfs is readable (kvm_counters.py): KVM's own
+                counters, every exit including those it handled itself, {"whole_run":
+                {counter: n}} (test init, read once the guest ended) or {"to_ready": ...,
+                "ready_to_first_exec": ...} (agent runs)
 """
 from __future__ import annotations
 
