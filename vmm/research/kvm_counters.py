@@ -34,10 +34,18 @@ def read(pid: Optional[int] = None, root: Path = KVM_DEBUGFS) -> Dict[str, int]:
     for f in entries:
         try:
             if f.is_file():
-                out[f.name] = int(f.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+                fields = f.read_text().split()
+                if len(fields) == 1:  # histograms (halt_poll_*_hist) print a row of buckets
+                    out[f.name] = int(fields[0])
+        except (OSError, ValueError):
             continue  # not a counter (or not readable)
     return out
+
+
+def is_count(name: str) -> bool:
+    """Whether a counter counts events (exits, injections, faults), not nanoseconds
+    (halt_wait_ns, halt_poll_*_ns): only counts are ranked together in a report."""
+    return not name.endswith("_ns")
 
 
 def split(points: Dict[str, Dict[str, int]]) -> Dict[str, Dict[str, int]]:

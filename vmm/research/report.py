@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+from . import kvm_counters
 from .phases import TOTAL, metric_order
 from .samples import INITCALL_PREFIX, counted, groups, metric_values
 from .stats import bootstrap_ratio, fmt_ms, median, summary
@@ -50,15 +51,16 @@ KVM_COUNTERS_SHOWN = 8  # KVM has ~40 counters; the largest say where the exits 
 def exit_lines(samples: List[dict]) -> List[str]:
     lines = _count_lines(samples, "exits", "exits {phase} (median per run): ")
     lines += _count_lines(samples, "kvm_counters", "KVM's own counters {phase} (median per run, "
-                          f"largest {KVM_COUNTERS_SHOWN}): ", KVM_COUNTERS_SHOWN)
+                          f"largest {KVM_COUNTERS_SHOWN}): ", KVM_COUNTERS_SHOWN, kvm_counters.is_count)
     return lines
 
 
-def _count_lines(samples: List[dict], field: str, head: str, top: int = 0) -> List[str]:
+def _count_lines(samples: List[dict], field: str, head: str, top: int = 0,
+                 shown_if=lambda name: True) -> List[str]:
     per_phase: Dict[str, Dict[str, List[int]]] = {}
     for s in samples:
         for phase, counts in (s.get(field) or {}).items():
-            for reason, count in counts.items():
+            for reason, count in ((r, c) for r, c in counts.items() if shown_if(r)):
                 per_phase.setdefault(phase, {}).setdefault(reason, []).append(count)
     lines = []
     for phase, reasons in per_phase.items():
