@@ -178,6 +178,11 @@ struct vmm_core_limits {
 };
 void vmm_core_limits(struct vmm_core_limits *out);
 
+/* The host's TSC frequency in kHz, measured over three windows of window_us (1000 to
+ * 1000000) microseconds (csrc/host_tsc.c says why the qemu engine wants it); 0 if the
+ * window is out of range or the TSC went backwards. */
+uint64_t vmm_host_tsc_khz(uint32_t window_us);
+
 /* Load kernel (+initrd, cmdline) into a scratch memory of memory_bytes without KVM:
  * the same loader and checks as vmm_vm_load_kernel, for tests with hostile files. */
 int vmm_kernel_load_check(const char *kernel, const char *initrd, const char *cmdline,

@@ -44,6 +44,7 @@ from .child_process import spawn
 from .panic_watch import PanicWatch
 from .options import QemuOptions, check_tb_size
 from .qemu_user import QemuUser
+from .host_clock import host_tsc_khz
 from .vhost_backends import VhostBackends
 from .virtiofsd import SharedDirServers
 
@@ -116,9 +117,19 @@ def accel_arg(options: QemuOptions) -> str:
     return "tcg" if size == 0 else f"tcg,tb-size={size}"
 
 
+def clock_args() -> str:
+    """The guest's TSC frequency, which a TCG guest's TSC shares with the host's: given, the
+    guest keeps time with its TSC; left to calibrate, it fails and falls back to jiffies,
+    which lose every tick the vCPU thread was not scheduled for (engines/host_clock.py).
+    tsc=reliable: there is no other clocksource to check it against."""
+    khz = host_tsc_khz()
+    return f" tsc_early_khz={khz} tsc=reliable" if khz else ""
+
+
 def kernel_cmdline(spec: MachineSpec) -> KernelCmdline:
     """Ours, then the caller's. (QEMU announces virtio-mmio devices itself.)"""
-    line = KernelCmdline().append(BASE_CMDLINE + " ", "the qemu engine's {n}-byte prefix")
+    line = KernelCmdline().append(BASE_CMDLINE + clock_args() + " ",
+                                  "the qemu engine's {n}-byte prefix")
     return line.extend(caller_parts(spec.cmdline))
 
 
