@@ -196,7 +196,7 @@ static int mount_shared_root(const char *tag)
 	int e = 0;
 	for (int waited = 0; waited < DEVICE_WAIT_MS; waited += 10) {
 		if (mount(tag, "/mnt/image", "virtiofs", MS_RDONLY, NULL) == 0) {
-			if (debug)
+			if (cfg.debug)
 				log_msg("agent: mounted root directory %s (virtiofs) on /mnt/image", tag);
 			return 0;
 		}
