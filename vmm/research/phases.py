@@ -20,8 +20,8 @@ guest kernel's timekeeping, a few ms into the kernel's start):
                            overlay, switch_root, later_mounts, volumes, lo, net_dev,
                            net_conf, net_arp, net, ready, dialed: guest/agent/pid1.c),
                            from the previous step, read from its `agent: steps` line.
-                           The guest clock moves in ~4 ms steps under TCG here, so a
-                           single run's step is coarse; medians over runs are not
+                           (With TCG's guest keeping time by jiffies, before the qemu
+                           engine gave it its TSC frequency, these moved in 4 ms steps.)
 """
 from __future__ import annotations
 
