@@ -61,7 +61,8 @@ def test_read_only_host_dir_refuses_writes_in_the_guest(kernel_path, image, shar
         assert r.exit_code != 0 and (b"Read-only file system" in r.stderr
                                      or b"Permission denied" in r.stderr), r.stderr
         # The guest is root and may remount it read-write: the server still refuses.
-        sb.exec(["mount", "-o", "remount,rw", "/ref"], timeout=T)
+        r = sb.exec(["mount", "-o", "remount,rw", "/ref"], timeout=T)
+        assert r.exit_code == 0 and "rw" in mounts_of(sb)["/ref"][2], r.stderr
         r = sb.exec(["sh", "-c", "echo x > /ref/sub/file; echo y > /ref/new; mkdir /ref/d; "
                      "rm /ref/sub/file"], timeout=T)
         assert r.exit_code != 0, r.stderr

@@ -192,8 +192,7 @@ class Sandbox:
                                cpus=cpus, memory_mib=memory_mib, engine=engine,
                                console=self._console.write, disks=disks,
                                vsock=Vsock(GUEST_CID, self.socket_path), nets=nets,
-                               **({"shared_dirs": mounts.shared_dirs}
-                                  if mounts.shared_dirs else {}))
+                               shared_dirs=mounts.shared_dirs)
         self.machine.start()
         if self._nat is not None:
             self._nat.release_fd()  # the device holds its own copy now
