@@ -13,8 +13,7 @@ Unix socket in a private runtime directory (runtime_dir.py). The guest kernel is
 its console goes to a log file (console.py). Without a writable disk the sandbox is
 ephemeral (a tmpfs upper layer). Volumes (volumes.py) follow as more disks, and host
 directories (HostDir) as virtio-fs shared dirs, each mounted at its guest path before the
-agent is ready. What the guest learns on its kernel command
-line is in agent_cmdline.py.
+agent is ready. What the guest learns on its kernel command line is in agent_cmdline.py.
 
 Where the layers sit: Machine (vmm.machine) boots and owns the VM; AgentClient
 (vmm.agent) speaks the protocol; this module ties the two into one object with one
