@@ -453,3 +453,37 @@ def test_a_virtiofsd_that_never_gets_ready_is_ended_with_an_error(tmp_path, monk
     assert time.monotonic() - t0 < 5
     assert not (tmp_path / "s.sock").exists()
     assert subprocess.run(["pgrep", "-f", str(tmp_path / "fake-virtiofsd")]).returncode == 1
+
+
+@needs_virtiofsd
+def test_a_source_with_commas_and_backslashes_reaches_virtiofsd_whole(tmp_path):
+    """virtiofsd's -o list splits at commas: the escaped path must still be the share
+    (a wrong split would name a missing directory and fail the start)."""
+    share = tmp_path / "a,b\\c,source=x"
+    share.mkdir()
+    fsd = Virtiofsd.start(SharedDir(share, "t"), str(tmp_path / "s.sock"))
+    try:
+        assert fsd.alive() and fsd.source == str(share)
+    finally:
+        fsd.stop()
+
+
+@needs_virtiofsd
+def test_a_shared_dirs_own_log_path_is_used(tmp_path):
+    (tmp_path / "a").mkdir()
+    servers = SharedDirServers([SharedDir(tmp_path / "a", "a", log_path=tmp_path / "mine.log")])
+    servers.start()
+    try:
+        assert servers.info()[0]["log"] == str(tmp_path / "mine.log")
+    finally:
+        servers.stop()
+    assert "Waiting for vhost-user" in (tmp_path / "mine.log").read_text()
+
+
+def test_a_run_dir_too_long_for_a_socket_is_a_clear_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    servers = SharedDirServers([SharedDir(tmp_path / "a", "a")], run_dir=str(deep))
+    with pytest.raises(ConfigError, match="longer than a Unix socket allows"):
+        servers.start()

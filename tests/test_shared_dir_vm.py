@@ -268,6 +268,9 @@ try:
     print("ls", g.ok("ls -ln /b/f").split()[2])
     r = g.sh("touch /b/new")
     print("ro", r.exit_code, r.stderr.decode().strip())
+    g.ok("chmod 777 /a")
+    r = g.client.exec(["touch", "/a/by-nobody"], user="nobody")
+    print("nobody", r.exit_code, r.stderr.decode().strip())
 finally:
     g.stop()
 """
@@ -281,6 +284,9 @@ finally:
         assert lines["ls"] == "0"          # the caller's file is root's in the guest
         assert lines["ro"].startswith("1 ") and ("Read-only" in lines["ro"] or "denied" in lines["ro"])
         assert not (base / "ro" / "new").exists()
+        # Only the caller is mapped: virtiofsd cannot create a file as another guest user.
+        assert lines["nobody"].startswith("1 "), lines["nobody"]
+        assert not (base / "rw" / "by-nobody").exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -31,8 +31,8 @@ CAP_MKNOD: a guest cannot make device nodes in a host directory).
   namespace of its own in which uid/gid 0 is the caller (the only mapping an unprivileged
   process may write): files the guest's root creates belong to the caller on the host,
   the caller's files look root's to the guest, other host owners show as 65534 (nobody),
-  and a guest user other than root cannot create files (virtiofsd cannot switch to an
-  unmapped uid). A host that refuses unprivileged user namespaces gets an error saying so.
+  and a guest user other than root cannot create files (EINVAL: virtiofsd cannot switch
+  to an unmapped uid). A host that refuses unprivileged user namespaces gets an error saying so.
   virtiofsd's fd limit is then the caller's hard limit (it cannot raise it; it holds one
   O_PATH descriptor per inode the guest has looked up).
 
@@ -71,7 +71,7 @@ import threading
 from typing import List, Optional, Sequence
 
 from ..console_limits import CappedFile, ConsoleTail
-from ..errors import EngineUnavailable, VmmError
+from ..errors import ConfigError, EngineUnavailable, VmmError
 from .child_process import spawn
 
 DEFAULT_BINARY = "/usr/lib/qemu/virtiofsd"
@@ -83,6 +83,7 @@ START_TIMEOUT_S = 10.0
 STOP_GRACE_S = 2.0
 LOG_FILE_BYTES = 1 << 20
 TAIL_BYTES = 4096
+MAX_SOCKET_PATH = 107   # sun_path's 108 bytes, NUL included
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -383,6 +384,11 @@ class SharedDirServers:
             if self._run_dir is None:
                 self._run_dir = tempfile.mkdtemp(prefix="vmm-fs-")
                 self._own_dir = True
+            longest = os.path.join(self._run_dir, f"fs{len(self._shared) - 1}.sock")
+            if len(os.fsencode(longest)) > MAX_SOCKET_PATH:
+                raise ConfigError(f"virtiofsd's socket path {longest} is longer than a Unix "
+                                  f"socket allows ({MAX_SOCKET_PATH} bytes): set TMPDIR to "
+                                  "a shorter directory")
             for i, shared in enumerate(self._shared):
                 log = shared.log_path or os.path.join(self._run_dir, f"virtiofsd-fs{i}.log")
                 self.servers.append(Virtiofsd.start(
