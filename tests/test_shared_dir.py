@@ -487,3 +487,70 @@ def test_a_run_dir_too_long_for_a_socket_is_a_clear_error(tmp_path):
     servers = SharedDirServers([SharedDir(tmp_path / "a", "a")], run_dir=str(deep))
     with pytest.raises(ConfigError, match="longer than a Unix socket allows"):
         servers.start()
+
+
+@needs_virtiofsd
+def test_an_unwritable_log_path_is_a_clear_error_and_leaves_nothing(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ConfigError, match="cannot open virtiofsd's log .*/no/such/dir/l.log"):
+        Virtiofsd.start(SharedDir(tmp_path / "a", "a"), str(tmp_path / "s.sock"),
+                        log_path=str(tmp_path / "no" / "such" / "dir" / "l.log"))
+    assert not (tmp_path / "s.sock").exists()
+    assert subprocess.run(["pgrep", "-f", f"source={tmp_path}/a"]).returncode == 1
+
+
+@needs_virtiofsd
+def test_a_source_reached_through_a_symlink_is_served(tmp_path):
+    """virtiofsd refuses a symlink as its source: it is given the resolved directory."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    fsd = Virtiofsd.start(SharedDir(tmp_path / "link", "t"), str(tmp_path / "s.sock"))
+    try:
+        assert fsd.alive() and fsd.source == str(tmp_path / "real")
+    finally:
+        fsd.stop()
+
+
+class _RefusingLibc:
+    """libc whose unshare() fails as on a host that refuses user namespaces."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def unshare(self, flags):
+        import ctypes
+        import errno
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+@needs_virtiofsd
+def test_refused_user_namespaces_are_a_clear_error_for_an_ordinary_user(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    monkeypatch.setattr(vfs, "_libc", _RefusingLibc(vfs._libc))   # the forked child's copy too
+    monkeypatch.setattr(vfs, "unprivileged", lambda: True)
+    with pytest.raises(VirtiofsdError, match=r"failed to start \(exit status 126\).*unshare: "
+                       r"Operation not permitted \(not running as root, virtiofsd needs an "
+                       r"unprivileged user namespace, which this host refuses"):
+        Virtiofsd.start(SharedDir(tmp_path / "a", "a"), str(tmp_path / "s.sock"))
+    assert not (tmp_path / "s.sock").exists()
+
+
+@needs_virtiofsd
+@pytest.mark.qemu
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="no qemu-system-x86_64")
+def test_a_qemu_that_fails_at_start_is_reported_and_its_virtiofsd_ended(fake_kernel, tmp_path):
+    """QEMU (connecting by path: user=None) never connects, so virtiofsd still waits in
+    accept(): the machine's ending must not wait for it, and close() ends it."""
+    (tmp_path / "a").mkdir()
+    m = _machine(fake_kernel, shared_dirs=[SharedDir(tmp_path / "a", "a")],
+                 options=QemuOptions(extra_args=["-no-such-option"], user=None))
+    m.start()
+    pid = m.inspect().transports[-1]["pid"]
+    status = m.wait(30)
+    assert status is not None and status.kind == "error" and "no-such-option" in status.message
+    m.stop()
+    assert _wait_gone([pid], 0) == []

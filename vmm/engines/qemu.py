@@ -294,9 +294,12 @@ class QemuEngine(Engine):
             sel.register(proc.stdout, selectors.EVENT_READ, "console")
             sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
             sel.register(self._debugcon, selectors.EVENT_READ, "debugcon")
+            qemu_open = 3
+            # Watched only while QEMU runs: a virtiofsd QEMU never connected to (QEMU
+            # failed at start) waits on, and is ended by close().
             for fd in self._shared.exit_fds():
                 sel.register(fd, selectors.EVENT_READ, "virtiofsd")
-            while sel.get_map():
+            while qemu_open:
                 for key, _ in sel.select():
                     if key.data == "virtiofsd":
                         sel.unregister(key.fd)
@@ -305,6 +308,7 @@ class QemuEngine(Engine):
                     data = os.read(key.fd, 65536)
                     if not data:
                         sel.unregister(key.fileobj)
+                        qemu_open -= 1
                         continue
                     self._dispatch(key.data, data, on_console)
         except Exception as e:  # keep going to the reap: the child must not leak

@@ -267,7 +267,11 @@ class Virtiofsd:
     # --- the log -------------------------------------------------------------------------
     def _begin_log(self) -> None:
         if self.log_path is not None:
-            self._log = CappedFile(self.log_path, LOG_FILE_BYTES)
+            try:
+                self._log = CappedFile(self.log_path, LOG_FILE_BYTES)
+            except OSError as e:
+                raise ConfigError(f"shared dir {self.shared.tag!r}: cannot open virtiofsd's "
+                                  f"log {self.log_path}: {e.strerror}") from None
         self._reader = threading.Thread(target=self._read_log, daemon=True,
                                         name=f"virtiofsd-log-{self.pid}")
         self._reader.start()
