@@ -338,3 +338,14 @@ def test_a_virtiofsd_run_by_the_caller_attaches_through_qemu_options(kernel_path
             g.stop()
     finally:
         fsd.stop()
+
+
+def test_a_guest_cannot_make_device_nodes_in_a_host_directory(guest, shares):
+    """virtiofsd runs without CAP_MKNOD (modcaps=-mknod): a guest root's block device
+    node would be a real one on the host. FIFOs need no capability and still work."""
+    r = guest.sh("mknod /mnt/work/disk b 8 0")
+    assert r.exit_code != 0 and b"Operation not permitted" in r.stderr, r
+    assert not os.path.lexists(shares["work"] / "disk")
+    guest.ok("mkfifo /mnt/work/fifo")
+    import stat
+    assert stat.S_ISFIFO(os.lstat(shares["work"] / "fifo").st_mode)
