@@ -318,3 +318,34 @@ def test_a_guest_that_powers_off_ends_cleanly_with_its_shares(kernel_path, image
     assert status is not None and status.ok, status
     assert wait_gone(pids) == [] and (tmp_path / "s" / "last").read_text() == "bye\n"
     g.stop()
+
+
+@pytest.mark.parametrize("user", ["auto", None])
+def test_a_virtiofsd_run_by_the_caller_attaches_through_qemu_options(kernel_path, image, tmp_path, user):
+    """QemuOptions(vhost_user=[("fs", socket, tag)]): a server the caller runs (here our
+    own Virtiofsd, engine-neutral), reached by QEMU's own uid (auto) or by path (None)."""
+    from vmm import QemuOptions
+    from vmm.engines.virtiofsd import Virtiofsd
+    (tmp_path / "ext").mkdir()
+    (tmp_path / "ext" / "theirs").write_text("served by the caller\n")
+    fsd = Virtiofsd.start(SharedDir(tmp_path / "ext", "ext"), str(tmp_path / "ext.sock"))
+    try:
+        g = boot(kernel_path, image, [], str(tmp_path),
+                 options=QemuOptions(vhost_user=[("fs", str(tmp_path / "ext.sock"), "ext")], user=user))
+        try:
+            assert g.ok("mkdir -p /e && mount -t virtiofs ext /e && cat /e/theirs") == "served by the caller\n"
+        finally:
+            g.stop()
+    finally:
+        fsd.stop()
+
+
+def test_a_guest_cannot_make_device_nodes_in_a_host_directory(guest, shares):
+    """virtiofsd runs without CAP_MKNOD (modcaps=-mknod): a guest root's block device
+    node would be a real one on the host. FIFOs need no capability and still work."""
+    r = guest.sh("mknod /mnt/work/disk b 8 0")
+    assert r.exit_code != 0 and b"Operation not permitted" in r.stderr, r
+    assert not os.path.lexists(shares["work"] / "disk")
+    guest.ok("mkfifo /mnt/work/fifo")
+    import stat
+    assert stat.S_ISFIFO(os.lstat(shares["work"] / "fifo").st_mode)

@@ -14,14 +14,15 @@ BOOT_TIMEOUT = 120
 class Guest:
     """A booted sandbox guest (Machine + agent) with shared dirs; sh() runs a command."""
 
-    def __init__(self, kernel, initrd, image, shared_dirs, run_dir):
+    def __init__(self, kernel, initrd, image, shared_dirs, run_dir, options=None):
         from vmm.agent import AgentClient
         from vmm.sandbox.agent_cmdline import agent_cmdline
         self.sock = os.path.join(run_dir, "agent.sock")
         self.machine = vmm.Machine(kernel, initrd=initrd, engine="qemu", memory_mib=256,
                                    cmdline=agent_cmdline(writable=False, hostname="fs"),
                                    disks=[Disk(str(image), read_only=True, serial="image")],
-                                   vsock=Vsock(3, self.sock), shared_dirs=shared_dirs)
+                                   vsock=Vsock(3, self.sock), shared_dirs=shared_dirs,
+                                   options=options)
         self.machine.start()
         try:
             self.client = AgentClient.connect_when_ready(
@@ -46,9 +47,9 @@ class Guest:
         return self.machine.stop()
 
 
-def boot(kernel, image, shared_dirs, run_dir, initrd=None) -> Guest:
+def boot(kernel, image, shared_dirs, run_dir, initrd=None, options=None) -> Guest:
     from vmm.guest.agent import agent_initramfs
-    return Guest(kernel, initrd or agent_initramfs(), image, shared_dirs, run_dir)
+    return Guest(kernel, initrd or agent_initramfs(), image, shared_dirs, run_dir, options)
 
 
 def processes_alive(pids):

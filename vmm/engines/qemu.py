@@ -126,10 +126,14 @@ def clock_args() -> str:
     return f" tsc_early_khz={khz} tsc=reliable" if khz else ""
 
 
+def cmdline_prefix() -> str:
+    """What the engine puts before the caller's kernel command line."""
+    return BASE_CMDLINE + clock_args()
+
+
 def kernel_cmdline(spec: MachineSpec) -> KernelCmdline:
     """Ours, then the caller's. (QEMU announces virtio-mmio devices itself.)"""
-    line = KernelCmdline().append(BASE_CMDLINE + clock_args() + " ",
-                                  "the qemu engine's {n}-byte prefix")
+    line = KernelCmdline().append(cmdline_prefix() + " ", "the qemu engine's {n}-byte prefix")
     return line.extend(caller_parts(spec.cmdline))
 
 
