@@ -1,13 +1,16 @@
 /*
  * PID-1 duties: the early mounts, the root file system (an overlay of the read-only image
- * disk and the sandbox's writable disk, or a tmpfs upper layer), the switch into it,
+ * disk, or of a host directory shared over virtio-fs, and the sandbox's writable disk, or
+ * a tmpfs upper layer), the switch into it,
  * hostname, and the orderly end (kill everything, sync, unmount, reboot).
  *
  * Settings come from the kernel command line (the host's engine writes them), because
  * they are needed before any host connection exists:
  *
- *   vmm.root=/dev/vda     image disk, mounted read-only ("none": stay in the initramfs)
- *   vmm.rootfstype=auto   erofs | ext4 | auto (try erofs, then ext4)
+ *   vmm.root=/dev/vda     image disk, mounted read-only ("none": stay in the initramfs);
+ *                         with vmm.rootfstype=virtiofs, the tag of a virtio-fs device
+ *                         instead (the host shares a directory as "vmm-root")
+ *   vmm.rootfstype=auto   erofs | ext4 | auto (try erofs, then ext4) | virtiofs
  *   vmm.data=/dev/vdb     writable disk, ext4 ("none", or a missing device: tmpfs upper)
  *   vmm.port=1024         vsock port the agent listens on
  *   vmm.hostname=sandbox  hostname
@@ -176,8 +179,36 @@ static int wait_for_device(const char *dev)
 	return stat(dev, &st);
 }
 
+/* A host directory as the lower layer: `root=TAG rootfstype=virtiofs`, as the kernel's own
+ * virtio-fs root takes it. Read-only here, and the host's virtiofsd refuses writes too;
+ * overlayfs accepts a virtio-fs lower (a remote file system may be lower, never upper).
+ * The device normally registers before init runs; a tag not (yet) known fails with
+ * EINVAL, so that is retried as wait_for_device() does for disks. */
+static int mount_shared_root(const char *tag)
+{
+	int e = 0;
+	for (int waited = 0; waited < DEVICE_WAIT_MS; waited += 10) {
+		if (mount(tag, "/mnt/image", "virtiofs", MS_RDONLY, NULL) == 0) {
+			if (debug)
+				log_msg("agent: mounted root directory %s (virtiofs) on /mnt/image", tag);
+			return 0;
+		}
+		e = errno;
+		if (e != EINVAL && e != ENODEV && e != ENOENT)
+			break;
+		struct timespec ts = {0, 10 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	/* The host's BootFailed quotes this line (vmm/sandbox/root_dir.py). */
+	log_msg("agent: root directory %s: %s", tag,
+		e == EINVAL ? "no virtio-fs device with this tag" : strerror(e));
+	return -1;
+}
+
 static int mount_image(const char *dev, const char *type)
 {
+	if (strcmp(type, "virtiofs") == 0)
+		return mount_shared_root(dev);
 	if (wait_for_device(dev) < 0) {
 		log_msg("agent: image disk %s did not appear", dev);
 		return -1;

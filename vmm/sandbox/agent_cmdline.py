@@ -5,7 +5,9 @@ The guest side of this contract is guest/agent/pid1.c, which reads the `vmm.*`
 parameters from /proc/cmdline (the kernel does not pass dotted parameters to init);
 guest/agent/PROTOCOL.md ("PID-1 configuration") lists them with their defaults:
 
-    vmm.root=     the image disk, mounted read-only (the sandbox's /dev/vda)
+    vmm.root=     the image disk, mounted read-only (the sandbox's /dev/vda); or, with
+                  `vmm.rootfstype=virtiofs`, the virtio-fs tag of a root directory
+                  (ROOT_TAG, root_dir.py), and then the writable disk is /dev/vda
     vmm.data=     the writable disk (/dev/vdb), or `none` for a tmpfs upper layer
     vmm.port=     the vsock port the agent listens on
     vmm.hostname= the guest's hostname (omitted: the agent's default)
@@ -27,6 +29,10 @@ from ..errors import ConfigError
 BASE_CMDLINE = "quiet"
 IMAGE_DEVICE = "/dev/vda"     # the sandbox attaches the image disk first ...
 WRITABLE_DEVICE = "/dev/vdb"  # ... and the writable disk, if any, second
+# A root directory (Sandbox.create(root_dir=)) is shared over virtio-fs with this tag
+# instead of an image disk, so the writable disk, if any, is the first disk.
+ROOT_TAG = "vmm-root"
+ROOT_DIR_WRITABLE_DEVICE = "/dev/vda"
 # Volumes follow as /dev/vdc.., but the guest finds each by the virtio serial the host
 # gives its disk (GET_ID, /sys/block/vdX/serial), so that order is never relied on.
 # Bytes of the command line the volumes may take (of 2048, the kernel's limit); the
@@ -62,14 +68,21 @@ def volume_arg(volumes: Sequence[tuple]) -> str:
 
 
 def agent_cmdline(*, writable: bool, hostname: Optional[str], port: int = DEFAULT_VSOCK_PORT,
-                  net: str = "", volumes: str = "", extra: str = "") -> str:
+                  net: str = "", volumes: str = "", extra: str = "",
+                  root_dir: bool = False) -> str:
     """The kernel command line of a sandbox (the engine adds console/reboot/panic).
 
     hostname must already be checked (checks.check_hostname): a space in it would
-    split into another parameter. volumes is volume_arg()'s result.
+    split into another parameter. volumes is volume_arg()'s result. root_dir: the root
+    is the virtio-fs share ROOT_TAG, not an image disk.
     """
-    parts = [BASE_CMDLINE, f"vmm.root={IMAGE_DEVICE}",
-             f"vmm.data={WRITABLE_DEVICE if writable else 'none'}", f"vmm.port={port}"]
+    if root_dir:
+        root = [f"vmm.root={ROOT_TAG}", "vmm.rootfstype=virtiofs"]
+        data = ROOT_DIR_WRITABLE_DEVICE
+    else:
+        root = [f"vmm.root={IMAGE_DEVICE}"]
+        data = WRITABLE_DEVICE
+    parts = [BASE_CMDLINE, *root, f"vmm.data={data if writable else 'none'}", f"vmm.port={port}"]
     if hostname is not None:
         parts.append(f"vmm.hostname={hostname}")
     if net:

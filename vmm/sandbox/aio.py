@@ -84,7 +84,7 @@ class AsyncSandbox:
         self.fs = AsyncFs(sandbox)
 
     @classmethod
-    async def create(cls, image_disk, **kw) -> "AsyncSandbox":
+    async def create(cls, image_disk=None, **kw) -> "AsyncSandbox":
         return cls(await asyncio.to_thread(lambda: Sandbox.create(image_disk, **kw)))
 
     format_writable_disk = staticmethod(format_writable_disk)

@@ -1,5 +1,5 @@
-"""vmm.Sandbox: a VM booted from an image disk, with the guest agent as PID 1, that runs
-commands and file operations on request.
+"""vmm.Sandbox: a VM booted from an image disk (or a host directory), with the guest agent
+as PID 1, that runs commands and file operations on request.
 
     disk = vmm.Sandbox.format_writable_disk("state.ext4", size="4G")   # once
     with vmm.Sandbox.create("image.erofs", writable_disk=disk) as sb:
@@ -11,7 +11,9 @@ The machine gets the agent initramfs (vmm.guest.agent), the image disk read-only
 /dev/vda, the writable disk (if any) as /dev/vdb, and a vsock device whose host end is a
 Unix socket in a private runtime directory (runtime_dir.py). The guest kernel is quiet;
 its console goes to a log file (console.py). Without a writable disk the sandbox is
-ephemeral (a tmpfs upper layer). Volumes (volumes.py) follow as more disks, each mounted
+ephemeral (a tmpfs upper layer). With root_dir= instead of an image disk, a host
+directory shared read-only over virtio-fs is the lower layer (root_dir.py) and the
+writable disk, if any, is /dev/vda. Volumes (volumes.py) follow as more disks, each mounted
 at its guest path before the agent is ready. What the guest learns on its kernel command
 line is in agent_cmdline.py.
 
@@ -36,11 +38,12 @@ from ..machine import ExitStatus, Machine
 from ..net.network import Nat, Network, NetworkState, guest_state, kernel_arg
 from ..net.policy import Policy
 from ..net.ports import reserve_ports
-from .agent_cmdline import agent_cmdline, volume_arg, volume_serial
+from .agent_cmdline import ROOT_TAG, agent_cmdline, volume_arg, volume_serial
 from .checks import check_env, check_hostname, check_timeout, check_workdir, existing_disk
 from .console import ConsoleLog
 from .disk_lock import DiskLock
 from .errors import BootFailed
+from .root_dir import check_root_dir, root_failure
 from .runtime_dir import make_runtime_dir
 from .volumes import VolumeMount, check_mounts, lock_mounts, mount_failure
 from .writable_disk import format_writable_disk
@@ -60,6 +63,7 @@ class Sandbox:
         if _private is not True:
             raise TypeError("use Sandbox.create(image_disk, ...) to start a sandbox")
         self.machine: Optional[Machine] = None
+        self.root_dir: Optional[str] = None   # the host directory that is the root, if any
         self._client: Optional[AgentClient] = None
         self._console: Optional[ConsoleLog] = None
         self._disk_lock: Optional[DiskLock] = None
@@ -80,7 +84,7 @@ class Sandbox:
 
     # --- creation ------------------------------------------------------------------------
     @classmethod
-    def create(cls, image_disk, *, writable_disk=None, cpus: int = 1, memory_mib: int = 512,
+    def create(cls, image_disk=None, *, root_dir=None, writable_disk=None, cpus: int = 1, memory_mib: int = 512,
                env: Optional[Dict[str, str]] = None, workdir: Optional[str] = None,
                hostname: Optional[str] = None, engine: str = "auto", kernel=None, initrd=None,
                rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
@@ -90,6 +94,9 @@ class Sandbox:
         """Boot a sandbox and wait until its agent is ready and configured.
 
         image_disk: EROFS or ext4 root file system, attached read-only.
+        root_dir: instead of image_disk, a host directory holding the root file system
+        (an unpacked rootfs), shared read-only over virtio-fs; the guest's writes go to
+        the writable disk or tmpfs above it and never reach the directory.
         writable_disk: ext4 from format_writable_disk(), or None for an ephemeral sandbox.
         env, workdir, rlimits: defaults for every exec. kernel/initrd: override the
         project's guest kernel and agent initramfs. console_log: keep the guest console
@@ -104,10 +111,18 @@ class Sandbox:
         mounted); ConfigError for a published host port or a volume in use, before
         anything boots.
         """
-        image_disk = existing_disk(image_disk, "image disk")
+        if (image_disk is None) == (root_dir is None):
+            raise ConfigError("Sandbox.create() needs exactly one root: an image disk or "
+                              "root_dir (a directory), " +
+                              ("not both" if root_dir is not None else "and got neither"))
+        if root_dir is not None:
+            root_dir = check_root_dir(root_dir)
+        else:
+            image_disk = existing_disk(image_disk, "image disk")
         if writable_disk is not None:
             writable_disk = existing_disk(writable_disk, "writable disk")
-            if os.path.realpath(writable_disk) == os.path.realpath(image_disk):
+            if image_disk is not None and \
+                    os.path.realpath(writable_disk) == os.path.realpath(image_disk):
                 raise ConfigError(f"the writable disk and the image disk are the same file: {image_disk}")
         check_hostname(hostname)
         check_env(env)
@@ -117,13 +132,15 @@ class Sandbox:
         if network is not None and not isinstance(network, Network):
             raise ConfigError(f"network must be a vmm.net.Network or None, not {network!r}")
         # The instance's half of construction (the class's own method, not a reach inside).
-        return cls(_private=True)._start(
+        sb = cls(_private=True)
+        sb.root_dir = root_dir
+        return sb._start(
             image_disk, writable_disk, console_log=console_log, kernel=kernel, initrd=initrd,
             cpus=cpus, memory_mib=memory_mib, engine=engine, hostname=hostname,
             extra_cmdline=extra_cmdline, boot_timeout=boot_timeout, env=env, workdir=workdir,
             rlimits=rlimits, network=network, volumes=mounts)
 
-    def _start(self, image_disk: str, writable_disk: Optional[str], *, console_log, kernel,
+    def _start(self, image_disk: Optional[str], writable_disk: Optional[str], *, console_log, kernel,
                initrd, cpus, memory_mib, engine, hostname, extra_cmdline, boot_timeout, env,
                workdir, rlimits, network, volumes) -> "Sandbox":
         """The second half of create(), on checked arguments: set up, boot, wait for
@@ -165,9 +182,13 @@ class Sandbox:
         from ..guest.agent import agent_initramfs
         kernel = kernel if kernel is not None else kernel_mod.guest_kernel()
         initrd = initrd if initrd is not None else agent_initramfs()
-        # The order makes the image /dev/vda and the writable disk /dev/vdb, the devices
-        # agent_cmdline names to the guest.
-        disks = [Disk(image_disk, read_only=True, serial="image")]
+        # The order makes the image /dev/vda and the writable disk /dev/vdb (/dev/vda with a
+        # root directory instead of an image), the devices agent_cmdline names to the guest.
+        disks = [Disk(image_disk, read_only=True, serial="image")] if self.root_dir is None else []
+        shared = []
+        if self.root_dir is not None:
+            from ..devices import SharedDir
+            shared.append(SharedDir(self.root_dir, tag=ROOT_TAG, read_only=True))
         if writable:
             disks.append(Disk(writable_disk, read_only=False, serial="data"))
         disks += [Disk(v.disk_path, read_only=v.read_only, serial=volume_serial(i))
@@ -186,10 +207,12 @@ class Sandbox:
         self.machine = Machine(kernel, initrd=initrd,
                                cmdline=agent_cmdline(writable=writable, hostname=hostname,
                                                      net=net_arg, volumes=volumes,
-                                                     extra=extra_cmdline),
+                                                     extra=extra_cmdline,
+                                                     root_dir=self.root_dir is not None),
                                cpus=cpus, memory_mib=memory_mib, engine=engine,
                                console=self._console.write, disks=disks,
-                               vsock=Vsock(GUEST_CID, self.socket_path), nets=nets)
+                               vsock=Vsock(GUEST_CID, self.socket_path), nets=nets,
+                               **({"shared_dirs": shared} if shared else {}))
         self.machine.start()
         if self._nat is not None:
             self._nat.release_fd()  # the device holds its own copy now
@@ -240,6 +263,8 @@ class Sandbox:
             box["client"].close()
         failed_mount = mount_failure(self._console.tail(), self.volumes,
                                      [volume_serial(i) for i in range(len(self.volumes))])
+        if failed_mount is None and self.root_dir is not None:
+            failed_mount = root_failure(self._console.tail(), self.root_dir)
         if failed_mount is not None:
             reason = failed_mount
         elif ended is not None:

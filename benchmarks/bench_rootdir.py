@@ -1,0 +1,65 @@
+"""Sandbox.create(root_dir=): boot with a host directory over virtio-fs as the root's lower
+layer, against the same tree as an EROFS image disk (issue 14's benchmark), in the same
+run, alternating round by round.
+
+    pytest benchmarks/bench_rootdir.py --benchmark-only -s
+
+Both sides are the busybox test image's layer tar (tests/support/sandbox_image.py): once
+unpacked into a directory (tests/support/rootfs_dir.py), once written as image.erofs by
+the project's image code. Same engine (qemu), kernel, guest RAM, ephemeral (tmpfs upper).
+
+- create to ready: Sandbox.create() until the agent's READY and configuration; the root
+  directory adds a virtiofsd process and the virtio-fs mount where the EROFS side mounts
+  a virtio-blk disk.
+- create to the first exec(["true"]): the first command also looks up and maps /bin/true
+  (busybox, ~2 MiB) through the lower layer, FUSE requests against block reads.
+Ratio: root_dir / EROFS (lower is better for root_dir).
+"""
+import shutil
+import time
+
+import pytest
+
+from support.rootfs_dir import unpack_busybox_rootfs
+from support.sandbox_image import have_busybox
+
+import vmm
+
+pytestmark = [pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="no qemu-system-x86_64"),
+              pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)"),
+              pytest.mark.skipif(not shutil.which("/usr/lib/qemu/virtiofsd"),
+                                 reason="no /usr/lib/qemu/virtiofsd (qemu-system-common)")]
+
+ENGINE = "qemu"
+MEMORY_MIB = 512   # the Sandbox default, on both sides
+ROUNDS = 7
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory):
+    return unpack_busybox_rootfs(tmp_path_factory.mktemp("bench-rootdir"))
+
+
+def _boot(kernel_path, first_exec: bool, **root) -> float:
+    t0 = time.perf_counter()
+    sb = vmm.Sandbox.create(engine=ENGINE, memory_mib=MEMORY_MIB, kernel=kernel_path, **root)
+    try:
+        if first_exec:
+            assert sb.exec(["true"], timeout=30).code == 0
+        return time.perf_counter() - t0
+    finally:
+        sb.stop()
+
+
+def test_root_dir_create_to_ready(benchmark, alternate, image, rootfs, guest_kernel):
+    alternate(benchmark, "root_dir create to ready",
+              ours=("root_dir (virtio-fs)", lambda: _boot(guest_kernel, False, root_dir=rootfs)),
+              baseline=("EROFS image disk", lambda: _boot(guest_kernel, False, image_disk=image)),
+              rounds=ROUNDS, target="report: root_dir / EROFS")
+
+
+def test_root_dir_create_to_first_exec(benchmark, alternate, image, rootfs, guest_kernel):
+    alternate(benchmark, "root_dir create to 1st exec",
+              ours=("root_dir + exec(['true'])", lambda: _boot(guest_kernel, True, root_dir=rootfs)),
+              baseline=("EROFS + exec(['true'])", lambda: _boot(guest_kernel, True, image_disk=image)),
+              rounds=ROUNDS, target="report: root_dir / EROFS")
