@@ -111,6 +111,7 @@ def test_network_namespace_path_and_bind_mounts():
      "bind source"),
     (lambda c: c.update(annotations={"vmm.cpus": "lots"}), "annotation vmm.cpus"),
     (lambda c: c.update(annotations={"vmm.ram_mib": "16"}), "annotation vmm.ram_mib"),
+    (lambda c: c.update(annotations={"vmm.engine": "xen"}), "annotation vmm.engine"),
     (lambda c: c["linux"]["resources"].update(cpu={"cpus": "3-1"}), "not a CPU list"),
     (lambda c: c["process"].update(args=["x"] * 5000), "more than 4096 entries"),
 ])

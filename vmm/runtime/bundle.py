@@ -40,6 +40,8 @@ MAX_STRING = 64 << 10
 # Annotations that size the VM, as krun's krun.cpus / krun.ram_mib do for crun.
 ANNOTATION_CPUS = "vmm.cpus"
 ANNOTATION_MEMORY = "vmm.ram_mib"
+ANNOTATION_ENGINE = "vmm.engine"   # auto (default), kvm or qemu
+ENGINES = ("auto", "kvm", "qemu")
 
 RLIMITS = {"RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3,
            "RLIMIT_CORE": 4, "RLIMIT_RSS": 5, "RLIMIT_NPROC": 6, "RLIMIT_NOFILE": 7,
@@ -125,6 +127,7 @@ class Bundle:
     cpus: int
     memory_mib: int
     netns: Optional[str]           # the network namespace the VM's NIC lives in
+    engine: str
     annotations: Tuple[Tuple[str, str], ...]
     unhonoured: Tuple[str, ...] = field(default=())
 
@@ -190,9 +193,12 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
     if hooks.present and not hooks.empty:
         notes.append("hooks: not run")
     mounts = _mounts(r.get("mounts"), notes)
+    engine = annotations.get(ANNOTATION_ENGINE, "auto")
+    if engine not in ENGINES:
+        raise BundleError(f"annotation {ANNOTATION_ENGINE}={engine!r}: not one of {', '.join(ENGINES)}")
     return Bundle(path=bundle_dir, oci_version=oci_version, root=root_path,
                   root_readonly=root_readonly, process=process, hostname=hostname,
-                  mounts=tuple(mounts), cpus=cpus, memory_mib=memory_mib, netns=netns,
+                  mounts=tuple(mounts), cpus=cpus, memory_mib=memory_mib, netns=netns, engine=engine,
                   annotations=tuple(sorted(annotations.items())), unhonoured=tuple(notes))
 
 

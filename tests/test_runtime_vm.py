@@ -1,0 +1,192 @@
+"""vmm-runtime with real guests, driven as containerd's runc shim drives runc: create with
+the container's stdio, read the pid file, wait for that pid as a subreaper
+(support/runtime_shim.py), start, kill, delete. The process runs in our guest kernel, not
+the host's; its exit status is the monitor's; nothing is left running after delete."""
+import array
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from support.rootfs_dir import unpack_busybox_rootfs
+from support.sandbox_image import have_busybox
+from support.test_engine import ENGINE
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)"),
+              pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="no qemu-system-x86_64"),
+              pytest.mark.skipif(not os.path.exists("/usr/lib/qemu/virtiofsd"),
+                                 reason="no /usr/lib/qemu/virtiofsd (qemu-system-common)")]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+T = 120
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS, os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory):
+    return unpack_busybox_rootfs(tmp_path_factory.mktemp("runtime-rootfs"))
+
+
+def make_bundle(path, rootfs, args, terminal=False, **extra):
+    path.mkdir()
+    os.symlink(rootfs, path / "rootfs")
+    cfg = {"ociVersion": "1.0.2", "root": {"path": "rootfs", "readonly": True},
+           "hostname": "ctr",
+           "process": {"args": args, "cwd": "/", "terminal": terminal,
+                       "env": ["PATH=/bin:/usr/bin:/sbin", "GREETING=hi"]},
+           "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]},
+           "annotations": {"vmm.engine": ENGINE}}
+    cfg.update(extra)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def rt(root, *args, check=True):
+    r = subprocess.run([sys.executable, "-m", "vmm.runtime", "--root", str(root), *args],
+                       capture_output=True, text=True, timeout=T, env=env())
+    if check:
+        assert r.returncode == 0, (args, r.stderr)
+    return r
+
+
+class Shim:
+    def __init__(self, tmp_path, root, bundle, cid, *extra):
+        self.out, self.err = tmp_path / f"{cid}.out", tmp_path / f"{cid}.err"
+        self.p = subprocess.Popen([sys.executable, "-m", "support.runtime_shim", str(root), str(bundle),
+                                   cid, str(self.out), str(self.err), *extra],
+                                  stdout=subprocess.PIPE, text=True, env=env(), cwd=TESTS)
+        line = self.p.stdout.readline().strip()
+        assert line.startswith("pid="), (line, self.err.read_text() if self.err.exists() else "")
+        self.pid = int(line[4:])
+
+    def exit_code(self) -> int:
+        line = self.p.stdout.readline().strip()
+        self.p.wait(T)
+        assert line.startswith("exit="), line
+        return int(line[5:])
+
+
+def state(root, cid):
+    return json.loads(rt(root, "state", cid).stdout)
+
+
+def children_named(pid, names):
+    """Processes below pid (any depth) whose command is one of names."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        comm, rest = f.read().split("(", 1)[1].rsplit(")", 1)
+                except OSError:
+                    continue
+                if int(rest.split()[1]) == p:
+                    todo.append(int(d))
+                    if any(comm.startswith(n) for n in names):
+                        found.append(int(d))
+    return found
+
+
+def test_run_to_exit_in_our_kernel(tmp_path, rootfs):
+    root = tmp_path / "root"
+    bundle = make_bundle(tmp_path / "b", rootfs,
+                         ["sh", "-c", "uname -r; hostname; echo $GREETING; echo oops >&2; exit 7"])
+    shim = Shim(tmp_path, root, bundle, "c1")
+    st = state(root, "c1")
+    assert (st["status"], st["pid"], st["rootfs"]) == ("created", shim.pid, str(bundle / "rootfs"))
+    assert children_named(shim.pid, ["qemu-system"])   # the VM is up and the monitor owns it
+    rt(root, "start", "c1")
+    assert shim.exit_code() == 7
+    out = shim.out.read_text().split()
+    assert out[0].endswith("-vmm") and out[0] != os.uname().release   # our guest kernel
+    assert out[1:] == ["ctr", "hi"]
+    assert shim.err.read_text() == "oops\n"
+    assert state(root, "c1")["status"] == "stopped"
+    r = rt(root, "start", "c1", check=False)
+    assert r.returncode == 1 and "cannot start a container that has stopped" in r.stderr
+    rt(root, "delete", "c1")
+    assert rt(root, "list", "-q").stdout == ""
+
+
+def test_kill_running_then_delete_leaves_nothing(tmp_path, rootfs):
+    root = tmp_path / "root"
+    bundle = make_bundle(tmp_path / "b", rootfs, ["sleep", "1000"])
+    shim = Shim(tmp_path, root, bundle, "c2")
+    rt(root, "start", "c2")
+    assert state(root, "c2")["status"] == "running"
+    r = rt(root, "delete", "c2", check=False)
+    assert r.returncode == 1 and "cannot delete container c2 that is not stopped: running" in r.stderr
+    rt(root, "kill", "c2", "TERM")
+    assert shim.exit_code() == 128 + 15
+    assert state(root, "c2")["status"] == "stopped"
+    rt(root, "delete", "c2")
+    assert not os.path.exists(f"/proc/{shim.pid}")
+    assert not (root / "c2").exists()
+
+
+def test_delete_force_and_delete_created(tmp_path, rootfs):
+    root = tmp_path / "root"
+    bundle = make_bundle(tmp_path / "b", rootfs, ["sleep", "1000"])
+    running = Shim(tmp_path, root, bundle, "c3")
+    rt(root, "start", "c3")
+    created = Shim(tmp_path, root, bundle, "c4")
+    rt(root, "delete", "--force", "c3")
+    rt(root, "delete", "c4")           # as runc: a created container can be deleted
+    assert running.exit_code() == 128 + 9
+    assert created.exit_code() == 128 + 9
+    for pid in (running.pid, created.pid):
+        assert not os.path.exists(f"/proc/{pid}")
+    assert rt(root, "list", "-q").stdout == ""
+
+
+def test_terminal_through_console_socket(tmp_path, rootfs):
+    root = tmp_path / "root"
+    bundle = make_bundle(tmp_path / "b", rootfs, ["sh"], terminal=True)
+    sock_path = str(tmp_path / "console.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    srv.listen(1)
+    srv.settimeout(T)
+    shim = None
+    try:
+        import threading
+        got = {}
+
+        def accept():
+            conn, _ = srv.accept()
+            fds = array.array("i")
+            msg, anc, _, _ = conn.recvmsg(64, socket.CMSG_SPACE(4))
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[:4])
+            got["fd"] = fds[0]
+            conn.close()
+        t = threading.Thread(target=accept)
+        t.start()
+        shim = Shim(tmp_path, root, bundle, "c5", "--console-socket", sock_path)
+        t.join(T)
+        master = got["fd"]
+        rt(root, "start", "c5")
+        os.write(master, b"tty; echo in-$((6*7))-guest; exit 3\n")
+        data, deadline = b"", time.monotonic() + 60
+        while b"in-42-guest" not in data and time.monotonic() < deadline:
+            data += os.read(master, 4096)
+        assert b"in-42-guest" in data and b"/dev/pts/" in data
+        assert shim.exit_code() == 3
+        os.close(master)
+    finally:
+        srv.close()
+        if shim and shim.p.poll() is None:
+            rt(root, "delete", "--force", "c5", check=False)
