@@ -190,3 +190,56 @@ def test_terminal_through_console_socket(tmp_path, rootfs):
         srv.close()
         if shim and shim.p.poll() is None:
             rt(root, "delete", "--force", "c5", check=False)
+
+
+def test_exec_attached_detached_and_failing(tmp_path, rootfs):
+    root = tmp_path / "root"
+    bundle = make_bundle(tmp_path / "b", rootfs, ["sleep", "1000"])
+    shim = Shim(tmp_path, root, bundle, "c6")
+    try:
+        # as runc: exec works in a created container too
+        r = rt(root, "exec", "-e", "X=42", "--cwd", "/tmp", "c6", "sh", "-c", "echo $X $(pwd); exit 4",
+               check=False)
+        assert (r.returncode, r.stdout) == (4, "42 /tmp\n")
+        rt(root, "start", "c6")
+        proc = tmp_path / "process.json"
+        proc.write_text(json.dumps({"args": ["sh", "-c", "echo detached >&2; exit 9"], "cwd": "/",
+                                    "env": ["PATH=/bin"], "user": {"uid": 65534, "gid": 65534}}))
+        shim_exec = subprocess.Popen(
+            [sys.executable, "-c", EXEC_SHIM, str(root), str(proc), str(tmp_path / "exec.pid"),
+             str(tmp_path / "exec.err")], stdout=subprocess.PIPE, text=True, env=env())
+        out = shim_exec.communicate(timeout=T)[0].split()
+        assert out[0] == "exec=0" and out[1] == "exit=9", out
+        assert (tmp_path / "exec.err").read_text() == "detached\n"
+        r = rt(root, "exec", "c6", "nosuch", check=False)
+        assert r.returncode == 255
+        assert 'exec failed: unable to start container process: exec: \\"nosuch\\"' in r.stderr
+        r = rt(root, "exec", "c6", check=False)
+        assert r.returncode == 255 and "process args cannot be empty" in r.stderr
+        r = rt(root, "exec", "-u", "65534:65534", "c6", "id", "-u", check=False)
+        assert (r.returncode, r.stdout) == (0, "65534\n")
+        assert state(root, "c6")["status"] == "running"   # execs do not end the container
+    finally:
+        rt(root, "delete", "--force", "c6", check=False)
+    assert shim.exit_code() == 128 + 9
+    r = rt(root, "exec", "c6", "true", check=False)
+    assert r.returncode == 1 and "container does not exist" in r.stderr
+
+
+# The shim's exec: `exec --detach --pid-file`, then wait for that pid as a subreaper.
+EXEC_SHIM = """
+import ctypes, os, subprocess, sys
+root, proc, pid_file, err = sys.argv[1:]
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+with open(err, "wb") as e:
+    r = subprocess.run([sys.executable, "-m", "vmm.runtime", "--root", root, "exec", "--detach",
+                        "--process", proc, "--pid-file", pid_file, "c6"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=e)
+print(f"exec={r.returncode}", flush=True)
+pid = int(open(pid_file).read())
+while True:
+    got, status = os.waitpid(-1, 0)
+    if got == pid:
+        break
+print(f"exit={os.waitstatus_to_exitcode(status)}", flush=True)
+"""

@@ -202,6 +202,25 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
                   annotations=tuple(sorted(annotations.items())), unhonoured=tuple(notes))
 
 
+def load_process(path: str) -> ProcessSpec:
+    """An OCI process object alone (what `exec --process FILE` reads); BundleError naming
+    the problem."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(CONFIG_MAX_BYTES + 1)
+    except OSError as e:
+        raise BundleError(f"cannot read the process file {path}: {e.strerror}") from None
+    if len(data) > CONFIG_MAX_BYTES:
+        raise BundleError(f"{path} is larger than {CONFIG_MAX_BYTES >> 20} MiB")
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON: {e}") from None
+    r = _Reader(raw, "process")
+    r.is_object(required=True)
+    return _process(r, [])
+
+
 def _process(p: "_Reader", notes: List[str]) -> Optional[ProcessSpec]:
     if not p.present:
         return None

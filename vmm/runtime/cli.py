@@ -73,6 +73,25 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("--format", "-f", default="table", choices=("table", "json"))
     ps.add_argument("id")
     ps.add_argument("ps_args", nargs="*")
+    e = sub.add_parser("exec", help="run another process in a created or running container")
+    e.add_argument("--process", "-p", default=None, help="an OCI process object (JSON file)")
+    e.add_argument("--detach", "-d", action="store_true")
+    e.add_argument("--pid-file", default=None)
+    e.add_argument("--console-socket", default=None)
+    e.add_argument("--tty", "-t", action="store_true")
+    e.add_argument("--env", "-e", action="append", default=[])
+    e.add_argument("--cwd", default=None)
+    e.add_argument("--user", "-u", default=None)
+    e.add_argument("--additional-gids", "-g", action="append", default=[], help=argparse.SUPPRESS)
+    e.add_argument("--no-new-privs", action="store_true", help=argparse.SUPPRESS)
+    e.add_argument("--cap", "-c", action="append", default=[], help=argparse.SUPPRESS)
+    e.add_argument("--preserve-fds", type=int, default=0, help=argparse.SUPPRESS)
+    e.add_argument("--process-label", default=None, help=argparse.SUPPRESS)
+    e.add_argument("--apparmor", default=None, help=argparse.SUPPRESS)
+    e.add_argument("--cgroup", default=None, help=argparse.SUPPRESS)
+    e.add_argument("--ignore-paused", action="store_true", help=argparse.SUPPRESS)
+    e.add_argument("id")
+    e.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
     sub.add_parser("features", help="what this runtime supports, as JSON")
     return p
 
@@ -99,6 +118,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug of ours: one line for the caller, the trace with --debug
+        if args.debug:
+            import traceback
+            log.debug(traceback.format_exc())
+        log.fatal(f"internal error: {type(e).__name__}: {e}")
+        return 1
 
 
 def _message(e: BaseException) -> str:
@@ -325,5 +350,21 @@ def parse_signal(text: str) -> int:
         raise RuntimeFailure(f"unknown signal {json.dumps(text)}") from None
 
 
-COMMANDS = {"create": cmd_create, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
+EXEC_FAILED = 255   # runc's status when exec cannot start the process
+
+
+def cmd_exec(store: StateStore, args, log: RuntimeLog) -> int:
+    from .exec_process import run_exec
+    st = store.load(args.id)
+    if st.current_status() not in (CREATED, RUNNING) or not st.agent_socket:
+        log.fatal("exec failed: cannot exec in a stopped container")
+        return EXEC_FAILED
+    try:
+        return run_exec(st, args, log)
+    except RuntimeFailure as e:
+        log.fatal(f"exec failed: {e}")
+        return EXEC_FAILED
+
+
+COMMANDS = {"create": cmd_create, "exec": cmd_exec, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
             "delete": cmd_delete, "list": cmd_list, "ps": cmd_ps, "features": cmd_features}

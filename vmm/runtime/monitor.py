@@ -48,7 +48,8 @@ class Monitor:
         self.sandbox = self._boot()
         self._listen()
         self.store.update(self.cid, status=CREATED, pid=os.getpid(),
-                          pid_start=process_start_time(os.getpid()))
+                          pid_start=process_start_time(os.getpid()),
+                          agent_socket=self.sandbox.socket_path)
 
     def run(self) -> int:
         """After create(): waits for start (or a kill), runs the process, returns the status."""

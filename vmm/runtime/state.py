@@ -90,6 +90,7 @@ class ContainerState:
     owner: str = ""
     annotations: Dict[str, str] = field(default_factory=dict)
     error: Optional[str] = None   # why create failed, if it did
+    agent_socket: Optional[str] = None  # where `exec` reaches the guest agent
 
     def alive(self) -> bool:
         return self.pid > 0 and self.pid_start is not None and \
