@@ -49,10 +49,9 @@ RLIMITS = {"RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK":
            "RLIMIT_MSGQUEUE": 12, "RLIMIT_NICE": 13, "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15}
 NAMESPACES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 # Mounts every container asks for that the guest agent makes itself in the guest (its own
-# /proc, /sys, /dev, ...): satisfied by the VM, nothing to share from the host.
-GUEST_PROVIDED = {("proc", "/proc"), ("sysfs", "/sys"), ("tmpfs", "/dev"), ("devpts", "/dev/pts"),
-                  ("mqueue", "/dev/mqueue"), ("tmpfs", "/dev/shm"), ("shm", "/dev/shm"),
-                  ("cgroup", "/sys/fs/cgroup"), ("cgroup2", "/sys/fs/cgroup")}
+# /proc, /sys, /dev, ...): satisfied by the VM whatever their type (podman binds a
+# host tmpfs at /dev/shm; the guest's own /dev/shm is the one its processes share).
+GUEST_PROVIDED = ("/proc", "/sys", "/dev", "/dev/pts", "/dev/mqueue", "/dev/shm", "/sys/fs/cgroup")
 # Fields whose meaning is the host kernel's: a VM has a kernel of its own.
 HOST_ONLY_LINUX = {
     "devices": "linux.devices (a host device cgroup): the guest sees only its virtio devices",
@@ -127,7 +126,7 @@ class Bundle:
     cpus: int
     memory_mib: int
     netns: Optional[str]           # the network namespace the VM's NIC lives in
-    engine: str
+    engine: Optional[str]          # from the vmm.engine annotation; None: the runtime's default
     annotations: Tuple[Tuple[str, str], ...]
     unhonoured: Tuple[str, ...] = field(default=())
 
@@ -193,8 +192,8 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
     if hooks.present and not hooks.empty:
         notes.append("hooks: not run")
     mounts = _mounts(r.get("mounts"), notes)
-    engine = annotations.get(ANNOTATION_ENGINE, "auto")
-    if engine not in ENGINES:
+    engine = annotations.get(ANNOTATION_ENGINE)
+    if engine is not None and engine not in ENGINES:
         raise BundleError(f"annotation {ANNOTATION_ENGINE}={engine!r}: not one of {', '.join(ENGINES)}")
     return Bundle(path=bundle_dir, oci_version=oci_version, root=root_path,
                   root_readonly=root_readonly, process=process, hostname=hostname,
@@ -367,7 +366,7 @@ def _mounts(ms: "_Reader", notes: List[str]) -> List[MountSpec]:
         source = m.get("source").string(default="") or ""
         options = tuple(m.get("options").string_list(limit=64))
         spec = MountSpec(destination=dest, source=source, type=kind, options=options)
-        if (kind, dest) in GUEST_PROVIDED:
+        if dest in GUEST_PROVIDED:
             continue
         if spec.is_bind:
             if not source.startswith("/"):

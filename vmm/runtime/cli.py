@@ -147,10 +147,9 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
         raise RuntimeFailure("cannot allocate tty if runc will detach without setting console socket")
     if not bundle.process.terminal and args.console_socket:
         raise RuntimeFailure("cannot use console socket if runc will not detach or allocate tty")
-    for note in bundle.unhonoured:
-        log.warning(f"container {cid}: {note}")
     store.create(ContainerState(id=cid, bundle=bundle.path, rootfs=bundle.root,
                                 created=now_rfc3339(), annotations=bundle.annotations_dict))
+    _record_unhonoured(store, cid, bundle, log)
     try:
         stdio = ContainerStdio.with_console(args.console_socket) if bundle.process.terminal \
             else ContainerStdio.take_inherited()
@@ -201,6 +200,19 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
     if args.pid_file:
         _write_pid_file(args.pid_file, pid)
     return 0
+
+
+def _record_unhonoured(store: StateStore, cid: str, bundle, log: RuntimeLog) -> None:
+    """What the VM does not apply goes to the container's notes file always, and to the log
+    when it is a file (or with --debug): a caller like podman shows a runtime's stderr to
+    the user on every run, and runc says nothing there for a container that starts."""
+    if not bundle.unhonoured:
+        return
+    with open(os.path.join(store.dir(cid), "not-applied.txt"), "w") as f:
+        f.write("".join(note + "\n" for note in bundle.unhonoured))
+    if log.fd is not None or log.debug_on:
+        for note in bundle.unhonoured:
+            log.warning(f"container {cid}: {note}")
 
 
 def _read_all(fd: int, timeout: float) -> bytes:
