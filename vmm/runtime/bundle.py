@@ -126,6 +126,7 @@ class Bundle:
     cpus: int
     memory_mib: int
     netns: Optional[str]           # the network namespace the VM's NIC lives in
+    network: str                   # "join" (netns), "none" (a new, empty one), "host"
     engine: Optional[str]          # from the vmm.engine annotation; None: the runtime's default
     annotations: Tuple[Tuple[str, str], ...]
     unhonoured: Tuple[str, ...] = field(default=())
@@ -181,7 +182,7 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
     linux = r.get("linux")
     linux.is_object()
     cpus, memory_mib = _size(linux.get("resources"), annotations, notes)
-    netns = _namespaces(linux.get("namespaces"), notes)
+    netns, network = _namespaces(linux.get("namespaces"), notes)
     for key, why in HOST_ONLY_LINUX.items():
         if linux.get(key).present and not linux.get(key).empty:
             notes.append(why)
@@ -197,7 +198,7 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
         raise BundleError(f"annotation {ANNOTATION_ENGINE}={engine!r}: not one of {', '.join(ENGINES)}")
     return Bundle(path=bundle_dir, oci_version=oci_version, root=root_path,
                   root_readonly=root_readonly, process=process, hostname=hostname,
-                  mounts=tuple(mounts), cpus=cpus, memory_mib=memory_mib, netns=netns, engine=engine,
+                  mounts=tuple(mounts), cpus=cpus, memory_mib=memory_mib, netns=netns, network=network, engine=engine,
                   annotations=tuple(sorted(annotations.items())), unhonoured=tuple(notes))
 
 
@@ -332,8 +333,12 @@ def _annotation_int(annotations: Dict[str, str], key: str, lo: int, hi: int) -> 
     return int(text)
 
 
-def _namespaces(ns: "_Reader", notes: List[str]) -> Optional[str]:
+def _namespaces(ns: "_Reader", notes: List[str]) -> Tuple[Optional[str], str]:
+    """The network namespace to join (or None) and what the VM's network is: "join" a
+    namespace's interface, "none" (a new namespace: only loopback, as runc gives), or
+    "host" (no network namespace asked for: the host's network, through NAT)."""
     netns = None
+    network = "host"
     seen = set()
     for i, n in enumerate(ns.items(limit=len(NAMESPACES) * 2)):
         n.is_object()
@@ -348,10 +353,11 @@ def _namespaces(ns: "_Reader", notes: List[str]) -> Optional[str]:
             raise BundleError(f"linux.namespaces[{i}].path: {path!r} is not an absolute path")
         if kind == "network":
             netns = path
+            network = "join" if path else "none"
         elif path:
             notes.append(f"linux.namespaces: joining the {kind} namespace at {path} is not "
                          "possible for a VM; the guest has its own")
-    return netns
+    return netns, network
 
 
 def _mounts(ms: "_Reader", notes: List[str]) -> List[MountSpec]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Optional
 
 from .bundle import Bundle
 
@@ -21,7 +22,29 @@ FILE_BIND_MAX = 1 << 20
 ENGINE_ENV = "VMM_RUNTIME_ENGINE"   # the engine when a bundle does not name one (default auto)   # a hosts or resolv.conf file; anything larger is not what binds carry
 
 
-def boot_sandbox(bundle: Bundle, state_dir: str, log):
+class Booted:
+    """The running sandbox and what else the container holds until it ends (the NIC in
+    its network namespace)."""
+
+    def __init__(self, sandbox, nic=None):
+        self.sandbox, self.nic = sandbox, nic
+
+    @property
+    def socket_path(self) -> str:
+        return self.sandbox.socket_path
+
+    def exec_stream(self, *args, **kwargs):
+        return self.sandbox.exec_stream(*args, **kwargs)
+
+    def stop(self) -> None:
+        try:
+            self.sandbox.stop()
+        finally:
+            if self.nic is not None:
+                self.nic.close()
+
+
+def boot_sandbox(bundle: Bundle, state_dir: str, log) -> Booted:
     from ..errors import ConfigError
     from ..sandbox import Sandbox
     volumes, files, tmpfs = [], [], []
@@ -41,19 +64,52 @@ def boot_sandbox(bundle: Bundle, state_dir: str, log):
         else:
             raise ConfigError(f"mount {m.destination}: source {m.source} is neither a directory "
                               "nor a regular file")
-    sb = Sandbox.create(root_dir=bundle.root, engine=bundle.engine or os.environ.get(ENGINE_ENV) or "auto", cpus=bundle.cpus,
-                        memory_mib=bundle.memory_mib, hostname=bundle.hostname or None,
-                        network=None, volumes=volumes,
-                        console_log=os.path.join(state_dir, "console.log"))
+    nic, network = None, None
+    if bundle.network == "join":
+        from .netns import attach
+        nic = attach(bundle.netns, dns=_nameserver(files))
+        network = nic.network if nic is not None else None
+    elif bundle.network == "host":
+        from ..net.network import Network
+        network = Network()      # the host's network as a VM can have it: NAT through passt
+    booted = Booted(None, nic)
     try:
+        booted.sandbox = Sandbox.create(
+            root_dir=bundle.root, engine=bundle.engine or os.environ.get(ENGINE_ENV) or "auto",
+            cpus=bundle.cpus, memory_mib=bundle.memory_mib, hostname=bundle.hostname or None,
+            network=network, volumes=volumes, console_log=os.path.join(state_dir, "console.log"))
         for m in files:
-            _copy_file_in(sb, m, log)
+            _copy_file_in(booted.sandbox, m, log)
         for m in tmpfs:
-            _mount_tmpfs(sb, m)
+            _mount_tmpfs(booted.sandbox, m)
     except BaseException:
-        sb.stop()
+        if booted.sandbox is not None:
+            booted.stop()
+        elif nic is not None:
+            nic.close()
         raise
-    return sb
+    return booted
+
+
+def _nameserver(files) -> Optional[str]:
+    """The first IPv4 nameserver of the resolv.conf the caller binds in, if any."""
+    import ipaddress
+    for m in files:
+        if m.destination != "/etc/resolv.conf":
+            continue
+        try:
+            with open(m.source, "rb") as f:
+                text = f.read(FILE_BIND_MAX).decode(errors="replace")
+        except OSError:
+            return None
+        for line in text.splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] == "nameserver":
+                try:
+                    return str(ipaddress.IPv4Address(words[1]))
+                except ValueError:
+                    continue
+    return None
 
 
 def _copy_file_in(sb, m, log) -> None:
