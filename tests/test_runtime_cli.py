@@ -73,7 +73,7 @@ def test_damaged_state_is_a_clear_error(tmp_path):
     (["kill", "nope"], "container does not exist"),
     (["delete", "nope"], "container does not exist"),
     (["kill", "nope", "BOGUS"], "container does not exist"),  # as runc: the id first
-    (["state", "../x"], "invalid container id format"),
+    (["state", "../x"], "invalid container ID format"),
 ])
 def test_errors_as_runc_prints_them(tmp_path, args, message):
     log = tmp_path / "log.json"

@@ -42,7 +42,7 @@ class ContainerNotFound(ConfigError):
 
 class ContainerExists(ConfigError):
     def __init__(self, cid: str):
-        super().__init__(f"container with id exists: {cid}")
+        super().__init__("container with given ID already exists")   # as runc
 
 
 def default_root() -> str:
@@ -54,7 +54,7 @@ def default_root() -> str:
 
 def check_id(cid: str) -> str:
     if not isinstance(cid, str) or not ID.fullmatch(cid) or cid in (".", ".."):
-        raise ConfigError(f"invalid container id format: {cid!r}")
+        raise ConfigError("invalid container ID format")   # runc's words, which callers match
     return cid
 
 
