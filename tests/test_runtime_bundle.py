@@ -51,7 +51,7 @@ def test_runc_spec_maps_onto_a_vm():
     # what a VM does not apply is listed, never dropped silently
     text = "\n".join(b.unhonoured)
     for field in ("linux.resources.devices", "linux.maskedPaths", "linux.readonlyPaths",
-                  "process.capabilities"):
+                  "process.capabilities", "root.readonly", "process.noNewPrivileges"):
         assert field in text
 
 

@@ -175,6 +175,9 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
         root_path = os.path.join(bundle_dir, root_path)
     root_path = os.path.normpath(root_path)
     root_readonly = root.get("readonly").boolean(default=False)
+    if root_readonly:
+        notes.append("root.readonly: the guest's root is writable, into a scratch layer that "
+                     "goes with the VM; root.path itself is never written")
 
     process = _process(r.get("process"), notes)
     hostname = r.get("hostname").string()
@@ -263,6 +266,12 @@ def _process(p: "_Reader", notes: List[str]) -> Optional[ProcessSpec]:
         if soft > hard:
             raise BundleError(f"process.rlimits[{i}]: soft {soft} is above hard {hard}")
         rlimits.append((RLIMITS[name], soft, hard))
+    if extra:
+        notes.append("process.user.additionalGids: not applied (the process gets its uid and gid)")
+    if umask is not None:
+        notes.append("process.user.umask: not applied (the guest's default umask)")
+    if p.get("noNewPrivileges").boolean(default=False):
+        notes.append("process.noNewPrivileges: not applied inside the guest")
     caps = p.get("capabilities")
     caps.is_object()
     bounding = tuple(caps.get("bounding").string_list(limit=64))
