@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from support.oci_fixtures import LAYER_MT, Image, Layer, sha256, write_docker_save
-from support.sandbox_image import busybox_layer, have_busybox
+from support.runtime_clients import busybox_archive, runtime_executable
+from support.sandbox_image import have_busybox
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/vmm-bench/busybox:1"
@@ -45,13 +45,8 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="containerd needs roo
 @pytest.fixture(scope="module")
 def env():
     d = Path(tempfile.mkdtemp(prefix="vmm-bench-rt-"))
-    raw = busybox_layer(d / "layer.tar").read_bytes()
-    write_docker_save(d / "busybox.tar", Image(layers=[Layer(raw, sha256(raw), LAYER_MT["none"])],
-                                               cmd=["/bin/sh"]), IMAGE)
-    runtime = d / "vmm-runtime"
-    runtime.write_text(f"#!/bin/sh\nPYTHONPATH={ROOT} VMM_RUNTIME_ENGINE=qemu "
-                       f"exec {sys.executable} -m vmm.runtime \"$@\"\n")
-    runtime.chmod(0o755)
+    busybox_archive(d, IMAGE)
+    runtime = runtime_executable(d, "qemu")
     sock = d / "c.sock"
     (d / "config.toml").write_text(f'version = 2\nroot = "{d}/root"\nstate = "{d}/state"\n'
                                    f'[grpc]\n  address = "{sock}"\n'

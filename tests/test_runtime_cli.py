@@ -41,7 +41,7 @@ def test_store_round_trip_and_dead_monitor_is_stopped(tmp_path):
     # a live process with a recorded start time: created
     child = subprocess.Popen(["sleep", "30"])
     try:
-        from vmm.runtime.state import process_start_time
+        from vmm.sandbox.state import process_start_time
         store.update("c1", status=CREATED, pid=child.pid, pid_start=process_start_time(child.pid))
         assert store.load("c1").oci()["status"] == "created"
         assert store.load("c1").oci()["pid"] == child.pid

@@ -6,21 +6,19 @@ ours, not the host's. Afterwards nothing is left running.
 containerd runs as a private daemon of the test (its own root, state and socket under the
 test's directory); podman with its own --root/--runroot and `--network none` (the
 container's network namespace is not joined yet)."""
-import json
 import os
 import pty
 import select
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from support.oci_fixtures import LAYER_MT, Image, Layer, sha256, write_docker_save
-from support.sandbox_image import busybox_layer, have_busybox
+from support.runtime_clients import busybox_archive, runtime_executable
+from support.sandbox_image import have_busybox
 from support.test_engine import ENGINE
 
 pytestmark = [pytest.mark.slow,
@@ -38,14 +36,8 @@ T = 180
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("clients")
-    raw = busybox_layer(d / "layer.tar").read_bytes()
-    write_docker_save(d / "busybox.tar", Image(layers=[Layer(raw, sha256(raw), LAYER_MT["none"])],
-                                               cmd=["/bin/sh"]), IMAGE)
-    # The runtime as the clients call it: an executable path. The engine is the tests' one.
-    runtime = d / "vmm-runtime"
-    runtime.write_text(f"#!/bin/sh\nPYTHONPATH={ROOT} VMM_RUNTIME_ENGINE={ENGINE} "
-                       f"exec {sys.executable} -m vmm.runtime \"$@\"\n")
-    runtime.chmod(0o755)
+    busybox_archive(d, IMAGE)
+    runtime_executable(d, ENGINE)
     return d
 
 

@@ -8,7 +8,6 @@ traffic leaves this machine's namespaces."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from typing import List, Optional
 
 from ..errors import VmmError
 from .bundle import load_bundle
+from .errors import RuntimeFailure
 from .features import features
 from .log import RuntimeLog
 from .state import (CREATED, RUNNING, STOPPED, ContainerState, StateStore, check_id,
@@ -31,10 +31,6 @@ from .state import (CREATED, RUNNING, STOPPED, ContainerState, StateStore, check
 
 CREATE_TIMEOUT_S = 300.0   # a first boot may build the guest kernel's caches
 STOP_WAIT_S = 15.0
-
-
-class RuntimeFailure(Exception):
-    """A command failed; the message is what the user (or the shim) reads."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,9 +130,10 @@ def _message(e: BaseException) -> str:
 
 # --- create and start -------------------------------------------------------------------
 def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
-    from .monitor import Monitor, ignore_job_signals
+    from .holder import fork_holder, write_pid_file
+    from .monitor import Monitor
     from .sandbox_boot import boot_sandbox
-    from .stdio import ContainerStdio, detach_own_stdio
+    from .stdio import ContainerStdio
     cid = check_id(args.id)
     bundle = load_bundle(args.bundle)
     if bundle.process is None:
@@ -156,49 +153,22 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
     except BaseException:
         store.remove(cid)
         raise
-    r, w = os.pipe2(os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the monitor
-        code = 1
+    def start():
+        mon = Monitor(store, cid, bundle, stdio, log,
+                      boot=lambda: boot_sandbox(bundle, store.dir(cid), log))
         try:
-            os.close(r)
-            os.setsid()
-            stdio.adopt_terminal()
-            ignore_job_signals()
-            detach_own_stdio(log.fd)
-            mon = Monitor(store, cid, bundle, stdio, log,
-                          boot=lambda: boot_sandbox(bundle, store.dir(cid), log))
-            try:
-                mon.create()
-            except BaseException as e:
-                msg = _message(e) or type(e).__name__
-                store.update(cid, status=STOPPED, error=msg)
-                os.write(w, b"error " + msg.encode(errors="replace")[:8192])
-                os._exit(1)
-            os.write(w, b"ok")
-            os.close(w)
-            code = mon.run()
-        finally:
-            os._exit(code)
-    os.close(w)
-    for fd in {stdio.stdin, stdio.stdout, stdio.stderr}:
-        os.close(fd)
-    reply = _read_all(r, CREATE_TIMEOUT_S)
-    if reply != b"ok":
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
+            mon.create()
+        except BaseException as e:
+            store.update(cid, status=STOPPED, error=_message(e) or type(e).__name__)
+            raise RuntimeFailure(_message(e) or type(e).__name__) from None
+        return mon.run
+    try:
+        pid = fork_holder(stdio, log, start, CREATE_TIMEOUT_S, "starting the VM")
+    except RuntimeFailure:
         store.remove(cid)
-        why = reply[6:].decode(errors="replace") if reply.startswith(b"error ") else \
-            f"the VM did not start within {CREATE_TIMEOUT_S:g}s" if reply == b"timeout" else \
-            "the container's monitor ended before the VM started"
-        raise RuntimeFailure(why)
+        raise
     if args.pid_file:
-        _write_pid_file(args.pid_file, pid)
+        write_pid_file(args.pid_file, pid)
     return 0
 
 
@@ -213,30 +183,6 @@ def _record_unhonoured(store: StateStore, cid: str, bundle, log: RuntimeLog) -> 
     if log.fd is not None or log.debug_on:
         for note in bundle.unhonoured:
             log.warning(f"container {cid}: {note}")
-
-
-def _read_all(fd: int, timeout: float) -> bytes:
-    deadline = time.monotonic() + timeout
-    out = b""
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return b"timeout"
-            chunk = os.read(fd, 8192)
-            if not chunk:
-                return out
-            out += chunk
-    finally:
-        os.close(fd)
-
-
-def _write_pid_file(path: str, pid: int) -> None:
-    path = os.path.abspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.replace(tmp, path)
 
 
 def cmd_start(store: StateStore, args, log: RuntimeLog) -> int:

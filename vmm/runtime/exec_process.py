@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
 from .bundle import ProcessSpec, load_process
+from .errors import RuntimeFailure
 from .state import ContainerState
 
+START_TIMEOUT_S = 60.0
 USER = re.compile(r"([0-9]{1,10})(?::([0-9]{1,10}))?")
 
 
 def exec_spec(args) -> ProcessSpec:
-    from .cli import RuntimeFailure
     from ..errors import ConfigError
     if args.process:
         try:
@@ -50,9 +50,8 @@ def exec_spec(args) -> ProcessSpec:
 
 
 def run_exec(st: ContainerState, args, log) -> int:
-    from .cli import RuntimeFailure, _read_all, _write_pid_file, CREATE_TIMEOUT_S
-    from .monitor import ignore_job_signals
-    from .stdio import ContainerStdio, detach_own_stdio
+    from .holder import fork_holder, write_pid_file
+    from .stdio import ContainerStdio
     p = exec_spec(args)
     if p.terminal and args.detach and not args.console_socket:
         raise RuntimeFailure("cannot allocate tty if runc will detach without setting console socket")
@@ -72,45 +71,21 @@ def run_exec(st: ContainerState, args, log) -> int:
             finally:
                 if restore:
                     restore()
-    r, w = os.pipe2(os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the exec monitor
-        code = 1
-        try:
-            os.close(r)
-            os.setsid()
-            stdio.adopt_terminal()
-            ignore_job_signals()
-            detach_own_stdio(log.fd)
-            try:
-                client, proc = _start(st, stdio, p)
-            except BaseException as e:
-                os.write(w, b"error " + str(e).encode(errors="replace")[:8192])
-                os._exit(1)
-            os.write(w, b"ok")
-            os.close(w)
+    def start():
+        client, proc = _start(st, stdio, p)
+
+        def run() -> int:
             with client:
-                code = stdio.relay(proc)
-        finally:
-            os._exit(code)
-    os.close(w)
-    for fd in {stdio.stdin, stdio.stdout, stdio.stderr}:
-        os.close(fd)
-    reply = _read_all(r, CREATE_TIMEOUT_S)
-    if reply != b"ok":
-        os.waitpid(pid, 0)
-        raise RuntimeFailure(reply[6:].decode(errors="replace") if reply.startswith(b"error ")
-                             else "the exec monitor ended before the process started")
+                return stdio.relay(proc)
+        return run
+    pid = fork_holder(stdio, log, start, START_TIMEOUT_S, "starting the process")
     if args.pid_file:
-        _write_pid_file(args.pid_file, pid)
+        write_pid_file(args.pid_file, pid)
     return 0
 
 
 def _start(st: ContainerState, stdio, p: ProcessSpec):
     """A connection of our own to the agent, and the process started on it."""
-    from .cli import RuntimeFailure
     from ..agent import AgentClient, AgentError, DEFAULT_VSOCK_PORT, ExecFailed
     try:
         client = AgentClient.connect(st.agent_socket, DEFAULT_VSOCK_PORT)

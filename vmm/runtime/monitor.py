@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import threading
 from typing import Optional
 
 from .bundle import Bundle
 from .log import RuntimeLog
-from .state import CREATED, RUNNING, STOPPED, StateStore, process_start_time
+from ..sandbox.state import process_start_time
+from .state import CREATED, RUNNING, STOPPED, StateStore
 from .stdio import ContainerStdio
 
 CONTROL_MAX_LINE = 4096
@@ -153,10 +153,3 @@ def request(store: StateStore, cid: str, req: dict, timeout: float = CONTROL_TIM
     if not isinstance(reply, dict):
         raise ValueError("the container's monitor sent a reply that is not an object")
     return reply
-
-
-def ignore_job_signals() -> None:
-    """The monitor outlives the terminal and shell that ran `create`."""
-    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN,
-                signal.SIGTTOU):
-        signal.signal(sig, signal.SIG_IGN)

@@ -27,6 +27,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import ConfigError
+# One reading of /proc/PID/stat for every "is this still the same process" check (it
+# also counts a zombie as dead: a monitor its shim has not reaped yet has ended).
+from ..sandbox.state import process_start_time
 
 OCI_VERSION = "1.0.2"
 ID = re.compile(r"[\w+.-]{1,1024}", re.ASCII)
@@ -61,20 +64,6 @@ def check_id(cid: str) -> str:
 def now_rfc3339() -> str:
     t = datetime.datetime.now(datetime.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond * 1000:09d}Z"
-
-
-def process_start_time(pid: int) -> Optional[int]:
-    """The start time (clock ticks since boot) of pid, or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat.rsplit(b")", 1)[-1].split()
-    try:
-        return int(fields[19])  # field 22 of stat; 3 fields precede it after the comm
-    except (IndexError, ValueError):
-        return None
 
 
 @dataclass
