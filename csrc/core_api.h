@@ -45,6 +45,8 @@ struct vmm_vm_config {
     int seccomp;            /* enum vmm_seccomp_threads: which threads run under seccomp
                                filters once they start (csrc/seccomp.h); a forbidden call
                                ends the process with a one-line message on stderr */
+    int shared_memory;      /* RAM is a sealed memfd mapped MAP_SHARED (a vhost-user back
+                               end maps it too); 0: private anonymous memory */
 };
 
 enum vmm_seccomp_threads {
@@ -176,6 +178,11 @@ struct vmm_core_limits {
 };
 void vmm_core_limits(struct vmm_core_limits *out);
 
+/* The host's TSC frequency in kHz, measured over three windows of window_us (1000 to
+ * 1000000) microseconds (csrc/host_tsc.c says why the qemu engine wants it); 0 if the
+ * window is out of range or the TSC went backwards. */
+uint64_t vmm_host_tsc_khz(uint32_t window_us);
+
 /* Load kernel (+initrd, cmdline) into a scratch memory of memory_bytes without KVM:
  * the same loader and checks as vmm_vm_load_kernel, for tests with hostile files. */
 int vmm_kernel_load_check(const char *kernel, const char *initrd, const char *cmdline,
@@ -235,6 +242,21 @@ int vmm_vhost_user_connected(struct vmm_vhost_user *srv);
 /* Last protocol error that closed a connection, or NULL. */
 const char *vmm_vhost_user_error(struct vmm_vhost_user *srv);
 void vmm_vhost_user_stop(struct vmm_vhost_user *srv);
+/* vhost-user front end (csrc/virtio/vhost_user_front.c): a device whose queues an external
+ * vhost-user back end serves, attached to a VM with vmm_vm_add_device like any other (the
+ * VM needs shared_memory). Connects to the back end listening at path and negotiates
+ * features now (each reply waited for at most reply_timeout_ms; 0: the default); the
+ * driver sees device_id, config (config_len <= 256 bytes, ours: the back end's is not
+ * asked), num_queues (1..4) queues of at most queue_size (a power of 2 <= 32768). */
+struct vmm_vdev *vmm_vhost_user_front_new(uint32_t device_id, const char *path, const uint8_t *config,
+                                          uint32_t config_len, int num_queues, uint32_t queue_size,
+                                          int reply_timeout_ms, char *err, size_t errlen);
+/* Tests and fuzzers, with no VM: binds dev to guest memory from mem_fd (mem_size bytes at
+ * guest address 0, mapped shared), sets every queue up (queue_size entries, rings at
+ * fixed places), then runs what the transport's DRIVER_OK and a reset make the front end
+ * do, on the caller's thread, and unbinds. 0, or -1 with the reason the device broke. */
+int vmm_vhost_user_front_test_cycle(struct vmm_vdev *dev, int mem_fd, uint64_t mem_size, uint64_t features,
+                                    uint32_t queue_size, char *err, size_t errlen);
 /* end virtio */
 
 /* --- virtio devices of a KVM VM (virtio-mmio transport, csrc/virtio/mmio.c) -------------- */

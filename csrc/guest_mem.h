@@ -26,9 +26,12 @@ struct guest_mem_region {
 struct guest_mem {
     int nregions;
     struct guest_mem_region r[GUEST_MEM_MAX_REGIONS];
-    /* Only for memory from guest_mem_map(): the host mapping behind the regions. */
+    /* Only for memory from guest_mem_map(): the host mapping behind the regions ... */
     uint8_t *map;
     size_t map_len;
+    /* ... and, for shared RAM, the memfd it maps from offset 0 (region i's bytes are at
+     * offset r[i].host - map), else -1. A vhost-user front end hands it to its back end. */
+    int fd;
 };
 
 void guest_mem_init(struct guest_mem *m);
@@ -43,9 +46,13 @@ uint64_t guest_mem_size(const struct guest_mem *m);
 /* Highest RAM address + 1 of the region that starts at 0 (RAM below the MMIO hole). */
 uint64_t guest_mem_low_top(const struct guest_mem *m);
 
-/* A VM's RAM: maps bytes of anonymous memory (2 MiB pages if hugepages) and describes it
- * as [0, min(bytes, MMIO hole)) and, for the rest, [4 GiB, ...). */
-int guest_mem_map(struct guest_mem *m, uint64_t bytes, bool hugepages, char *err, size_t errlen);
+/* A VM's RAM: maps bytes of memory (2 MiB pages if hugepages) and describes it as
+ * [0, min(bytes, MMIO hole)) and, for the rest, [4 GiB, ...). Private anonymous memory,
+ * or with shared a memfd (MFD_HUGETLB with hugepages) mapped MAP_SHARED and sealed against
+ * shrinking and growing, so another process (a vhost-user back end) can map the same pages
+ * and never fault on a truncated file. */
+int guest_mem_map(struct guest_mem *m, uint64_t bytes, bool hugepages, bool shared, char *err,
+                  size_t errlen);
 void guest_mem_unmap(struct guest_mem *m);
 
 #endif

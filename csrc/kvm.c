@@ -181,7 +181,7 @@ static int create_vm(struct vmm_vm *vm, const struct vmm_vm_config *cfg, char *e
     /* Guest RAM first: registered after KVM_CREATE_IRQCHIP, the first memslot costs 5-11 ms
      * here (measured on kvm_pvm: it waits out a grace period), registered before, 0.06 ms,
      * and the irqchip and PIT stay as cheap. (benchmarks/bench_kvm_boot.py) */
-    if (guest_mem_map(&vm->mem, cfg->memory_bytes, cfg->hugepages, err, errlen) < 0)
+    if (guest_mem_map(&vm->mem, cfg->memory_bytes, cfg->hugepages, cfg->shared_memory != 0, err, errlen) < 0)
         return -1;
     if (set_memory(vm, err, errlen) < 0)
         return -1;
@@ -486,7 +486,7 @@ int vmm_kernel_load_check(const char *kernel, const char *initrd, const char *cm
                           uint64_t memory_bytes, char *err, size_t errlen)
 {
     struct guest_mem m;
-    if (guest_mem_map(&m, memory_bytes, false, err, errlen) < 0)
+    if (guest_mem_map(&m, memory_bytes, false, false, err, errlen) < 0)
         return -1;
     struct e820_table e820;
     e820_build(&e820, &m);

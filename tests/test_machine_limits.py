@@ -33,8 +33,8 @@ def prefix_of(engine):
     if engine == "kvm":
         from vmm.engines.kvm import CMDLINE_PREFIX
         return CMDLINE_PREFIX
-    from vmm.engines.qemu import BASE_CMDLINE
-    return BASE_CMDLINE + " "
+    from vmm.engines.qemu import cmdline_prefix
+    return cmdline_prefix() + " "
 
 
 @pytest.mark.parametrize("engine", [pytest.param("kvm", marks=[needs_kvm, pytest.mark.kvm]),

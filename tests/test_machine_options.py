@@ -4,6 +4,7 @@ import pytest
 import vmm
 from vmm.devices import Disk
 from vmm.engines import kvm_backing, qemu_binary
+from vmm.engines.qemu import cmdline_prefix
 from vmm.errors import ConfigError
 
 from support.kvm_guests import guest_build
@@ -63,7 +64,7 @@ def test_qemu_inspection_names_the_command_line_and_no_pid_before_start(hello):
     try:
         got = m.inspect()
         assert got.engine == "qemu" and got.pid is None
-        assert got.cmdline == "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer quiet"
+        assert got.cmdline == cmdline_prefix() + " quiet"
         assert got.e820 == () and got.exit_stats == {}
     finally:
         m.stop()

@@ -22,7 +22,8 @@ RUNS = [
     (["tests", "-m", "kvm and not nested"], {}),
     (["tests/test_machine_devices.py", "tests/test_sandbox_vm.py", "tests/test_sandbox_net.py",
       "tests/test_sandbox_volumes.py", "tests/test_sandbox_net_domains.py",
-      "tests/test_sandbox_net_ns.py", "tests/test_msb_lifecycle.py"],
+      "tests/test_sandbox_net_ns.py", "tests/test_msb_lifecycle.py",
+      "tests/test_vhost_user_front_linux.py"],
      {"VMM_TEST_ENGINE": "kvm"}),
 ]
 

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from vmm import QemuOptions
-from vmm.engines.qemu import TB_SIZE_ENV, TB_SIZE_MIB, qemu_argv, vhost_user_args
+from vmm.engines.qemu import TB_SIZE_ENV, TB_SIZE_MIB, cmdline_prefix, qemu_argv, vhost_user_args
 from vmm.errors import ConfigError
 from vmm.machine import MachineSpec
 
@@ -24,7 +24,7 @@ def test_argv_for_a_two_cpu_machine(monkeypatch):
     assert ("-object", "memory-backend-memfd,id=mem,size=192M,share=on,merge=off") in pairs
     assert ("-accel", f"tcg,tb-size={TB_SIZE_MIB}") in pairs
     assert ("-kernel", "/k/vmlinux") in pairs and ("-initrd", "/k/initrd.gz") in pairs
-    assert ("-append", "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer quiet x=1") in pairs
+    assert ("-append", cmdline_prefix() + " quiet x=1") in pairs
     assert ("-chardev", "socket,id=dbg,fd=7") in pairs
     assert ("-device", "isa-debugcon,iobase=0x440,chardev=dbg") in pairs
     machine = dict(pairs)["-M"]
@@ -36,7 +36,7 @@ def test_argv_for_a_two_cpu_machine(monkeypatch):
 def test_no_initrd_no_initrd_flag():
     argv = qemu_argv(MachineSpec(kernel="/k"), "qemu", debugcon_fd=3)
     assert "-initrd" not in argv
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer"
+    assert argv[argv.index("-append") + 1] == cmdline_prefix()
 
 
 def test_vhost_user_devices_become_chardevs_and_devices():
@@ -189,3 +189,14 @@ def test_a_bad_translation_cache_size_in_the_environment_is_named(monkeypatch, e
 def test_a_bad_translation_cache_option_is_refused(size):
     with pytest.raises(ConfigError, match="tb_size_mib"):
         QemuOptions(tb_size_mib=size)
+
+
+def test_the_guest_is_given_the_host_tsc_frequency():
+    """A TCG guest's TSC is the host's: with an invariant host TSC the guest is told its
+    frequency and keeps time with it (tests/test_guest_clock.py boots one)."""
+    from vmm.engines.host_clock import host_tsc_khz, invariant_tsc
+    prefix = cmdline_prefix()
+    if invariant_tsc():
+        assert prefix.endswith(f" tsc_early_khz={host_tsc_khz()} tsc=reliable")
+    else:
+        assert "tsc_early_khz" not in prefix

@@ -11,7 +11,7 @@ import pytest
 from vmm.errors import ConfigError
 from vmm.research import baselines, phases, results, samples, spawned, stats
 from vmm.research.compare import compare, differences, render as render_compare
-from vmm.research.report import render
+from vmm.research.report import exit_lines as render_exit_lines, render
 from vmm.research.settings import BenchSettings
 
 from support.bench_results import fake_result
@@ -109,6 +109,55 @@ def test_initcalls_parsed_and_ranked():
 
 
 # --- results: JSON, CSV, compare, report --------------------------------------------------------
+
+def test_exits_split_at_the_boot_timer_and_at_the_agents_ready():
+    total = {"io": 100, "mmio": 7, "hlt": 3}
+    at_init = {"io": 60, "mmio": 5}
+    assert samples.split_exits(total, {}) == {"whole_run": total}
+    assert samples.split_exits(total, at_init) == {
+        "to_boot_timer": {"io": 60, "mmio": 5, "hlt": 0},
+        "after_boot_timer": {"io": 40, "mmio": 2, "hlt": 3}}
+    # An agent run: the exits after the mark split again where the agent's READY was in;
+    # a reason seen only at READY still appears, with zeros, in every phase.
+    at_ready = {"io": 90, "mmio": 6, "hlt": 1, "shutdown": 0}
+    split = samples.split_exits(total, at_init, at_ready)
+    assert list(split) == ["to_boot_timer", "boot_timer_to_ready", "ready_to_first_exec"]
+    assert split["boot_timer_to_ready"] == {"io": 30, "mmio": 1, "hlt": 1, "shutdown": 0}
+    assert split["ready_to_first_exec"] == {"io": 10, "mmio": 1, "hlt": 2, "shutdown": 0}
+    assert split["to_boot_timer"]["shutdown"] == 0
+    for reason in total:
+        assert sum(phase[reason] for phase in split.values()) == total[reason]
+
+
+def test_kvm_counters_read_from_debugfs_and_split(tmp_path):
+    from vmm.research import kvm_counters
+    vm = tmp_path / "4242-11"
+    vm.mkdir()
+    (vm / "exits").write_text("1970\n")
+    (vm / "io_exits").write_text("215\n")
+    (vm / "halt_exits").write_text("0\n")
+    (vm / "vcpu0").mkdir()                     # a directory, not a counter
+    (vm / "mmu_log").write_text("not a number\n")
+    (vm / "halt_poll_success_hist").write_text("3 0 1 0\n")   # a histogram, not a counter
+    (tmp_path / "77-11").mkdir()               # another process's VM
+    assert kvm_counters.read(4242, tmp_path) == {"exits": 1970, "io_exits": 215, "halt_exits": 0}
+    assert kvm_counters.read(99, tmp_path) == {}
+    (tmp_path / "4242-12").mkdir()             # two VMs: which is ours would be a guess
+    assert kvm_counters.read(4242, tmp_path) == {}
+    assert kvm_counters.read(4242, tmp_path / "absent") == {}
+    split = kvm_counters.split({"to_ready": {"exits": 100, "io_exits": 10, "halt_exits": 0},
+                                "ready_to_first_exec": {"exits": 130, "io_exits": 10,
+                                                        "halt_exits": 0, "pf_fixed": 4,
+                                                        "halt_wait_ns": 9000000}})
+    assert split == {"to_ready": {"exits": 100, "io_exits": 10, "pf_fixed": 0, "halt_wait_ns": 0},
+                     "ready_to_first_exec": {"exits": 30, "io_exits": 0, "pf_fixed": 4,
+                                             "halt_wait_ns": 9000000}}
+    sample = dict(samples.new_sample("vmm-kvm"), kvm_counters=split)
+    text = "\n".join(render_exit_lines([sample]))
+    assert "KVM's own counters to_ready (median per run, largest 8): exits=100, io_exits=10" in text
+    # Nanoseconds are not ranked among counts (they would crowd them out).
+    assert "ready_to_first_exec (median per run, largest 8): exits=30, pf_fixed=4\n" in text + "\n"
+
 
 def test_json_round_trip(tmp_path):
     r = fake_result()

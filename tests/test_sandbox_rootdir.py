@@ -155,3 +155,12 @@ def test_bad_root_dir_is_a_clear_error_before_boot(tmp_path, rootfs, image):
         vmm.Sandbox.create(root_dir=tmp_path / "file", engine=ENGINE)
     with pytest.raises(ConfigError, match="not both"):
         vmm.Sandbox.create(image, root_dir=rootfs, engine=ENGINE)
+
+
+def test_root_the_guest_cannot_mount_is_a_boot_failure_naming_it(kernel_path, rootfs):
+    # A later vmm.root= wins in the agent: it looks for a tag no device has.
+    with pytest.raises(vmm.BootFailed) as e:
+        vmm.Sandbox.create(root_dir=rootfs, engine=ENGINE, boot_timeout=BOOT_TIMEOUT,
+                           extra_cmdline="vmm.root=no-such-tag")
+    assert f"the root directory {rootfs.resolve()} could not be mounted in the guest: " \
+           "no virtio-fs device with this tag" in str(e.value)

@@ -103,4 +103,50 @@ def test_root_failure_reason():
         "the root directory /srv/rootfs could not be mounted in the guest: "
         "no virtio-fs device with this tag")
     assert root_failure("agent: FATAL: volume vmm-vol0: x\n", "/srv/rootfs") is None
-    assert root_failure("agent: root directory other-tag: x\n", "/srv/rootfs") is None
+    assert root_failure("agent: FATAL: cannot set up the root file system\n", "/srv/rootfs") is None
+
+
+def test_async_create_takes_root_dir(tmp_path):
+    import asyncio
+    with pytest.raises(ConfigError, match="does not exist"):
+        asyncio.run(vmm.AsyncSandbox.create(root_dir=tmp_path / "nope"))
+
+
+def test_root_share_keeps_its_cache_across_opens():
+    """The root is an overlay lower layer, which must not change under the guest anyway:
+    virtiofsd runs with cache=always for it (every exec would re-read its binary over
+    FUSE otherwise), while other shared dirs keep cache=auto."""
+    from vmm.devices import SharedDir
+    from vmm.engines.virtiofsd import virtiofsd_argv
+
+    def opts(**kw):
+        argv = virtiofsd_argv("/v", "/s", 5, as_user=False, **kw)
+        return [argv[i + 1] for i, a in enumerate(argv) if a == "-o"]
+    assert "cache=always" in opts(cache="always") and "cache=auto" not in opts(cache="always")
+    assert {"cache=auto", "timeout=0"} <= set(opts())
+    assert SharedDir("/s", "t").cache == "auto"
+    with pytest.raises(ConfigError, match="cache must be 'auto' or 'always'"):
+        SharedDir("/s", "t", cache="none")
+
+
+def test_sandbox_shares_the_root_read_only_with_cache_always(tmp_path, rootfs, monkeypatch):
+    """What _boot hands Machine for root_dir: one SharedDir, read-only, tag vmm-root,
+    cache=always, and no image disk (captured, not booted)."""
+    import vmm.sandbox.sandbox as sandbox_mod
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def fake_machine(*args, **kw):
+        seen.update(kw)
+        raise Captured()
+    monkeypatch.setattr(sandbox_mod, "Machine", fake_machine)
+    with pytest.raises(Captured):
+        vmm.Sandbox.create(root_dir=rootfs, network=None, kernel=tmp_path / "k",
+                           initrd=tmp_path / "i")
+    (shared,) = seen["shared_dirs"]
+    assert (shared.host_path, shared.tag, shared.read_only, shared.cache) == \
+        (str(rootfs.resolve()), ROOT_TAG, True, "always")
+    assert seen["disks"] == []
+    assert "vmm.rootfstype=virtiofs" in seen["cmdline"].split()

@@ -114,11 +114,15 @@ class SharedDir:
     boots and ended with the machine. read_only is enforced by virtiofsd's own view of the
     directory (a read-only bind mount in a mount namespace of its own), whatever the guest
     mounts. log_path: where virtiofsd's messages go (capped like a console file); None: a
-    file in the machine's private runtime directory, named by Machine.inspect()."""
+    file in the machine's private runtime directory, named by Machine.inspect().
+    cache: "auto" (default: host changes are seen, engines/virtiofsd.py) or "always", for
+    a tree nobody changes while it is shared (a sandbox's root directory, an overlay lower
+    layer): the guest keeps file data, names and attributes across opens."""
     host_path: str
     tag: str
     read_only: bool = False
     log_path: Optional[str] = None
+    cache: str = "auto"
 
     def __post_init__(self):
         if not isinstance(self.host_path, (str, os.PathLike)):
@@ -132,3 +136,6 @@ class SharedDir:
                               f"not {self.read_only!r}")
         if self.log_path is not None:
             object.__setattr__(self, "log_path", os.fspath(self.log_path))
+        if self.cache not in ("auto", "always"):
+            raise ConfigError(f"shared dir {self.tag!r}: cache must be 'auto' or 'always', "
+                              f"not {self.cache!r}")

@@ -19,6 +19,8 @@ void vdev_init(struct vdev *d, const char *name, uint32_t device_id, const struc
     d->nqueues = nqueues;
     d->queue_max = queue_max;
     d->poll_fd = -1;
+    for (int i = 0; i < VDEV_MAX_QUEUES; i++)
+        d->kick_fd[i] = -1;
     pthread_mutex_init(&d->lock, NULL);
     pthread_mutex_init(&d->log_lock, NULL);
 }
@@ -95,6 +97,18 @@ void vdev_note_broken(struct vdev *d, int qi)
     vdev_log(d, "%s; the queue stops until the driver resets the device", d->broken);
 }
 
+void vdev_fail(struct vdev *d, const char *fmt, ...)
+{
+    if (!d->broken[0]) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(d->broken, sizeof(d->broken), fmt, ap);
+        va_end(ap);
+        vdev_log(d, "%s; the device needs a reset", d->broken);
+    }
+    d->failed = true;
+}
+
 void vdev_reset(struct vdev *d)
 {
     for (int i = 0; i < d->nqueues; i++) {
@@ -104,6 +118,7 @@ void vdev_reset(struct vdev *d)
     }
     d->acked = 0;
     d->broken[0] = 0;
+    d->failed = false;
     __atomic_store_n(&d->more, 0, __ATOMIC_RELAXED); /* nothing left to serve */
     if (d->ops->reset)
         d->ops->reset(d);

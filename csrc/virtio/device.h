@@ -60,6 +60,10 @@ struct vdev_ops {
     /* The driver reset the device: drop every connection and in-flight state. Queues are
      * torn down by the transport before this is called. */
     void (*reset)(struct vdev *d);
+    /* Optional: the driver set DRIVER_OK; the queues it made ready are set up in d->vq.
+     * Called with d->lock held on the thread of the status write (a vCPU's): must not
+     * block (a device that has slow work to do hands it to its poll). */
+    void (*driver_ok)(struct vdev *d);
     /* Optional: the driver wrote config space (already stored in d->config). */
     void (*config_write)(struct vdev *d, uint32_t off, uint32_t len);
     /* Optional: the device's backend (host sockets, tap) has work; d->poll_fd was readable.
@@ -89,8 +93,14 @@ struct vdev {
     const char *transport;   /* who the device is bound to ("a VM (virtio-mmio)", ...), or NULL */
     void (*release)(void *opaque); /* the transport's clean-up when the binding ends, or NULL */
     int poll_fd;              /* -1, or the device's backend epoll set (see above) */
+    /* Per queue: -1, or an eventfd of the device's own that a transport with a notify
+     * eventfd (virtio-mmio's ioeventfd) uses as that queue's: the guest's notifies then
+     * reach whoever reads it (a vhost-user front end's back end) without a hop through
+     * the event loop, and the device's notify op is not called for that queue. */
+    int kick_fd[VDEV_MAX_QUEUES];
     struct vmm_vdev_counters c;
-    char broken[200]; /* first reason a queue broke, for the user */
+    char broken[200]; /* first reason a queue (or the device) broke, for the user */
+    bool failed;      /* the device as a whole cannot go on (vdev_fail); under d->lock */
     uint32_t more;    /* queues whose notify ran out of budget (bit per queue; atomic) */
     /* The log rate limit (under log_lock: lines come from vCPU and loop threads). */
     pthread_mutex_t log_lock;
@@ -105,6 +115,10 @@ void vdev_init(struct vdev *d, const char *name, uint32_t device_id, const struc
 void vdev_signal(struct vdev *d, int qi);
 /* Records (and logs once) why queue qi broke. */
 void vdev_note_broken(struct vdev *d, int qi);
+/* For a device whose backend failed (not one queue): records the reason (the first one,
+ * logged once) and sets d->failed, which the transport turns into DEVICE_NEEDS_RESET
+ * after the op that called this returns. d->lock held. */
+void vdev_fail(struct vdev *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Prints one line to stderr, "vmm: virtio-<name>: <message>", within the device's log
  * rate limit (see VDEV_LOG_BURST). */
 void vdev_log(struct vdev *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

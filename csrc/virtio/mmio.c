@@ -81,7 +81,9 @@ struct virtio_mmio {
     uint32_t isr;
     uint64_t notify_exits, notify_events, irqs, bad_accesses;
     /* Fixed after attach. */
-    int kick[VDEV_MAX_QUEUES]; /* eventfds the I/O thread waits on, one per queue */
+    int kick[VDEV_MAX_QUEUES]; /* eventfds the I/O thread waits on, one per queue ... */
+    bool device_kick[VDEV_MAX_QUEUES]; /* ... except the device's own (d->kick_fd): not ours
+                                          to wait on or close */
     bool ioeventfd;            /* kick[] are registered with KVM on QueueNotify */
     int irqfd;                 /* eventfd registered with KVM_IRQFD, or -1 */
 };
@@ -126,6 +128,14 @@ static void needs_reset(struct virtio_mmio *t, const char *fmt, ...)
         raise_edge(t, INT_CONFIG);
 }
 
+/* After a device op: a device that failed as a whole (vdev_fail) needs a reset. The
+ * reason is in d->broken and logged already. d->lock held. */
+static void check_failed(struct virtio_mmio *t)
+{
+    if (t->d->failed)
+        needs_reset(t, "%s", t->d->broken);
+}
+
 /* ---- status and reset ---- */
 
 static void transport_reset(struct virtio_mmio *t)
@@ -162,6 +172,9 @@ static void write_status(struct virtio_mmio *t, uint32_t v)
     /* The driver only sets bits (clearing them is a reset); NEEDS_RESET is ours to set. */
     t->status |= v & ~S_NEEDS_RESET;
     if ((added & S_DRIVER_OK) && (t->status & S_DRIVER_OK)) {
+        if (t->d->ops->driver_ok)
+            t->d->ops->driver_ok(t->d);
+        check_failed(t);
         /* Buffers queued before DRIVER_OK (vsock fills its rx ring first) get served. */
         for (int i = 0; i < t->d->nqueues; i++)
             if (t->d->vq[i].ready)
@@ -254,6 +267,9 @@ static void backend_ready(void *opaque, int fd)
 {
     struct virtio_mmio *t = opaque;
     t->d->ops->poll(t->d);
+    pthread_mutex_lock(&t->d->lock);
+    check_failed(t);
+    pthread_mutex_unlock(&t->d->lock);
     rearm(t);
 }
 
@@ -275,6 +291,7 @@ static void kick_ready(void *opaque, int fd)
         d->ops->notify(d, qi);
         if (d->vq[qi].broken)
             needs_reset(t, "queue %d: %s", qi, d->vq[qi].reason);
+        check_failed(t);
     }
     pthread_mutex_unlock(&d->lock);
     rearm(t);
@@ -414,6 +431,11 @@ static int wire_notify(struct virtio_mmio *t, struct ioloop *io, bool use_ioeven
     if (t->d->poll_fd >= 0 && ioloop_add(io, t->d->poll_fd, backend_ready, t, err, errlen) < 0)
         return -1;
     for (int i = 0; i < t->d->nqueues; i++) {
+        if (t->d->kick_fd[i] >= 0) {
+            t->kick[i] = t->d->kick_fd[i];
+            t->device_kick[i] = true;
+            continue;
+        }
         t->kick[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         if (t->kick[i] < 0)
             return errf(err, errlen, "eventfd: %s", strerror(errno));
@@ -458,8 +480,10 @@ static void release_fds(struct virtio_mmio *t)
             continue;
         if (t->ioeventfd)
             ioeventfd(t, i, false);
-        close(t->kick[i]);
+        if (!t->device_kick[i])
+            close(t->kick[i]);
         t->kick[i] = -1;
+        t->device_kick[i] = false;
     }
     t->ioeventfd = false;
     if (t->irqfd >= 0) {
@@ -488,7 +512,7 @@ struct virtio_mmio *virtio_mmio_attach(struct vmm_vm *vm, struct ioloop *io, str
     if (wire_notify(t, io, !(flags & VMM_VDEV_NO_IOEVENTFD), err, errlen) < 0 ||
         bus_register(&vm->mmio, d->name, base, VIRTIO_MMIO_WINDOW, mmio_access, t, err, errlen) < 0) {
         for (int i = 0; i < VDEV_MAX_QUEUES; i++)
-            if (t->kick[i] >= 0)
+            if (t->kick[i] >= 0 && !t->device_kick[i])
                 ioloop_del(io, t->kick[i]);
         if (d->poll_fd >= 0)
             ioloop_del(io, d->poll_fd);

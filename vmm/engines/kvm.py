@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -37,6 +38,9 @@ from .base import Engine, ExitStatus, MachineSpec
 from .panic_watch import PanicWatch
 from .options import KvmOptions
 from .device_order import attached_devices, stats_entry
+from .virtiofsd import SharedDirServers
+from .vhost_user_front import open_for, vhost_user_devices
+from ..devices import SharedDir
 
 if TYPE_CHECKING:
     from .inspection import Inspection
@@ -95,6 +99,10 @@ def device_arg(base: int, size: int, irq: int) -> str:
     return f"virtio_mmio.device={size >> 10}K@{base:#x}:{irq}"
 
 
+def _all_devices(spec) -> list:
+    return attached_devices(spec) + vhost_user_devices(spec)
+
+
 # --- the engine --------------------------------------------------------------------------------
 
 def _fields(cdata, ctype) -> dict:
@@ -126,6 +134,7 @@ class KvmEngine(Engine):
     hold a reference (_ref) so close() never frees the VM under another thread."""
     name = "kvm"
     options_class = KvmOptions
+    supports_shared_dirs = True
 
     @classmethod
     def max_cpus(cls) -> int:
@@ -137,7 +146,7 @@ class KvmEngine(Engine):
         stay last), then the caller's."""
         line = KernelCmdline().append(CMDLINE_PREFIX, "the kvm engine's {n}-byte prefix")
         args, names = [], []
-        for i, (_, name, _) in enumerate(attached_devices(spec)):
+        for i, (_, name, _) in enumerate(_all_devices(spec)):
             slot = mmio_slot(i)
             if slot is not None:
                 args.append(device_arg(*slot) + " ")
@@ -162,6 +171,9 @@ class KvmEngine(Engine):
         self._final = None  # what the getters return once the VM is gone
         self._attached = []  # (kind, name, virtio_device.Device) attached to the VM
         self._cmdline = ""  # the kernel command line, once loaded
+        self._shared = SharedDirServers(spec.shared_dirs)  # their virtiofsds, started by start()
+        self._fs_watch = None     # the thread that ends the VM if a virtiofsd dies
+        self._fs_failure = None   # why it did
 
     @contextlib.contextmanager
     def _ref(self):
@@ -181,6 +193,7 @@ class KvmEngine(Engine):
     def start(self, on_console):
         if self._vm is not None or self._closing:
             raise RuntimeError("KvmEngine.start() called twice or after close()")
+        self._shared.start()  # listening before the front ends connect; close() stops them
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         self._read_fd = read_fd
         try:
@@ -202,6 +215,26 @@ class KvmEngine(Engine):
                                             name="kvm-console", daemon=True)
             self._reader.start()
             self._reader_made.set()
+        if self._shared.servers:
+            self._fs_watch = threading.Thread(target=self._watch_virtiofsd, name="kvm-virtiofsd",
+                                              daemon=True)
+            self._fs_watch.start()
+
+    def _watch_virtiofsd(self):
+        """A shared dir's virtiofsd that ends on its own before stop(): the guest's file
+        system is gone for good (the front end does not reconnect; its device is already
+        failed), so the machine ends with the reason, as on the qemu engine, instead of
+        leaving the guest to hang in its next file access."""
+        fds = list(self._shared.exit_fds())
+        while fds and not self._closing:
+            ready, _, _ = select.select(fds, [], [], 0.25)
+            for fd in ready:
+                fds.remove(fd)
+                failures = self._shared.errors()
+                if failures and not self._closing:
+                    self._fs_failure = "; ".join(failures)
+                    self.stop()
+                    return
 
     def _create(self, console_fd):
         spec = self.spec
@@ -210,7 +243,9 @@ class KvmEngine(Engine):
             "cpus": spec.cpus, "memory_bytes": spec.memory_mib << 20,
             "hugepages": int(bool(spec.hugepages)), "console_fd": console_fd,
             "seccomp": ((lib.VMM_SECCOMP_VCPU if self.options.seccomp_vcpus else 0)
-                        | (lib.VMM_SECCOMP_IO if self.options.seccomp_io else 0))})
+                        | (lib.VMM_SECCOMP_IO if self.options.seccomp_io else 0)),
+            # A vhost-user back end maps guest RAM itself: it must be a memfd.
+            "shared_memory": int(bool(vhost_user_devices(spec)))})
         try:
             vm = check(lib.vmm_vm_create, cfg, error=GuestError, context="cannot create the VM")
         except GuestError as e:
@@ -232,14 +267,20 @@ class KvmEngine(Engine):
         self._cmdline = cmdline
 
     def _attach_devices(self, vm):
-        wanted = attached_devices(self.spec)
+        wanted = _all_devices(self.spec)
         if not wanted:
             return
         from .virtio_device import open_device  # only machines with devices pay for its imports
         flags = ((0 if self.options.ioeventfd else lib.VMM_VDEV_NO_IOEVENTFD)
                  | (0 if self.options.irqfd else lib.VMM_VDEV_NO_IRQFD))
+        sockets = iter(self._shared.servers)  # one listening virtiofsd per SharedDir, in order
         for i, (kind, name, cfg) in enumerate(wanted):
-            dev = open_device(cfg)
+            if isinstance(cfg, SharedDir):
+                dev = open_for(cfg, next(sockets).socket_path)
+            elif isinstance(cfg, dict):  # KvmOptions(vhost_user=[...])
+                dev = open_for(cfg)
+            else:
+                dev = open_device(cfg)
             self._attached.append((kind, name, dev))  # closed by close(), whatever happens next
             info = ffi.new("struct vmm_virtio_mmio_info *")
             check(lib.vmm_vm_add_device, vm, dev.ptr, flags, info, context=f"device {name}")
@@ -296,6 +337,9 @@ class KvmEngine(Engine):
             if kind == "shutdown" and self._panic.line is not None:
                 # panic=-1 made the guest reset; say why, as the qemu engine does.
                 kind, message = "error", self._panic.message()
+            elif kind == "host-stop" and self._fs_failure is not None:
+                kind, message = "error", (f"{self._fs_failure}; the machine was stopped: its "
+                                          "shared directory cannot come back")
             self._status = ExitStatus(kind, message, info.code)
 
     def pause(self):
@@ -364,9 +408,11 @@ class KvmEngine(Engine):
     def _transport_info(self, vm):
         out = []
         info = ffi.new("struct vmm_virtio_mmio_info *")
+        servers = {s["name"]: s for s in self._shared.info()}  # fs<i>: virtiofsd's pid, tag, log
         for i, (kind, name, _) in enumerate(self._attached):
             if lib.vmm_vm_device_info(vm, i, info) == 0:
-                out.append(dict(_fields(info, "struct vmm_virtio_mmio_info"), kind=kind, name=name))
+                entry = dict(_fields(info, "struct vmm_virtio_mmio_info"), **servers.get(name, {}))
+                out.append(dict(entry, kind=kind, name=name))
         return out
 
     @staticmethod
@@ -432,8 +478,14 @@ class KvmEngine(Engine):
             os.close(self._read_fd)
             self._read_fd = None
         self._handles.clear()
-        # The VM (and with it every transport) is gone: no one uses the devices any more.
-        self._close_devices()
+        if self._fs_watch is not None and self._fs_watch is not threading.current_thread():
+            self._fs_watch.join()  # it sees _closing within its 0.25 s slice
+        # The VM (and with it every transport) is gone: no one uses the devices any more;
+        # then the virtiofsds, whose connections the closed front ends have ended.
+        try:
+            self._close_devices()
+        finally:
+            self._shared.stop()
 
     def _close_devices(self):
         attached, self._attached = self._attached, []

@@ -38,15 +38,25 @@ class KvmOptions:
     seccomp=False turns it off (e.g. to debug with a tool that makes calls of its own on
     those threads).
     seccomp_probe: tests only: (port, "vcpu" | "io", syscall number): a guest write to the
-    port makes that thread issue the call, to see the filter end the process."""
+    port makes that thread issue the call, to see the filter end the process.
+    vhost_user: devices whose queues a vhost-user back end someone else runs serves, each
+    {"kind": "fs" | "blk", "socket": path, "config": bytes, "num_queues": n} plus optional
+    "queue_size" (see engines.vhost_user_front), attached after the machine's own
+    devices; guest RAM is then a shared memfd."""
     python_devices: Tuple[PythonDevice, ...] = ()
     ioeventfd: bool = True
     irqfd: bool = True
     seccomp: Optional[bool] = None
     seccomp_probe: Optional[Tuple[int, str, int]] = None
+    vhost_user: Tuple[dict, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "python_devices", tuple(self.python_devices))
+        object.__setattr__(self, "vhost_user", tuple(self.vhost_user))
+        for i, dev in enumerate(self.vhost_user):
+            missing = {"kind", "socket", "config", "num_queues"} - set(dev)
+            if missing:
+                raise ConfigError(f"KvmOptions(vhost_user=...) device {i} lacks {', '.join(sorted(missing))}")
         if self.seccomp and self.python_devices:
             raise ConfigError("KvmOptions(seccomp=True) cannot have Python devices: they run "
                               "Python on the vCPU thread, which the seccomp filter does not allow "

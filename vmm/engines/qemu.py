@@ -44,6 +44,7 @@ from .child_process import spawn
 from .panic_watch import PanicWatch
 from .options import QemuOptions, check_tb_size
 from .qemu_user import QemuUser
+from .host_clock import host_tsc_khz
 from .vhost_backends import VhostBackends
 from .virtiofsd import SharedDirServers
 
@@ -116,9 +117,23 @@ def accel_arg(options: QemuOptions) -> str:
     return "tcg" if size == 0 else f"tcg,tb-size={size}"
 
 
+def clock_args() -> str:
+    """The guest's TSC frequency, which a TCG guest's TSC shares with the host's: given, the
+    guest keeps time with its TSC; left to calibrate, it fails and falls back to jiffies,
+    which lose every tick the vCPU thread was not scheduled for (engines/host_clock.py).
+    tsc=reliable: there is no other clocksource to check it against."""
+    khz = host_tsc_khz()
+    return f" tsc_early_khz={khz} tsc=reliable" if khz else ""
+
+
+def cmdline_prefix() -> str:
+    """What the engine puts before the caller's kernel command line."""
+    return BASE_CMDLINE + clock_args()
+
+
 def kernel_cmdline(spec: MachineSpec) -> KernelCmdline:
     """Ours, then the caller's. (QEMU announces virtio-mmio devices itself.)"""
-    line = KernelCmdline().append(BASE_CMDLINE + " ", "the qemu engine's {n}-byte prefix")
+    line = KernelCmdline().append(cmdline_prefix() + " ", "the qemu engine's {n}-byte prefix")
     return line.extend(caller_parts(spec.cmdline))
 
 
@@ -243,6 +258,7 @@ class QemuEngine(Engine):
         self._paused = False
         self._backends = VhostBackends(spec)
         self._shared = SharedDirServers(spec.shared_dirs)
+        self._fs_failure: Optional[str] = None
         self._user: Optional[QemuUser] = None
 
     # --- start -------------------------------------------------------------------------
@@ -293,11 +309,21 @@ class QemuEngine(Engine):
             sel.register(proc.stdout, selectors.EVENT_READ, "console")
             sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
             sel.register(self._debugcon, selectors.EVENT_READ, "debugcon")
-            while sel.get_map():
+            qemu_open = 3
+            # Watched only while QEMU runs: a virtiofsd QEMU never connected to (QEMU
+            # failed at start) waits on, and is ended by close().
+            for fd in self._shared.exit_fds():
+                sel.register(fd, selectors.EVENT_READ, "virtiofsd")
+            while qemu_open:
                 for key, _ in sel.select():
+                    if key.data == "virtiofsd":
+                        sel.unregister(key.fd)
+                        self._virtiofsd_ended()
+                        continue
                     data = os.read(key.fd, 65536)
                     if not data:
                         sel.unregister(key.fileobj)
+                        qemu_open -= 1
                         continue
                     self._dispatch(key.data, data, on_console)
         except Exception as e:  # keep going to the reap: the child must not leak
@@ -313,6 +339,16 @@ class QemuEngine(Engine):
             self._status = self._classify(rc)
             self._times["exit"] = ended
             self._done.set()
+
+    def _virtiofsd_ended(self) -> None:
+        """A shared dir's server exited. After the guest's own ending that is its due
+        (QEMU closed the connection: status 0); otherwise the guest's file system is gone
+        for good (QEMU 7.2 cannot reconnect vhost-user-fs), so the machine ends with the
+        reason rather than hang in its next file access."""
+        failures = self._shared.errors()
+        if failures and not self._stop_requested:
+            self._fs_failure = "; ".join(failures)
+            self._kill()
 
     def _dispatch(self, what: str, data: bytes, on_console) -> None:
         now = time.monotonic_ns()
@@ -333,6 +369,9 @@ class QemuEngine(Engine):
     def _classify(self, rc: int) -> ExitStatus:
         if self._panic.line is not None:
             return ExitStatus("error", self._panic.message(), rc)
+        if self._fs_failure is not None:
+            return ExitStatus("error", f"{self._fs_failure}; the machine was stopped: its "
+                              "shared directory cannot come back", rc)
         if self._stop_requested:
             return ExitStatus("host-stop", "stopped by the host", rc)
         if rc == 0:

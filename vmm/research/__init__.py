@@ -9,7 +9,8 @@
 One concept per module: settings (what varies), phases (marks, phases, the guest's
 console), samples (one run), ours / launcher / baselines (who boots), runs (the alternating loop),
 stats (percentiles, bootstrap), results (JSON/CSV), report (tables), compare, plots
-(matplotlib, imported lazily), machine_info (what the result was measured on),
+(matplotlib, imported lazily), machine_info (what the result was measured on), kvm_counters (KVM's own
+exit counters from debugfs, where readable),
 guest_files (kernel, initrd, root disk, agent image); density (`bench density`: many
 sandboxes at once, starts per second, memory per idle sandbox) with proc_memory and
 density_plot.

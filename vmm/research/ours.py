@@ -18,7 +18,7 @@ from typing import Optional
 
 from ..devices import Disk
 from ..machine import Machine
-from . import guest_files
+from . import guest_files, kvm_counters
 from .phases import INITCALL_CMDLINE, ReadyLineWatch, guest_phases, host_phases, \
     ready_boottime_ns
 from .samples import keep_initcalls, new_sample, split_exits
@@ -46,6 +46,7 @@ def boot_test_init(cfg, engine: str, *, initrd: str, root_disk: Optional[str], c
     with m:
         m.start()
         timed_out = m.wait(timeout) is None
+        in_kvm = kvm_counters.read()  # the guest has ended; its VM is not destroyed yet
         status = m.stop()  # the guest's own end, or the host stop at the timeout
         timeline, exits = m.timeline, m.exit_stats
         exits_at_init = m.inspect().exit_stats_at_boot_timer
@@ -57,6 +58,8 @@ def boot_test_init(cfg, engine: str, *, initrd: str, root_disk: Optional[str], c
           guest_phases(init_boottime_ns=ready_boottime_ns(console)))
     if exits:
         sample["exits"] = split_exits(exits, exits_at_init)
+    if in_kvm:
+        sample["kvm_counters"] = kvm_counters.split({"whole_run": in_kvm})
     if watch.seen_ns is None:
         sample["ok"] = False
         sample["error"] = sample["error"] or (
@@ -76,8 +79,13 @@ def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
                         kernel=cfg.kernel, network=None, boot_timeout=timeout,
                         extra_cmdline=extra)
     try:
+        # Where create() returned: the agent's READY is in; splits the exits after the boot
+        # timer into the agent's start and the first exec.
+        exits_at_ready = sb.machine.exit_stats
+        in_kvm_at_ready = kvm_counters.read()
         r = sb.exec(["true"], timeout=timeout)
         first_exec = time.monotonic_ns()
+        in_kvm = kvm_counters.read()
         t = sb.timeline
         sample = new_sample(f"vmm-{sb.engine}")
         console = sb.console
@@ -94,7 +102,10 @@ def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
     if r.exit_code != 0:
         sample["ok"], sample["error"] = False, f"`true` exited {r.exit_code} in the guest"
     if exits:  # up to the first exec (the sandbox still runs; its stop is not counted)
-        sample["exits"] = split_exits(exits, exits_at_init)
+        sample["exits"] = split_exits(exits, exits_at_init, exits_at_ready)
+    if in_kvm_at_ready and in_kvm:
+        sample["kvm_counters"] = kvm_counters.split({"to_ready": in_kvm_at_ready,
+                                                      "ready_to_first_exec": in_kvm})
     return sample
 
 

@@ -1,10 +1,12 @@
 """The text a person reads after `bench boot`: the machine, a table per configuration and
 system (median, p90, p99, min, max per phase), ours against each baseline, the slowest
-initcalls, and the kvm engine's exits by reason per phase."""
+initcalls, and the kvm engine's exits by reason per phase (with KVM's own counters where
+debugfs is readable)."""
 from __future__ import annotations
 
 from typing import Dict, List
 
+from . import kvm_counters
 from .phases import TOTAL, metric_order
 from .samples import INITCALL_PREFIX, counted, groups, metric_values
 from .stats import bootstrap_ratio, fmt_ms, median, summary
@@ -43,18 +45,29 @@ def initcall_lines(values: Dict[str, List[float]], n: int) -> List[str]:
     return lines
 
 
+KVM_COUNTERS_SHOWN = 8  # KVM has ~40 counters; the largest say where the exits went
+
+
 def exit_lines(samples: List[dict]) -> List[str]:
+    lines = _count_lines(samples, "exits", "exits {phase} (median per run): ")
+    lines += _count_lines(samples, "kvm_counters", "KVM's own counters {phase} (median per run, "
+                          f"largest {KVM_COUNTERS_SHOWN}): ", KVM_COUNTERS_SHOWN, kvm_counters.is_count)
+    return lines
+
+
+def _count_lines(samples: List[dict], field: str, head: str, top: int = 0,
+                 shown_if=lambda name: True) -> List[str]:
     per_phase: Dict[str, Dict[str, List[int]]] = {}
     for s in samples:
-        for phase, counts in (s.get("exits") or {}).items():
-            for reason, count in counts.items():
+        for phase, counts in (s.get(field) or {}).items():
+            for reason, count in ((r, c) for r, c in counts.items() if shown_if(r)):
                 per_phase.setdefault(phase, {}).setdefault(reason, []).append(count)
     lines = []
     for phase, reasons in per_phase.items():
-        shown = {r: median(c) for r, c in reasons.items() if any(c)}
+        shown = sorted(((r, median(c)) for r, c in reasons.items() if any(c)), key=lambda kv: -kv[1])
         if shown:
-            lines.append(f"  exits {phase} (median per run): " +
-                         ", ".join(f"{r}={v:g}" for r, v in sorted(shown.items(), key=lambda kv: -kv[1])))
+            lines.append("  " + head.format(phase=phase) +
+                         ", ".join(f"{r}={v:g}" for r, v in (shown[:top] if top else shown)))
     return lines
 
 

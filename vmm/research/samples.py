@@ -11,11 +11,18 @@
     initcalls   [[function, ms], ...]: the run's slowest initcalls (with --initcalls)
     exits       kvm engine: {"to_boot_timer": {reason: n}, "after_boot_timer": {...}} (the
                 C core's exact split: the boot-timer write itself is before), or
-                {"whole_run": {...}} when the guest never wrote the boot timer
+                {"whole_run": {...}} when the guest never wrote the boot timer; agent
+                runs split after_boot_timer once more where Sandbox.create() returned
+                (read from the host then, so a few exits of the idle agent may land on
+                either side): "boot_timer_to_ready", "ready_to_first_exec"
+    kvm_counters  kvm engine, where debugfs is readable (kvm_counters.py): KVM's own
+                counters, every exit including those it handled itself, {"whole_run":
+                {counter: n}} (test init, read once the guest ended) or {"to_ready": ...,
+                "ready_to_first_exec": ...} (agent runs)
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 from .phases import parse_initcalls, slowest_initcalls
 
@@ -33,15 +40,26 @@ def failed_sample(system: str, error: str) -> dict:
     return s
 
 
-def split_exits(total: Dict[str, int], at_init: Dict[str, int]) -> Dict[str, Dict[str, int]]:
-    """A sample's "exits" from the whole run's counts and those at the boot-timer write
-    (empty: the guest never wrote it). A reason missing from either counts 0, so every
-    phase lists every reason of the run and medians over runs see the zeros."""
+def split_exits(total: Dict[str, int], at_init: Dict[str, int],
+                at_ready: Optional[Dict[str, int]] = None) -> Dict[str, Dict[str, int]]:
+    """A sample's "exits" from the whole run's counts, those at the boot-timer write
+    (empty: the guest never wrote it) and, for agent runs, those when the agent's READY had
+    been received. A reason missing from any counts 0, so every phase lists every reason
+    of the run and medians over runs see the zeros."""
     if not at_init:
         return {"whole_run": dict(total)}
-    reasons = list(total) + [r for r in at_init if r not in total]
-    return {"to_boot_timer": {r: at_init.get(r, 0) for r in reasons},
-            "after_boot_timer": {r: total.get(r, 0) - at_init.get(r, 0) for r in reasons}}
+    reasons = list(total) + [r for r in list(at_init) + list(at_ready or {}) if r not in total]
+    reasons = list(dict.fromkeys(reasons))
+
+    def between(later, earlier):
+        return {r: later.get(r, 0) - earlier.get(r, 0) for r in reasons}
+    out = {"to_boot_timer": {r: at_init.get(r, 0) for r in reasons}}
+    if at_ready:
+        out["boot_timer_to_ready"] = between(at_ready, at_init)
+        out["ready_to_first_exec"] = between(total, at_ready)
+    else:
+        out["after_boot_timer"] = between(total, at_init)
+    return out
 
 
 def keep_initcalls(sample: dict, console: str, n: int) -> None:

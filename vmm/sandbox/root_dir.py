@@ -3,7 +3,7 @@
     vmm.Sandbox.create(root_dir="/var/lib/runtime/rootfs/abc")   # an unpacked rootfs
 
 The directory is shared read-only over virtio-fs (one virtiofsd, which itself refuses
-writes) under the tag ROOT_TAG, and the guest agent mounts it as the overlay's lower
+writes, with cache=always: see below) under the tag ROOT_TAG, and the guest agent mounts it as the overlay's lower
 layer where an image disk would otherwise be (`vmm.root=TAG vmm.rootfstype=virtiofs`,
 agent_cmdline.py); the writable disk, or a tmpfs, is the upper layer as always. So the
 guest may write, delete and rename anything in /, and none of it reaches the directory:
@@ -15,15 +15,21 @@ exists and is one. Its contents are the guest's business (the agent comes from t
 initramfs, so even an empty directory boots; a command it lacks fails as an exec does).
 The host's own / is refused: the whole host file system, read-only or not, is not a
 sandbox root.
+
+The directory must not change while a sandbox runs on it: it is an overlay lower layer,
+and overlayfs leaves changes under a mounted overlay undefined. That is also why its
+virtiofsd caches in the guest across opens (SharedDir(cache="always")), unlike a shared
+host directory (cache=auto, timeout=0: the host's changes are seen at once): otherwise
+every exec re-reads its binary over FUSE (benchmarks/bench_rootdir.py).
 """
 from __future__ import annotations
 
 import os
 import re
+import stat
 from typing import Optional
 
 from ..errors import ConfigError
-from .agent_cmdline import ROOT_TAG
 
 
 def check_root_dir(path) -> str:
@@ -38,9 +44,13 @@ def check_root_dir(path) -> str:
         path = os.fsdecode(path)
     if not path:
         raise ConfigError("root_dir is empty: give the directory holding the guest's root")
-    if not os.path.exists(path):
-        raise ConfigError(f"root directory {path} does not exist")
-    if not os.path.isdir(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"root directory {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"root directory {path} cannot be reached: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"root directory {path} is not a directory")
     real = os.path.realpath(path)
     if real == "/":
@@ -51,7 +61,8 @@ def check_root_dir(path) -> str:
     return real
 
 
-_FAILED_LINE = re.compile(r"agent: root directory " + re.escape(ROOT_TAG) + r": (.*)")
+# Any tag: the agent names the one it was told (ROOT_TAG, unless extra_cmdline said otherwise).
+_FAILED_LINE = re.compile(r"agent: root directory \S+: (.*)")
 
 
 def root_failure(console: str, root_dir: str) -> Optional[str]:

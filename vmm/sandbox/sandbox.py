@@ -13,9 +13,9 @@ Unix socket in a private runtime directory (runtime_dir.py). The guest kernel is
 its console goes to a log file (console.py). Without a writable disk the sandbox is
 ephemeral (a tmpfs upper layer). With root_dir= instead of an image disk, a host
 directory shared read-only over virtio-fs is the lower layer (root_dir.py) and the
-writable disk, if any, is /dev/vda. Volumes (volumes.py) follow as more disks, each mounted
-at its guest path before the agent is ready. What the guest learns on its kernel command
-line is in agent_cmdline.py.
+writable disk, if any, is /dev/vda. Volumes (volumes.py) follow as more disks, and host
+directories (HostDir) as virtio-fs shared dirs, each mounted at its guest path before the
+agent is ready. What the guest learns on its kernel command line is in agent_cmdline.py.
 
 Where the layers sit: Machine (vmm.machine) boots and owns the VM; AgentClient
 (vmm.agent) speaks the protocol; this module ties the two into one object with one
@@ -32,20 +32,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..agent import (DEFAULT_MAX_OUTPUT, DEFAULT_VSOCK_PORT, AgentClient, AgentError,
                      ExecResult, Process, SandboxNotRunning, Timeout)
-from ..devices import Disk, Net, Vsock
+from ..devices import Disk, Net, SharedDir, Vsock
 from ..errors import ConfigError
 from ..machine import ExitStatus, Machine
 from ..net.network import Nat, Network, NetworkState, TapNetwork, guest_state, kernel_arg
 from ..net.policy import Policy
 from ..net.ports import reserve_ports
-from .agent_cmdline import ROOT_TAG, agent_cmdline, volume_arg, volume_serial
+from .agent_cmdline import ROOT_TAG, agent_cmdline
 from .checks import check_env, check_hostname, check_timeout, check_workdir, existing_disk
 from .console import ConsoleLog
 from .disk_lock import DiskLock
 from .errors import BootFailed
 from .root_dir import check_root_dir, root_failure
 from .runtime_dir import make_runtime_dir
-from .volumes import VolumeMount, check_mounts, lock_mounts, mount_failure
+from .volumes import Mount, attach, check_mounts, lock_mounts, mount_failure
 from .writable_disk import format_writable_disk
 
 DEFAULT_BOOT_TIMEOUT = 60.0   # TCG boots in seconds; a loaded host needs headroom
@@ -68,7 +68,8 @@ class Sandbox:
         self._console: Optional[ConsoleLog] = None
         self._disk_lock: Optional[DiskLock] = None
         self._volume_locks: List[DiskLock] = []
-        self.volumes: Tuple[VolumeMount, ...] = ()   # in mount order
+        self.volumes: Tuple[Mount, ...] = ()   # VolumeMounts and HostDirs, in mount order
+        self._mount_ids: Tuple[str, ...] = ()  # each one's disk serial or virtio-fs tag
         self._nat: Optional[Nat] = None
         self._tap: Optional[TapNetwork] = None
         self.network: Optional[NetworkState] = None  # None: no NIC
@@ -85,13 +86,14 @@ class Sandbox:
 
     # --- creation ------------------------------------------------------------------------
     @classmethod
-    def create(cls, image_disk=None, *, root_dir=None, writable_disk=None, cpus: int = 1, memory_mib: int = 512,
-               env: Optional[Dict[str, str]] = None, workdir: Optional[str] = None,
+    def create(cls, image_disk=None, *, root_dir=None, writable_disk=None, cpus: int = 1,
+               memory_mib: int = 512, env: Optional[Dict[str, str]] = None,
+               workdir: Optional[str] = None,
                hostname: Optional[str] = None, engine: str = "auto", kernel=None, initrd=None,
                rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
                boot_timeout: float = DEFAULT_BOOT_TIMEOUT, console_log=None,
                extra_cmdline: str = "", network: Optional[Network] = DEFAULT_NETWORK,
-               volumes: Sequence[VolumeMount] = ()) -> "Sandbox":
+               volumes: Sequence[Mount] = ()) -> "Sandbox":
         """Boot a sandbox and wait until its agent is ready and configured.
 
         image_disk: EROFS or ext4 root file system, attached read-only.
@@ -104,13 +106,14 @@ class Sandbox:
         in this file (default: a file in the private runtime dir, removed on stop).
         network: a vmm.net.network.Network (NAT through passt, published ports), or None
         for no NIC at all; sb.network then says what the guest got.
-        volumes: VolumeMounts (ext4 disk files, e.g. named volumes from volume_store.py),
-        mounted at their guest paths before the first exec; a read-write one must not be
-        in use by another sandbox.
+        volumes: VolumeMounts (ext4 disk files, e.g. named volumes from volume_store.py)
+        and HostDirs (host directories, shared over virtio-fs), mounted at their guest
+        paths before the first exec; a read-write VolumeMount must not be in use by
+        another sandbox, a HostDir's directory must exist.
         Raises BootFailed (with the console tail) if the guest is not ready within
-        boot_timeout seconds or ends before that (naming the volume if one could not be
-        mounted); ConfigError for a published host port or a volume in use, before
-        anything boots.
+        boot_timeout seconds or ends before that (naming the volume or host directory if
+        one could not be mounted); ConfigError for a published host port, a volume in use
+        or a missing host directory, before anything boots.
         """
         if (image_disk is None) == (root_dir is None):
             raise ConfigError("Sandbox.create() needs exactly one root: an image disk or "
@@ -141,7 +144,7 @@ class Sandbox:
             extra_cmdline=extra_cmdline, boot_timeout=boot_timeout, env=env, workdir=workdir,
             rlimits=rlimits, network=network, volumes=mounts)
 
-    def _start(self, image_disk: Optional[str], writable_disk: Optional[str], *, console_log, kernel,
+    def _start(self, image_disk, writable_disk: Optional[str], *, console_log, kernel,
                initrd, cpus, memory_mib, engine, hostname, extra_cmdline, boot_timeout, env,
                workdir, rlimits, network, volumes) -> "Sandbox":
         """The second half of create(), on checked arguments: set up, boot, wait for
@@ -170,7 +173,7 @@ class Sandbox:
         self._times["sandbox_ready"] = time.monotonic_ns()
         return self
 
-    def _setup(self, image_disk: str, writable_disk: Optional[str], console_log) -> None:
+    def _setup(self, image_disk, writable_disk: Optional[str], console_log) -> None:
         if writable_disk is not None:
             self._disk_lock = DiskLock(writable_disk)
         self._volume_locks = lock_mounts(self.volumes)
@@ -189,16 +192,13 @@ class Sandbox:
         # The order makes the image /dev/vda and the writable disk /dev/vdb (/dev/vda with a
         # root directory instead of an image), the devices agent_cmdline names to the guest.
         disks = [Disk(image_disk, read_only=True, serial="image")] if self.root_dir is None else []
-        shared = []
-        if self.root_dir is not None:
-            from ..devices import SharedDir
-            shared.append(SharedDir(self.root_dir, tag=ROOT_TAG, read_only=True))
+        shared = [] if self.root_dir is None else \
+            [SharedDir(self.root_dir, tag=ROOT_TAG, read_only=True, cache="always")]
         if writable:
             disks.append(Disk(writable_disk, read_only=False, serial="data"))
-        disks += [Disk(v.disk_path, read_only=v.read_only, serial=volume_serial(i))
-                  for i, v in enumerate(self.volumes)]
-        volumes = volume_arg([(volume_serial(i), v.guest_path, v.read_only)
-                              for i, v in enumerate(self.volumes)])
+        mounts = attach(self.volumes)   # volume disks, shared dirs, vmm.vol= and vmm.fs=
+        disks += mounts.disks
+        self._mount_ids = mounts.ids
         nets = []
         net_arg = ""
         if self._tap is not None:
@@ -213,13 +213,13 @@ class Sandbox:
             net_arg = kernel_arg(self.network)
         self.machine = Machine(kernel, initrd=initrd,
                                cmdline=agent_cmdline(writable=writable, hostname=hostname,
-                                                     net=net_arg, volumes=volumes,
+                                                     net=net_arg, volumes=mounts.cmdline,
                                                      extra=extra_cmdline,
                                                      root_dir=self.root_dir is not None),
                                cpus=cpus, memory_mib=memory_mib, engine=engine,
                                console=self._console.write, disks=disks,
                                vsock=Vsock(GUEST_CID, self.socket_path), nets=nets,
-                               **({"shared_dirs": shared} if shared else {}))
+                               shared_dirs=shared + list(mounts.shared_dirs))
         self.machine.start()
         if self._nat is not None:
             self._nat.release_fd()  # the device holds its own copy now
@@ -268,8 +268,7 @@ class Sandbox:
         connector.join(10)
         if "client" in box:  # it connected just as we gave up
             box["client"].close()
-        failed_mount = mount_failure(self._console.tail(), self.volumes,
-                                     [volume_serial(i) for i in range(len(self.volumes))])
+        failed_mount = mount_failure(self._console.tail(), self.volumes, self._mount_ids)
         if failed_mount is None and self.root_dir is not None:
             failed_mount = root_failure(self._console.tail(), self.root_dir)
         if failed_mount is not None:

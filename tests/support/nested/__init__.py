@@ -8,5 +8,6 @@ the kvm engine's real-Linux tests run there:
 - l1_kernel.py     Debian's generic kernel package, downloaded and unpacked, cached
 - l1_initramfs.py  busybox + the modules L1 needs + our init script, cached by its inputs
 - runner.py        boots L1 with the host's root shared read-only over 9p, runs a pytest
-                   selection inside it, and brings back each test's outcome (JUnit XML)
+                   selection or commands inside it, and brings back each test's outcome
+                   or the files the commands wrote
 """

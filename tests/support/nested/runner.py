@@ -25,6 +25,8 @@ from .l1_kernel import L1Unavailable, l1_kernel
 L1_MEMORY_MIB = 4096
 # -smp 1: on two host cores a second TCG vCPU slows L1 down (docs/platform.md).
 L1_CPUS = 1
+# Where the writable results share is mounted inside L1 (init.sh); it is `out` on the host.
+L1_OUT = "/nested-out"
 # Environment the inner run inherits from the host run (paths and the project's knobs).
 PASSED_ENV = ("PATH", "HOME", "PYTHONPATH", "VMM_CACHE", "VMM_GUEST_DIR", "VMM_KERNEL",
               "VMM_FUZZ_SECONDS", "LANG")
@@ -101,24 +103,29 @@ def prepare_host_caches() -> None:
     agent_initramfs()
 
 
-def run_in_l1(runs: Sequence[Run], out: Path, *, env: Optional[Dict[str, str]] = None,
-              timeout: float = 1800, cwd: Optional[str] = None) -> L1Run:
-    """Boot L1, run each pytest invocation of `runs` in `cwd` (default: this checkout)
-    inside it, and return every test's outcome. Raises L1Unavailable when L1 cannot start
-    or has no KVM."""
+def _inner_env(env: Optional[Dict[str, str]]) -> Dict[str, str]:
+    inner_env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    inner_env.update(env or {})
+    inner_env["VMM_NESTED_REPORT"] = f"{L1_OUT}/report.jsonl"
+    inner_env["VMM_IN_L1"] = "1"   # tests that check the platform know where they are
+    inner_env["PYTHONDONTWRITEBYTECODE"] = "1"   # the host's tree is read-only in L1
+    return inner_env
+
+
+def _checkout() -> str:
+    return str(Path(__file__).resolve().parents[3])
+
+
+def _boot_l1(script: str, out: Path, stale: Sequence[str], timeout: float) -> Tuple[str, float]:
+    """Boot L1 with `script` as its job (out/job.sh) and wait for it to power off; returns
+    L1's console and the seconds it ran. Raises L1Unavailable when L1 cannot start or has
+    no KVM."""
     kernel = l1_kernel()
     initrd = l1_initramfs(kernel)
     out.mkdir(parents=True, exist_ok=True)
-    inner_env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    inner_env.update(env or {})
-    inner_env["VMM_NESTED_REPORT"] = "/nested-out/report.jsonl"
-    inner_env["VMM_IN_L1"] = "1"   # tests that check the platform know where they are
-    inner_env["PYTHONDONTWRITEBYTECODE"] = "1"   # the host's tree is read-only in L1
-    cwd = cwd or str(Path(__file__).resolve().parents[3])
-    (out / "job.sh").write_text(job_script(runs, cwd, inner_env))
-    for stale in ["report.jsonl", "pytest.log"] + [f"rc.{i}" for i in range(len(runs))]:
-        (out / stale).unlink(missing_ok=True)
-
+    (out / "job.sh").write_text(script)
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
     start = time.monotonic()
     with open(out / "console.log", "wb") as console:
         proc = subprocess.Popen(l1_argv(kernel.vmlinuz, initrd, out), stdin=subprocess.DEVNULL,
@@ -134,6 +141,25 @@ def run_in_l1(runs: Sequence[Run], out: Path, *, env: Optional[Dict[str, str]] =
         if line.startswith(("nested: no-kvm", "nested: no-svm", "nested: no-hostroot",
                             "nested: no-overlay", "nested: no-out")):
             raise L1Unavailable(f"L1 could not run the tests: {line[len('nested: '):]}")
+    return console_text, seconds
+
+
+def _returncodes(out: Path, n: int) -> List[Optional[int]]:
+    rcs = []
+    for i in range(n):
+        rc_file = out / f"rc.{i}"
+        rcs.append(int(rc_file.read_text().strip()) if rc_file.exists() else None)
+    return rcs
+
+
+def run_in_l1(runs: Sequence[Run], out: Path, *, env: Optional[Dict[str, str]] = None,
+              timeout: float = 1800, cwd: Optional[str] = None) -> L1Run:
+    """Boot L1, run each pytest invocation of `runs` in `cwd` (default: this checkout)
+    inside it, and return every test's outcome. Raises L1Unavailable when L1 cannot start
+    or has no KVM."""
+    script = job_script(runs, cwd or _checkout(), _inner_env(env))
+    stale = ["report.jsonl", "pytest.log"] + [f"rc.{i}" for i in range(len(runs))]
+    console_text, seconds = _boot_l1(script, out, stale, timeout)
 
     results: Dict[str, InnerResult] = {}
     report = out / "report.jsonl"
@@ -145,18 +171,53 @@ def run_in_l1(runs: Sequence[Run], out: Path, *, env: Optional[Dict[str, str]] =
                 continue   # a line cut off by a dying L1
             results[d["nodeid"]] = InnerResult(d["nodeid"], d["outcome"], d.get("text", ""),
                                                d.get("duration", 0.0))
-    rcs = []
-    for i in range(len(runs)):
-        rc_file = out / f"rc.{i}"
-        rcs.append(int(rc_file.read_text().strip()) if rc_file.exists() else None)
     log = (out / "pytest.log").read_text(errors="replace") if (out / "pytest.log").exists() else ""
-    return L1Run(results, rcs, console_text, log, seconds)
+    return L1Run(results, _returncodes(out, len(runs)), console_text, log, seconds)
+
+
+@dataclass
+class L1Commands:
+    """What a run_commands_in_l1 job left: each command's exit code (None if it never
+    ended), their combined output, L1's console, and the host directory L1's files are in."""
+    returncodes: List[Optional[int]]
+    log: str
+    console: str
+    out: Path
+    seconds: float
+
+    def tail(self, n=40) -> str:
+        return "\n".join((self.log or self.console).splitlines()[-n:])
+
+
+def run_commands_in_l1(commands: Sequence[Sequence[str]], out: Path, *,
+                       env: Optional[Dict[str, str]] = None, timeout: float = 1800,
+                       cwd: Optional[str] = None) -> L1Commands:
+    """Boot L1 and run each command (an argv; "python" means this interpreter) in turn in
+    `cwd` (default: this checkout). A command writes what it should bring back under
+    L1_OUT (/nested-out inside L1), which is `out` on the host: e.g. `python -m vmm bench
+    boot --out /nested-out/boot` leaves its JSON, CSV and pictures in out/boot. Output of
+    every command goes to out/commands.log, command i's exit code to out/rc.i."""
+    lines = ["#!/bin/sh", "# Written by the host's nested runner; run as L1's PID 1 after switch_root."]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(_inner_env(env).items())]
+    lines.append(f"cd {shlex.quote(cwd or _checkout())} || exit 97")
+    for i, argv in enumerate(commands):
+        argv = [sys.executable if a == "python" else a for a in argv]
+        shown = " ".join(shlex.quote(a) for a in argv)
+        lines.append(f"echo {shlex.quote('### command ' + str(i) + ': ' + shown)} "
+                     f">> {L1_OUT}/commands.log")
+        lines.append(f"{shown} >> {L1_OUT}/commands.log 2>&1")
+        lines.append(f"echo $? > {L1_OUT}/rc.{i}")
+    stale = ["commands.log"] + [f"rc.{i}" for i in range(len(commands))]
+    console_text, seconds = _boot_l1("\n".join(lines) + "\n", out, stale, timeout)
+    log_file = out / "commands.log"
+    log = log_file.read_text(errors="replace") if log_file.exists() else ""
+    return L1Commands(_returncodes(out, len(commands)), log, console_text, out, seconds)
 
 
 def collect(runs: Sequence[Run]) -> List[str]:
     """The node ids the runs select, collected on the host (same checkout, same environment
     as inside L1), so each becomes one visible test in the host's run."""
-    cwd = str(Path(__file__).resolve().parents[3])
+    cwd = _checkout()
     ids: List[str] = []
     for args, env in runs:
         r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
