@@ -243,3 +243,30 @@ while True:
         break
 print(f"exit={os.waitstatus_to_exitcode(status)}", flush=True)
 """
+
+
+def test_bind_mounts_directory_shared_file_copied_tmpfs_made(tmp_path, rootfs):
+    root = tmp_path / "root"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x").write_text("from-host-dir\n")
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    greeting = tmp_path / "greeting"
+    greeting.write_text("from-host-file\n")
+    bundle = make_bundle(tmp_path / "b", rootfs, [
+        "sh", "-c", "cat /data/x /etc/greeting; touch /data/y 2>/dev/null && echo ro-broken; "
+        "echo written > /rw/out; mount | grep -c ' /scratch type tmpfs'"],
+        mounts=[{"destination": "/data", "type": "bind", "source": str(data), "options": ["rbind", "ro"]},
+                {"destination": "/rw", "type": "bind", "source": str(rw), "options": ["rbind"]},
+                {"destination": "/etc/greeting", "type": "bind", "source": str(greeting),
+                 "options": ["bind", "ro"]},
+                {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["size=1m"]}])
+    shim = Shim(tmp_path, root, bundle, "c7")
+    rt(root, "start", "c7")
+    assert shim.exit_code() == 0, shim.err.read_text()
+    assert shim.out.read_text().split() == ["from-host-dir", "from-host-file", "1"]
+    assert (rw / "out").read_text() == "written\n"      # a rw directory bind is live both ways
+    assert not (data / "y").exists()
+    rt(root, "delete", "c7")
