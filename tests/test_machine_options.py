@@ -63,7 +63,8 @@ def test_qemu_inspection_names_the_command_line_and_no_pid_before_start(hello):
     try:
         got = m.inspect()
         assert got.engine == "qemu" and got.pid is None
-        assert got.cmdline == "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer quiet"
+        assert got.cmdline == ("console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer "
+                               "page_reporting.page_reporting_order=3 quiet")
         assert got.e820 == () and got.exit_stats == {}
     finally:
         m.stop()

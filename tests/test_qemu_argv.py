@@ -4,7 +4,7 @@ import os
 import pytest
 
 from vmm import QemuOptions
-from vmm.engines.qemu import TB_SIZE_ENV, TB_SIZE_MIB, qemu_argv, vhost_user_args
+from vmm.engines.qemu import BALLOON_ENV, TB_SIZE_ENV, TB_SIZE_MIB, qemu_argv, vhost_user_args
 from vmm.errors import ConfigError
 from vmm.machine import MachineSpec
 
@@ -15,6 +15,7 @@ def _pairs(argv):
 
 def test_argv_for_a_two_cpu_machine(monkeypatch):
     monkeypatch.delenv(TB_SIZE_ENV, raising=False)
+    monkeypatch.delenv(BALLOON_ENV, raising=False)
     spec = MachineSpec(kernel="/k/vmlinux", initrd="/k/initrd.gz", cmdline="quiet x=1",
                        cpus=2, memory_mib=192)
     argv = qemu_argv(spec, "/usr/bin/qemu-system-x86_64", debugcon_fd=7)
@@ -24,7 +25,8 @@ def test_argv_for_a_two_cpu_machine(monkeypatch):
     assert ("-object", "memory-backend-memfd,id=mem,size=192M,share=on,merge=off") in pairs
     assert ("-accel", f"tcg,tb-size={TB_SIZE_MIB}") in pairs
     assert ("-kernel", "/k/vmlinux") in pairs and ("-initrd", "/k/initrd.gz") in pairs
-    assert ("-append", "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer quiet x=1") in pairs
+    assert ("-append", "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer "
+                       "page_reporting.page_reporting_order=3 quiet x=1") in pairs
     assert ("-chardev", "socket,id=dbg,fd=7") in pairs
     assert ("-device", "isa-debugcon,iobase=0x440,chardev=dbg") in pairs
     machine = dict(pairs)["-M"]
@@ -33,10 +35,12 @@ def test_argv_for_a_two_cpu_machine(monkeypatch):
         assert flag in argv
 
 
-def test_no_initrd_no_initrd_flag():
+def test_no_initrd_no_initrd_flag(monkeypatch):
+    monkeypatch.delenv(BALLOON_ENV, raising=False)
     argv = qemu_argv(MachineSpec(kernel="/k"), "qemu", debugcon_fd=3)
     assert "-initrd" not in argv
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer"
+    assert argv[argv.index("-append") + 1] == ("console=ttyS0 reboot=t panic=-1 no_timer_check "
+                                               "noapictimer page_reporting.page_reporting_order=3")
 
 
 def test_vhost_user_devices_become_chardevs_and_devices():
