@@ -247,27 +247,6 @@ static int setup_root(void)
 	return switch_root();
 }
 
-static void later_mounts(void)
-{
-	do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
-	do_mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
-	do_mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
-}
-
-static void loopback_up(void)
-{
-	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return;
-	struct ifreq ifr = {0};
-	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
-	if (ioctl(fd, SIOCGIFFLAGS, &ifr) == 0) {
-		ifr.ifr_flags |= IFF_UP;
-		ioctl(fd, SIOCSIFFLAGS, &ifr);
-	}
-	close(fd);
-}
-
 /* The free-page-reporting balloon (qemu engine) reports free blocks of 2^order pages to the
  * host, which drops them. The kernel takes page_reporting.page_reporting_order= from its
  * command line but the balloon driver overwrites it with the pageblock order (4 MiB in our
@@ -288,6 +267,29 @@ static void apply_page_reporting_order(void)
 		close(fd);
 }
 
+static void later_mounts(void)
+{
+	do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
+	do_mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	do_mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	/* Not a mount, but it wants the command line read and /sys in its final place. */
+	apply_page_reporting_order();
+}
+
+static void loopback_up(void)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	struct ifreq ifr = {0};
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+	if (ioctl(fd, SIOCGIFFLAGS, &ifr) == 0) {
+		ifr.ifr_flags |= IFF_UP;
+		ioctl(fd, SIOCSIFFLAGS, &ifr);
+	}
+	close(fd);
+}
+
 void pid1_setup(void)
 {
 	mark_init_started();
@@ -299,7 +301,6 @@ void pid1_setup(void)
 	if (port)
 		vsock_port = atoi(port);
 	param("vmm.transport", "vsock", transport, sizeof(transport));
-	apply_page_reporting_order(); /* before setup_root() moves /sys */
 	if (setup_root() < 0) {
 		log_msg("agent: FATAL: cannot set up the root file system; powering off");
 		pid1_poweroff();
