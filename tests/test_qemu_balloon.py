@@ -62,6 +62,20 @@ def test_a_bad_balloon_setting_is_named(monkeypatch):
         QemuOptions(balloon="yes")
 
 
+def test_the_balloon_only_takes_a_free_virtio_mmio_transport(monkeypatch):
+    """microvm has 8 transports: the devices asked for come first; by default the balloon
+    is left out when none is free, and an explicit request for it is refused."""
+    def devices(n):
+        return tuple({"kind": "blk", "socket": f"/s{i}"} for i in range(n))
+    argv, cmdline = _argv(monkeypatch, vhost_user=devices(7))
+    assert _devices(argv)[-1].startswith("virtio-balloon-device") and ORDER_ARG in cmdline
+    argv, cmdline = _argv(monkeypatch, vhost_user=devices(8))
+    assert not any(d.startswith("virtio-balloon") for d in _devices(argv))
+    assert len(_devices(argv)) == 9 and ORDER_ARG not in cmdline  # 8 + isa-debugcon
+    with pytest.raises(ConfigError, match="take all 8 virtio-mmio transports"):
+        _argv(monkeypatch, vhost_user=devices(8), balloon=True)
+
+
 def _rss_shmem_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:

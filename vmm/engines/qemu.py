@@ -39,6 +39,7 @@ from ..errors import ConfigError, EngineUnavailable
 from . import qemu_binary
 from .base import Engine, ExitStatus, MachineSpec
 from .child_process import spawn
+from .device_order import attached_devices
 from .panic_watch import PanicWatch
 from .options import QemuOptions, check_tb_size
 from .qemu_user import QemuUser
@@ -126,20 +127,39 @@ BALLOON_DEVICE = "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on
 PAGE_REPORTING_ORDER = 3
 
 
-def balloon_on(options: QemuOptions) -> bool:
-    """Whether the machine gets the free-page-reporting balloon (default: yes)."""
-    if options.balloon is not None:
-        return options.balloon
-    text = os.environ.get(BALLOON_ENV, "").strip().lower()
-    if text in ("", "on", "1", "yes"):
-        return True
-    if text in ("off", "0", "no"):
+# microvm without ACPI has 8 virtio-mmio transports; a ninth device fails QEMU's start
+# ("No 'virtio-bus' bus found"). The balloon takes a free one or, by default, none.
+MICROVM_TRANSPORTS = 8
+
+
+def balloon_on(spec: MachineSpec) -> bool:
+    """Whether the machine gets the free-page-reporting balloon: QemuOptions(balloon=), else
+    $VMM_QEMU_BALLOON, else yes; by default only while a virtio-mmio transport is left
+    after the devices asked for (an explicit balloon=True without one is refused)."""
+    options = _options(spec)
+    wanted = options.balloon
+    if wanted is None:
+        text = os.environ.get(BALLOON_ENV, "").strip().lower()
+        if text not in ("", "on", "1", "yes", "off", "0", "no"):
+            raise ConfigError(f"{BALLOON_ENV}={text!r}: say on or off")
+        if text in ("off", "0", "no"):
+            return False
+    elif not wanted:
         return False
-    raise ConfigError(f"{BALLOON_ENV}={text!r}: say on or off")
+    # Shared directories (virtio-fs, where the spec has them) take transports too.
+    used = (len(attached_devices(spec)) + len(options.vhost_user)
+            + len(getattr(spec, "shared_dirs", ()) or ()))
+    if used < MICROVM_TRANSPORTS:
+        return True
+    if wanted:
+        raise ConfigError(f"QemuOptions(balloon=True): the machine's {used} devices take all "
+                          f"{MICROVM_TRANSPORTS} virtio-mmio transports of QEMU's microvm; "
+                          "leave balloon unset to go without it")
+    return False
 
 
-def balloon_args(options: QemuOptions) -> List[str]:
-    return ["-device", BALLOON_DEVICE] if balloon_on(options) else []
+def balloon_args(spec: MachineSpec) -> List[str]:
+    return ["-device", BALLOON_DEVICE] if balloon_on(spec) else []
 
 
 def accel_arg(options: QemuOptions) -> str:
@@ -150,7 +170,7 @@ def accel_arg(options: QemuOptions) -> str:
 def kernel_cmdline(spec: MachineSpec) -> KernelCmdline:
     """Ours, then the caller's. (QEMU announces virtio-mmio devices itself.)"""
     base = BASE_CMDLINE
-    if balloon_on(_options(spec)):
+    if balloon_on(spec):
         base += f" page_reporting.page_reporting_order={PAGE_REPORTING_ORDER}"
     line = KernelCmdline().append(base + " ", "the qemu engine's {n}-byte prefix")
     return line.extend(caller_parts(spec.cmdline))
@@ -203,7 +223,7 @@ def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=(),
     if spec.initrd:
         argv += ["-initrd", user.file(spec.initrd)]
     argv += vhost_user_args(user.own_sockets(devices) + user.vhost_user(options.vhost_user))
-    argv += balloon_args(options)  # last: the other devices keep their virtio-mmio slots
+    argv += balloon_args(spec)  # last: the other devices keep their virtio-mmio slots
     argv += list(options.extra_args)
     return argv
 
