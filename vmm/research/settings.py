@@ -42,7 +42,8 @@ from typing import List, Optional, Sequence
 
 from ..errors import ConfigError
 
-SWEEPABLE = ("engine", "kernel", "kernel_config", "memory", "cpus", "hugepages", "root", "init", "process")
+SWEEPABLE = ("engine", "kernel", "kernel_config", "memory", "cpus", "hugepages", "root", "init",
+             "process")
 ROOTS = ("initramfs", "disk")
 INITS = ("test", "agent")
 ENGINES = ("auto", "kvm", "qemu")
@@ -172,7 +173,7 @@ def fragments_of(value: str) -> list:
     for a missing or malformed one."""
     from ..guest.config_fragment import FragmentError
     from ..guest.kernel import read_fragments
-    paths = [p for p in value.split("+")]
+    paths = value.split("+")
     if any(not p.strip() for p in paths):
         raise ConfigError(f"kernel_config {value!r}: an empty fragment name")
     try:
@@ -206,7 +207,8 @@ def _show(value) -> str:
 
 def _show_named(name: str, value) -> str:
     if name == "kernel_config" and value is not None:
-        return "+".join(os.path.basename(p) for p in value.split("+"))  # the full paths are in params
+        # the names only: the full paths are in each sample's params
+        return "+".join(os.path.basename(p) for p in value.split("+"))
     return _show(value)
 
 
