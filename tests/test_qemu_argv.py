@@ -4,7 +4,8 @@ import os
 import pytest
 
 from vmm import QemuOptions
-from vmm.engines.qemu import BALLOON_ENV, TB_SIZE_ENV, TB_SIZE_MIB, qemu_argv, vhost_user_args
+from vmm.engines.qemu import TB_SIZE_ENV, TB_SIZE_MIB, qemu_argv, vhost_user_args
+from vmm.engines.qemu_balloon import BALLOON_ENV
 from vmm.errors import ConfigError
 from vmm.machine import MachineSpec
 

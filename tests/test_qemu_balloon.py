@@ -13,7 +13,8 @@ import pytest
 
 from vmm import QemuOptions
 from vmm.engines import qemu_binary
-from vmm.engines.qemu import BALLOON_ENV, PAGE_REPORTING_ORDER, kernel_cmdline, qemu_argv
+from vmm.engines.qemu import kernel_cmdline, qemu_argv
+from vmm.engines.qemu_balloon import BALLOON_ENV, PAGE_REPORTING_ORDER
 from vmm.errors import ConfigError
 from vmm.machine import MachineSpec
 

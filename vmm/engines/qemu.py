@@ -39,9 +39,9 @@ from ..errors import ConfigError, EngineUnavailable
 from . import qemu_binary
 from .base import Engine, ExitStatus, MachineSpec
 from .child_process import spawn
-from .device_order import attached_devices
 from .panic_watch import PanicWatch
 from .options import QemuOptions, check_tb_size
+from .qemu_balloon import balloon_args, balloon_cmdline
 from .qemu_user import QemuUser
 from .vhost_backends import VhostBackends
 
@@ -108,60 +108,6 @@ def tb_size_mib(options: QemuOptions) -> int:
     return value
 
 
-# The balloon (QemuOptions.balloon): free page reporting only. The guest's buddy allocator
-# reports free blocks (two seconds after a free, in batches) and QEMU discards them,
-# punching holes in the guest-RAM memfd (RssShmem falls; our vhost-user back ends map the
-# same memfd and lose those pages too, without pinning any), so the kernel's freed init
-# sections and whatever a workload freed stop costing host memory. It never inflates (no target
-# size is ever set) and deflate-on-oom is on, so it cannot take memory the guest needs.
-# VMM_QEMU_BALLOON=off turns it off for callers that take no engine options.
-# The guest reports blocks of 2^order pages; its own default (the pageblock, 4 MiB in our
-# kernel) left the ~3.5 MiB of freed init sections unreported. Measured per idle sandbox
-# (bench density --count 20 --mode concurrent, guest RAM touched 30.7 MiB without the
-# balloon): order 3 (32 KiB) 27.6, order 0 27.5, order 5 28.0, the default 30.7. Order 3
-# keeps single pages and small frees (a busy guest's constant churn) out of reporting.
-# The balloon driver overwrites the kernel's parameter when it registers, so the guest
-# agent writes it again from the command line (guest/agent/pid1.c).
-BALLOON_ENV = "VMM_QEMU_BALLOON"
-BALLOON_DEVICE = "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on"
-PAGE_REPORTING_ORDER = 3
-
-
-# microvm without ACPI has 8 virtio-mmio transports; a ninth device fails QEMU's start
-# ("No 'virtio-bus' bus found"). The balloon takes a free one or, by default, none.
-MICROVM_TRANSPORTS = 8
-
-
-def balloon_on(spec: MachineSpec) -> bool:
-    """Whether the machine gets the free-page-reporting balloon: QemuOptions(balloon=), else
-    $VMM_QEMU_BALLOON, else yes; by default only while a virtio-mmio transport is left
-    after the devices asked for (an explicit balloon=True without one is refused)."""
-    options = _options(spec)
-    wanted = options.balloon
-    if wanted is None:
-        text = os.environ.get(BALLOON_ENV, "").strip().lower()
-        if text not in ("", "on", "1", "yes", "off", "0", "no"):
-            raise ConfigError(f"{BALLOON_ENV}={text!r}: say on or off")
-        if text in ("off", "0", "no"):
-            return False
-    elif not wanted:
-        return False
-    # Shared directories (virtio-fs, where the spec has them) take transports too.
-    used = (len(attached_devices(spec)) + len(options.vhost_user)
-            + len(getattr(spec, "shared_dirs", ()) or ()))
-    if used < MICROVM_TRANSPORTS:
-        return True
-    if wanted:
-        raise ConfigError(f"QemuOptions(balloon=True): the machine's {used} devices take all "
-                          f"{MICROVM_TRANSPORTS} virtio-mmio transports of QEMU's microvm; "
-                          "leave balloon unset to go without it")
-    return False
-
-
-def balloon_args(spec: MachineSpec) -> List[str]:
-    return ["-device", BALLOON_DEVICE] if balloon_on(spec) else []
-
-
 def accel_arg(options: QemuOptions) -> str:
     size = tb_size_mib(options)
     return "tcg" if size == 0 else f"tcg,tb-size={size}"
@@ -169,9 +115,7 @@ def accel_arg(options: QemuOptions) -> str:
 
 def kernel_cmdline(spec: MachineSpec) -> KernelCmdline:
     """Ours, then the caller's. (QEMU announces virtio-mmio devices itself.)"""
-    base = BASE_CMDLINE
-    if balloon_on(spec):
-        base += f" page_reporting.page_reporting_order={PAGE_REPORTING_ORDER}"
+    base = " ".join([BASE_CMDLINE] + balloon_cmdline(spec))
     line = KernelCmdline().append(base + " ", "the qemu engine's {n}-byte prefix")
     return line.extend(caller_parts(spec.cmdline))
 
