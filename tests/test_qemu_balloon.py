@@ -40,9 +40,9 @@ def test_the_balloon_is_on_by_default_and_only_reports(monkeypatch):
     balloons = [d for d in _devices(argv) if d.startswith("virtio-balloon-device")]
     assert balloons == ["virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on"]
     assert ORDER_ARG in cmdline.split()
-    # after every other device, before the caller's extra arguments
+    # after every other device, the caller's extra ones too
     argv, _ = _argv(monkeypatch, extra_args=("-device", "mine"))
-    assert _devices(argv)[-2:] == [balloons[0], "mine"]
+    assert _devices(argv)[-2:] == ["mine", balloons[0]]
 
 
 @pytest.mark.parametrize("env, options, on", [

@@ -167,8 +167,8 @@ def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=(),
     if spec.initrd:
         argv += ["-initrd", user.file(spec.initrd)]
     argv += vhost_user_args(user.own_sockets(devices) + user.vhost_user(options.vhost_user))
-    argv += balloon_args(spec)  # last: the other devices keep their virtio-mmio slots
     argv += list(options.extra_args)
+    argv += balloon_args(spec)  # last: every other device keeps its virtio-mmio slot
     return argv
 
 
