@@ -40,9 +40,9 @@ def test_the_balloon_is_on_by_default_and_only_reports(monkeypatch):
     balloons = [d for d in _devices(argv) if d.startswith("virtio-balloon-device")]
     assert balloons == ["virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on"]
     assert ORDER_ARG in cmdline.split()
-    # after every other device, the caller's extra ones too
+    # the caller's extra arguments still come last
     argv, _ = _argv(monkeypatch, extra_args=("-device", "mine"))
-    assert _devices(argv)[-2:] == ["mine", balloons[0]]
+    assert argv[-2:] == ["-device", "mine"]
 
 
 @pytest.mark.parametrize("env, options, on", [
@@ -69,7 +69,8 @@ def test_the_balloon_only_takes_a_free_virtio_mmio_transport(monkeypatch):
     def devices(n):
         return tuple({"kind": "blk", "socket": f"/s{i}"} for i in range(n))
     argv, cmdline = _argv(monkeypatch, vhost_user=devices(7))
-    assert _devices(argv)[-1].startswith("virtio-balloon-device") and ORDER_ARG in cmdline
+    assert any(d.startswith("virtio-balloon-device") for d in _devices(argv))
+    assert ORDER_ARG in cmdline
     argv, cmdline = _argv(monkeypatch, vhost_user=devices(8))
     assert not any(d.startswith("virtio-balloon") for d in _devices(argv))
     assert len(_devices(argv)) == 9 and ORDER_ARG not in cmdline  # 8 + isa-debugcon

@@ -161,6 +161,7 @@ def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=(),
         "-serial", "chardev:con",
         "-chardev", f"socket,id=dbg,fd={debugcon_fd}",
         "-device", f"isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=dbg",
+        *balloon_args(spec),  # the first virtio-mmio transport, if one is left for it
         "-kernel", user.file(spec.kernel),
         "-append", kernel_cmdline(spec).text().strip(),
     ]
@@ -168,7 +169,6 @@ def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=(),
         argv += ["-initrd", user.file(spec.initrd)]
     argv += vhost_user_args(user.own_sockets(devices) + user.vhost_user(options.vhost_user))
     argv += list(options.extra_args)
-    argv += balloon_args(spec)  # last: every other device keeps its virtio-mmio slot
     return argv
 
 

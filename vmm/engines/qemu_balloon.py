@@ -65,8 +65,8 @@ def balloon_on(spec: MachineSpec) -> bool:
 
 
 def balloon_args(spec: MachineSpec) -> List[str]:
-    """QEMU's arguments for the balloon: after every other device, so that those keep
-    their virtio-mmio slots."""
+    """QEMU's arguments for the balloon (one -device; no other device depends on its
+    virtio-mmio slot: disks are named by their own order and serials)."""
     return ["-device", BALLOON_DEVICE] if balloon_on(spec) else []
 
 
