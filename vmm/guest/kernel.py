@@ -21,8 +21,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 from . import cache
 from .config_fragment import Fragment, merge_config, owners
@@ -100,7 +101,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 # --- the kernel ---------------------------------------------------------------------------
 
-def read_fragments(paths: Sequence) -> List[Fragment]:
+def read_fragments(paths: Sequence) -> list[Fragment]:
     """The fragment files, read and checked (FragmentError names a bad one)."""
     return [p if isinstance(p, Fragment) else Fragment.read(p) for p in paths]
 
@@ -131,7 +132,7 @@ def guest_kernel(build: bool = True, fragments: Sequence = ()) -> Path:
                                                                        entry.path))
 
 
-def _build_with_fragments(base: bytes, frags: List[Fragment], script: Path, out: Path) -> None:
+def _build_with_fragments(base: bytes, frags: list[Fragment], script: Path, out: Path) -> None:
     """Write the merged config (and what it came from) into the entry, then build it; an
     option of a fragment that olddefconfig dropped is named with its fragment."""
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def _build_with_fragments(base: bytes, frags: List[Fragment], script: Path, out:
         raise
 
 
-def _dropped_options(log: Path) -> List[Tuple[str, str]]:
+def _dropped_options(log: Path) -> list[tuple[str, str]]:
     """[(option, build.sh's line)] from the "vmm-kernel: dropped: " lines of a build log."""
     out = []
     try:
