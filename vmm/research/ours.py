@@ -72,9 +72,11 @@ def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
     from ..sandbox import Sandbox
 
     extra = " ".join(x for x in (cmdline, INITCALL_CMDLINE if initcalls else "") if x)
-    # A fragment's kernel is looked up (keyed, maybe built) before the clock starts.
-    kernel = guest_files.kernel_for(None, cfg.kernel_config) if cfg.kernel_config else cfg.kernel
     request = time.monotonic_ns()
+    # Looked up inside the clock, as Sandbox.create() looks up the project's own kernel
+    # (kernel=None), so that a fragment's kernel and the project's compare alike; the run
+    # built it before its first round.
+    kernel = guest_files.kernel_for(None, cfg.kernel_config) if cfg.kernel_config else cfg.kernel
     sb = Sandbox.create(image, engine=engine, cpus=cfg.cpus, memory_mib=cfg.memory,
                         kernel=kernel, network=None, boot_timeout=timeout,
                         extra_cmdline=extra)
