@@ -33,9 +33,8 @@ def prefix_of(engine):
     if engine == "kvm":
         from vmm.engines.kvm import CMDLINE_PREFIX
         return CMDLINE_PREFIX
-    from vmm.engines.qemu import kernel_cmdline
-    from vmm.machine import MachineSpec
-    return kernel_cmdline(MachineSpec(kernel="/k")).text()  # with the balloon's part
+    from vmm.engines.qemu import BASE_CMDLINE
+    return BASE_CMDLINE + " "
 
 
 @pytest.mark.parametrize("engine", [pytest.param("kvm", marks=[needs_kvm, pytest.mark.kvm]),

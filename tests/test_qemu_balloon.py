@@ -1,10 +1,10 @@
 """The qemu engine's free-page-reporting balloon (fast: nothing is started; the slow test
 boots a sandbox and watches QEMU give freed guest RAM back).
 
-On by default: `-device virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on`
-and the reporting order on the kernel command line (the guest agent applies it again
-after the balloon driver overwrote it). QemuOptions(balloon=False) or VMM_QEMU_BALLOON=off
-leave both out.
+On by default: `-device virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on`,
+with the reporting order on every qemu guest's kernel command line (the guest agent applies
+it again after the balloon driver overwrote it; without the device it is inert).
+QemuOptions(balloon=False) or VMM_QEMU_BALLOON=off leave the device out.
 """
 import os
 import time
@@ -53,7 +53,7 @@ def test_the_balloon_is_on_by_default_and_only_reports(monkeypatch):
 def test_the_balloon_can_be_turned_off(monkeypatch, env, options, on):
     argv, cmdline = _argv(monkeypatch, env, **options)
     assert any(d.startswith("virtio-balloon-device") for d in _devices(argv)) is on
-    assert (ORDER_ARG in cmdline.split()) is on
+    assert ORDER_ARG in cmdline.split()  # inert without the device
 
 
 def test_a_bad_balloon_setting_is_named(monkeypatch):
@@ -70,10 +70,9 @@ def test_the_balloon_only_takes_a_free_virtio_mmio_transport(monkeypatch):
         return tuple({"kind": "blk", "socket": f"/s{i}"} for i in range(n))
     argv, cmdline = _argv(monkeypatch, vhost_user=devices(7))
     assert any(d.startswith("virtio-balloon-device") for d in _devices(argv))
-    assert ORDER_ARG in cmdline
     argv, cmdline = _argv(monkeypatch, vhost_user=devices(8))
     assert not any(d.startswith("virtio-balloon") for d in _devices(argv))
-    assert len(_devices(argv)) == 9 and ORDER_ARG not in cmdline  # 8 + isa-debugcon
+    assert len(_devices(argv)) == 9  # 8 + isa-debugcon
     with pytest.raises(ConfigError, match="take all 8 virtio-mmio transports"):
         _argv(monkeypatch, vhost_user=devices(8), balloon=True)
 

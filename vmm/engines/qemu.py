@@ -41,7 +41,7 @@ from .base import Engine, ExitStatus, MachineSpec
 from .child_process import spawn
 from .panic_watch import PanicWatch
 from .options import QemuOptions, check_tb_size
-from .qemu_balloon import balloon_args, balloon_cmdline
+from .qemu_balloon import PAGE_REPORTING_ARG, balloon_args
 from .qemu_user import QemuUser
 from .vhost_backends import VhostBackends
 
@@ -62,7 +62,9 @@ BOOT_TIMER_INIT_STARTED = 123
 # did after that failure (other vCPUs get the tick by broadcast). Sandbox create to first exec 1385
 # -> 1014 ms median, 14 alternated rounds under load (docs/architecture.md, "Where a
 # sandbox start goes"). TCG only: a KVM guest has a TSC-deadline timer and no calibration.
-BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer"
+# page_reporting.page_reporting_order: for the balloon (qemu_balloon.py), which the agent
+# applies; inert in a guest without one (the kernel uses it only with a reporting device).
+BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer " + PAGE_REPORTING_ARG
 STDERR_TAIL = 4096
 STOP_GRACE_S = 2.0
 MAX_CPUS_TCG = 255
@@ -115,8 +117,7 @@ def accel_arg(options: QemuOptions) -> str:
 
 def kernel_cmdline(spec: MachineSpec) -> KernelCmdline:
     """Ours, then the caller's. (QEMU announces virtio-mmio devices itself.)"""
-    base = " ".join([BASE_CMDLINE] + balloon_cmdline(spec))
-    line = KernelCmdline().append(base + " ", "the qemu engine's {n}-byte prefix")
+    line = KernelCmdline().append(BASE_CMDLINE + " ", "the qemu engine's {n}-byte prefix")
     return line.extend(caller_parts(spec.cmdline))
 
 

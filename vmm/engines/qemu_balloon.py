@@ -2,7 +2,8 @@
 guest freed (docs/architecture.md, "QEMU engine memory").
 
     balloon_args(spec)      -> ["-device", "virtio-balloon-device,..."] or []
-    balloon_cmdline(spec)   -> the kernel command line's part for it, or []
+    PAGE_REPORTING_ARG      the kernel command line's part for it (always there: inert
+                            without the device)
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ from .options import QemuOptions
 BALLOON_ENV = "VMM_QEMU_BALLOON"
 BALLOON_DEVICE = "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on"
 PAGE_REPORTING_ORDER = 3
+# On every qemu guest's command line (engines/qemu.py BASE_CMDLINE): without a balloon the
+# kernel never reads it, and one prefix for all keeps the command line's size predictable.
+PAGE_REPORTING_ARG = f"page_reporting.page_reporting_order={PAGE_REPORTING_ORDER}"
 
 # microvm without ACPI has 8 virtio-mmio transports; a ninth device fails QEMU's start
 # ("No 'virtio-bus' bus found"). The balloon takes a free one or, by default, none.
@@ -68,10 +72,3 @@ def balloon_args(spec: MachineSpec) -> List[str]:
     """QEMU's arguments for the balloon (one -device; no other device depends on its
     virtio-mmio slot: disks are named by their own order and serials)."""
     return ["-device", BALLOON_DEVICE] if balloon_on(spec) else []
-
-
-def balloon_cmdline(spec: MachineSpec) -> List[str]:
-    """The kernel command line's part for the balloon: the reporting order to apply."""
-    if not balloon_on(spec):
-        return []
-    return [f"page_reporting.page_reporting_order={PAGE_REPORTING_ORDER}"]
