@@ -14,6 +14,7 @@ APT_PACKAGES=(
   passt socat curl                              # networking (Debian's passt: the fallback)
   docker-registry skopeo umoci apache2-utils    # image tests and benchmarks
   mmdebstrap                                    # the walkthrough test's image (built once)
+  containerd runc podman                        # vmm-runtime: real clients, runc the reference
 )
 
 missing=()

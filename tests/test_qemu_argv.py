@@ -5,6 +5,7 @@ import pytest
 
 from vmm import QemuOptions
 from vmm.engines.qemu import TB_SIZE_ENV, TB_SIZE_MIB, cmdline_prefix, qemu_argv, vhost_user_args
+from vmm.engines.qemu_balloon import BALLOON_ENV
 from vmm.errors import ConfigError
 from vmm.machine import MachineSpec
 
@@ -15,6 +16,7 @@ def _pairs(argv):
 
 def test_argv_for_a_two_cpu_machine(monkeypatch):
     monkeypatch.delenv(TB_SIZE_ENV, raising=False)
+    monkeypatch.delenv(BALLOON_ENV, raising=False)
     spec = MachineSpec(kernel="/k/vmlinux", initrd="/k/initrd.gz", cmdline="quiet x=1",
                        cpus=2, memory_mib=192)
     argv = qemu_argv(spec, "/usr/bin/qemu-system-x86_64", debugcon_fd=7)
@@ -33,7 +35,8 @@ def test_argv_for_a_two_cpu_machine(monkeypatch):
         assert flag in argv
 
 
-def test_no_initrd_no_initrd_flag():
+def test_no_initrd_no_initrd_flag(monkeypatch):
+    monkeypatch.delenv(BALLOON_ENV, raising=False)
     argv = qemu_argv(MachineSpec(kernel="/k"), "qemu", debugcon_fd=3)
     assert "-initrd" not in argv
     assert argv[argv.index("-append") + 1] == cmdline_prefix()

@@ -37,6 +37,11 @@ def _list(kind, name, choices=None):
     return parse
 
 
+def _fragments(text: str):
+    """--kernel-config: fragment files, "none" for the project's config alone."""
+    return [None if v == "none" else v for v in _list(str, "--kernel-config")(text)]
+
+
 def _on_off(text: str) -> bool:
     return {"on": True, "off": False}[text]
 
@@ -53,6 +58,12 @@ def add_parsers(sub) -> None:
                       default=["auto"], help="auto, kvm or qemu (comma list sweeps)")
     boot.add_argument("--kernel", type=_list(str, "--kernel"), default=[None],
                       help="vmlinux path(s) (default: the project's guest kernel)")
+    boot.add_argument("--kernel-config", type=_fragments, default=[None],
+                      metavar="FRAGMENT[,FRAGMENT]",
+                      help="build the project's kernel with this config fragment laid over "
+                           "its config (through the kernel cache: minutes the first time); "
+                           "a comma list sweeps, a+b applies both, none is the project's "
+                           "config alone")
     boot.add_argument("--memory", type=_list(int, "--memory"), default=[128], metavar="MIB[,MIB]")
     boot.add_argument("--cpus", type=_list(int, "--cpus"), default=[1], metavar="N[,N]")
     boot.add_argument("--hugepages", type=_list(_on_off, "--hugepages", ("on", "off")),
@@ -116,7 +127,8 @@ def _boot(args) -> int:
 
     baselines = [] if "none" in args.baseline else args.baseline
     settings = BenchSettings(runs=args.runs, warmup=args.warmup, engine=args.engine,
-                             kernel=args.kernel, memory=args.memory, cpus=args.cpus,
+                             kernel=args.kernel, kernel_config=args.kernel_config,
+                             memory=args.memory, cpus=args.cpus,
                              hugepages=args.hugepages, root=args.root, init=args.init,
                              process=args.process,
                              baselines=baselines, initcalls=args.initcalls,

@@ -94,13 +94,18 @@ class QemuOptions:
     ours. Paths in extra_args must be reachable by that uid.
     tb_size_mib: TCG's translation cache in MiB (`-accel tcg,tb-size=N`); None: the
     engine's default (engines.qemu.tb_size_mib()), 0: QEMU's own (up to 1 GiB, of which
-    a booted guest fills ~26 MiB)."""
+    a booted guest fills ~26 MiB).
+    balloon: a virtio-balloon that only reports the pages the guest freed, so QEMU drops
+    them from host memory (free-page-reporting=on; it never inflates, and deflate-on-oom
+    is on); None: the engine's default (engines.qemu.balloon_on(): on unless
+    VMM_QEMU_BALLOON=off), False: no balloon device."""
     extra_args: Tuple[str, ...] = ()
     vhost_user: Tuple[dict, ...] = ()
     sandbox: bool = True
     mem_merge: bool = False
     user: Union[str, int, None] = "auto"
     tb_size_mib: Optional[int] = None
+    balloon: Optional[bool] = None
 
     def __post_init__(self):
         object.__setattr__(self, "extra_args", tuple(str(a) for a in self.extra_args))
@@ -111,6 +116,9 @@ class QemuOptions:
             raise ConfigError(f"QemuOptions.user takes 'auto', None or a uid other than 0, "
                               f"not {self.user!r}")
         check_tb_size(self.tb_size_mib, "QemuOptions(tb_size_mib=...)")
+        if self.balloon is not None and not isinstance(self.balloon, bool):
+            raise ConfigError(f"QemuOptions(balloon=...) takes True, False or None, "
+                              f"not {self.balloon!r}")
 
 
 def _vhost_user_entry(dev) -> dict:

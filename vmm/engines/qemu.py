@@ -43,6 +43,7 @@ from .base import Engine, ExitStatus, MachineSpec
 from .child_process import spawn
 from .panic_watch import PanicWatch
 from .options import QemuOptions, check_tb_size
+from .qemu_balloon import PAGE_REPORTING_ARG, balloon_args
 from .qemu_user import QemuUser
 from .host_clock import host_tsc_khz
 from .vhost_backends import VhostBackends
@@ -65,7 +66,9 @@ BOOT_TIMER_INIT_STARTED = 123
 # did after that failure (other vCPUs get the tick by broadcast). Sandbox create to first exec 1385
 # -> 1014 ms median, 14 alternated rounds under load (docs/architecture.md, "Where a
 # sandbox start goes"). TCG only: a KVM guest has a TSC-deadline timer and no calibration.
-BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer"
+# page_reporting.page_reporting_order: for the balloon (qemu_balloon.py), which the agent
+# applies; inert in a guest without one (the kernel uses it only with a reporting device).
+BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer " + PAGE_REPORTING_ARG
 STDERR_TAIL = 4096
 STOP_GRACE_S = 2.0
 MAX_CPUS_TCG = 255
@@ -179,6 +182,7 @@ def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=(),
         "-serial", "chardev:con",
         "-chardev", f"socket,id=dbg,fd={debugcon_fd}",
         "-device", f"isa-debugcon,iobase={BOOT_TIMER_PORT:#x},chardev=dbg",
+        *balloon_args(spec),  # the first virtio-mmio transport, if one is left for it
         "-kernel", user.file(spec.kernel),
         "-append", kernel_cmdline(spec).text().strip(),
     ]

@@ -1,12 +1,15 @@
 """Find or build the guest kernel.
 
     guest_kernel()    -> Path of vmlinux built from Debian's linux-source and guest/kernel/config
+    guest_kernel(fragments=["nosmp.config"])
+                      -> the same with config fragments laid over the config (config_fragment.py)
     kernel_info()     -> what `python -m vmm info` shows about the kernel in use
 
 The kernel is cached outside the checkout (vmm/guest/cache.py) under a key of everything
 that goes into it, so editing the config, the build script or upgrading linux-source gives
 a fresh build and an unchanged input never rebuilds. $VMM_KERNEL, if set, names a vmlinux
-to use instead of building one.
+to use instead of the project's kernel (a request with fragments is a request to build,
+and ignores it).
 
 The test initramfs lives in initramfs.py; test_initramfs, compile_static and
 initramfs_cpio are imported here too because callers have always found them next to
@@ -18,10 +21,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Tuple
 
 from . import cache
+from .config_fragment import Fragment, merge_config, owners
 from .initramfs import compile_static, initramfs_cpio, test_initramfs  # noqa: F401 (docstring)
 from .sources import GuestBuildError, guest_dir
 from ..errors import VmmError
@@ -37,9 +42,14 @@ class KernelError(GuestBuildError):
 
 # --- cache keys ---------------------------------------------------------------------------
 
-def kernel_key(config: bytes, build_script: bytes, source_version: str) -> str:
-    """Cache key of a kernel build: the config, the build logic and the source version."""
-    return cache.key([b"kernel", config, build_script, source_version.encode()])
+def kernel_key(config: bytes, build_script: bytes, source_version: str,
+               fragments: Sequence[bytes] = ()) -> str:
+    """Cache key of a kernel build: the config, the build logic, the source version and
+    the text of each config fragment, in order (none: the key it has always been)."""
+    parts = [b"kernel", config, build_script, source_version.encode()]
+    if fragments:
+        parts += [b"fragments", *fragments]
+    return cache.key(parts)
 
 
 # dpkg's database: any package install or upgrade rewrites it.
@@ -116,31 +126,81 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 # --- the kernel ---------------------------------------------------------------------------
 
-def guest_kernel(build: bool = True) -> Path:
-    """Path of the guest vmlinux, building it (minutes, once) if needed and allowed."""
+def read_fragments(paths: Sequence) -> list[Fragment]:
+    """The fragment files, read and checked (FragmentError names a bad one)."""
+    return [p if isinstance(p, Fragment) else Fragment.read(p) for p in paths]
+
+
+def guest_kernel(build: bool = True, fragments: Sequence = ()) -> Path:
+    """Path of the guest vmlinux, building it (minutes, once) if needed and allowed.
+
+    fragments: config fragment files (or Fragments) laid over the project's config, in
+    order; the kernel is cached under a key that includes their text."""
+    frags = read_fragments(fragments)
     override = os.environ.get("VMM_KERNEL")
-    if override:
+    if override and not frags:
         if not os.path.isfile(override):
             raise KernelError(f"VMM_KERNEL={override} is not a file")
         return Path(override)
     config, script, version = _kernel_inputs()
-    entry = cache.CacheDir("kernel", kernel_key(config.read_bytes(), script.read_bytes(), version))
+    base = config.read_bytes()
+    entry = cache.CacheDir("kernel", kernel_key(base, script.read_bytes(), version,
+                                                [f.text for f in frags]))
     vmlinux = entry.file("vmlinux")
     if not build and not vmlinux.is_file():
         raise KernelError(f"the guest kernel is not built yet ({vmlinux}); "
                           "call vmm.guest.kernel.guest_kernel() or run `python -m vmm.guest.kernel`")
-    # build.sh publishes vmlinux last, by rename: its presence marks a complete build.
-    return entry.build_once("vmlinux", lambda _: _build_kernel(config, script, entry.path))
+    if not frags:
+        # build.sh publishes vmlinux last, by rename: its presence marks a complete build.
+        return entry.build_once("vmlinux", lambda _: _build_kernel(config, script, entry.path))
+    return entry.build_once("vmlinux", lambda _: _build_with_fragments(base, frags, script,
+                                                                       entry.path))
 
 
-def _build_kernel(config: Path, script: Path, out: Path) -> None:
+def _build_with_fragments(base: bytes, frags: list[Fragment], script: Path, out: Path) -> None:
+    """Write the merged config (and what it came from) into the entry, then build it; an
+    option of a fragment that olddefconfig dropped is named with its fragment."""
+    out.mkdir(parents=True, exist_ok=True)
+    cache.publish(out / "fragments.txt", b"".join(
+        f"# --- {f.name}\n".encode() + f.text + (b"" if f.text.endswith(b"\n") else b"\n")
+        for f in frags))
+    merged = cache.publish(out / "config+fragments", merge_config(base, frags))
+    try:
+        _build_kernel(merged, script, out, what=" with " + ", ".join(f.name for f in frags))
+    except KernelError:
+        dropped = _dropped_options(out / "build.log")
+        theirs = owners(frags)
+        named = [f"{line} (from {theirs[opt]})" for opt, line in dropped if opt in theirs]
+        if named:
+            raise KernelError(
+                f"olddefconfig dropped {len(named)} option(s) a config fragment asks for: "
+                f"{'; '.join(named)}. Their dependencies are not met: turn those on in the "
+                f"fragment too (see the kernel's Kconfig). Log: {out / 'build.log'}") from None
+        raise
+
+
+def _dropped_options(log: Path) -> list[tuple[str, str]]:
+    """[(option, build.sh's line)] from the "vmm-kernel: dropped: " lines of a build log."""
+    out = []
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("vmm-kernel: dropped: "):
+            what = line[len("vmm-kernel: dropped: "):]
+            out.append((what.split("=")[0].split(" ")[0], what))
+    return out
+
+
+def _build_kernel(config: Path, script: Path, out: Path, what: str = "") -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "build.log"
     # make -j$(nproc), as Kbuild is used to; VMM_KERNEL_JOBS caps it on shared machines.
     jobs = os.environ.get("VMM_KERNEL_JOBS") or str(os.cpu_count() or 1)
     if not jobs.isdigit() or int(jobs) < 1:
         raise KernelError(f"VMM_KERNEL_JOBS must be a positive number, got {jobs!r}")
-    _say(f"building the guest kernel into {out} (log: {log})")
+    _say(f"building the guest kernel{what} into {out} (log: {log})")
     start = time.monotonic()
     with open(log, "wb") as logf:
         proc = subprocess.Popen(["sh", str(script), str(LINUX_SOURCE_TARBALL), str(config),

@@ -154,6 +154,46 @@ class NetworkState:
         return [str(p) for p in self.ports]
 
 
+@dataclass(frozen=True)
+class TapNetwork:
+    """A NIC on a tap device someone else set up, with the guest's addresses given rather
+    than ours: what the OCI runtime uses to put a container's VM on the network its
+    namespace was given (a CNI address, the namespace's gateway and MAC). No NAT and no
+    egress policy of ours: the namespace's own network is the boundary, as for runc. The
+    guest is configured statically on its kernel command line, like Network's guests.
+
+    fd: an open tap device (the Sandbox's NIC takes a duplicate; the caller keeps fd).
+    address: "10.88.0.5/16"; gateway: the default route's next hop; mac: the namespace
+    interface's MAC, so that its peers' neighbour entries stay right."""
+    fd: int
+    address: str
+    gateway: str
+    mtu: int = MTU
+    dns: Optional[str] = None
+    mac: Optional[str] = None
+
+    def __post_init__(self):
+        try:
+            iface = ipaddress.IPv4Interface(self.address)
+            gw = ipaddress.IPv4Address(self.gateway)
+        except ValueError as e:
+            raise ConfigError(f"TapNetwork: {e}") from None
+        if not 68 <= int(self.mtu) <= 65535:
+            raise ConfigError(f"TapNetwork mtu {self.mtu} is not between 68 and 65535")
+        if gw not in iface.network:
+            raise ConfigError(f"TapNetwork gateway {gw} is not in {iface.network}")
+        if self.dns is not None:
+            ipaddress.IPv4Address(self.dns)
+
+    @property
+    def has_nic(self) -> bool:
+        return True
+
+    def state(self) -> NetworkState:
+        return NetworkState(self.address, self.gateway, self.dns or self.gateway, int(self.mtu),
+                            scope="public")
+
+
 def guest_state(network: Network, ports: List[PublishedPort],
                 ipv6: Optional[bool] = None) -> NetworkState:
     """The guest configuration for `network`, with its host ports already reserved.

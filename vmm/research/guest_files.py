@@ -77,5 +77,12 @@ def agent_image(directory: Path) -> str:
     return os.fspath(out)
 
 
-def kernel_for(config_kernel: Optional[str]) -> str:
-    return config_kernel if config_kernel is not None else default_kernel()
+def kernel_for(config_kernel: Optional[str], kernel_config: Optional[str] = None) -> str:
+    """The vmlinux a configuration boots: its path, the project's kernel, or the project's
+    kernel built with the configuration's config fragments ("a.config+b.config")."""
+    if config_kernel is not None:
+        return config_kernel
+    if kernel_config is None:
+        return default_kernel()
+    from ..guest import kernel
+    return os.fspath(kernel.guest_kernel(fragments=kernel_config.split("+")))

@@ -80,7 +80,7 @@ def _table(lines, header: str, nfields: int):
 def launcher_argv(cfg, *, initrd: Optional[str], cmdline: str, initcalls: int,
                   timeout: float) -> list:
     extra = " ".join(x for x in (cmdline, INITCALL_CMDLINE if initcalls else "") if x)
-    return [launcher_path(), "--kernel", guest_files.kernel_for(cfg.kernel),
+    return [launcher_path(), "--kernel", guest_files.kernel_for(cfg.kernel, cfg.kernel_config),
             *(["--initrd", initrd] if initrd else []), "--mem", str(cfg.memory),
             "--cpus", str(cfg.cpus), "--timeout", f"{timeout:g}", "--cmdline", extra,
             "--timeline"]

@@ -39,7 +39,8 @@ def boot_test_init(cfg, engine: str, *, initrd: str, root_disk: Optional[str], c
         disks = (Disk(root_disk, read_only=True, serial="root"),)
         initrd = None
     watch = ReadyLineWatch(time.monotonic_ns)
-    m = Machine(guest_files.kernel_for(cfg.kernel), initrd=initrd, cmdline=" ".join(extra),
+    m = Machine(guest_files.kernel_for(cfg.kernel, cfg.kernel_config), initrd=initrd,
+                cmdline=" ".join(extra),
                 cpus=cfg.cpus, memory_mib=cfg.memory, engine=engine, console=watch.feed,
                 hugepages=cfg.hugepages, disks=disks)
     sample = new_sample(f"vmm-{m.engine}")
@@ -75,8 +76,12 @@ def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
 
     extra = " ".join(x for x in (cmdline, INITCALL_CMDLINE if initcalls else "") if x)
     request = time.monotonic_ns()
+    # Looked up inside the clock, as Sandbox.create() looks up the project's own kernel
+    # (kernel=None), so that a fragment's kernel and the project's compare alike; the run
+    # built it before its first round.
+    kernel = guest_files.kernel_for(None, cfg.kernel_config) if cfg.kernel_config else cfg.kernel
     sb = Sandbox.create(image, engine=engine, cpus=cfg.cpus, memory_mib=cfg.memory,
-                        kernel=cfg.kernel, network=None, boot_timeout=timeout,
+                        kernel=kernel, network=None, boot_timeout=timeout,
                         extra_cmdline=extra)
     try:
         # Where create() returned: the agent's READY is in; splits the exits after the boot
@@ -129,7 +134,8 @@ def boot_fresh_process(cfg, engine: str, *, initrd: Optional[str], cmdline: str,
     if os.path.exists(timeline_file):
         os.unlink(timeline_file)
     extra = " ".join(x for x in (cmdline, INITCALL_CMDLINE if initcalls else "") if x)
-    argv = [sys.executable, "-m", "vmm", "boot", "--kernel", guest_files.kernel_for(cfg.kernel),
+    argv = [sys.executable, "-m", "vmm", "boot",
+            "--kernel", guest_files.kernel_for(cfg.kernel, cfg.kernel_config),
             *(["--initrd", initrd] if initrd else []), "--engine", engine, "--memory", str(cfg.memory),
             "--cpus", str(cfg.cpus), "--timeout", f"{timeout:g}", "--cmdline", extra,
             "--timeline-out", timeline_file]

@@ -1,8 +1,9 @@
 """The `bench boot` loop: every configuration, ours and each baseline, round by round.
 
-Within a round each system boots once; the order alternates (ours first on even rounds,
-last on odd ones), so a drift in the host's load or caches lands on both sides instead of
-on whichever ran later. The first `warmup` rounds are recorded, marked, and left out of
+Within a round each system of each configuration boots once; the order alternates (ours
+first on even rounds, last on odd ones, and a sweep's configurations in reverse order on
+odd rounds), so a drift in the host's load or caches lands on every side instead of on
+whichever ran later: two kernels swept in one run are compared round by round too. The first `warmup` rounds are recorded, marked, and left out of
 every statistic (they pay for cold page caches and first-use builds).
 
 A round that fails at run time (a guest that never printed READY, a baseline that
@@ -46,8 +47,11 @@ def run_bench(settings: BenchSettings, *, workdir: Optional[str] = None,
         workdir = owned.name
     try:
         initrd = guest_files.test_initramfs()
-        for cfg in settings.configs():
-            _run_config(settings, cfg, found, initrd, Path(workdir), result, say)
+        # Every configuration's files first (a fragment's kernel may take minutes to build),
+        # then the rounds, each visiting every configuration.
+        prepared = [(cfg, _systems(settings, cfg, found, initrd, Path(workdir)))
+                    for cfg in settings.configs()]
+        _run_rounds(settings, prepared, result, say)
     finally:
         if owned is not None:
             owned.cleanup()
@@ -69,8 +73,9 @@ def _check_launcher_engines(settings: BenchSettings) -> None:
                               f"({chosen.reason}): ask for engine kvm")
 
 
-def _run_config(settings, cfg, found, initrd, workdir, result, say) -> None:
-    kernel = guest_files.kernel_for(cfg.kernel)
+def _systems(settings, cfg, found, initrd, workdir) -> list:
+    """[(name, run)] of one configuration: ours first, then each baseline found."""
+    kernel = guest_files.kernel_for(cfg.kernel, cfg.kernel_config)
     root_disk = guest_files.init_root_disk(workdir) if cfg.root == "disk" else None
     image = guest_files.agent_image(workdir) if cfg.init == "agent" else None
     launch = baselines_mod.Launch(kernel=kernel, initrd=initrd, root_disk=root_disk,
@@ -97,18 +102,21 @@ def _run_config(settings, cfg, found, initrd, workdir, result, say) -> None:
                                    cmdline=settings.cmdline, initcalls=settings.initcalls,
                                    timeout=settings.timeout)
 
-    systems = [(ours_name, run_ours)] + [
+    return [(ours_name, run_ours)] + [
         (b.name, lambda b=b: b.run(launch, initcalls=settings.initcalls,
                                    timeout=settings.timeout)) for b in found]
+
+
+def _run_rounds(settings, prepared, result, say) -> None:
     total = settings.warmup + settings.runs
     for rnd in range(total):
-        order = systems if rnd % 2 == 0 else systems[::-1]
-        for name, run in order:
-            sample = _guarded(name, run)
-            sample.update(config=cfg.label, round=rnd, warmup=rnd < settings.warmup,
-                          params=cfg.params())
-            result["samples"].append(sample)
-            say(_progress_line(cfg.label, rnd, total, settings.warmup, sample))
+        for cfg, systems in (prepared if rnd % 2 == 0 else prepared[::-1]):
+            for name, run in (systems if rnd % 2 == 0 else systems[::-1]):
+                sample = _guarded(name, run)
+                sample.update(config=cfg.label, round=rnd, warmup=rnd < settings.warmup,
+                              params=cfg.params())
+                result["samples"].append(sample)
+                say(_progress_line(cfg.label, rnd, total, settings.warmup, sample))
 
 
 def _guarded(name: str, run) -> dict:

@@ -8,6 +8,12 @@ result files of single-configuration runs compare by system alone.
 
 What each combination means, and what is refused (ConfigError, before anything boots):
     kernel     a vmlinux path (None: the project's guest kernel)
+    kernel_config
+               config fragments laid over the project's kernel config, the kernel built
+               through the kernel cache (vmm/guest/kernel.py; the first use builds it,
+               minutes): one fragment path, or several joined by "+" applied in order;
+               None: the project's config alone. Takes kernel=None only. The result's
+               settings record each fragment's text and hash (fragment_records())
     memory     MiB of guest RAM
     cpus       vCPUs
     hugepages  guest RAM on 2 MiB huge pages (needs free ones in /proc/sys/vm/nr_hugepages;
@@ -36,7 +42,8 @@ from typing import List, Optional, Sequence
 
 from ..errors import ConfigError
 
-SWEEPABLE = ("engine", "kernel", "memory", "cpus", "hugepages", "root", "init", "process")
+SWEEPABLE = ("engine", "kernel", "kernel_config", "memory", "cpus", "hugepages", "root", "init",
+             "process")
 ROOTS = ("initramfs", "disk")
 INITS = ("test", "agent")
 ENGINES = ("auto", "kvm", "qemu")
@@ -49,6 +56,7 @@ class BootConfig:
     """One configuration of a sweep."""
     engine: str = "auto"
     kernel: Optional[str] = None
+    kernel_config: Optional[str] = None
     memory: int = 128
     cpus: int = 1
     hugepages: bool = False
@@ -69,6 +77,7 @@ class BenchSettings:
     warmup: int = 1
     engine: Sequence[str] = ("auto",)
     kernel: Sequence[Optional[str]] = (None,)
+    kernel_config: Sequence[Optional[str]] = (None,)
     memory: Sequence[int] = (128,)
     cpus: Sequence[int] = (1,)
     hugepages: Sequence[bool] = (False,)
@@ -111,6 +120,13 @@ class BenchSettings:
         for k in self.kernel:
             if k is not None and not os.path.isfile(k):
                 raise ConfigError(f"kernel not found: {k}")
+        if any(k is not None for k in self.kernel) and any(
+                c is not None for c in self.kernel_config):
+            raise ConfigError("kernel_config builds the project's kernel with a fragment; "
+                              "it cannot apply to a kernel given as a vmlinux path")
+        for value in self.kernel_config:
+            if value is not None:
+                fragments_of(value)  # each file readable and a well-formed fragment
         if "agent" in self.init and "disk" in self.root:
             raise ConfigError("root=disk needs init=test: the agent always boots from its "
                               "initramfs with the image as a disk")
@@ -140,12 +156,45 @@ class BenchSettings:
         out = []
         for combo in itertools.product(*(list(getattr(self, n)) for n in SWEEPABLE)):
             values = dict(zip(SWEEPABLE, combo))
-            label = " ".join(f"{n}={_show(values[n])}" for n in swept) or "default"
+            label = " ".join(f"{n}={_show_named(n, values[n])}" for n in swept) or "default"
             out.append(BootConfig(label=label, **values))
         return out
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(self).items()}
+        d = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(self).items()}
+        records = fragment_records(self.kernel_config)
+        if records:  # only with fragments: a plain run's settings stay what they were
+            d["kernel_config_fragments"] = records
+        return d
+
+
+def fragments_of(value: str) -> list:
+    """The fragment paths of one kernel_config value ("a.config+b.config"); ConfigError
+    for a missing or malformed one."""
+    from ..guest.config_fragment import FragmentError
+    from ..guest.kernel import read_fragments
+    paths = value.split("+")
+    if any(not p.strip() for p in paths):
+        raise ConfigError(f"kernel_config {value!r}: an empty fragment name")
+    try:
+        read_fragments(paths)
+    except FragmentError as e:
+        raise ConfigError(str(e)) from None
+    return paths
+
+
+def fragment_records(values) -> dict:
+    """{value: [{"path", "sha256", "text"}, ...]} for every kernel_config value, so a
+    result says what its kernels were built from even after the files change."""
+    import hashlib
+    from ..guest.kernel import read_fragments
+    out = {}
+    for value in values:
+        if value is None:
+            continue
+        out[value] = [{"path": f.name, "sha256": hashlib.sha256(f.text).hexdigest(),
+                       "text": f.text.decode()} for f in read_fragments(fragments_of(value))]
+    return out
 
 
 def _show(value) -> str:
@@ -154,6 +203,13 @@ def _show(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
+
+
+def _show_named(name: str, value) -> str:
+    if name == "kernel_config" and value is not None:
+        # the names only: the full paths are in each sample's params
+        return "+".join(os.path.basename(p) for p in value.split("+"))
+    return _show(value)
 
 
 def _check_choices(name: str, values, allowed) -> None:

@@ -35,7 +35,7 @@ from ..agent import (DEFAULT_MAX_OUTPUT, DEFAULT_VSOCK_PORT, AgentClient, AgentE
 from ..devices import Disk, Net, SharedDir, Vsock
 from ..errors import ConfigError
 from ..machine import ExitStatus, Machine
-from ..net.network import Nat, Network, NetworkState, guest_state, kernel_arg
+from ..net.network import Nat, Network, NetworkState, TapNetwork, guest_state, kernel_arg
 from ..net.policy import Policy
 from ..net.ports import reserve_ports
 from .agent_cmdline import ROOT_TAG, agent_cmdline
@@ -73,6 +73,7 @@ class Sandbox:
         self.volumes: Tuple[Mount, ...] = ()   # VolumeMounts and HostDirs, in mount order
         self._mount_ids: Tuple[str, ...] = ()  # each one's disk serial or virtio-fs tag
         self._nat: Optional[Nat] = None
+        self._tap: Optional[TapNetwork] = None
         self.network: Optional[NetworkState] = None  # None: no NIC
         self.runtime_dir: Optional[str] = None
         self.socket_path: Optional[str] = None
@@ -134,8 +135,8 @@ class Sandbox:
         check_workdir(workdir)
         check_timeout("boot_timeout", boot_timeout)
         mounts = check_mounts(volumes, image_disk, writable_disk)
-        if network is not None and not isinstance(network, Network):
-            raise ConfigError(f"network must be a vmm.net.Network or None, not {network!r}")
+        if network is not None and not isinstance(network, (Network, TapNetwork)):
+            raise ConfigError(f"network must be a vmm.net.Network, a TapNetwork or None, not {network!r}")
         # The instance's half of construction (the class's own method, not a reach inside).
         sb = cls(_private=True)
         sb.root_dir = root_dir
@@ -155,7 +156,10 @@ class Sandbox:
         self.volumes = volumes
         if network is not None and not network.has_nic:
             network = None  # scope "none": no NIC, as network=None
-        if network is not None:  # host ports checked (and 0 picked) before anything starts
+        self._tap = network if isinstance(network, TapNetwork) else None
+        if self._tap is not None:
+            self.network = self._tap.state()
+        elif network is not None:  # host ports checked (and 0 picked) before anything starts
             self.network = guest_state(network, reserve_ports(network.published()))
         try:
             self._setup(image_disk, writable_disk, console_log)
@@ -199,7 +203,10 @@ class Sandbox:
         self._mount_ids = mounts.ids
         nets = []
         net_arg = ""
-        if self.network is not None:
+        if self._tap is not None:
+            nets.append(Net(backend="tap", fd=self._tap.fd, mac=self._tap.mac))
+            net_arg = kernel_arg(self.network)
+        elif self.network is not None:
             # passt is spawned once QEMU is: its fork+exec then overlaps the guest's boot
             self._nat = Nat(self.network, spawn=False)
             policy = Policy.parse(self.network.scope, self.network.rules,

@@ -1,0 +1,137 @@
+"""vmm-runtime's command line without a VM: the state store, runc's error messages and
+exit codes, the log formats, features. The runc column of the conformance table is
+checked against runc itself where it is installed."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from vmm.runtime.state import (CREATED, STOPPED, ContainerExists, ContainerNotFound,
+                               ContainerState, StateStore, check_id, now_rfc3339)
+from vmm.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def runtime(*args, root, log=None):
+    cmd = [sys.executable, "-m", "vmm.runtime", "--root", str(root)]
+    if log:
+        cmd += ["--log", str(log), "--log-format", "json"]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_ids_are_checked():
+    for good in ("a", "abc-1.2_x", "x" * 1024, "a+b"):
+        assert check_id(good) == good
+    for bad in ("", ".", "..", "a/b", "a b", "x" * 1025, "a\0", "é"):
+        with pytest.raises(ConfigError):
+            check_id(bad)
+
+
+def test_store_round_trip_and_dead_monitor_is_stopped(tmp_path):
+    store = StateStore(str(tmp_path))
+    st = ContainerState(id="c1", bundle="/b", rootfs="/b/rootfs", created=now_rfc3339())
+    store.create(st)
+    with pytest.raises(ContainerExists):
+        store.create(st)
+    # a live process with a recorded start time: created
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        from vmm.sandbox.state import process_start_time
+        store.update("c1", status=CREATED, pid=child.pid, pid_start=process_start_time(child.pid))
+        assert store.load("c1").oci()["status"] == "created"
+        assert store.load("c1").oci()["pid"] == child.pid
+        # the same pid with another start time is not our monitor (pid reuse)
+        store.update("c1", pid_start=process_start_time(child.pid) + 1)
+        assert store.load("c1").oci() == dict(store.load("c1").oci(), status="stopped", pid=0)
+    finally:
+        child.kill()
+        child.wait()
+    store.update("c1", pid_start=None)
+    assert store.load("c1").current_status() == STOPPED
+    assert store.ids() == ["c1"]
+    store.remove("c1")
+    with pytest.raises(ContainerNotFound):
+        store.load("c1")
+
+
+def test_damaged_state_is_a_clear_error(tmp_path):
+    store = StateStore(str(tmp_path))
+    store.create(ContainerState(id="c1", bundle="/b", rootfs="/r", created=now_rfc3339()))
+    (tmp_path / "c1" / "state.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="damaged"):
+        store.load("c1")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["state", "nope"], "container does not exist"),
+    (["start", "nope"], "container does not exist"),
+    (["kill", "nope"], "container does not exist"),
+    (["delete", "nope"], "container does not exist"),
+    (["kill", "nope", "BOGUS"], "container does not exist"),  # as runc: the id first
+    (["state", "../x"], "invalid container ID format"),
+])
+def test_errors_as_runc_prints_them(tmp_path, args, message):
+    log = tmp_path / "log.json"
+    r = runtime(*args, root=tmp_path / "root", log=log)
+    assert r.returncode == 1
+    assert message in r.stderr and "Traceback" not in r.stderr
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert last["level"] == "error" and message in last["msg"]
+
+
+def test_stopped_container_state_kill_start_delete(tmp_path):
+    store = StateStore(str(tmp_path))
+    store.create(ContainerState(id="c1", bundle="/b", rootfs="/b/rootfs", created=now_rfc3339(),
+                                status=STOPPED, exit_code=0))
+    r = runtime("state", "c1", root=tmp_path)
+    state = json.loads(r.stdout)
+    assert r.returncode == 0
+    assert set(state) == {"ociVersion", "id", "pid", "status", "bundle", "rootfs", "created", "owner"}
+    assert (state["status"], state["pid"]) == ("stopped", 0)
+    r = runtime("kill", "c1", "KILL", root=tmp_path)
+    assert r.returncode == 1 and "container not running" in r.stderr
+    r = runtime("start", "c1", root=tmp_path)
+    assert r.returncode == 1 and "cannot start a container that has stopped" in r.stderr
+    r = runtime("list", "--format", "json", root=tmp_path)
+    assert [s["id"] for s in json.loads(r.stdout)] == ["c1"]
+    assert runtime("delete", "c1", root=tmp_path).returncode == 0
+    assert not (tmp_path / "c1").exists()
+
+
+def test_create_refuses_bad_bundles_and_leaves_nothing(tmp_path):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    r = runtime("create", "--bundle", str(bundle), "c1", root=tmp_path / "root")
+    assert r.returncode == 1 and "config.json: no such file" in r.stderr
+    cfg = {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+           "process": {"args": ["true"], "cwd": "/", "terminal": True}}
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    r = runtime("create", "--bundle", str(bundle), "c1", root=tmp_path / "root")
+    assert r.returncode == 1 and "rootfs" in r.stderr and "does not exist" in r.stderr
+    (bundle / "rootfs").mkdir()
+    r = runtime("create", "--bundle", str(bundle), "c1", root=tmp_path / "root")
+    assert r.returncode == 1 and "console socket" in r.stderr
+    assert not (tmp_path / "root" / "c1").exists()
+
+
+def test_features_is_json_naming_what_a_vm_does_not_apply(tmp_path):
+    r = runtime("features", root=tmp_path)
+    f = json.loads(r.stdout)
+    assert f["ociVersionMin"] == "1.0.0" and "namespaces" in f["linux"]
+    assert "devices" in f["annotations"]["io.github.vmm.not-applied"]
+
+
+@pytest.mark.skipif(not shutil.which("runc"), reason="runc not installed (the reference)")
+@pytest.mark.parametrize("args", [["state", "nope"], ["kill", "nope", "BOGUS"], ["delete", "nope"]])
+def test_same_exit_code_and_message_as_runc(tmp_path, args):
+    ours = runtime(*args, root=tmp_path / "ours")
+    ref = subprocess.run(["runc", "--root", str(tmp_path / "runc")] + args,
+                         capture_output=True, text=True, timeout=30)
+    assert ours.returncode == ref.returncode
+    ref_msg = ref.stderr.split('msg="', 1)[1].rsplit('"', 1)[0].replace('\\"', '"')
+    assert ref_msg in ours.stderr

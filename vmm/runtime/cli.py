@@ -1,0 +1,328 @@
+"""`vmm-runtime`: the OCI runtime command line as runc has it, each container a microVM.
+
+    vmm-runtime [--root DIR] [--log FILE] [--log-format text|json] [--debug] COMMAND ...
+      create [--bundle DIR] [--console-socket SOCK] [--pid-file FILE] ID
+      start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID
+      list [--quiet] [--format table|json] | ps [--format table|json] ID | features
+
+Errors are printed and logged as runc does (log.py) and exit with status 1; messages
+match runc's where a caller may match them ("container does not exist", "container not
+running", ...). Global flags runc accepts that mean nothing for a VM (--systemd-cgroup,
+--criu, --rootless) are accepted and ignored, so callers that pass them work unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+from ..errors import VmmError
+from .bundle import load_bundle
+from .errors import RuntimeFailure
+from .features import features
+from .log import RuntimeLog
+from .state import (CREATED, RUNNING, STOPPED, ContainerState, StateStore, check_id,
+                    now_rfc3339)
+
+CREATE_TIMEOUT_S = 300.0   # a first boot may build the guest kernel's caches
+STOP_WAIT_S = 15.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vmm-runtime", description="OCI runtime: containers as microVMs")
+    p.add_argument("--root", default=None, help="state directory (default /run/vmm-runtime)")
+    p.add_argument("--log", default=None, help="log file (default stderr)")
+    p.add_argument("--log-format", default="text", choices=("text", "json"))
+    p.add_argument("--debug", action="store_true")
+    p.add_argument("--systemd-cgroup", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--criu", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--rootless", default=None, help=argparse.SUPPRESS)
+    p.add_argument("-v", "--version", action="store_true")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    c = sub.add_parser("create", help="create a container")
+    c.add_argument("--bundle", "-b", default=".")
+    c.add_argument("--console-socket", default=None)
+    c.add_argument("--pid-file", default=None)
+    c.add_argument("--no-pivot", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("--no-new-keyring", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("--preserve-fds", type=int, default=0, help=argparse.SUPPRESS)
+    c.add_argument("id")
+    for name, text in (("start", "start the created container's process"),
+                       ("state", "print the container's state as JSON")):
+        sub.add_parser(name, help=text).add_argument("id")
+    k = sub.add_parser("kill", help="send a signal to the container's process")
+    k.add_argument("--all", "-a", action="store_true")
+    k.add_argument("id")
+    k.add_argument("signal", nargs="?", default="SIGTERM")
+    d = sub.add_parser("delete", help="delete a stopped container (--force: any)")
+    d.add_argument("--force", "-f", action="store_true")
+    d.add_argument("id")
+    ls = sub.add_parser("list", help="list containers")
+    ls.add_argument("--quiet", "-q", action="store_true")
+    ls.add_argument("--format", "-f", default="table", choices=("table", "json"))
+    ps = sub.add_parser("ps", help="processes of a container")
+    ps.add_argument("--format", "-f", default="table", choices=("table", "json"))
+    ps.add_argument("id")
+    ps.add_argument("ps_args", nargs="*")
+    e = sub.add_parser("exec", help="run another process in a created or running container")
+    e.add_argument("--process", "-p", default=None, help="an OCI process object (JSON file)")
+    e.add_argument("--detach", "-d", action="store_true")
+    e.add_argument("--pid-file", default=None)
+    e.add_argument("--console-socket", default=None)
+    e.add_argument("--tty", "-t", action="store_true")
+    e.add_argument("--env", "-e", action="append", default=[])
+    e.add_argument("--cwd", default=None)
+    e.add_argument("--user", "-u", default=None)
+    e.add_argument("--additional-gids", "-g", action="append", default=[], help=argparse.SUPPRESS)
+    e.add_argument("--no-new-privs", action="store_true", help=argparse.SUPPRESS)
+    e.add_argument("--cap", "-c", action="append", default=[], help=argparse.SUPPRESS)
+    e.add_argument("--preserve-fds", type=int, default=0, help=argparse.SUPPRESS)
+    e.add_argument("--process-label", default=None, help=argparse.SUPPRESS)
+    e.add_argument("--apparmor", default=None, help=argparse.SUPPRESS)
+    e.add_argument("--cgroup", default=None, help=argparse.SUPPRESS)
+    e.add_argument("--ignore-paused", action="store_true", help=argparse.SUPPRESS)
+    e.add_argument("id")
+    e.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
+    sub.add_parser("features", help="what this runtime supports, as JSON")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.version:
+        from .. import __version__
+        print(f"vmm-runtime version {__version__}\nspec: 1.0.2")
+        return 0
+    try:
+        log = RuntimeLog(args.log, args.log_format, args.debug)
+    except OSError as e:
+        print(f"cannot open the log {args.log}: {e.strerror}", file=sys.stderr)
+        return 1
+    if not args.command:
+        _parser().print_help(sys.stderr)
+        return 1
+    store = StateStore(args.root)
+    try:
+        return COMMANDS[args.command](store, args, log) or 0
+    except (RuntimeFailure, VmmError, OSError) as e:
+        log.fatal(_message(e))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug of ours: one line for the caller, the trace with --debug
+        if args.debug:
+            import traceback
+            log.debug(traceback.format_exc())
+        log.fatal(f"internal error: {type(e).__name__}: {e}")
+        return 1
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e)
+
+
+# --- create and start -------------------------------------------------------------------
+def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
+    from .holder import fork_holder, write_pid_file
+    from .monitor import Monitor
+    from .sandbox_boot import boot_sandbox
+    from .stdio import ContainerStdio
+    cid = check_id(args.id)
+    bundle = load_bundle(args.bundle)
+    if bundle.process is None:
+        raise RuntimeFailure("config.json has no process to run")
+    if not os.path.isdir(bundle.root):
+        raise RuntimeFailure(f"rootfs ({bundle.root}) does not exist or is not a directory")
+    if bundle.process.terminal and not args.console_socket:
+        raise RuntimeFailure("cannot allocate tty if runc will detach without setting console socket")
+    if not bundle.process.terminal and args.console_socket:
+        raise RuntimeFailure("cannot use console socket if runc will not detach or allocate tty")
+    store.create(ContainerState(id=cid, bundle=bundle.path, rootfs=bundle.root,
+                                created=now_rfc3339(), annotations=bundle.annotations_dict))
+    _record_unhonoured(store, cid, bundle, log)
+    try:
+        stdio = ContainerStdio.with_console(args.console_socket) if bundle.process.terminal \
+            else ContainerStdio.take_inherited()
+    except BaseException:
+        store.remove(cid)
+        raise
+    def start():
+        mon = Monitor(store, cid, bundle, stdio, log,
+                      boot=lambda: boot_sandbox(bundle, store.dir(cid), log))
+        try:
+            mon.create()
+        except BaseException as e:
+            store.update(cid, status=STOPPED, error=_message(e) or type(e).__name__)
+            raise RuntimeFailure(_message(e) or type(e).__name__) from None
+        return mon.run
+    try:
+        pid = fork_holder(stdio, log, start, CREATE_TIMEOUT_S, "starting the VM")
+    except RuntimeFailure:
+        store.remove(cid)
+        raise
+    if args.pid_file:
+        write_pid_file(args.pid_file, pid)
+    return 0
+
+
+def _record_unhonoured(store: StateStore, cid: str, bundle, log: RuntimeLog) -> None:
+    """What the VM does not apply goes to the container's notes file always, and to the log
+    when it is a file (or with --debug): a caller like podman shows a runtime's stderr to
+    the user on every run, and runc says nothing there for a container that starts."""
+    if not bundle.unhonoured:
+        return
+    with open(os.path.join(store.dir(cid), "not-applied.txt"), "w") as f:
+        f.write("".join(note + "\n" for note in bundle.unhonoured))
+    if log.fd is not None or log.debug_on:
+        for note in bundle.unhonoured:
+            log.warning(f"container {cid}: {note}")
+
+
+def cmd_start(store: StateStore, args, log: RuntimeLog) -> int:
+    from .monitor import request
+    st = store.load(args.id)
+    status = st.current_status()
+    if status == STOPPED:
+        raise RuntimeFailure("cannot start a container that has stopped")
+    if status == RUNNING:
+        raise RuntimeFailure("cannot start an already running container")
+    if status != CREATED:
+        raise RuntimeFailure(f"cannot start a container in the {status} state")
+    reply = request(store, st.id, {"op": "start"})
+    if "error" in reply:
+        raise RuntimeFailure(str(reply["error"]))
+    return 0
+
+
+# --- the rest ---------------------------------------------------------------------------
+def cmd_state(store: StateStore, args, log: RuntimeLog) -> int:
+    sys.stdout.write(json.dumps(store.load(args.id).oci(), indent=2))
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_kill(store: StateStore, args, log: RuntimeLog) -> int:
+    from .monitor import request
+    st = store.load(args.id)           # runc names a missing container before a bad signal
+    signo = parse_signal(args.signal)
+    if st.current_status() not in (CREATED, RUNNING):
+        raise RuntimeFailure("container not running")
+    try:
+        reply = request(store, st.id, {"op": "kill", "signal": signo})
+    except (OSError, ValueError) as e:
+        if signo != signal.SIGKILL:
+            raise RuntimeFailure(f"the container's monitor does not answer: {_message(e)}")
+        _kill_monitor(st)   # SIGKILL must work even when the monitor is stuck
+        return 0
+    if "error" in reply:
+        raise RuntimeFailure(str(reply["error"]))
+    return 0
+
+
+def cmd_delete(store: StateStore, args, log: RuntimeLog) -> int:
+    from .monitor import request
+    with store.lock(args.id):
+        st = store.load(args.id)
+    status = st.current_status()
+    if status == RUNNING and not args.force:
+        raise RuntimeFailure(f"cannot delete container {st.id} that is not stopped: running")
+    if status in (CREATED, RUNNING):
+        try:
+            request(store, st.id, {"op": "kill", "signal": int(signal.SIGKILL)})
+        except (OSError, ValueError):
+            pass
+        deadline = time.monotonic() + STOP_WAIT_S
+        while st.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if st.alive():
+            _kill_monitor(st)
+    store.remove(st.id)
+    return 0
+
+
+def _kill_monitor(st: ContainerState) -> None:
+    if st.alive():
+        try:
+            os.kill(st.pid, signal.SIGKILL)   # its VM and helpers die with it (parent-death signal)
+        except ProcessLookupError:
+            pass
+
+
+def cmd_list(store: StateStore, args, log: RuntimeLog) -> int:
+    states = []
+    for cid in store.ids():
+        try:
+            states.append(store.load(cid).oci())
+        except VmmError:
+            continue
+    if args.quiet:
+        for s in states:
+            print(s["id"])
+    elif args.format == "json":
+        print(json.dumps(states))
+    else:
+        rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")] + \
+               [(s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"] or "root")
+                for s in states]
+        widths = [max(len(r[i]) for r in rows) + 2 for i in range(6)]
+        for r in rows:
+            print("".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_ps(store: StateStore, args, log: RuntimeLog) -> int:
+    st = store.load(args.id)
+    pids = [st.pid] if st.current_status() in (CREATED, RUNNING) else []
+    if args.format == "json":
+        print(json.dumps(pids))
+        return 0
+    if not pids:
+        print("UID        PID  PPID  C STIME TTY          TIME CMD")
+        return 0
+    return subprocess.run(["ps", "-f", "-p", ",".join(map(str, pids))] + list(args.ps_args)).returncode
+
+
+def cmd_features(store: StateStore, args, log: RuntimeLog) -> int:
+    print(json.dumps(features(), indent=4))
+    return 0
+
+
+def parse_signal(text: str) -> int:
+    t = text.strip().upper()
+    if t.isdigit():
+        n = int(t)
+        if 0 < n < signal.NSIG:
+            return n
+        raise RuntimeFailure(f"unknown signal {text!r}")
+    name = t if t.startswith("SIG") else "SIG" + t
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise RuntimeFailure(f"unknown signal {json.dumps(text)}") from None
+
+
+EXEC_FAILED = 255   # runc's status when exec cannot start the process
+
+
+def cmd_exec(store: StateStore, args, log: RuntimeLog) -> int:
+    from .exec_process import run_exec
+    st = store.load(args.id)
+    if st.current_status() not in (CREATED, RUNNING) or not st.agent_socket:
+        log.fatal("exec failed: cannot exec in a stopped container")
+        return EXEC_FAILED
+    try:
+        return run_exec(st, args, log)
+    except RuntimeFailure as e:
+        log.fatal(f"exec failed: {e}")
+        return EXEC_FAILED
+
+
+COMMANDS = {"create": cmd_create, "exec": cmd_exec, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
+            "delete": cmd_delete, "list": cmd_list, "ps": cmd_ps, "features": cmd_features}

@@ -1,0 +1,30 @@
+"""What `vmm-runtime features` reports: the OCI runtime features document (the shape
+runc's `features` prints), with the limits a VM puts on it named under "annotations"."""
+from __future__ import annotations
+
+from .bundle import ANNOTATION_CPUS, ANNOTATION_MEMORY, HOST_ONLY_LINUX, NAMESPACES
+
+MOUNT_OPTIONS = ("bind", "rbind", "ro", "rw", "rro", "rrw", "nosuid", "nodev", "noexec")
+
+
+def features() -> dict:
+    return {
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.0.2",
+        "hooks": [],
+        "mountOptions": list(MOUNT_OPTIONS),
+        "linux": {
+            "namespaces": list(NAMESPACES),
+            "capabilities": [],
+            "cgroup": {"v1": False, "v2": False, "systemd": False, "systemdUser": False},
+            "seccomp": {"enabled": False},
+            "apparmor": {"enabled": False},
+            "selinux": {"enabled": False},
+        },
+        "annotations": {
+            "io.github.vmm.runtime": "microvm",
+            "io.github.vmm.sizing": f"{ANNOTATION_CPUS}, {ANNOTATION_MEMORY} (annotations); "
+                                    "linux.resources.cpu and .memory size the VM",
+            "io.github.vmm.not-applied": "; ".join(sorted(HOST_ONLY_LINUX)),
+        },
+    }
