@@ -90,6 +90,19 @@ def test_guest_side_from_the_console():
     assert g == {"guest_kernel_to_init": 700.0, "guest_init_to_ready": 58.0}
 
 
+def test_agent_steps_from_the_console():
+    console = ("[    0.2] x\nagent: mounted /dev/vda (erofs) on /mnt/image\n"
+               "agent: steps early_mounts=12000 image=20500 ready=41000 dialed=42000\n")
+    steps = phases.agent_steps(console)
+    assert steps == {"agent:early_mounts": 12.0, "agent:image": 8.5, "agent:ready": 20.5,
+                     "agent:dialed": 1.0}
+    assert phases.agent_steps("no steps line") == {}
+    # after the guest phases, in the agent's own order (not by name)
+    names = ["total", "agent:ready", "guest_init_to_ready", "agent:early_mounts", "boot_timer"]
+    assert sorted(names, key=phases.metric_order) == [
+        "boot_timer", "total", "guest_init_to_ready", "agent:ready", "agent:early_mounts"]
+
+
 def test_ready_line_watch_across_chunk_boundaries():
     clock = iter(range(1, 100))
     w = phases.ReadyLineWatch(lambda: next(clock))

@@ -165,6 +165,7 @@ struct config {
 	struct rlim_req rlimits[MAX_RLIMITS];
 	int nrlimits;
 	uint64_t agent_start_ns, ready_ns;
+	int debug;             /* vmm.debug=1: log each step (PID 1) */
 };
 
 extern struct config cfg;
@@ -198,15 +199,22 @@ int fs_produce(struct session *s); /* 1 if it produced something and may produce
 
 /* loop.c */
 struct conn *conn_list(void);
-void loop_run(int listen_fd, int single_fd);
+/* single_fd: the one connection, whose end ends the loop; dialed_fd: a connection the
+ * agent opened to the host, served like an accepted one (-1: none) */
+void loop_run(int listen_fd, int single_fd, int dialed_fd);
 uint64_t boottime_ns(void);
 
 /* pid1.c */
 void pid1_setup(void);
 void pid1_poweroff(void);
 int pid1_vsock_port(void);
+int pid1_dial_port(void);
 const char *pid1_transport(void);
 void log_msg(const char *fmt, ...);
+
+/* steps.c: start-up marks on the guest clock, printed with vmm.debug=1 */
+void step_mark(const char *name);
+void steps_log(void);
 
 /* volumes.c: the vmm.vol= disks and vmm.fs= shared dirs (either spec may be NULL),
  * mounted in the new root before READY, parents first (0, or -1 after logging
@@ -215,6 +223,9 @@ int volumes_mount(const char *vol_spec, const char *fs_spec);
 void volumes_unmount(void);
 
 /* net.c: eth0, resolv.conf and hosts from vmm.net= (PID 1, after the root switch) */
-void net_setup(const char *spec, const char *hostname);
+void net_setup(const char *spec, const char *hostname, int files_written);
+/* resolv.conf and hosts straight into the overlay's upper directory before the overlay is
+ * mounted (0: written; -1: leave them to net_setup) */
+int net_write_files(const char *spec, const char *hostname, const char *upper);
 
 #endif

@@ -334,7 +334,7 @@ static int sweep(int single_fd)
 	return single_gone;
 }
 
-void loop_run(int listen_fd, int single_fd)
+void loop_run(int listen_fd, int single_fd, int dialed_fd)
 {
 	sigset_t mask;
 	sigemptyset(&mask);
@@ -347,6 +347,8 @@ void loop_run(int listen_fd, int single_fd)
 	}
 	if (single_fd >= 0)
 		conn_add(single_fd);
+	if (dialed_fd >= 0)
+		conn_add(dialed_fd); /* READY goes out on it first; its end ends nothing */
 	for (;;) {
 		int busy = build_pollset(sfd, listen_fd);
 		int n = poll(pfds, npfd, busy ? 0 : -1);

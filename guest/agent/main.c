@@ -3,7 +3,9 @@
  * open the transport, and run the loop.
  *
  *   As PID 1 (argv is ignored: the kernel puts stray command-line words there):
- *     PID-1 duties (pid1.c), then listen on AF_VSOCK port vmm.port (default 1024).
+ *     PID-1 duties (pid1.c), then listen on AF_VSOCK port vmm.port (default 1024), and
+ *     with vmm.dial=P also connect to the host's port P and serve that connection
+ *     (the host then needs no polling to learn when the agent is up).
  *   Otherwise:
  *     agent --unix PATH      listen on a Unix socket (many connections, runs until killed
  *                            or asked to shut down)
@@ -31,6 +33,7 @@
 #define AF_VSOCK 40
 #endif
 #define VMADDR_CID_ANY 0xffffffffu
+#define VMADDR_CID_HOST 2u
 
 /* <linux/vm_sockets.h> is not among musl's headers; the layout is the kernel ABI. */
 struct sockaddr_vm {
@@ -53,6 +56,23 @@ static int listen_vsock(int port)
 		log_msg("agent: vsock port %d: %s", port, strerror(errno));
 		return -1;
 	}
+	return fd;
+}
+
+/* A connection to the host's vsock port, or -1 (logged): the host may not listen there
+ * (an older host), and the agent then just waits to be connected to. */
+static int dial_vsock(int port)
+{
+	int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_port = (unsigned)port,
+				.svm_cid = VMADDR_CID_HOST};
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		log_msg("agent: connecting to the host's vsock port %d: %s", port, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 	return fd;
 }
 
@@ -149,7 +169,7 @@ int main(int argc, char **argv)
 {
 	cfg.agent_start_ns = boottime_ns();
 	cfg.pid1 = getpid() == 1;
-	int listen_fd, single_fd = -1;
+	int listen_fd, single_fd = -1, dialed_fd = -1;
 	if (cfg.pid1) {
 		pid1_setup();
 		const char *tr = pid1_transport();
@@ -171,7 +191,14 @@ int main(int argc, char **argv)
 	ensure_std_fds();
 	signal(SIGPIPE, SIG_IGN);
 	cfg.ready_ns = boottime_ns();
-	loop_run(listen_fd, single_fd);
+	step_mark("ready");
+	if (cfg.pid1 && listen_fd >= 0 && pid1_dial_port() >= 0)
+		dialed_fd = dial_vsock(pid1_dial_port());
+	if (cfg.debug) {
+		step_mark("dialed");
+		steps_log();
+	}
+	loop_run(listen_fd, single_fd, dialed_fd);
 	if (cfg.pid1)
 		pid1_poweroff(); /* the one serial connection ended: nothing left to serve */
 	return 0;

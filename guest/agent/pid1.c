@@ -13,6 +13,9 @@
  *   vmm.rootfstype=auto   erofs | ext4 | auto (try erofs, then ext4) | virtiofs
  *   vmm.data=/dev/vdb     writable disk, ext4 ("none", or a missing device: tmpfs upper)
  *   vmm.port=1024         vsock port the agent listens on
+ *   vmm.dial=1024         once listening, also connect to this vsock port of the host
+ *                         (CID 2) and serve that connection too, READY first: the host
+ *                         learns the agent is up the moment it is (absent: listen only)
  *   vmm.hostname=sandbox  hostname
  *   vmm.net=...           eth0, resolv.conf, hosts (net.c); absent: only lo
  *   vmm.vol=...           volumes: extra ext4 disks mounted in the new root (volumes.c)
@@ -50,10 +53,12 @@
 #define BOOT_TIMER_INIT_STARTED 123
 #define DEFAULT_VSOCK_PORT 1024
 
-static int debug;
 static int old_root_fd = -1;
 static int vsock_port = DEFAULT_VSOCK_PORT;
+static int dial_port = -1;
 static int have_overlay;
+static char hostname[256] = "sandbox", net_spec[256];
+static int net_files_written;
 static char transport[128] = "vsock";
 
 void log_msg(const char *fmt, ...)
@@ -73,6 +78,8 @@ void log_msg(const char *fmt, ...)
 }
 
 int pid1_vsock_port(void) { return vsock_port; }
+
+int pid1_dial_port(void) { return dial_port; }
 
 const char *pid1_transport(void) { return transport; }
 
@@ -147,7 +154,7 @@ static int do_mount(const char *src, const char *dst, const char *type, unsigned
 {
 	mkdir(dst, 0755);
 	if (mount(src, dst, type, flags, data) == 0) {
-		if (debug)
+		if (cfg.debug)
 			log_msg("agent: mounted %s (%s) on %s", src, type ? type : "-", dst);
 		return 0;
 	}
@@ -192,7 +199,7 @@ static int mount_shared_root(const char *tag)
 	int e = 0;
 	for (int waited = 0; waited < DEVICE_WAIT_MS; waited += 10) {
 		if (mount(tag, "/mnt/image", "virtiofs", MS_RDONLY, NULL) == 0) {
-			if (debug)
+			if (cfg.debug)
 				log_msg("agent: mounted root directory %s (virtiofs) on /mnt/image", tag);
 			return 0;
 		}
@@ -216,6 +223,7 @@ static int mount_image(const char *dev, const char *type)
 		log_msg("agent: image disk %s did not appear", dev);
 		return -1;
 	}
+	step_mark("image_dev");
 	if (strcmp(type, "auto") != 0)
 		return do_mount(dev, "/mnt/image", type, MS_RDONLY, NULL);
 	if (mount(dev, "/mnt/image", "erofs", MS_RDONLY, NULL) == 0)
@@ -270,13 +278,20 @@ static int setup_root(void)
 	mkdir("/mnt/image", 0755);
 	if (mount_image(dev, param("vmm.rootfstype", "auto", type, sizeof(type))) < 0)
 		return -1;
+	step_mark("image");
 	if (mount_data(param("vmm.data", "/dev/vdb", data, sizeof(data))) < 0)
 		return -1;
+	if (net_spec[0])
+		net_files_written = net_write_files(net_spec, hostname, "/mnt/data/upper") == 0;
+	step_mark("data");
 	if (do_mount("overlay", "/mnt/root", "overlay", 0,
 		     "lowerdir=/mnt/image,upperdir=/mnt/data/upper,workdir=/mnt/data/work") < 0)
 		return -1;
+	step_mark("overlay");
 	have_overlay = 1;
-	return switch_root();
+	int rc = switch_root();
+	step_mark("switch_root");
+	return rc;
 }
 
 /* The free-page-reporting balloon (qemu engine) reports free blocks of 2^order pages to the
@@ -327,17 +342,24 @@ void pid1_setup(void)
 	mark_init_started();
 	early_mounts();
 	read_cmdline();
+	step_mark("early_mounts");
 	char buf[256];
-	debug = param("vmm.debug", NULL, buf, sizeof(buf)) != NULL;
+	cfg.debug = param("vmm.debug", NULL, buf, sizeof(buf)) != NULL;
 	const char *port = param("vmm.port", NULL, buf, sizeof(buf));
 	if (port)
 		vsock_port = atoi(port);
+	const char *dial = param("vmm.dial", NULL, buf, sizeof(buf));
+	if (dial)
+		dial_port = atoi(dial);
 	param("vmm.transport", "vsock", transport, sizeof(transport));
+	param("vmm.hostname", "sandbox", hostname, sizeof(hostname));
+	param("vmm.net", "", net_spec, sizeof(net_spec));
 	if (setup_root() < 0) {
 		log_msg("agent: FATAL: cannot set up the root file system; powering off");
 		pid1_poweroff();
 	}
 	later_mounts();
+	step_mark("later_mounts");
 	/* After /tmp's tmpfs, so a volume may be mounted there too; a volume that cannot be
 	 * mounted is fatal, as a missing root is: the first exec must see every volume. */
 	static char vols[2048], shared[2048];
@@ -347,13 +369,13 @@ void pid1_setup(void)
 		log_msg("agent: FATAL: cannot mount the volumes; powering off");
 		pid1_poweroff();
 	}
-	const char *host = param("vmm.hostname", "sandbox", buf, sizeof(buf));
-	sethostname(host, strlen(host));
+	step_mark("volumes");
+	sethostname(hostname, strlen(hostname));
 	loopback_up();
-	char net[256];
-	const char *net_spec = param("vmm.net", NULL, net, sizeof(net));
-	if (net_spec)
-		net_setup(net_spec, host);
+	step_mark("lo");
+	if (net_spec[0])
+		net_setup(net_spec, hostname, net_files_written);
+	step_mark("net");
 	setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
 }
 

@@ -122,10 +122,15 @@ def _stderr_text(f) -> str:
 class PasstStart:
     """A passt being started: the fd of our end of its socket at once, and wait() to learn
     whether it came up. A caller can boot its VM between the two (frames the guest sends
-    meanwhile wait in the socket), so passt's start-up overlaps the machine's."""
+    meanwhile wait in the socket), so passt's start-up overlaps the machine's.
 
-    def __init__(self, options=()):
+    spawn=False leaves the process to spawn(): the socket (and so the fd for the VM's
+    device) exists at once, and the caller may start its VM before the fork+exec of
+    passt (5-10 ms from Python), which then overlaps the guest's boot too."""
+
+    def __init__(self, options=(), spawn: bool = True):
         self.exe = passt_program()
+        self._options = list(options)
         ours, theirs = passt_socketpair(passt_sndbuf())
         # stderr goes to an anonymous file: read only if passt fails to start, and freed
         # with the process (passt --quiet writes only warnings and errors there).
@@ -133,6 +138,7 @@ class PasstStart:
         self._dir = tempfile.mkdtemp(prefix="vmm-passt-")
         self._pid_file = os.path.join(self._dir, "pid")
         self.proc = None
+        self._theirs = theirs
         try:
             # passt started as root drops to nobody before it writes the file: let it
             # (the directory's name is unguessable and unlistable; the file holds a PID).
@@ -141,18 +147,43 @@ class PasstStart:
             if os.geteuid() == 0:
                 os.chmod(self._dir, 0o711)
                 os.chmod(self._pid_file, 0o666)
+        except BaseException:
+            ours.close()
+            self.discard()
+            raise
+        self.fd = ours.detach()
+        if spawn:
+            try:
+                self.spawn()
+            except BaseException:
+                os.close(self.fd)
+                raise
+
+    def spawn(self) -> None:
+        """Fork and exec passt on its end of the socket (once)."""
+        if self._theirs is None:
+            return
+        theirs, self._theirs = self._theirs, None
+        try:
             from .child_process import spawn   # passt ends with this process
             self.proc = spawn([self.exe, "--foreground", "--quiet",
-                               "--fd", str(theirs.fileno()), "--pid", self._pid_file, *options],
+                               "--fd", str(theirs.fileno()), "--pid", self._pid_file,
+                               *self._options],
                               pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=self._errors)
         except BaseException:
-            ours.close()
             self._cleanup()
             raise
         finally:
             theirs.close()
-        self.fd = ours.detach()
+
+    def discard(self) -> None:
+        """Give up without wait(): the files go, and passt's end of the socket if it was
+        never spawned (a spawned passt is its owner's to end)."""
+        if self._theirs is not None:
+            self._theirs.close()
+            self._theirs = None
+        self._cleanup()
 
     def wait(self) -> None:
         """Return once passt wrote its PID file (its set-up is done); ConfigError quoting

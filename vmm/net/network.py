@@ -234,17 +234,26 @@ class Nat:
     """The host end of a sandbox's NIC: passt, started with this guest's options on one
     end of a socketpair. `fd` goes to the virtio-net device (Net(fd=...), which takes a
     duplicate); wait_ready() says whether passt came up (call it after the machine started:
-    the two start-ups overlap); close() ends passt and is safe to repeat."""
+    the two start-ups overlap); close() ends passt and is safe to repeat.
 
-    def __init__(self, state: NetworkState):
+    spawn=False: passt itself starts only at spawn() (or wait_ready()), so a caller can
+    start its VM first and take passt's fork+exec off the boot's path."""
+
+    def __init__(self, state: NetworkState, spawn: bool = True):
         from ..engines.net_backend import PasstStart  # subprocess: only sandboxes with a NIC
-        self._start = PasstStart(passt_options(state))
+        self._start = PasstStart(passt_options(state), spawn=spawn)
         self.fd, self._proc = self._start.fd, self._start.proc
+
+    def spawn(self) -> None:
+        if self._start is not None:
+            self._start.spawn()
+            self._proc = self._start.proc
 
     def wait_ready(self) -> None:
         """Return once passt is serving; ConfigError quoting passt's stderr if it failed
         to start (a bad option, a host port taken since we reserved it)."""
         if self._start is not None:
+            self.spawn()
             start, self._start = self._start, None
             start.wait()
 
@@ -265,3 +274,6 @@ class Nat:
                     self._proc.kill()
                     self._proc.wait()
             self._proc = None
+        if self._start is not None:  # wait_ready() never ran (or passt never spawned)
+            self._start.discard()
+            self._start = None

@@ -19,8 +19,8 @@ from typing import Optional
 from ..devices import Disk
 from ..machine import Machine
 from . import guest_files, kvm_counters
-from .phases import INITCALL_CMDLINE, ReadyLineWatch, guest_phases, host_phases, \
-    ready_boottime_ns
+from .phases import INITCALL_CMDLINE, ReadyLineWatch, agent_steps, guest_phases, \
+    host_phases, ready_boottime_ns
 from .samples import keep_initcalls, new_sample, split_exits
 from .spawned import run_process
 
@@ -102,8 +102,9 @@ def boot_agent(cfg, engine: str, *, image: str, cmdline: str, initcalls: int,
              **{k: t[k] for k in HOST_MARKS + ("agent_ready", "ready_received") if t.get(k)},
              "first_exec": first_exec}
     g = t.get("guest", {})
-    _fill(sample, marks, status, console, initcalls,
-          guest_phases(agent_start_ns=g.get("agent_start_ns"), agent_ready_ns=g.get("ready_ns")))
+    guest = guest_phases(agent_start_ns=g.get("agent_start_ns"), agent_ready_ns=g.get("ready_ns"))
+    guest.update(agent_steps(console))  # with vmm.debug=1 in the command line
+    _fill(sample, marks, status, console, initcalls, guest)
     if r.exit_code != 0:
         sample["ok"], sample["error"] = False, f"`true` exited {r.exit_code} in the guest"
     if exits:  # up to the first exec (the sandbox still runs; its stop is not counted)

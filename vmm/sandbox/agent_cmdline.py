@@ -10,6 +10,7 @@ guest/agent/PROTOCOL.md ("PID-1 configuration") lists them with their defaults:
                   (ROOT_TAG, root_dir.py), and then the writable disk is /dev/vda
     vmm.data=     the writable disk (/dev/vdb), or `none` for a tmpfs upper layer
     vmm.port=     the vsock port the agent listens on
+    vmm.dial=     the host's vsock port the agent connects to once listening (agent_dial.py)
     vmm.hostname= the guest's hostname (omitted: the agent's default)
     vmm.net=      eth0's address, gateway, MTU, DNS (vmm/net/network.py); omitted: no NIC
     vmm.vol=      volumes: SERIAL:MODE:PATH,... (volume_arg below); omitted: none
@@ -87,7 +88,7 @@ def shared_dir_arg(dirs: Sequence[tuple], used: int = 0) -> str:
 
 def agent_cmdline(*, writable: bool, hostname: Optional[str], port: int = DEFAULT_VSOCK_PORT,
                   net: str = "", volumes: str = "", extra: str = "",
-                  root_dir: bool = False) -> str:
+                  root_dir: bool = False, dial: Optional[int] = None) -> str:
     """The kernel command line of a sandbox (the engine adds console/reboot/panic).
 
     hostname must already be checked (checks.check_hostname): a space in it would
@@ -101,6 +102,8 @@ def agent_cmdline(*, writable: bool, hostname: Optional[str], port: int = DEFAUL
         root = [f"vmm.root={IMAGE_DEVICE}"]
         data = WRITABLE_DEVICE
     parts = [BASE_CMDLINE, *root, f"vmm.data={data if writable else 'none'}", f"vmm.port={port}"]
+    if dial is not None:
+        parts.append(f"vmm.dial={dial}")
     if hostname is not None:
         parts.append(f"vmm.hostname={hostname}")
     if net:

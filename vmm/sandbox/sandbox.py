@@ -39,6 +39,7 @@ from ..net.network import Nat, Network, NetworkState, TapNetwork, guest_state, k
 from ..net.policy import Policy
 from ..net.ports import reserve_ports
 from .agent_cmdline import ROOT_TAG, agent_cmdline
+from .agent_dial import AgentDial
 from .checks import check_env, check_hostname, check_timeout, check_workdir, existing_disk
 from .console import ConsoleLog
 from .disk_lock import DiskLock
@@ -65,6 +66,7 @@ class Sandbox:
         self.machine: Optional[Machine] = None
         self.root_dir: Optional[str] = None   # the host directory that is the root, if any
         self._client: Optional[AgentClient] = None
+        self._dial: Optional[AgentDial] = None
         self._console: Optional[ConsoleLog] = None
         self._disk_lock: Optional[DiskLock] = None
         self._volume_locks: List[DiskLock] = []
@@ -205,23 +207,30 @@ class Sandbox:
             nets.append(Net(backend="tap", fd=self._tap.fd, mac=self._tap.mac))
             net_arg = kernel_arg(self.network)
         elif self.network is not None:
-            self._nat = Nat(self.network)
+            # passt is spawned once QEMU is: its fork+exec then overlaps the guest's boot
+            self._nat = Nat(self.network, spawn=False)
             policy = Policy.parse(self.network.scope, self.network.rules,
                                   gateways=self.network.gateways, dns=[self.network.dns],
                                   published=self.network.ports)
             nets.append(Net(backend="passt", fd=self._nat.fd, policy=policy))
             net_arg = kernel_arg(self.network)
+        try:  # the agent connects to us once up (agent_dial.py)
+            self._dial = AgentDial(self.socket_path, DEFAULT_VSOCK_PORT, DEFAULT_VSOCK_PORT)
+        except OSError:  # e.g. a runtime dir too long for the socket's path: we connect
+            self._dial = None
         self.machine = Machine(kernel, initrd=initrd,
                                cmdline=agent_cmdline(writable=writable, hostname=hostname,
                                                      net=net_arg, volumes=mounts.cmdline,
                                                      extra=extra_cmdline,
-                                                     root_dir=self.root_dir is not None),
+                                                     root_dir=self.root_dir is not None,
+                                                     dial=self._dial and self._dial.port),
                                cpus=cpus, memory_mib=memory_mib, engine=engine,
                                console=self._console.write, disks=disks,
                                vsock=Vsock(GUEST_CID, self.socket_path), nets=nets,
                                shared_dirs=shared + list(mounts.shared_dirs))
         self.machine.start()
         if self._nat is not None:
+            self._nat.spawn()
             self._nat.release_fd()  # the device holds its own copy now
             self._nat.wait_ready()  # passt started up while the machine did
             machine = self.machine
@@ -241,9 +250,12 @@ class Sandbox:
 
         def connect():
             try:
-                box["client"] = AgentClient.connect_when_ready(
-                    self.socket_path, DEFAULT_VSOCK_PORT, timeout=timeout,
-                    alive=lambda: m.wait(0) is None)
+                if self._dial is not None:
+                    box["client"] = self._dial.wait(timeout, alive=lambda: m.wait(0) is None)
+                else:
+                    box["client"] = AgentClient.connect_when_ready(
+                        self.socket_path, DEFAULT_VSOCK_PORT, timeout=timeout,
+                        alive=lambda: m.wait(0) is None)
             except BaseException as e:  # handed to the waiting thread
                 box["error"] = e
 
@@ -254,6 +266,7 @@ class Sandbox:
             t.join(0.02)
         if "client" not in box:
             self._fail_boot(box.get("error"), started, timeout, t, box)
+        self._close_dial()
         self._client = box["client"]
         self.ready = self._client.ready
         self._times["ready_received"] = self.ready.received_monotonic_ns
@@ -417,8 +430,14 @@ class Sandbox:
             self._times["stopped"] = time.monotonic_ns()
             return self.exit_status
 
+    def _close_dial(self) -> None:
+        if self._dial is not None:
+            self._dial.close()
+            self._dial = None
+
     def _teardown(self) -> None:
         """Release everything; safe to call more than once and after partial set-up."""
+        self._close_dial()
         if self._client is not None:
             self._client.close()
         if self.machine is not None:
