@@ -1,4 +1,4 @@
-"""Device configs: what virtio devices a machine should have (Disk, Vsock, Net).
+"""Device configs: what virtio devices a machine should have (Disk, Vsock, Net, SharedDir).
 
 Plain frozen values: making one starts no process and creates no C object, so a config
 can be built, compared and passed around freely. The engine that boots the machine turns
@@ -8,6 +8,7 @@ what only then can be checked (the disk file exists, the socket path fits).
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from typing import Optional
 
@@ -68,3 +69,66 @@ class Net:
         if self.backend not in NET_BACKENDS:
             raise ConfigError(f"net backend {self.backend!r} is not one of {', '.join(NET_BACKENDS)}")
         parse_mac(self.mac)
+
+
+# virtio-fs: the tag is the device's 36-byte config field (NUL-padded), which the guest
+# names in `mount -t virtiofs TAG`. A comma or colon would split QEMU's -device argument or
+# the guest agent's `vmm.fs=TAG:MODE:PATH` list.
+MAX_TAG_BYTES = 36
+
+
+def check_tag(tag) -> None:
+    """A virtio-fs tag: 1-36 bytes of UTF-8, no NUL, comma, colon or whitespace."""
+    if not isinstance(tag, str):
+        raise ConfigError(f"shared dir tag must be a str, not {type(tag).__name__}")
+    raw = tag.encode("utf-8", "surrogateescape")
+    if not 1 <= len(raw) <= MAX_TAG_BYTES:
+        raise ConfigError(f"shared dir tag {tag!r} must be 1 to {MAX_TAG_BYTES} bytes, "
+                          f"not {len(raw)}")
+    bad = [c for c in ("\0", ",", ":") if c in tag] + [c for c in tag if c.isspace()]
+    if bad:
+        raise ConfigError(f"shared dir tag {tag!r} contains {bad[0]!r}: a tag may not contain "
+                          "NUL, comma, colon or whitespace")
+
+
+def check_shared_source(path: str, tag: str) -> str:
+    """The directory a SharedDir shares, resolved (virtiofsd refuses a symlink as its
+    source); ConfigError if it is missing or not a directory. Checked when a Machine is
+    made and again when virtiofsd starts."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"shared dir {tag!r}: the host directory {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"shared dir {tag!r}: cannot reach {path}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"shared dir {tag!r}: {path} is not a directory")
+    return os.path.realpath(path)
+
+
+@dataclass(frozen=True)
+class SharedDir:
+    """A host directory the guest mounts as virtio-fs: `mount -t virtiofs TAG /mnt`.
+
+    Served by one virtiofsd per SharedDir (engines/virtiofsd.py), started before the guest
+    boots and ended with the machine. read_only is enforced by virtiofsd's own view of the
+    directory (a read-only bind mount in a mount namespace of its own), whatever the guest
+    mounts. log_path: where virtiofsd's messages go (capped like a console file); None: a
+    file in the machine's private runtime directory, named by Machine.inspect()."""
+    host_path: str
+    tag: str
+    read_only: bool = False
+    log_path: Optional[str] = None
+
+    def __post_init__(self):
+        if not isinstance(self.host_path, (str, os.PathLike)):
+            raise ConfigError(f"shared dir host_path must be a path, not {self.host_path!r}")
+        object.__setattr__(self, "host_path", os.fspath(self.host_path))
+        if not self.host_path:
+            raise ConfigError("shared dir host_path is empty")
+        check_tag(self.tag)
+        if not isinstance(self.read_only, bool):
+            raise ConfigError(f"shared dir {self.tag!r}: read_only must be True or False, "
+                              f"not {self.read_only!r}")
+        if self.log_path is not None:
+            object.__setattr__(self, "log_path", os.fspath(self.log_path))

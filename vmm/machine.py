@@ -45,11 +45,12 @@ class Machine:
     def __init__(self, kernel, initrd=None, cmdline="", cpus: int = 1, memory_mib: int = 128,
                  engine: str = "auto", console: ConsoleTarget = None, hugepages: bool = False,
                  disks=(), vsock=None, nets=(), options=None,
-                 console_limits: Optional[ConsoleLimits] = None):
+                 console_limits: Optional[ConsoleLimits] = None, shared_dirs=()):
         self.created_ns = time.monotonic_ns()
         self.spec = MachineSpec(kernel=os.fspath(kernel), initrd=os.fspath(initrd) if initrd else None,
                                 cmdline=cmdline, cpus=cpus, memory_mib=memory_mib, hugepages=hugepages,
-                                disks=tuple(disks), vsock=vsock, nets=tuple(nets), options=options)
+                                disks=tuple(disks), vsock=vsock, nets=tuple(nets), options=options,
+                                shared_dirs=tuple(shared_dirs))
         _validate(self.spec)
         self.engine_choice = _engines.choose(engine)  # raises EngineUnavailable with the reason
         _validate_for_engine(self.spec, self.engine_choice)
@@ -209,12 +210,29 @@ def _validate(spec: MachineSpec) -> None:
         raise ConfigError(f"memory_mib must be at least {least}, got {spec.memory_mib}")
     # Not a kernel, or too little memory for it: say so before any engine starts.
     kernel_image.check_memory(kernel_image.inspect(spec.kernel), spec.memory_mib)
+    if spec.shared_dirs:
+        _validate_shared_dirs(spec.shared_dirs)
+
+
+def _validate_shared_dirs(shared_dirs) -> None:
+    from .devices import SharedDir, check_shared_source  # only machines that share load it
+    tags = set()
+    for shared in shared_dirs:
+        if not isinstance(shared, SharedDir):
+            raise ConfigError(f"shared_dirs takes vmm.devices.SharedDir values, not {shared!r}")
+        if shared.tag in tags:
+            raise ConfigError(f"two shared dirs have the tag {shared.tag!r}: each needs its own")
+        tags.add(shared.tag)
+        check_shared_source(shared.host_path, shared.tag)
 
 
 def _validate_for_engine(spec: MachineSpec, choice) -> None:
     """What depends on the engine: its options, its whole kernel command line (its prefix
     and device arguments included) and its vCPU count."""
     engine_cls = choice.engine_class()
+    if spec.shared_dirs and not engine_cls.supports_shared_dirs:
+        raise ConfigError(f"the {choice.name} engine cannot attach shared directories "
+                          "(virtio-fs) yet; use engine='qemu'")
     if spec.options is not None and not isinstance(spec.options, engine_cls.options_class):
         raise ConfigError(f"options {type(spec.options).__name__} are not for the {choice.name} "
                           f"engine ({choice.reason}); it takes {engine_cls.options_class.__name__}")

@@ -55,12 +55,14 @@ class ExitStatus:
 class MachineSpec:
     """What to boot. Engines receive this.
 
-    Devices are vmm.devices configs (Disk, Vsock, Net); each engine attaches them its own
+    Devices are vmm.devices configs (Disk, Vsock, Net, SharedDir); each engine attaches them its own
     way (kvm: in-process virtio-mmio; qemu: one vhost-user server per device), in the order
     of engines/device_order.py, so the first disk is /dev/vda, the second /dev/vdb, ...
     cmdline is the caller's part of the kernel command line: a str, or a KernelCmdline
     whose parts keep their own names in error messages. options: the chosen engine's
-    KvmOptions or QemuOptions, or None for the defaults.
+    KvmOptions or QemuOptions, or None for the defaults. shared_dirs: SharedDirs, each
+    served by a virtiofsd of its own (engines/virtiofsd.py) as a virtio-fs device after
+    the other devices; only engines whose supports_shared_dirs is true take them.
     """
     kernel: str
     initrd: Optional[str] = None
@@ -72,11 +74,15 @@ class MachineSpec:
     vsock: Optional[object] = None
     nets: tuple = ()
     options: Optional[object] = None
+    shared_dirs: tuple = ()
 
 
 class Engine(abc.ABC):
     name = "?"
     options_class: type = type(None)
+    # Whether the engine attaches MachineSpec.shared_dirs (virtio-fs over vhost-user);
+    # Machine refuses shared dirs on one that does not, before anything starts.
+    supports_shared_dirs = False
 
     @classmethod
     def max_cpus(cls) -> int:

@@ -87,11 +87,19 @@ class _Spawner:
 _spawner = _Spawner()
 
 
-def spawn(argv, **popen_kwargs) -> subprocess.Popen:
+def spawn(argv, child_setup=None, **popen_kwargs) -> subprocess.Popen:
     """subprocess.Popen(argv, **popen_kwargs), with the child bound to this process: it
-    gets SIGKILL when this process ends, however it ends."""
+    gets SIGKILL when this process ends, however it ends.
+
+    child_setup: runs in the child after fork, before the binding (so a setup that enters
+    a user namespace, which clears the death signal, is still bound), only system calls;
+    to fail it writes its reason to fd 2 and calls os._exit()."""
     if "preexec_fn" in popen_kwargs:
         raise ValueError("spawn() sets preexec_fn itself")
     parent = os.getpid()
-    return _spawner.run(lambda: subprocess.Popen(
-        argv, preexec_fn=lambda: _bind_to_parent(parent), **popen_kwargs))
+
+    def preexec():
+        if child_setup is not None:
+            child_setup()
+        _bind_to_parent(parent)
+    return _spawner.run(lambda: subprocess.Popen(argv, preexec_fn=preexec, **popen_kwargs))

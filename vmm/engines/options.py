@@ -10,8 +10,6 @@ from typing import Callable, Optional, Tuple, Union
 
 from ..errors import ConfigError
 
-from ..errors import ConfigError
-
 
 @dataclass(frozen=True)
 class PythonDevice:
@@ -73,8 +71,9 @@ class QemuOptions:
 
     extra_args: appended to the qemu-system-x86_64 command line as they are.
     vhost_user: further vhost-user back ends someone else serves, each
-    {"kind": "blk" | "vsock" | "net", "socket": path, "options": {...}} (see
-    engines.qemu.vhost_user_args), attached after the machine's own devices.
+    {"kind": "blk" | "vsock" | "net" | "fs", "socket": path, "options": {...}} (see
+    engines.qemu.vhost_user_args), attached after the machine's own devices; a virtio-fs
+    server (e.g. a virtiofsd you run) may be given as ("fs", socket_path, tag).
     sandbox: run QEMU under its seccomp filter (`-sandbox on` denying obsolete calls,
     privilege changes, spawning and resource control); False for extra_args that need one
     of those (e.g. a netdev helper script).
@@ -95,13 +94,32 @@ class QemuOptions:
 
     def __post_init__(self):
         object.__setattr__(self, "extra_args", tuple(str(a) for a in self.extra_args))
-        object.__setattr__(self, "vhost_user", tuple(self.vhost_user))
+        object.__setattr__(self, "vhost_user", tuple(_vhost_user_entry(d) for d in self.vhost_user))
         if self.user is not None and self.user != "auto" and (isinstance(self.user, bool)
                                                               or not isinstance(self.user, int)
                                                               or not 0 < self.user < 2**32 - 1):
             raise ConfigError(f"QemuOptions.user takes 'auto', None or a uid other than 0, "
                               f"not {self.user!r}")
         check_tb_size(self.tb_size_mib, "QemuOptions(tb_size_mib=...)")
+
+
+def _vhost_user_entry(dev) -> dict:
+    """A QemuOptions.vhost_user entry as a dict; ("fs", socket_path, tag) is the short
+    form of {"kind": "fs", "socket": socket_path, "options": {"tag": tag}}."""
+    if isinstance(dev, dict):
+        if dev.get("kind") == "fs":
+            _check_fs_tag(dev.get("options", {}).get("tag"))
+        return dev
+    if isinstance(dev, (tuple, list)) and len(dev) == 3 and dev[0] == "fs":
+        _check_fs_tag(dev[2])
+        return {"kind": "fs", "socket": str(dev[1]), "options": {"tag": dev[2]}}
+    raise ConfigError(f"QemuOptions.vhost_user entry {dev!r} is neither a dict nor "
+                      "('fs', socket_path, tag)")
+
+
+def _check_fs_tag(tag) -> None:
+    from ..devices import check_tag  # QEMU's -device argument must not be split by it
+    check_tag(tag)
 
 
 MAX_TB_SIZE_MIB = 1024   # QEMU's own ceiling for the translation cache

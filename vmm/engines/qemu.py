@@ -12,8 +12,10 @@ One I/O thread reads all three until QEMU closes them, then reaps the child and 
 how the VM ended. Guest RAM is a shared memfd so that device back ends attach over
 vhost-user: spec.disks, spec.vsock and spec.nets are opened as our own C devices and each
 served on a private Unix socket before QEMU starts (vhost_backends.py); QEMU only carries
-the virtio-mmio transport. QemuOptions(vhost_user=...) adds back ends served by someone
-else (see vhost_user_args()), QemuOptions(extra_args=...) any other QEMU arguments.
+the virtio-mmio transport. spec.shared_dirs are served by one virtiofsd each (virtiofsd.py),
+started before QEMU and attached as vhost-user-fs-device after our own devices.
+QemuOptions(vhost_user=...) adds back ends served by someone else (see vhost_user_args()),
+QemuOptions(extra_args=...) any other QEMU arguments.
 
 Confinement: QEMU runs under its own seccomp filter (`-sandbox`, see SANDBOX), and guest
 RAM is not offered to KSM (`merge=off`); QemuOptions(sandbox=False, mem_merge=True) undo
@@ -43,6 +45,7 @@ from .panic_watch import PanicWatch
 from .options import QemuOptions, check_tb_size
 from .qemu_user import QemuUser
 from .vhost_backends import VhostBackends
+from .virtiofsd import SharedDirServers
 
 if TYPE_CHECKING:
     from .inspection import Inspection
@@ -76,6 +79,7 @@ VHOST_USER_DEVICES = {
     "blk": "vhost-user-blk",
     "vsock": "vhost-user-vsock-device",
     "net": "virtio-net-device",
+    "fs": "vhost-user-fs-device",
 }
 
 
@@ -123,10 +127,11 @@ def _options(spec: MachineSpec) -> QemuOptions:
 
 
 def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=(),
-              user: Optional[QemuUser] = None) -> List[str]:
+              user: Optional[QemuUser] = None, shared=()) -> List[str]:
     """The full qemu-system-x86_64 command line for spec; devices: vhost-user entries of
-    the back ends the engine itself serves (before any from the QemuOptions); user: the
-    QemuUser QEMU runs as, which hands it the kernel, initrd and sockets as descriptors."""
+    the back ends the engine itself serves (before any from the QemuOptions); shared: the
+    entries of the shared dirs' virtiofsds (next); user: the QemuUser QEMU runs as, which
+    hands it the kernel, initrd and sockets as descriptors."""
     options = _options(spec)
     user = user if user is not None else QemuUser(None)
     mem = spec.memory_mib
@@ -164,7 +169,10 @@ def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=(),
     ]
     if spec.initrd:
         argv += ["-initrd", user.file(spec.initrd)]
-    argv += vhost_user_args(user.own_sockets(devices) + user.vhost_user(options.vhost_user))
+    # The virtiofsd sockets are connected here and inherited (user.vhost_user): QEMU may
+    # run as a uid of its own, which could not reach them by path.
+    argv += vhost_user_args(user.own_sockets(devices)
+                            + user.vhost_user(list(shared) + list(options.vhost_user)))
     argv += list(options.extra_args)
     return argv
 
@@ -172,8 +180,9 @@ def qemu_argv(spec: MachineSpec, binary: str, debugcon_fd: int, devices=(),
 def vhost_user_args(devices) -> List[str]:
     """QEMU arguments attaching vhost-user device backends.
 
-    Each device is a dict: {"kind": "blk" | "vsock" | "net", "socket": path}, plus
-    optional "options" (a dict of extra -device properties, e.g. {"num-queues": 1}), and
+    Each device is a dict: {"kind": "blk" | "vsock" | "net" | "fs", "socket": path}, plus
+    optional "options" (a dict of extra -device properties, e.g. {"num-queues": 1}; "fs"
+    needs {"tag": TAG}, the name the guest mounts), and
     "fd": a socket already connected to it that QEMU inherits (used instead of the path).
     QEMU is the vhost-user client: the backend must be listening on the socket.
     """
@@ -190,6 +199,12 @@ def vhost_user_args(devices) -> List[str]:
         chardev = f"vu{i}"
         where = f"fd={int(dev['fd'])}" if "fd" in dev else f"path={path}"
         args += ["-chardev", f"socket,id={chardev},{where}"]
+        if kind == "fs" and not dev.get("options", {}).get("tag"):
+            raise ConfigError(f"vhost-user device {i} (fs): no tag (options={{'tag': ...}})")
+        for k, v in dev.get("options", {}).items():
+            if "," in f"{k}{v}":
+                raise ConfigError(f"vhost-user device {i} ({kind}): option {k}={v!r} "
+                                  "contains a comma")
         props = "".join(f",{k}={v}" for k, v in dev.get("options", {}).items())
         if kind == "net":
             args += ["-netdev", f"vhost-user,id=net{i},chardev={chardev}",
@@ -202,6 +217,7 @@ def vhost_user_args(devices) -> List[str]:
 class QemuEngine(Engine):
     name = "qemu"
     options_class = QemuOptions
+    supports_shared_dirs = True
 
     @classmethod
     def max_cpus(cls) -> int:
@@ -226,6 +242,7 @@ class QemuEngine(Engine):
         self._panic = PanicWatch()
         self._paused = False
         self._backends = VhostBackends(spec)
+        self._shared = SharedDirServers(spec.shared_dirs)
         self._user: Optional[QemuUser] = None
 
     # --- start -------------------------------------------------------------------------
@@ -240,13 +257,16 @@ class QemuEngine(Engine):
         # Every back end listens before QEMU connects; a failure here closes what opened.
         try:
             self._backends.open()
+            self._shared.start()
         except BaseException:
             user.release()
+            self._backends.close()
             raise
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._debugcon = ours
         try:
-            argv = qemu_argv(self.spec, binary, theirs.fileno(), self._backends.qemu_devices, user)
+            argv = qemu_argv(self.spec, binary, theirs.fileno(), self._backends.qemu_devices,
+                             user, shared=self._shared.devices())
             # A session of its own: a terminal's Ctrl-C reaches us, and we stop QEMU.
             # spawn(): QEMU dies with this process, even if it is SIGKILLed.
             self._proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -255,6 +275,7 @@ class QemuEngine(Engine):
         except BaseException:
             user.release()
             self._backends.close()
+            self._shared.stop()
             raise
         finally:
             theirs.close()  # QEMU has its own copy now (or never will)
@@ -318,7 +339,8 @@ class QemuEngine(Engine):
             # -no-reboot: a guest reset (reboot=t) makes QEMU exit with status 0.
             return ExitStatus("shutdown", "guest reset", rc)
         tail = self._stderr.decode(errors="replace").strip()
-        broken = self._backends.errors()  # e.g. a vhost-user peer that broke the protocol
+        # e.g. a vhost-user peer that broke the protocol, a virtiofsd that died
+        broken = self._backends.errors() + self._shared.errors()
         if broken:
             tail = f"{tail} [devices: {'; '.join(broken)}]".strip()
         how = f"exit status {rc}" if rc > 0 else f"signal {signal.Signals(-rc).name}"
@@ -409,7 +431,10 @@ class QemuEngine(Engine):
         if self._debugcon is not None:
             self._debugcon.close()
         # Only now, with QEMU reaped, is no one using guest RAM through our devices.
-        self._backends.close()
+        try:
+            self._backends.close()
+        finally:
+            self._shared.stop()
         if self._user is not None:
             self._user.release()  # its uid may serve the next QEMU
 
@@ -424,7 +449,8 @@ class QemuEngine(Engine):
         from .inspection import Inspection  # a dataclass: loaded when someone asks
         return Inspection(engine=self.name, cmdline=kernel_cmdline(self.spec).text().strip(),
                           transports=tuple({"kind": s["kind"], "name": s["name"]}
-                                           for s in self._backends.stats()),
+                                           for s in self._backends.stats())
+                          + tuple(self._shared.info()),
                           pid=self._proc.pid if self._proc is not None else None)
 
     def device_stats(self) -> list:

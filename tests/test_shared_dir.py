@@ -1,0 +1,383 @@
+"""SharedDir and virtiofsd without a guest (fast): the config's validation, the qemu
+engine's arguments, and real virtiofsd processes started, sandboxed and ended.
+
+A plain Unix connection to virtiofsd's socket is enough to make it fork its sandboxed
+worker (it does so as soon as a front end connects), so the worker's namespaces, its
+read-only view and its ending are checked here without booting anything.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import vmm
+from vmm import QemuOptions
+from vmm.devices import SharedDir, check_tag
+from vmm.engines import virtiofsd as vfs
+from vmm.engines.qemu import qemu_argv, vhost_user_args
+from vmm.engines.virtiofsd import SharedDirServers, Virtiofsd, VirtiofsdError, virtiofsd_argv
+from vmm.errors import ConfigError, EngineUnavailable
+from vmm.machine import MachineSpec
+
+HAVE_VIRTIOFSD = os.access(vfs.DEFAULT_BINARY, os.X_OK)
+needs_virtiofsd = pytest.mark.skipif(not HAVE_VIRTIOFSD, reason="no /usr/lib/qemu/virtiofsd")
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- the config ------------------------------------------------------------------------------
+@pytest.mark.parametrize("tag", ["a", "x" * 36, "vmm-fs-0", "src.d", "ü" * 18])
+def test_good_tags(tag):
+    check_tag(tag)
+    assert SharedDir("/tmp", tag).tag == tag
+
+
+@pytest.mark.parametrize("tag, message", [
+    ("", "1 to 36 bytes"), ("x" * 37, "1 to 36 bytes"), ("ü" * 19, "not 38"),
+    ("a,b", "','"), ("a:b", "':'"), ("a\0b", "NUL"), ("a b", "' '"), (7, "must be a str"),
+])
+def test_bad_tags_are_config_errors(tag, message):
+    with pytest.raises(ConfigError, match=message):
+        SharedDir("/tmp", tag)
+
+
+def test_shared_dir_values():
+    s = SharedDir(Path("/srv/x"), "x")
+    assert s.host_path == "/srv/x" and s.read_only is False and s.log_path is None
+    assert s == SharedDir("/srv/x", "x") and hash(s) == hash(SharedDir("/srv/x", "x"))
+    with pytest.raises(ConfigError, match="read_only"):
+        SharedDir("/srv/x", "x", read_only="yes")
+    with pytest.raises(ConfigError, match="empty"):
+        SharedDir("", "x")
+    with pytest.raises(ConfigError, match="must be a path"):
+        SharedDir(None, "x")
+
+
+def _machine(kernel_path, **kw):
+    return vmm.Machine(kernel_path, engine="qemu", **kw)
+
+
+@pytest.fixture
+def fake_kernel(tmp_path):
+    """Machine() checks the kernel before the shared dirs: use the real one if built."""
+    from support.guest_kernel import built_guest_kernel
+    return built_guest_kernel()
+
+
+def test_machine_refuses_a_missing_source(fake_kernel, tmp_path):
+    with pytest.raises(ConfigError, match=r"shared dir 'src': the host directory .*/nope does not exist"):
+        _machine(fake_kernel, shared_dirs=[SharedDir(tmp_path / "nope", "src")])
+
+
+def test_machine_refuses_a_file_as_source(fake_kernel, tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        _machine(fake_kernel, shared_dirs=[SharedDir(tmp_path / "f", "src")])
+
+
+def test_machine_refuses_duplicate_tags(fake_kernel, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ConfigError, match="two shared dirs have the tag 'src'"):
+        _machine(fake_kernel, shared_dirs=[SharedDir(tmp_path / "a", "src"),
+                                           SharedDir(tmp_path / "b", "src")])
+
+
+def test_machine_refuses_what_is_not_a_shared_dir(fake_kernel, tmp_path):
+    with pytest.raises(ConfigError, match="SharedDir"):
+        _machine(fake_kernel, shared_dirs=[str(tmp_path)])
+
+
+def test_an_engine_without_shared_dirs_refuses_them(fake_kernel, tmp_path, monkeypatch):
+    from vmm.engines.qemu import QemuEngine
+    monkeypatch.setattr(QemuEngine, "supports_shared_dirs", False)
+    with pytest.raises(ConfigError, match="cannot attach shared directories"):
+        _machine(fake_kernel, shared_dirs=[SharedDir(tmp_path, "src")])
+
+
+# --- the qemu engine's arguments --------------------------------------------------------------
+def test_fs_devices_become_vhost_user_fs_devices():
+    assert vhost_user_args([{"kind": "fs", "socket": "/run/fs0.sock", "options": {"tag": "src"}}]) == [
+        "-chardev", "socket,id=vu0,path=/run/fs0.sock",
+        "-device", "vhost-user-fs-device,chardev=vu0,tag=src"]
+
+
+def test_an_fs_device_needs_a_tag_and_no_comma_in_options():
+    with pytest.raises(ConfigError, match="no tag"):
+        vhost_user_args([{"kind": "fs", "socket": "/s"}])
+    with pytest.raises(ConfigError, match="contains a comma"):
+        vhost_user_args([{"kind": "fs", "socket": "/s", "options": {"tag": "a,b"}}])
+
+
+def test_qemu_options_take_the_short_fs_form():
+    opts = QemuOptions(vhost_user=[("fs", "/run/fsd.sock", "ext")])
+    assert opts.vhost_user == ({"kind": "fs", "socket": "/run/fsd.sock", "options": {"tag": "ext"}},)
+    with pytest.raises(ConfigError, match="tag"):
+        QemuOptions(vhost_user=[("fs", "/run/fsd.sock", "a:b")])
+    with pytest.raises(ConfigError, match="neither a dict"):
+        QemuOptions(vhost_user=[("blk", "/run/b.sock")])
+
+
+def test_shared_dirs_come_after_own_devices_and_before_the_options():
+    spec = MachineSpec(kernel="/k", options=QemuOptions(vhost_user=[("fs", "/run/ext.sock", "ext")],
+                                                        user=None))
+    argv = qemu_argv(spec, "qemu", debugcon_fd=3,
+                     devices=[{"kind": "vsock", "socket": "/r/vsock.sock"}],
+                     shared=[{"kind": "fs", "socket": "/r/fs0.sock", "options": {"tag": "src"}}])
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
+    assert devices[-3:] == ["vhost-user-vsock-device,chardev=vu0",
+                            "vhost-user-fs-device,chardev=vu1,tag=src",
+                            "vhost-user-fs-device,chardev=vu2,tag=ext"]
+    assert "socket,id=vu1,path=/r/fs0.sock" in argv
+
+
+# --- virtiofsd's command line -----------------------------------------------------------------
+def test_virtiofsd_argv_as_root_and_as_a_user():
+    argv = virtiofsd_argv("/v", "/srv/a,b\\c", 5, as_user=False)
+    assert argv[:2] == ["/v", "--fd=5"]
+    opts = [argv[i + 1] for i, a in enumerate(argv) if a == "-o"]
+    # libfuse splits -o at commas: the source's comma and backslash are escaped
+    assert "source=/srv/a\\,b\\\\c" in opts
+    assert {"sandbox=namespace", "cache=auto", "timeout=0", "modcaps=-mknod"} <= set(opts)
+    assert not any(a.startswith("--rlimit-nofile") for a in argv)
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert f"--rlimit-nofile={hard}" in virtiofsd_argv("/v", "/s", 5, as_user=True)
+
+
+def test_a_missing_virtiofsd_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(vfs.BINARY_ENV, str(tmp_path / "no-virtiofsd"))
+    with pytest.raises(EngineUnavailable, match="shared directories need virtiofsd.*qemu-system-common"):
+        Virtiofsd.start(SharedDir(tmp_path, "t"), str(tmp_path / "s.sock"))
+    assert not (tmp_path / "s.sock").exists()
+
+
+# --- real virtiofsd processes -----------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.02)
+    return [p for p in pids if _alive(p)]
+
+
+def _worker_of(pid: int, timeout=10.0) -> int:
+    """virtiofsd's sandboxed worker, forked once a front end connected."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if kids:
+            return int(kids[0])
+        time.sleep(0.01)
+    raise AssertionError("virtiofsd forked no worker")
+
+
+def _connect(path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(path))
+    return s
+
+
+def _worker_ready(fsd, timeout=10.0):
+    """The worker has entered its sandbox and serves (its loop logs 'Entry')."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and "virtio_loop: Entry" not in fsd.tail(50):
+        assert fsd.alive(), fsd.tail()
+        time.sleep(0.01)
+    assert "virtio_loop: Entry" in fsd.tail(50), fsd.tail()
+
+
+@needs_virtiofsd
+def test_virtiofsd_listens_when_start_returns_and_stop_ends_it_and_its_worker(tmp_path):
+    (tmp_path / "share").mkdir()
+    sock = tmp_path / "fs.sock"
+    fsd = Virtiofsd.start(SharedDir(tmp_path / "share", "t"), str(sock), log_path=str(tmp_path / "fsd.log"))
+    try:
+        assert sock.is_socket() and (sock.stat().st_mode & 0o777) == 0o600
+        conn = _connect(sock)   # no retry: it listens already
+        worker = _worker_of(fsd.pid)
+        _worker_ready(fsd)
+        assert fsd.alive() and _alive(worker)
+    finally:
+        fsd.stop()
+    assert _wait_gone([fsd.pid, worker], 0) == []
+    assert not sock.exists()
+    assert "Waiting for vhost-user socket connection" in (tmp_path / "fsd.log").read_text()
+    fsd.stop()   # idempotent
+    conn.close()
+
+
+@needs_virtiofsd
+def test_a_read_only_share_is_read_only_in_virtiofsds_own_view(tmp_path):
+    """The worker's root (the shared dir after its pivot_root) is a read-only mount: the
+    server itself cannot write there, whatever the guest mounts. The host's own view of
+    the directory stays writable."""
+    (tmp_path / "share").mkdir()
+    views = {}
+    for ro in (True, False):
+        fsd = Virtiofsd.start(SharedDir(tmp_path / "share", f"t{ro}", read_only=ro),
+                              str(tmp_path / f"fs{ro}.sock"))
+        try:
+            conn = _connect(tmp_path / f"fs{ro}.sock")
+            worker = _worker_of(fsd.pid)
+            _worker_ready(fsd)
+            root = [line.split() for line in Path(f"/proc/{worker}/mountinfo").read_text().splitlines()
+                    if line.split()[4] == "/"]
+            assert root, "the worker has no root mount"
+            views[ro] = root[0][5].split(",")
+        finally:
+            fsd.stop()
+            conn.close()
+    assert "ro" in views[True] and "rw" in views[False], views
+    (tmp_path / "share" / "still-writable").write_text("host")
+
+
+@needs_virtiofsd
+def test_a_source_removed_before_start_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        Virtiofsd.start(SharedDir(tmp_path / "gone", "t"), str(tmp_path / "s.sock"))
+    assert not (tmp_path / "s.sock").exists()
+
+
+@needs_virtiofsd
+def test_a_virtiofsd_that_fails_to_start_raises_with_its_last_lines(tmp_path, monkeypatch):
+    (tmp_path / "share").mkdir()
+    # An option virtiofsd refuses at start: its own message must reach the caller.
+    monkeypatch.setattr(vfs, "CACHE_OPTIONS", ("cache=sometimes",))
+    with pytest.raises(VirtiofsdError, match=r"failed to start \(exit status \d+\).*cache") as e:
+        Virtiofsd.start(SharedDir(tmp_path / "share", "t"), str(tmp_path / "s.sock"),
+                        log_path=str(tmp_path / "l.log"))
+    assert "l.log" in str(e.value)
+    assert not (tmp_path / "s.sock").exists()
+
+
+@needs_virtiofsd
+def test_servers_start_all_or_none_and_remove_their_directory(tmp_path):
+    (tmp_path / "a").mkdir()
+    good = SharedDir(tmp_path / "a", "a")
+    bad = SharedDir(tmp_path / "missing", "b")
+    servers = SharedDirServers([good, bad])
+    with pytest.raises(ConfigError):
+        servers.start()
+    assert servers.servers and not servers.servers[0].alive()
+    servers = SharedDirServers([good, SharedDir(tmp_path / "a", "c", read_only=True)])
+    servers.start()
+    run_dir = os.path.dirname(servers.servers[0].socket_path)
+    assert oct(os.stat(run_dir).st_mode & 0o777) == "0o700"
+    assert [d["options"]["tag"] for d in servers.devices()] == ["a", "c"]
+    assert [i["log"] for i in servers.info()] == [os.path.join(run_dir, "virtiofsd-fs0.log"),
+                                                   os.path.join(run_dir, "virtiofsd-fs1.log")]
+    pids = [s.pid for s in servers.servers]
+    servers.stop()
+    assert _wait_gone(pids, 0) == [] and not os.path.exists(run_dir)
+
+
+OWNER = """
+import sys, socket, time
+sys.path.insert(0, {repo!r})
+from vmm.devices import SharedDir
+from vmm.engines.virtiofsd import Virtiofsd
+fsd = Virtiofsd.start(SharedDir({share!r}, "t", read_only={ro}), {sock!r})
+c = socket.socket(socket.AF_UNIX); c.connect({sock!r})
+print(fsd.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _run_owner(tmp_path, ro=False, prefix=()):
+    share = tmp_path / "share"
+    share.mkdir(exist_ok=True)
+    os.chmod(tmp_path, 0o777)
+    os.chmod(share, 0o777)
+    code = OWNER.format(repo=str(REPO), share=str(share), sock=str(tmp_path / "o.sock"), ro=ro)
+    return subprocess.Popen([*prefix, sys.executable if not prefix else "/usr/bin/python3", "-c", code],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@needs_virtiofsd
+@pytest.mark.parametrize("ro", [False, True])
+def test_nothing_outlives_an_owner_killed_with_sigkill(tmp_path, ro):
+    owner = _run_owner(tmp_path, ro)
+    try:
+        pid = int(owner.stdout.readline() or 0)
+        assert pid, owner.stderr.read()
+        worker = _worker_of(pid)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        assert _wait_gone([pid, worker]) == [], "virtiofsd outlived its owner"
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def _setpriv_works() -> bool:
+    try:
+        return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               "/usr/bin/python3", "-c", "import os"],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+AS_USER = """
+import os, sys, socket, time
+sys.path.insert(0, {repo!r})
+from vmm.devices import SharedDir
+from vmm.engines.virtiofsd import Virtiofsd, VirtiofsdError
+try:
+    fsd = Virtiofsd.start(SharedDir({share!r}, "t", read_only={ro}), {sock!r})
+except VirtiofsdError as e:
+    print("ERROR", e)
+    sys.exit(3)
+c = socket.socket(socket.AF_UNIX); c.connect({sock!r})
+deadline = time.monotonic() + 10
+while "virtio_loop: Entry" not in fsd.tail(50) and fsd.alive() and time.monotonic() < deadline:
+    time.sleep(0.01)
+kids = open(f"/proc/{{fsd.pid}}/task/{{fsd.pid}}/children").read().split()
+print(os.getuid(), fsd.alive(), kids, repr(fsd.tail(50)), flush=True)
+fsd.stop()
+def running(pid):  # a zombie has ended (its new parent reaps it)
+    try:
+        return open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+print("gone", [k for k in kids if running(k)])
+"""
+
+
+@needs_virtiofsd
+@pytest.mark.skipif(os.geteuid() != 0 or not _setpriv_works(), reason="needs root to become nobody")
+@pytest.mark.parametrize("ro", [False, True])
+def test_an_ordinary_user_runs_virtiofsd_in_a_user_namespace(tmp_path, ro):
+    """As uid 65534: virtiofsd's namespace sandbox inside a user namespace of its own
+    (uid 0 there is the caller), the read-only bind in it too."""
+    base = Path(tempfile.mkdtemp(prefix="vmm-fs-user-"))   # pytest's tmp is root's alone
+    try:
+        share = base / "share"
+        share.mkdir()
+        os.chmod(base, 0o777)
+        os.chown(share, 65534, 65534)
+        code = AS_USER.format(repo=str(REPO), share=str(share), sock=str(base / "u.sock"), ro=ro)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            "/usr/bin/python3", "-c", code], capture_output=True, text=True,
+                           timeout=60)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    first, second = r.stdout.splitlines()[:2]
+    assert first.startswith("65534 True ['"), first   # alive, with its sandboxed worker
+    assert "virtio_loop: Entry" in first
+    assert second == "gone []"
