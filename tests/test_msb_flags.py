@@ -116,7 +116,7 @@ def msb(*args, **env):
     (["run", "--shell", "sh"], "shell"),
     (["run", "--no-net", "-p", "1:2"], "contradict"),
     (["run", "-p", "99999:1"], "port"),
-    (["run", "-v", "./src:/app"], "virtio-fs"),
+    (["run", "-v", "./no-such-src:/app"], "no-such-src does not exist"),
     (["create", "-n", "bad name"], "bad sandbox name"),
     (["stop", "-t", "soon", "x"], "'soon'"),
     (["ls", "--format", "xml"], "'xml'"),
@@ -188,7 +188,7 @@ def test_listing_shapes_and_filters(home):
     assert info["config"]["volumes"][0] == {"source": "data", "dest": "/data", "kind": "named",
                                             "read_only": True}
     text = msb("inspect", "alpha").stdout
-    assert "Mounts:\n  data -> /data (ro)\n" in text and "Status:" in text
+    assert "Mounts:\n  data -> /data (ro, named volume)\n" in text and "Status:" in text
     r = msb("create", "-n", "beta", "--pull", "never", "no-such-image:1")
     assert r.returncode == 1 and "already exists" in r.stderr   # said before any pull
 

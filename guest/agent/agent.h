@@ -208,9 +208,10 @@ int pid1_vsock_port(void);
 const char *pid1_transport(void);
 void log_msg(const char *fmt, ...);
 
-/* volumes.c: the vmm.vol= disks, mounted in the new root before READY (0, or -1 after
- * logging `agent: FATAL: volume ...`); unmounted again at power-off */
-int volumes_mount(const char *spec);
+/* volumes.c: the vmm.vol= disks and vmm.fs= shared dirs (either spec may be NULL),
+ * mounted in the new root before READY, parents first (0, or -1 after logging
+ * `agent: FATAL: volume ...` or `agent: FATAL: shared dir ...`); unmounted at power-off */
+int volumes_mount(const char *vol_spec, const char *fs_spec);
 void volumes_unmount(void);
 
 /* net.c: eth0, resolv.conf and hosts from vmm.net= (PID 1, after the root switch) */

@@ -13,6 +13,7 @@
  *   vmm.hostname=sandbox  hostname
  *   vmm.net=...           eth0, resolv.conf, hosts (net.c); absent: only lo
  *   vmm.vol=...           volumes: extra ext4 disks mounted in the new root (volumes.c)
+ *   vmm.fs=...            shared host dirs (virtio-fs) mounted likewise (volumes.c)
  *   vmm.debug=1           log each step on the console
  *
  * The kernel does not pass dotted parameters to init, so they are read from /proc/cmdline.
@@ -284,9 +285,10 @@ void pid1_setup(void)
 	later_mounts();
 	/* After /tmp's tmpfs, so a volume may be mounted there too; a volume that cannot be
 	 * mounted is fatal, as a missing root is: the first exec must see every volume. */
-	static char vols[2048];
+	static char vols[2048], shared[2048];
 	const char *vol_spec = param("vmm.vol", NULL, vols, sizeof(vols));
-	if (vol_spec && volumes_mount(vol_spec) < 0) {
+	const char *fs_spec = param("vmm.fs", NULL, shared, sizeof(shared));
+	if ((vol_spec || fs_spec) && volumes_mount(vol_spec, fs_spec) < 0) {
 		log_msg("agent: FATAL: cannot mount the volumes; powering off");
 		pid1_poweroff();
 	}

@@ -100,6 +100,7 @@ def inspect_cmd(name, fmt):
     """Show a sandbox's configuration and state."""
     row = _manager().get(name)
     info = _describe(row)
+    info["mounts"] = _mounts(info["config"])
     if fmt == "json":
         print_json(info)
         return
@@ -113,10 +114,8 @@ def inspect_cmd(name, fmt):
     width = max(len(k) for k, _ in pairs) + 1
     for key, value in pairs:
         click.echo(f"{key + ':':<{width}} {value}")
-    mounts = [f"{v['source']} -> {v['dest']} ({'ro' if v['read_only'] else 'rw'})"
-              for v in cfg.get("volumes") or ()]
-    mounts += [f"tmpfs -> {t['path']}" + (f" (size {t['size']})" if t["size"] else "")
-               for t in cfg.get("tmpfs") or ()]
+    mounts = [f"{m['source']} -> {m['destination']} ({m['mode']}, {m['kind']}"
+              + (f", size {m['size']})" if m.get("size") else ")") for m in info["mounts"]]
     if mounts:
         click.echo("Mounts:")
         for line in mounts:
@@ -125,6 +124,20 @@ def inspect_cmd(name, fmt):
         click.echo("Env:")
         for k, v in cfg["env"].items():
             click.echo(f"  {k}={v}")
+
+
+MOUNT_KINDS = {"named": "named volume", "host": "host directory"}
+
+
+def _mounts(cfg):
+    """The mounts a sandbox's config asks for, in the order given: source, destination,
+    mode (rw|ro) and kind (named volume, host directory, tmpfs)."""
+    out = [{"source": v["source"], "destination": v["dest"],
+            "mode": "ro" if v["read_only"] else "rw",
+            "kind": MOUNT_KINDS.get(v["kind"], v["kind"])} for v in cfg.get("volumes") or ()]
+    out += [{"source": "tmpfs", "destination": t["path"], "mode": "rw", "kind": "tmpfs",
+             "size": t["size"]} for t in cfg.get("tmpfs") or ()]
+    return out
 
 
 def _uptime(secs):

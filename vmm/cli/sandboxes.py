@@ -14,8 +14,9 @@ SHARED_OPTIONS = [
     click.option("-c", "--cpus", type=int, default=1, show_default=True, help="vCPUs."),
     click.option("-m", "--memory", default="512", help="Memory: 512M, 1G, 1.5G or MiB "
                  "(default 512 MiB)."),
-    click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DEST",
-                 help="Volume: a named volume, or a host path starting with /, ./ or ../."),
+    click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DEST[:ro]",
+                 help="Volume: a named volume, or a host directory starting with /, ./ or "
+                 "../ (shared over virtio-fs)."),
     click.option("-w", "--workdir", default=None, help="Working directory for commands."),
     click.option("--shell", default="/bin/sh", show_default=True, help="The shell."),
     click.option("-e", "--env", multiple=True, metavar="K=V", help="Environment variable "

@@ -114,7 +114,9 @@ def check_user(user: Optional[str]) -> Optional[str]:
 
 @dataclass(frozen=True)
 class VolumeSpec:
-    """`-v SRC:DEST[:ro]`: SRC starting with /, ./ or ../ is a host path, else a named volume."""
+    """`-v SRC:DEST[:ro]`: SRC starting with /, ./ or ../ is a host path, else a named
+    volume. A host path is kept absolute, resolved against the directory `msb` was called
+    from: the supervisor that mounts it runs elsewhere, and later."""
     source: str
     dest: str
     kind: str           # "host" | "named"
@@ -127,7 +129,8 @@ class VolumeSpec:
         if not isinstance(text, str) or ":" not in text:
             raise ConfigError(f"volume {text!r} is not SRC:DEST[:ro]")
         spec = parse_volume_spec(text)
-        return cls(spec.src, spec.dest, spec.kind, spec.read_only)
+        src = os.path.abspath(spec.src) if spec.kind == "host" else spec.src
+        return cls(src, spec.dest, spec.kind, spec.read_only)
 
     def __str__(self) -> str:
         return f"{self.source}:{self.dest}" + (":ro" if self.read_only else "")

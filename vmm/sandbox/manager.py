@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional
 
-from ..errors import ConfigError, VmmError
+from ..errors import VmmError
 from ..home import Home
 from .state import SandboxNotFound, SandboxRow, StateDB, remove_runtime
 from .control import BUSY
@@ -50,13 +50,13 @@ def _progress(quiet: bool) -> Callable[[str], None]:
 
 
 def check_volumes(cfg: SandboxConfig) -> None:
-    """Refuse what cannot be mounted, before anything is recorded: host directories need a
-    shared file system (virtio-fs) the sandbox does not have yet."""
+    """Refuse what cannot be mounted, before anything is recorded or pulled: a host
+    directory (`-v ./src:/app`) that is missing or not a directory (the supervisor checks
+    again when it boots the sandbox: it may have gone since)."""
+    from .volumes import check_host_dir
     for v in cfg.volumes:
         if v.kind == "host":
-            raise ConfigError(f"volume {v}: host directories need virtio-fs, which this msb "
-                              "does not support yet; use a named volume "
-                              "(msb volume create NAME, then -v NAME:" + v.dest + ")")
+            check_host_dir(v.source, f"volume {v}")
 
 
 def ensure_volumes(cfg: SandboxConfig, quiet: bool = False) -> List[str]:

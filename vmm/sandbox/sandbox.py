@@ -11,8 +11,9 @@ The machine gets the agent initramfs (vmm.guest.agent), the image disk read-only
 /dev/vda, the writable disk (if any) as /dev/vdb, and a vsock device whose host end is a
 Unix socket in a private runtime directory (runtime_dir.py). The guest kernel is quiet;
 its console goes to a log file (console.py). Without a writable disk the sandbox is
-ephemeral (a tmpfs upper layer). Volumes (volumes.py) follow as more disks, each mounted
-at its guest path before the agent is ready. What the guest learns on its kernel command
+ephemeral (a tmpfs upper layer). Volumes (volumes.py) follow as more disks, and host
+directories (HostDir) as virtio-fs shared dirs, each mounted at its guest path before the
+agent is ready. What the guest learns on its kernel command
 line is in agent_cmdline.py.
 
 Where the layers sit: Machine (vmm.machine) boots and owns the VM; AgentClient
@@ -36,13 +37,13 @@ from ..machine import ExitStatus, Machine
 from ..net.network import Nat, Network, NetworkState, guest_state, kernel_arg
 from ..net.policy import Policy
 from ..net.ports import reserve_ports
-from .agent_cmdline import agent_cmdline, volume_arg, volume_serial
+from .agent_cmdline import agent_cmdline
 from .checks import check_env, check_hostname, check_timeout, check_workdir, existing_disk
 from .console import ConsoleLog
 from .disk_lock import DiskLock
 from .errors import BootFailed
 from .runtime_dir import make_runtime_dir
-from .volumes import VolumeMount, check_mounts, lock_mounts, mount_failure
+from .volumes import Mount, attach, check_mounts, lock_mounts, mount_failure
 from .writable_disk import format_writable_disk
 
 DEFAULT_BOOT_TIMEOUT = 60.0   # TCG boots in seconds; a loaded host needs headroom
@@ -64,7 +65,8 @@ class Sandbox:
         self._console: Optional[ConsoleLog] = None
         self._disk_lock: Optional[DiskLock] = None
         self._volume_locks: List[DiskLock] = []
-        self.volumes: Tuple[VolumeMount, ...] = ()   # in mount order
+        self.volumes: Tuple[Mount, ...] = ()   # VolumeMounts and HostDirs, in mount order
+        self._mount_ids: Tuple[str, ...] = ()  # each one's disk serial or virtio-fs tag
         self._nat: Optional[Nat] = None
         self.network: Optional[NetworkState] = None  # None: no NIC
         self.runtime_dir: Optional[str] = None
@@ -86,7 +88,7 @@ class Sandbox:
                rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
                boot_timeout: float = DEFAULT_BOOT_TIMEOUT, console_log=None,
                extra_cmdline: str = "", network: Optional[Network] = DEFAULT_NETWORK,
-               volumes: Sequence[VolumeMount] = ()) -> "Sandbox":
+               volumes: Sequence[Mount] = ()) -> "Sandbox":
         """Boot a sandbox and wait until its agent is ready and configured.
 
         image_disk: EROFS or ext4 root file system, attached read-only.
@@ -96,13 +98,14 @@ class Sandbox:
         in this file (default: a file in the private runtime dir, removed on stop).
         network: a vmm.net.network.Network (NAT through passt, published ports), or None
         for no NIC at all; sb.network then says what the guest got.
-        volumes: VolumeMounts (ext4 disk files, e.g. named volumes from volume_store.py),
-        mounted at their guest paths before the first exec; a read-write one must not be
-        in use by another sandbox.
+        volumes: VolumeMounts (ext4 disk files, e.g. named volumes from volume_store.py)
+        and HostDirs (host directories, shared over virtio-fs), mounted at their guest
+        paths before the first exec; a read-write VolumeMount must not be in use by
+        another sandbox, a HostDir's directory must exist.
         Raises BootFailed (with the console tail) if the guest is not ready within
-        boot_timeout seconds or ends before that (naming the volume if one could not be
-        mounted); ConfigError for a published host port or a volume in use, before
-        anything boots.
+        boot_timeout seconds or ends before that (naming the volume or host directory if
+        one could not be mounted); ConfigError for a published host port, a volume in use
+        or a missing host directory, before anything boots.
         """
         image_disk = existing_disk(image_disk, "image disk")
         if writable_disk is not None:
@@ -170,10 +173,9 @@ class Sandbox:
         disks = [Disk(image_disk, read_only=True, serial="image")]
         if writable:
             disks.append(Disk(writable_disk, read_only=False, serial="data"))
-        disks += [Disk(v.disk_path, read_only=v.read_only, serial=volume_serial(i))
-                  for i, v in enumerate(self.volumes)]
-        volumes = volume_arg([(volume_serial(i), v.guest_path, v.read_only)
-                              for i, v in enumerate(self.volumes)])
+        mounts = attach(self.volumes)   # volume disks, shared dirs, vmm.vol= and vmm.fs=
+        disks += mounts.disks
+        self._mount_ids = mounts.ids
         nets = []
         net_arg = ""
         if self.network is not None:
@@ -185,11 +187,13 @@ class Sandbox:
             net_arg = kernel_arg(self.network)
         self.machine = Machine(kernel, initrd=initrd,
                                cmdline=agent_cmdline(writable=writable, hostname=hostname,
-                                                     net=net_arg, volumes=volumes,
+                                                     net=net_arg, volumes=mounts.cmdline,
                                                      extra=extra_cmdline),
                                cpus=cpus, memory_mib=memory_mib, engine=engine,
                                console=self._console.write, disks=disks,
-                               vsock=Vsock(GUEST_CID, self.socket_path), nets=nets)
+                               vsock=Vsock(GUEST_CID, self.socket_path), nets=nets,
+                               **({"shared_dirs": mounts.shared_dirs}
+                                  if mounts.shared_dirs else {}))
         self.machine.start()
         if self._nat is not None:
             self._nat.release_fd()  # the device holds its own copy now
@@ -238,8 +242,7 @@ class Sandbox:
         connector.join(10)
         if "client" in box:  # it connected just as we gave up
             box["client"].close()
-        failed_mount = mount_failure(self._console.tail(), self.volumes,
-                                     [volume_serial(i) for i in range(len(self.volumes))])
+        failed_mount = mount_failure(self._console.tail(), self.volumes, self._mount_ids)
         if failed_mount is not None:
             reason = failed_mount
         elif ended is not None:

@@ -8,8 +8,8 @@ started it. It:
 
 - claims the sandbox in the database (one live supervisor per sandbox);
 - formats the writable disk on first start (4 GiB, sparse) and boots the Sandbox (image
-  disk read-only, writable disk, named volumes, network, env/workdir/hostname from the
-  config);
+  disk read-only, writable disk, named volumes and host directories, network,
+  env/workdir/hostname from the config);
 - reports on --ready-fd: "ok" once the agent is ready, or "error: ..." (the caller shows
   it), then closes it;
 - marks the row `running` with its runtime paths (agent and control sockets), serves the
@@ -220,13 +220,15 @@ class Supervisor:
         return sb, console
 
     def _volumes(self, cfg: SandboxConfig):
-        """The named volumes' mounts (VolumeNotFound if one was removed since `msb create`:
-        recreating it empty would hide that its data is gone). manager.check_volumes
-        refused host paths before the sandbox was recorded."""
+        """The mounts: named volumes' disks (VolumeNotFound if one was removed since `msb
+        create`: recreating it empty would hide that its data is gone) and host
+        directories (absolute since `msb create`; Sandbox.create checks they still
+        exist)."""
         from .volume_store import VolumeStore
+        from .volumes import HostDir
         store = VolumeStore(self.home)
-        return [store.mount(v.source, v.dest, v.read_only) for v in cfg.volumes
-                if v.kind == "named"]
+        return [store.mount(v.source, v.dest, v.read_only) if v.kind == "named"
+                else HostDir(v.source, v.dest, v.read_only) for v in cfg.volumes]
 
     def _start_main_command(self, sb, cfg: SandboxConfig, image_cfg: dict, log) -> None:
         """`msb run -d IMAGE -- CMD`: CMD runs for as long as the sandbox does, its output
