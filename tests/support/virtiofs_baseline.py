@@ -94,25 +94,28 @@ def elapsed(output: str) -> float:
 
 
 class VirtiofsdByHand:
-    """virtiofsd serving source on socket_path, run directly (not through our engine)."""
+    """virtiofsd serving source on socket_path, run directly (not through our engine);
+    its log goes to socket_path + ".log"."""
 
     def __init__(self, source, socket_path, options=("cache=auto",)):
         self.argv = [VIRTIOFSD, f"--socket-path={socket_path}", "-o", f"source={source}"]
         for opt in options:
             self.argv += ["-o", opt]
         self.socket_path = str(socket_path)
+        self.log_path = self.socket_path + ".log"
         self.proc = None
 
     def __enter__(self):
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 10
         while not os.path.exists(self.socket_path):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() \
-                    is not None else "(still running)"
                 self.__exit__()
-                raise AssertionError(f"virtiofsd did not listen on {self.socket_path}: {err}")
+                with open(self.log_path, errors="replace") as f:
+                    raise AssertionError(f"virtiofsd did not listen on {self.socket_path}: "
+                                         f"{f.read()[-2000:]}")
             time.sleep(0.01)
         return self
 
@@ -124,8 +127,6 @@ class VirtiofsdByHand:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc is not None:
-            self.proc.stderr.close()
 
 
 class BaselineGuest:
@@ -191,9 +192,6 @@ class BaselineGuest:
         out = self._until("OP_DONE", timeout)
         assert "OP_FAIL" not in out, out
         return elapsed(out)
-
-    def output_of_last(self):
-        return "\n".join(self.log[-10:])
 
     def __exit__(self, *exc):
         if self.proc is not None and self.proc.poll() is None:
