@@ -291,33 +291,38 @@ sys.path.insert(0, {repo!r})
 from vmm.devices import SharedDir
 from vmm.engines.virtiofsd import Virtiofsd
 fsd = Virtiofsd.start(SharedDir({share!r}, "t", read_only={ro}), {sock!r})
-c = socket.socket(socket.AF_UNIX); c.connect({sock!r})
+if {connect}:
+    c = socket.socket(socket.AF_UNIX); c.connect({sock!r})
 print(fsd.pid, flush=True)
 time.sleep(600)
 """
 
 
-def _run_owner(tmp_path, ro=False, prefix=()):
+def _run_owner(tmp_path, ro=False, connect=True, prefix=()):
     share = tmp_path / "share"
     share.mkdir(exist_ok=True)
     os.chmod(tmp_path, 0o777)
     os.chmod(share, 0o777)
-    code = OWNER.format(repo=str(REPO), share=str(share), sock=str(tmp_path / "o.sock"), ro=ro)
+    code = OWNER.format(repo=str(REPO), share=str(share), sock=str(tmp_path / "o.sock"), ro=ro,
+                        connect=connect)
     return subprocess.Popen([*prefix, sys.executable if not prefix else "/usr/bin/python3", "-c", code],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @needs_virtiofsd
-@pytest.mark.parametrize("ro", [False, True])
-def test_nothing_outlives_an_owner_killed_with_sigkill(tmp_path, ro):
-    owner = _run_owner(tmp_path, ro)
+@pytest.mark.parametrize("ro, connect", [(False, False), (True, False), (False, True), (True, True)])
+def test_nothing_outlives_an_owner_killed_with_sigkill(tmp_path, ro, connect):
+    """Unconnected, virtiofsd waits in accept() on a socket it holds itself: only its
+    death signal ends it. Connected (the owner holds the front end's end), its worker
+    runs too: a user namespace (ro=True as root takes none) must not lose the signal."""
+    owner = _run_owner(tmp_path, ro, connect)
     try:
         pid = int(owner.stdout.readline() or 0)
         assert pid, owner.stderr.read()
-        worker = _worker_of(pid)
+        pids = [pid, _worker_of(pid)] if connect else [pid]
         owner.send_signal(signal.SIGKILL)
         owner.wait()
-        assert _wait_gone([pid, worker]) == [], "virtiofsd outlived its owner"
+        assert _wait_gone(pids) == [], "virtiofsd outlived its owner"
     finally:
         owner.kill()
         owner.wait()
@@ -381,3 +386,171 @@ def test_an_ordinary_user_runs_virtiofsd_in_a_user_namespace(tmp_path, ro):
     assert first.startswith("65534 True ['"), first   # alive, with its sandboxed worker
     assert "virtio_loop: Entry" in first
     assert second == "gone []"
+
+
+@needs_virtiofsd
+@pytest.mark.skipif(os.geteuid() != 0 or not _setpriv_works(), reason="needs root to become nobody")
+@pytest.mark.parametrize("connect", [False, True])
+def test_an_ordinary_users_virtiofsd_ends_with_its_owner(connect):
+    """As uid 65534 (virtiofsd in a user namespace of its own) too."""
+    base = Path(tempfile.mkdtemp(prefix="vmm-fs-user-"))
+    try:
+        os.chmod(base, 0o777)
+        owner = _run_owner(base, False, connect, prefix=(
+            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"))
+        try:
+            pid = int(owner.stdout.readline() or 0)
+            assert pid, owner.stderr.read()
+            pids = [pid, _worker_of(pid)] if connect else [pid]
+            owner.send_signal(signal.SIGKILL)
+            owner.wait()
+            assert _wait_gone(pids) == [], "virtiofsd outlived its owner"
+        finally:
+            owner.kill()
+            owner.wait()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _fake_virtiofsd(tmp_path, monkeypatch, body: str) -> None:
+    """A stand-in virtiofsd (VMM_VIRTIOFSD): a shell script with the given body."""
+    fake = tmp_path / "fake-virtiofsd"
+    fake.write_text("#!/bin/sh\n" + body)
+    fake.chmod(0o755)
+    monkeypatch.setenv(vfs.BINARY_ENV, str(fake))
+
+
+def test_the_log_is_capped_like_a_console_file(tmp_path, monkeypatch):
+    """However much virtiofsd writes, its log holds at most 2 x LOG_FILE_BYTES (the
+    older half in <log>.1), and the last lines stay in memory for error messages."""
+    monkeypatch.setattr(vfs, "LOG_FILE_BYTES", 64 << 10)
+    _fake_virtiofsd(tmp_path, monkeypatch,
+                    "echo 'virtio_session_mount: Waiting for vhost-user socket connection...' >&2\n"
+                    "i=0; while [ $i -lt 3000 ]; do echo \"line $i: some message from virtiofsd\" >&2;"
+                    " i=$((i+1)); done\necho 'the last line' >&2\nexec sleep 60\n")
+    (tmp_path / "share").mkdir()
+    log = tmp_path / "fsd.log"
+    fsd = Virtiofsd.start(SharedDir(tmp_path / "share", "t"), str(tmp_path / "s.sock"), log_path=str(log))
+    try:
+        deadline = time.monotonic() + 20
+        while "the last line" not in fsd.tail() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fsd.tail().endswith("the last line")
+    finally:
+        fsd.stop()
+    rotated = Path(str(log) + ".1")
+    assert rotated.exists() and log.stat().st_size <= 64 << 10 and rotated.stat().st_size <= 64 << 10
+    assert log.read_text().endswith("the last line\n")
+    assert not _alive(fsd.pid)
+
+
+def test_a_virtiofsd_that_never_gets_ready_is_ended_with_an_error(tmp_path, monkeypatch):
+    _fake_virtiofsd(tmp_path, monkeypatch, "echo 'starting up' >&2\nexec sleep 60\n")
+    (tmp_path / "share").mkdir()
+    t0 = time.monotonic()
+    with pytest.raises(VirtiofsdError, match=r"did not start within 0.5s: starting up"):
+        Virtiofsd.start(SharedDir(tmp_path / "share", "t"), str(tmp_path / "s.sock"), timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    assert not (tmp_path / "s.sock").exists()
+    assert subprocess.run(["pgrep", "-f", str(tmp_path / "fake-virtiofsd")]).returncode == 1
+
+
+@needs_virtiofsd
+def test_a_source_with_commas_and_backslashes_reaches_virtiofsd_whole(tmp_path):
+    """virtiofsd's -o list splits at commas: the escaped path must still be the share
+    (a wrong split would name a missing directory and fail the start)."""
+    share = tmp_path / "a,b\\c,source=x"
+    share.mkdir()
+    fsd = Virtiofsd.start(SharedDir(share, "t"), str(tmp_path / "s.sock"))
+    try:
+        assert fsd.alive() and fsd.source == str(share)
+    finally:
+        fsd.stop()
+
+
+@needs_virtiofsd
+def test_a_shared_dirs_own_log_path_is_used(tmp_path):
+    (tmp_path / "a").mkdir()
+    servers = SharedDirServers([SharedDir(tmp_path / "a", "a", log_path=tmp_path / "mine.log")])
+    servers.start()
+    try:
+        assert servers.info()[0]["log"] == str(tmp_path / "mine.log")
+    finally:
+        servers.stop()
+    assert "Waiting for vhost-user" in (tmp_path / "mine.log").read_text()
+
+
+def test_a_run_dir_too_long_for_a_socket_is_a_clear_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    servers = SharedDirServers([SharedDir(tmp_path / "a", "a")], run_dir=str(deep))
+    with pytest.raises(ConfigError, match="longer than a Unix socket allows"):
+        servers.start()
+
+
+@needs_virtiofsd
+def test_an_unwritable_log_path_is_a_clear_error_and_leaves_nothing(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ConfigError, match="cannot open virtiofsd's log .*/no/such/dir/l.log"):
+        Virtiofsd.start(SharedDir(tmp_path / "a", "a"), str(tmp_path / "s.sock"),
+                        log_path=str(tmp_path / "no" / "such" / "dir" / "l.log"))
+    assert not (tmp_path / "s.sock").exists()
+    assert subprocess.run(["pgrep", "-f", f"source={tmp_path}/a"]).returncode == 1
+
+
+@needs_virtiofsd
+def test_a_source_reached_through_a_symlink_is_served(tmp_path):
+    """virtiofsd refuses a symlink as its source: it is given the resolved directory."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    fsd = Virtiofsd.start(SharedDir(tmp_path / "link", "t"), str(tmp_path / "s.sock"))
+    try:
+        assert fsd.alive() and fsd.source == str(tmp_path / "real")
+    finally:
+        fsd.stop()
+
+
+class _RefusingLibc:
+    """libc whose unshare() fails as on a host that refuses user namespaces."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def unshare(self, flags):
+        import ctypes
+        import errno
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+@needs_virtiofsd
+def test_refused_user_namespaces_are_a_clear_error_for_an_ordinary_user(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    monkeypatch.setattr(vfs, "_libc", _RefusingLibc(vfs._libc))   # the forked child's copy too
+    monkeypatch.setattr(vfs, "unprivileged", lambda: True)
+    with pytest.raises(VirtiofsdError, match=r"failed to start \(exit status 126\).*unshare: "
+                       r"Operation not permitted \(not running as root, virtiofsd needs an "
+                       r"unprivileged user namespace, which this host refuses"):
+        Virtiofsd.start(SharedDir(tmp_path / "a", "a"), str(tmp_path / "s.sock"))
+    assert not (tmp_path / "s.sock").exists()
+
+
+@needs_virtiofsd
+@pytest.mark.qemu
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="no qemu-system-x86_64")
+def test_a_qemu_that_fails_at_start_is_reported_and_its_virtiofsd_ended(fake_kernel, tmp_path):
+    """QEMU (connecting by path: user=None) never connects, so virtiofsd still waits in
+    accept(): the machine's ending must not wait for it, and close() ends it."""
+    (tmp_path / "a").mkdir()
+    m = _machine(fake_kernel, shared_dirs=[SharedDir(tmp_path / "a", "a")],
+                 options=QemuOptions(extra_args=["-no-such-option"], user=None))
+    m.start()
+    pid = m.inspect().transports[-1]["pid"]
+    status = m.wait(30)
+    assert status is not None and status.kind == "error" and "no-such-option" in status.message
+    m.stop()
+    assert _wait_gone([pid], 0) == []

@@ -91,9 +91,9 @@ def spawn(argv, child_setup=None, **popen_kwargs) -> subprocess.Popen:
     """subprocess.Popen(argv, **popen_kwargs), with the child bound to this process: it
     gets SIGKILL when this process ends, however it ends.
 
-    child_setup: runs in the child after fork, before the binding (so a setup that enters
-    a user namespace, which clears the death signal, is still bound), only system calls;
-    to fail it writes its reason to fd 2 and calls os._exit()."""
+    child_setup: runs in the child after fork, before the binding (the kernel clears the
+    death signal on some credential changes: set last, it holds whatever the setup did);
+    only system calls; to fail it writes its reason to fd 2 and calls os._exit()."""
     if "preexec_fn" in popen_kwargs:
         raise ValueError("spawn() sets preexec_fn itself")
     parent = os.getpid()

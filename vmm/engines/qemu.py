@@ -243,6 +243,7 @@ class QemuEngine(Engine):
         self._paused = False
         self._backends = VhostBackends(spec)
         self._shared = SharedDirServers(spec.shared_dirs)
+        self._fs_failure: Optional[str] = None
         self._user: Optional[QemuUser] = None
 
     # --- start -------------------------------------------------------------------------
@@ -293,11 +294,21 @@ class QemuEngine(Engine):
             sel.register(proc.stdout, selectors.EVENT_READ, "console")
             sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
             sel.register(self._debugcon, selectors.EVENT_READ, "debugcon")
-            while sel.get_map():
+            qemu_open = 3
+            # Watched only while QEMU runs: a virtiofsd QEMU never connected to (QEMU
+            # failed at start) waits on, and is ended by close().
+            for fd in self._shared.exit_fds():
+                sel.register(fd, selectors.EVENT_READ, "virtiofsd")
+            while qemu_open:
                 for key, _ in sel.select():
+                    if key.data == "virtiofsd":
+                        sel.unregister(key.fd)
+                        self._virtiofsd_ended()
+                        continue
                     data = os.read(key.fd, 65536)
                     if not data:
                         sel.unregister(key.fileobj)
+                        qemu_open -= 1
                         continue
                     self._dispatch(key.data, data, on_console)
         except Exception as e:  # keep going to the reap: the child must not leak
@@ -313,6 +324,16 @@ class QemuEngine(Engine):
             self._status = self._classify(rc)
             self._times["exit"] = ended
             self._done.set()
+
+    def _virtiofsd_ended(self) -> None:
+        """A shared dir's server exited. After the guest's own ending that is its due
+        (QEMU closed the connection: status 0); otherwise the guest's file system is gone
+        for good (QEMU 7.2 cannot reconnect vhost-user-fs), so the machine ends with the
+        reason rather than hang in its next file access."""
+        failures = self._shared.errors()
+        if failures and not self._stop_requested:
+            self._fs_failure = "; ".join(failures)
+            self._kill()
 
     def _dispatch(self, what: str, data: bytes, on_console) -> None:
         now = time.monotonic_ns()
@@ -333,6 +354,9 @@ class QemuEngine(Engine):
     def _classify(self, rc: int) -> ExitStatus:
         if self._panic.line is not None:
             return ExitStatus("error", self._panic.message(), rc)
+        if self._fs_failure is not None:
+            return ExitStatus("error", f"{self._fs_failure}; the machine was stopped: its "
+                              "shared directory cannot come back", rc)
         if self._stop_requested:
             return ExitStatus("host-stop", "stopped by the host", rc)
         if rc == 0:

@@ -31,8 +31,8 @@ CAP_MKNOD: a guest cannot make device nodes in a host directory).
   namespace of its own in which uid/gid 0 is the caller (the only mapping an unprivileged
   process may write): files the guest's root creates belong to the caller on the host,
   the caller's files look root's to the guest, other host owners show as 65534 (nobody),
-  and a guest user other than root cannot create files (virtiofsd cannot switch to an
-  unmapped uid). A host that refuses unprivileged user namespaces gets an error saying so.
+  and a guest user other than root cannot create files (EINVAL: virtiofsd cannot switch
+  to an unmapped uid). A host that refuses unprivileged user namespaces gets an error saying so.
   virtiofsd's fd limit is then the caller's hard limit (it cannot raise it; it holds one
   O_PATH descriptor per inode the guest has looked up).
 
@@ -71,7 +71,7 @@ import threading
 from typing import List, Optional, Sequence
 
 from ..console_limits import CappedFile, ConsoleTail
-from ..errors import EngineUnavailable, VmmError
+from ..errors import ConfigError, EngineUnavailable, VmmError
 from .child_process import spawn
 
 DEFAULT_BINARY = "/usr/lib/qemu/virtiofsd"
@@ -83,6 +83,7 @@ START_TIMEOUT_S = 10.0
 STOP_GRACE_S = 2.0
 LOG_FILE_BYTES = 1 << 20
 TAIL_BYTES = 4096
+MAX_SOCKET_PATH = 107   # sun_path's 108 bytes, NUL included
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -211,6 +212,9 @@ class Virtiofsd:
         self._stopping = False
         self._stopped = False
         self._reader: Optional[threading.Thread] = None
+        # Readable once virtiofsd has exited: an engine watches it next to its VM's own
+        # descriptors, and asks failure() why.
+        self.exit_fd: int = os.pidfd_open(proc.pid)
 
     @property
     def pid(self) -> int:
@@ -263,18 +267,24 @@ class Virtiofsd:
     # --- the log -------------------------------------------------------------------------
     def _begin_log(self) -> None:
         if self.log_path is not None:
-            self._log = CappedFile(self.log_path, LOG_FILE_BYTES)
+            try:
+                self._log = CappedFile(self.log_path, LOG_FILE_BYTES)
+            except OSError as e:
+                raise ConfigError(f"shared dir {self.shared.tag!r}: cannot open virtiofsd's "
+                                  f"log {self.log_path}: {e.strerror}") from None
         self._reader = threading.Thread(target=self._read_log, daemon=True,
                                         name=f"virtiofsd-log-{self.pid}")
         self._reader.start()
 
     def _read_log(self) -> None:
         stream = self._proc.stderr
+        carry = b""   # the end of the last read: the mark may straddle two reads
         try:
             while True:
                 data = os.read(stream.fileno(), 65536)
                 if not data:
                     break
+                window, carry = carry + data, (carry + data)[-len(READY_MARK):]
                 with self._lock:
                     self._tail.add(data)
                     if self._log is not None:
@@ -282,7 +292,7 @@ class Virtiofsd:
                             self._log.write(data)
                         except OSError:
                             self._log = None   # a full disk must not stop the reading
-                    if not self._marked and READY_MARK in self._tail.value():
+                    if not self._marked and READY_MARK in window:
                         self._marked = True
                         self._ready.set()
         finally:
@@ -356,6 +366,8 @@ class Virtiofsd:
                     self._log.close()
                     self._log = None
             _unlink(self.socket_path)
+            os.close(self.exit_fd)
+            self.exit_fd = -1
 
 
 class SharedDirServers:
@@ -376,6 +388,11 @@ class SharedDirServers:
             if self._run_dir is None:
                 self._run_dir = tempfile.mkdtemp(prefix="vmm-fs-")
                 self._own_dir = True
+            longest = os.path.join(self._run_dir, f"fs{len(self._shared) - 1}.sock")
+            if len(os.fsencode(longest)) > MAX_SOCKET_PATH:
+                raise ConfigError(f"virtiofsd's socket path {longest} is longer than a Unix "
+                                  f"socket allows ({MAX_SOCKET_PATH} bytes): set TMPDIR to "
+                                  "a shorter directory")
             for i, shared in enumerate(self._shared):
                 log = shared.log_path or os.path.join(self._run_dir, f"virtiofsd-fs{i}.log")
                 self.servers.append(Virtiofsd.start(
@@ -390,7 +407,12 @@ class SharedDirServers:
                 for s in self.servers]
 
     def errors(self) -> List[str]:
+        """Why each virtiofsd that ended on its own did (see Virtiofsd.failure())."""
         return [f for f in (s.failure() for s in self.servers) if f]
+
+    def exit_fds(self) -> List[int]:
+        """One descriptor per running virtiofsd, readable once it has exited."""
+        return [s.exit_fd for s in self.servers]
 
     def info(self) -> List[dict]:
         return [{"kind": "fs", "name": f"fs{i}", "tag": s.shared.tag, "pid": s.pid,
