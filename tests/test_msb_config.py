@@ -44,8 +44,9 @@ def test_env_copies_host_value_and_refuses_unset():
         parse_env(["=v"], {})
 
 
-def test_volumes_parsed_by_kind():
-    assert VolumeSpec.parse("./src:/app") == VolumeSpec("./src", "/app", "host")
+def test_volumes_parsed_by_kind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # a host path is made absolute against it
+    assert VolumeSpec.parse("./src:/app") == VolumeSpec(f"{tmp_path}/src", "/app", "host")
     assert VolumeSpec.parse("/abs:/data:ro") == VolumeSpec("/abs", "/data", "host", True)
     assert VolumeSpec.parse("../up:/x").kind == "host"
     assert VolumeSpec.parse("cache:/root/.cache") == VolumeSpec("cache", "/root/.cache", "named")

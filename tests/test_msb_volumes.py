@@ -98,7 +98,7 @@ def test_volume_outlives_the_sandbox_and_ro_is_enforced(kernel_path, tmp_path):
         assert VolumeStore(Home(root)).info("data")["in_use"] == "rw"
         r = m("exec", "v1", "--", "sh", "-c", "echo kept > /data/f; grep ' /data ' /proc/mounts")
         assert r.returncode == 0 and " rw" in r.stdout, (r.stdout, r.stderr)
-        assert "data -> /data (rw)" in m("inspect", "v1").stdout
+        assert "data -> /data (rw, named volume)" in m("inspect", "v1").stdout
         info = json.loads(m("inspect", "v1", "--format", "json").stdout)
         assert info["config"]["volumes"] == [{"source": "data", "dest": "/data",
                                               "kind": "named", "read_only": False}]

@@ -104,6 +104,21 @@ def test_volumes_and_shared_dirs_share_one_budget():
         shared_dir_arg(paths)
 
 
+def test_attach_makes_shared_dirs_disks_and_the_command_line(dirs, disk, tmp_path):
+    from vmm.devices import Disk, SharedDir
+    os.symlink(dirs[1], tmp_path / "via-link")
+    mounts = check_mounts([HostDir(dirs[0], "/app"), VolumeMount(disk, "/data", read_only=True),
+                           HostDir(tmp_path / "via-link", "/data/ref", read_only=True)])
+    a = attach(mounts)
+    assert a.disks == [Disk(disk, read_only=True, serial="vmm-vol0")]
+    # what virtiofsd serves is the checked directory, resolved
+    assert a.shared_dirs == [SharedDir(dirs[0], tag="vmm-fs-0", read_only=False),
+                             SharedDir(dirs[1], tag="vmm-fs-1", read_only=True)]
+    assert a.cmdline == "vmm.vol=vmm-vol0:ro:/data vmm.fs=vmm-fs-0:rw:/app,vmm-fs-1:ro:/data/ref"
+    assert a.ids == ("vmm-fs-0", "vmm-vol0", "vmm-fs-1")
+    assert attach(()) == ([], [], "", ())
+
+
 def test_mount_failure_names_the_host_directory(dirs, disk):
     mounts = [HostDir(dirs[0], "/app"), VolumeMount(disk, "/data", name="data")]
     ids = ["vmm-fs-0", "vmm-vol0"]

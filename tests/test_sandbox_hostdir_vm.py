@@ -61,7 +61,8 @@ def test_read_only_host_dir_refuses_writes_in_the_guest(kernel_path, image, shar
         assert r.exit_code != 0 and (b"Read-only file system" in r.stderr
                                      or b"Permission denied" in r.stderr), r.stderr
         # The guest is root and may remount it read-write: the server still refuses.
-        sb.exec(["mount", "-o", "remount,rw", "/ref"], timeout=T)
+        r = sb.exec(["mount", "-o", "remount,rw", "/ref"], timeout=T)
+        assert r.exit_code == 0 and "rw" in mounts_of(sb)["/ref"][2], r.stderr
         r = sb.exec(["sh", "-c", "echo x > /ref/sub/file; echo y > /ref/new; mkdir /ref/d; "
                      "rm /ref/sub/file"], timeout=T)
         assert r.exit_code != 0, r.stderr
@@ -116,9 +117,20 @@ def test_a_symlink_on_the_way_is_never_followed(kernel_path, hostile_image, shar
                               "mount point /s/esc is a symbolic link (not followed)")
 
 
-def test_an_unknown_tag_is_a_boot_failure_naming_the_shared_dir(kernel_path, image):
-    # No such virtio-fs device: the agent's FATAL line becomes the reason.
+@pytest.mark.parametrize("arg,why", [
+    # no such virtio-fs device
+    ("no-such-tag:rw:/app",
+     "no-such-tag could not be mounted: mounting it on /app: Invalid argument (no virtio-fs "
+     "device with this tag?)"),
+    # what the host never sends: the agent checks it anyway
+    ("t:rx:/app", "t could not be mounted: vmm.fs entry: mode is not rw or ro"),
+    ("t%2:rw:/app", "- could not be mounted: vmm.fs entry: bad tag"),
+    ("t:rw:/a/../etc", "t could not be mounted: vmm.fs entry: empty, '.' or '..' component in "
+                       "the path"),
+])
+def test_a_shared_dir_the_agent_cannot_mount_is_a_boot_failure_naming_it(kernel_path, image,
+                                                                           arg, why):
+    # Given directly (no HostDir): the agent's FATAL line still becomes the reason.
     with pytest.raises(vmm.BootFailed) as e:
-        boot(image, [], extra_cmdline="vmm.fs=no-such-tag:rw:/app")
-    assert e.value.reason == ("shared dir no-such-tag could not be mounted: mounting it on "
-                              "/app: Invalid argument (no virtio-fs device with this tag?)")
+        boot(image, [], extra_cmdline=f"vmm.fs={arg}")
+    assert e.value.reason == f"shared dir {why}"

@@ -3,7 +3,8 @@
 sandbox.py is the Sandbox (with errors.py, console.py, checks.py, disk_lock.py,
 runtime_dir.py and agent_cmdline.py, the pieces it is made of); aio.py its asyncio
 flavour; writable_disk.py formats the disk that keeps a sandbox's changes; volumes.py
-(mounts of ext4 disks) and volume_store.py (named volumes under MSB_HOME) are its volumes.
+(mounts of ext4 disks and of host directories) and volume_store.py (named volumes under
+MSB_HOME) are its volumes.
 Named sandboxes (`msb run --name`): config.py, state.py, supervisor.py, control.py,
 metrics.py and manager.py (docs/lifecycle.md).
 

@@ -13,8 +13,7 @@ Unix socket in a private runtime directory (runtime_dir.py). The guest kernel is
 its console goes to a log file (console.py). Without a writable disk the sandbox is
 ephemeral (a tmpfs upper layer). Volumes (volumes.py) follow as more disks, and host
 directories (HostDir) as virtio-fs shared dirs, each mounted at its guest path before the
-agent is ready. What the guest learns on its kernel command
-line is in agent_cmdline.py.
+agent is ready. What the guest learns on its kernel command line is in agent_cmdline.py.
 
 Where the layers sit: Machine (vmm.machine) boots and owns the VM; AgentClient
 (vmm.agent) speaks the protocol; this module ties the two into one object with one
@@ -192,8 +191,7 @@ class Sandbox:
                                cpus=cpus, memory_mib=memory_mib, engine=engine,
                                console=self._console.write, disks=disks,
                                vsock=Vsock(GUEST_CID, self.socket_path), nets=nets,
-                               **({"shared_dirs": mounts.shared_dirs}
-                                  if mounts.shared_dirs else {}))
+                               shared_dirs=mounts.shared_dirs)
         self.machine.start()
         if self._nat is not None:
             self._nat.release_fd()  # the device holds its own copy now

@@ -262,7 +262,7 @@ class Attachment(NamedTuple):
 
 def attach(mounts: Sequence[Mount]) -> Attachment:
     """The devices and command line for mounts (check_mounts' result, in mount order)."""
-    from ..devices import Disk
+    from ..devices import Disk, SharedDir
     from .agent_cmdline import shared_dir_arg, shared_dir_tag, volume_arg, volume_serial
     disks, dirs, ids, vol, shared = [], [], [], [], []
     for m in mounts:
@@ -271,7 +271,6 @@ def attach(mounts: Sequence[Mount]) -> Attachment:
             disks.append(Disk(m.disk_path, read_only=m.read_only, serial=ident))
             vol.append((ident, m.guest_path, m.read_only))
         else:
-            from ..devices import SharedDir   # only a sandbox with host dirs needs it
             ident = shared_dir_tag(len(dirs))
             # The resolved path: what was checked is what virtiofsd serves, even if a
             # symbolic link on the way is changed while the sandbox boots.
