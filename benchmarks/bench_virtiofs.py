@@ -23,8 +23,9 @@ round by round (benchmarks/paired.py), the first round a warm-up.
 Measured (2026-11-29, the 2-core development machine): at load ~2, ours/baseline 1.005
 write, 1.011 read, 1.018 tar x (virtio-fs vs ext4: 0.83 write, 1.25 read, 18.7 tar x: each
 create is a FUSE round trip through virtiofsd, an ext4 create is guest memory). At load
-~8-10 from other runs the same benchmark gave 1.49 / 1.70 / 1.66: ours has more threads on
-the two cores (the sandbox's own device back ends), so read ratios from a quiet machine.
+~8-10 from other runs the same benchmark gave 1.49 / 1.70 / 1.66 (cause not established:
+the QEMU command lines differ only in ours' seccomp filter, its own uid and the sandbox's
+idle blk and vsock back ends, which live in our process), so read ratios on a quiet machine.
 """
 import io
 import os
