@@ -4,11 +4,9 @@ on the qemu engine as QEMU's vhost-user-fs-device), and the guest mounts it by t
 reads and writes files both ways.
 
 qemu by default; VMM_TEST_ENGINE=kvm runs it where a Linux guest boots under /dev/kvm
-(the nested tier, tests/test_nested.py). The shared dir is added to the Sandbox's Machine
-here and mounted through exec (`mount -t virtiofs`): the sandbox's own HostDir volumes
-(the agent mounting them before READY) are another branch's, and this checks the device.
+(the nested tier, tests/test_nested.py). The shared dir is a Sandbox HostDir volume: the
+Sandbox adds the SharedDir to its Machine and the agent mounts the tag before READY.
 """
-import functools
 import shutil
 import tempfile
 
@@ -18,9 +16,8 @@ from support.sandbox_image import have_busybox
 from support.test_engine import ENGINE, engine_marks
 
 import vmm
-from vmm.devices import SharedDir
-from vmm.sandbox import sandbox as sandbox_module
 from vmm.sandbox.runtime_dir import runtime_base
+from vmm.sandbox.volumes import HostDir
 
 pytestmark = [pytest.mark.slow, *engine_marks(),
               pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)"),
@@ -30,7 +27,6 @@ pytestmark = [pytest.mark.slow, *engine_marks(),
 
 BOOT_TIMEOUT = 90
 T = 60
-TAG = "vuf-share"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,15 +45,13 @@ def sh(sb, script):
     return r.stdout
 
 
-def test_guest_mounts_a_shared_dir_and_files_cross_both_ways(kernel_path, image, tmp_path, monkeypatch):
+def test_guest_mounts_a_shared_dir_and_files_cross_both_ways(kernel_path, image, tmp_path):
     share = tmp_path / "share"
     share.mkdir()
     (share / "from-host.txt").write_bytes(b"written by the host\n")
-    monkeypatch.setattr(sandbox_module, "Machine",
-                        functools.partial(vmm.Machine, shared_dirs=[SharedDir(str(share), TAG)]))
-    with vmm.Sandbox.create(image, engine=ENGINE, boot_timeout=BOOT_TIMEOUT, network=None) as sb:
+    with vmm.Sandbox.create(image, engine=ENGINE, boot_timeout=BOOT_TIMEOUT, network=None,
+                            volumes=[HostDir(str(share), "/tmp/s")]) as sb:
         assert sb.machine.engine == ENGINE
-        sh(sb, f"mkdir -p /tmp/s && mount -t virtiofs {TAG} /tmp/s")
         assert b"virtiofs" in sh(sb, "grep /tmp/s /proc/mounts")
         assert sh(sb, "cat /tmp/s/from-host.txt") == b"written by the host\n"
         sh(sb, "echo written by the guest > /tmp/s/from-guest.txt && mkdir /tmp/s/d && "
@@ -68,7 +62,7 @@ def test_guest_mounts_a_shared_dir_and_files_cross_both_ways(kernel_path, image,
         (share / "from-host.txt").write_bytes(b"changed by the host\n")
         (share / "later.txt").write_bytes(b"later\n")
         assert sh(sb, "cat /tmp/s/from-host.txt /tmp/s/later.txt") == b"changed by the host\nlater\n"
-        sh(sb, "rm /tmp/s/later.txt && umount /tmp/s")
+        sh(sb, "rm /tmp/s/later.txt")
         assert not (share / "later.txt").exists()
         if ENGINE == "kvm":
             fs = [d for d in sb.machine.device_stats if d["kind"] == "fs"]
