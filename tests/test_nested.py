@@ -25,6 +25,11 @@ RUNS = [
       "tests/test_sandbox_net_ns.py", "tests/test_msb_lifecycle.py",
       "tests/test_vhost_user_front_linux.py"],
      {"VMM_TEST_ENGINE": "kvm"}),
+    # Host directories and root directories through the kvm engine's vhost-user front end
+    # (the 10,000-file trees stay on the qemu engine: minutes under nested TCG).
+    (["tests/test_sandbox_hostdir_vm.py", "tests/test_sandbox_rootdir.py",
+      "tests/test_hostdir_semantics.py", "-k", "not ten_thousand"],
+     {"VMM_TEST_ENGINE": "kvm"}),
 ]
 
 
