@@ -55,6 +55,10 @@ pytestmark = [pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason=
               pytest.mark.timeout(7200)]
 
 MEMORY_MIB = 512
+# qemu (TCG) here; VMM_TEST_ENGINE=kvm in the nested tier's L1, where the baseline QEMU runs
+# with -accel kvm:  PYTHONPATH=tests python3 -m support.nested benchmarks/bench_virtiofs.py
+#                   --benchmark-only -s --env VMM_TEST_ENGINE=kvm
+ENGINE = os.environ.get("VMM_TEST_ENGINE", "qemu")
 ROUNDS = int(os.environ.get("VMM_BENCH_VIRTIOFS_ROUNDS", "5"))
 TAR_ROUNDS = int(os.environ.get("VMM_BENCH_VIRTIOFS_TAR_ROUNDS", "3"))
 TAR_FILES = 10000
@@ -100,7 +104,7 @@ def ours(workdir, guest_kernel):
     image = build_hostdir_image(workdir / "image", with_git=False)
     store = VolumeStore(Home(workdir / "home"))
     store.create("bench", "1G")
-    sb = hostdir_sandbox(image, [(workdir / "ours", "/share", False)], engine="qemu",
+    sb = hostdir_sandbox(image, [(workdir / "ours", "/share", False)], engine=ENGINE,
                          kernel=guest_kernel, memory_mib=MEMORY_MIB, network=None,
                          volumes=[store.mount("bench", "/vol")], boot_timeout=120)
     try:
@@ -117,7 +121,8 @@ def baseline(workdir, ours):
     sock = workdir / "baseline-fs.sock"
     with VirtiofsdByHand(workdir / "baseline", sock, VIRTIOFSD_OPTIONS), \
             BaselineGuest(sock, initrd, memory_mib=MEMORY_MIB,
-                          tb_size_mib=tb_size_mib(QemuOptions())) as guest:
+                          tb_size_mib=tb_size_mib(QemuOptions()),
+                          accel="kvm" if ENGINE == "kvm" else "tcg") as guest:
         yield guest
 
 

@@ -12,7 +12,7 @@ initramfs whose init mounts the tag and then serves OP lines. The machine option
 the qemu engine's (TCG with the same translation-cache size, -cpu max, the same RAM as a
 shared memfd, the same kernel command line prefix): only the virtio-fs path differs.
 
-    with VirtiofsdByHand(dir, sock, options) as fsd, BaselineGuest(sock, tag, initrd) as g:
+    with VirtiofsdByHand(dir, sock, options) as fsd, BaselineGuest(sock, initrd, tag=tag) as g:
         g.run("write", "/share")    # -> seconds, measured in the guest
 """
 from __future__ import annotations
@@ -132,18 +132,26 @@ class VirtiofsdByHand:
 class BaselineGuest:
     """Plain QEMU microvm with vhost-user-fs-device on socket_path; run(op) drives OPS."""
 
-    def __init__(self, socket_path, initrd, memory_mib=512, tb_size_mib=16, tag=TAG):
+    def __init__(self, socket_path, initrd, memory_mib=512, tb_size_mib=16, tag=TAG, accel="tcg"):
+        # TCG as the qemu engine runs it (its command-line prefix too: the guest's TSC
+        # frequency); "kvm" where the kvm engine is compared (the nested tier's L1).
+        if accel == "kvm":
+            accel_args, append = ["-accel", "kvm", "-cpu", "host"], "console=ttyS0 reboot=t panic=-1"
+        else:
+            from vmm.engines.qemu import cmdline_prefix
+            accel_args = ["-accel", f"tcg,tb-size={tb_size_mib}", "-cpu", "max"]
+            append = cmdline_prefix()
         self.argv = [
             "qemu-system-x86_64",
             "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem",
             "-global", "virtio-mmio.force-legacy=false",
-            "-accel", f"tcg,tb-size={tb_size_mib}", "-cpu", "max", "-smp", "1",
+            *accel_args, "-smp", "1",
             "-m", str(memory_mib),
             "-object", f"memory-backend-memfd,id=mem,size={memory_mib}M,share=on",
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-serial", "stdio",
             "-kernel", str(kernel.guest_kernel()), "-initrd", str(initrd),
-            "-append", "console=ttyS0 reboot=t panic=-1 no_timer_check noapictimer quiet",
+            "-append", append + " quiet",
             "-chardev", f"socket,id=fs,path={socket_path}",
             "-device", f"vhost-user-fs-device,chardev=fs,tag={tag}",
         ]
