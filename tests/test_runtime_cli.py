@@ -95,6 +95,9 @@ def test_stopped_container_state_kill_start_delete(tmp_path):
     assert (state["status"], state["pid"]) == ("stopped", 0)
     r = runtime("kill", "c1", "KILL", root=tmp_path)
     assert r.returncode == 1 and "container not running" in r.stderr
+    # runc: --all signals whatever is left, and on a stopped container that is nothing
+    r = runtime("kill", "--all", "c1", "KILL", root=tmp_path)
+    assert (r.returncode, r.stderr) == (0, "")
     r = runtime("start", "c1", root=tmp_path)
     assert r.returncode == 1 and "cannot start a container that has stopped" in r.stderr
     r = runtime("list", "--format", "json", root=tmp_path)

@@ -213,6 +213,11 @@ def cmd_kill(store: StateStore, args, log: RuntimeLog) -> int:
     st = store.load(args.id)           # runc names a missing container before a bad signal
     signo = parse_signal(args.signal)
     if st.current_status() not in (CREATED, RUNNING):
+        if args.all:
+            # As runc: --all on a stopped container has nothing left to signal and succeeds.
+            # containerd's shim sends it after the container's process exits when the
+            # container shares a pid namespace (a pod's), and logs our refusal as an error.
+            return 0
         raise RuntimeFailure("container not running")
     try:
         reply = request(store, st.id, {"op": "kill", "signal": signo})
