@@ -101,14 +101,7 @@ def _open_tap_in(netns: str, name: str) -> int:
 
     def run():
         try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise ConfigError(f"cannot join the network namespace {netns}: "
-                                      f"{os.strerror(err)}")
-            finally:
-                os.close(fd)
+            enter(netns)
             out["fd"] = _binding.check(_binding.lib.vmm_net_open_tap, name.encode())
         except BaseException as e:  # handed to the caller's thread
             out["error"] = e
@@ -120,13 +113,53 @@ def _open_tap_in(netns: str, name: str) -> int:
     return out["fd"]
 
 
-def attach(netns: str, dns: Optional[str] = None) -> Optional[NamespaceNic]:
-    """The VM's NIC in netns, or None if netns has only loopback (the VM gets none)."""
+def _same_namespace(a: str, b: str) -> bool:
+    sa, sb = os.stat(a), os.stat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def enter(netns: str) -> None:
+    """Moves the calling thread into netns. The monitor calls it from its main thread, the
+    thread /proc/<pid>/ns/net shows, once the VM has its NIC: the container's pid is then
+    in the container's namespace, as runc's container process is, and containerd's CRI
+    plugin gives a pod's other containers /proc/<pause container's pid>/ns/net as theirs."""
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise ConfigError(f"cannot join the network namespace {netns}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def pod_sandbox(annotations: dict) -> bool:
+    """Whether a bundle is a Kubernetes pod's sandbox (pause) container, by the annotation
+    containerd's CRI plugin (or CRI-O) puts on it."""
+    return (annotations.get("io.kubernetes.cri.container-type") == "sandbox"
+            or annotations.get("io.kubernetes.cri-o.ContainerType") == "sandbox")
+
+
+def attach(netns: str, dns: Optional[str] = None,
+           take_interface: bool = True) -> Optional[NamespaceNic]:
+    """The VM's NIC in netns, or None if netns has only loopback (the VM gets none), or
+    take_interface is False: a pod's pause container, which only holds the namespace,
+    leaves the pod's interface to the container that serves on it."""
     if not os.path.exists(netns):
         raise ConfigError(f"network namespace {netns} does not exist")
+    if _same_namespace(netns, "/proc/self/ns/net"):
+        # The caller's own namespace is the host's (containerd's): taking over its
+        # interface would cut the host off. A container joining it has the host network.
+        raise ConfigError(f"network namespace {netns} is the runtime's own (the host's): "
+                          "the VM does not take over the host's interface")
+    if not take_interface:
+        return None
     info = namespace_interface(netns)
     if info is None:
         return None
+    if _ns(netns, ["tc", "qdisc", "show", "dev", info["ifname"], "ingress"]).strip():
+        raise ConfigError(f"network namespace {netns}: its interface {info['ifname']} is "
+                          "already another VM's NIC (in a pod, one running container at a "
+                          "time can have the pod's network)")
     fd = _open_tap_in(netns, TAP_NAME)
     nic = NamespaceNic(netns, info["ifname"], TAP_NAME, fd,
                        TapNetwork(fd=fd, address=info["address"], gateway=info["gateway"],

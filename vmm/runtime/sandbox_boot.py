@@ -66,8 +66,10 @@ def boot_sandbox(bundle: Bundle, state_dir: str, log) -> Booted:
                               "nor a regular file")
     nic, network = None, None
     if bundle.network == "join":
-        from .netns import attach
-        nic = attach(bundle.netns, dns=_nameserver(files))
+        from .netns import attach, enter, pod_sandbox
+        nic = attach(bundle.netns, dns=_nameserver(files),
+                     take_interface=not pod_sandbox(bundle.annotations_dict))
+        enter(bundle.netns)     # the monitor (the container's pid) in it, as runc's process
         network = nic.network if nic is not None else None
     elif bundle.network == "host":
         from ..net.network import Network
