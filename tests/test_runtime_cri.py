@@ -7,8 +7,11 @@ Each container of a pod is a microVM of its own, the pause container too: the te
 the monitors, checks from inside that a container runs under our guest kernel, and that
 after StopPodSandbox + RemovePodSandbox nothing of the pod is left running (no monitor,
 shim, VM or virtiofsd)."""
+import json
 import os
+import re
 import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 from support.oci_fixtures import LAYER_MT, Image, Layer, sha256, write_layout
 from support.runtime_clients import (Containerd, monitors_of, our_kernel, processes_naming,
                                      runtime_executable)
+from support.netns_forward import NamespaceForward
 from support.sandbox_image import busybox_layer, have_busybox
 from support.test_engine import ENGINE
 
@@ -54,8 +58,43 @@ def registry(tmp_path_factory):
     reg.stop()
 
 
+CNI_BIN = next((d for d in ("/usr/lib/cni", "/opt/cni/bin")
+                if os.path.exists(os.path.join(d, "bridge"))), None)
+POD_SUBNET = "10.233.0"
+
+
+def sh(*argv, check=True):
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=T)
+    assert r.returncode == 0 or not check, (argv, r.stderr)
+    return r.stdout
+
+
 @pytest.fixture(scope="module")
-def cri(tmp_path_factory, registry):
+def node_netns():
+    """The node's network, for this test: a namespace of its own where containerd runs,
+    so the CNI bridge and the pods' veths live (and go) with it, not on this machine."""
+    name = f"vmmcri-{uuid.uuid4().hex[:6]}"
+    sh("ip", "netns", "add", name)
+    sh("ip", "-n", name, "link", "set", "lo", "up")
+    yield name
+    sh("ip", "netns", "del", name, check=False)
+
+
+def cni_config(d: Path) -> dict:
+    """The CRI plugin's CNI settings: a bridge network with host-local addresses."""
+    conf = d / "net.d"
+    conf.mkdir()
+    (conf / "10-vmm-test.conflist").write_text(json.dumps({
+        "cniVersion": "0.4.0", "name": "vmm-cri-test",
+        "plugins": [{"type": "bridge", "bridge": "vmmcni0", "isGateway": True, "ipMasq": False,
+                     "ipam": {"type": "host-local", "dataDir": str(d / "cni-ipam"),
+                              "ranges": [[{"subnet": f"{POD_SUBNET}.0/24"}]],
+                              "routes": [{"dst": "0.0.0.0/0"}]}}]}))
+    return {"bin_dir": f'"{CNI_BIN}"', "conf_dir": f'"{conf}"'}
+
+
+@pytest.fixture(scope="module")
+def cri(tmp_path_factory, registry, node_netns):
     d = tmp_path_factory.mktemp("cri")
     runtime = runtime_executable(d, ENGINE)
     # The registry speaks plain HTTP: a hosts.toml for it, where containerd looks for one.
@@ -64,9 +103,15 @@ def cri(tmp_path_factory, registry):
     (hosts / "hosts.toml").write_text(
         f'server = "http://{registry.host}"\n\n[host."http://{registry.host}"]\n'
         '  capabilities = ["pull", "resolve"]\n')
-    daemon = Containerd(d / "containerd", runtime, cri={
-        "sandbox_image": f'"{registry.host}/vmm-test/pause:1"',
-        "config_path": f'"{d / "certs.d"}"'})
+    settings = {"sandbox_image": f'"{registry.host}/vmm-test/pause:1"',
+                "config_path": f'"{d / "certs.d"}"'}
+    if CNI_BIN:
+        settings.update(cni_config(d))
+    # containerd pulls from the node's namespace: the registry is reached there at the
+    # loopback address it has here.
+    netns = f"/var/run/netns/{node_netns}"
+    forward = NamespaceForward(netns, "127.0.0.1", registry.port)
+    daemon = Containerd(d / "containerd", runtime, cri=settings, netns=netns)
     client = CRI(daemon.socket)
     try:
         client.version()
@@ -74,6 +119,7 @@ def cri(tmp_path_factory, registry):
     finally:
         client.close()
         daemon.stop()
+        forward.close()
 
 
 def sandbox_config(name, log_dir: Path, network=cri_api.NODE):
@@ -187,3 +233,45 @@ def test_pod_on_host_network_runs_containers_as_microvms(cri):
             client.remove_pod_sandbox(pod)
     # Nothing of the pod is left: no monitor, shim, VM or virtiofsd.
     assert wait_gone(ids) == {}
+
+
+@pytest.mark.skipif(not CNI_BIN, reason="no CNI plugins (apt-get install containernetworking-plugins)")
+def test_pod_network_from_cni_is_the_guests(cri, node_netns):
+    """A pod with its own network: CNI's address (PodSandboxStatus) is the guest's eth0
+    address, and a server in the guest is reached at it from the node's side of the pod
+    network (the bridge)."""
+    client, d, host = cri
+    busybox = f"{host}/vmm-test/busybox:1"
+    client.pull_image(busybox)
+    config = sandbox_config("pod-net", d / "pods" / "pod-net", network=cri_api.POD)
+    pod = client.run_pod_sandbox(config, "vmm")
+    ids, removed = [pod], False
+    try:
+        ip = client.pod_sandbox_status(pod).network.ip
+        assert re.fullmatch(rf"{re.escape(POD_SUBNET)}\.\d+", ip), ip
+        web = client.create_container(pod, container_config(
+            "web", busybox, ["sh", "-c", "uname -r > /tmp/index.html; exec busybox httpd -f -p 8080 -h /tmp"],
+            "web.log", config), config)
+        ids.append(web)
+        client.start_container(web)
+        code, out, err = client.exec_sync(web, ["busybox", "ip", "-4", "addr", "show", "dev", "eth0"])
+        assert code == 0, (out, err)
+        assert re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", out.decode()) == [ip], out
+        # The pause container holds the namespace; the web container's VM has the NIC.
+        assert len(monitors_of(pod)) == 1 and len(monitors_of(web)) == 1
+        page, deadline = "", time.monotonic() + 60
+        while not our_kernel(page) and time.monotonic() < deadline:
+            page = sh("ip", "netns", "exec", node_netns, "curl", "-s", "--max-time", "5",
+                      f"http://{ip}:8080/index.html", check=False)
+            time.sleep(0.5)
+        assert our_kernel(page), page
+        client.stop_pod_sandbox(pod)
+        client.remove_pod_sandbox(pod)
+        removed = True
+    finally:
+        if not removed:
+            client.stop_pod_sandbox(pod)
+            client.remove_pod_sandbox(pod)
+    assert wait_gone(ids) == {}
+    # CNI took its veth back: nothing of the pod is left on the node's bridge.
+    assert "veth" not in sh("ip", "-n", node_netns, "link", "show", "type", "veth")

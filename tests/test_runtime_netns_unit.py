@@ -85,3 +85,30 @@ def test_enter_moves_the_calling_thread_only(pod_netns):
     t.join()
     assert seen["thread"] == os.stat(pod_netns).st_ino != mine
     assert os.stat("/proc/self/ns/net").st_ino == mine
+
+
+def test_joining_the_runtimes_own_namespace_is_the_host_network(tmp_path, monkeypatch):
+    """A host-network pod's containers are given /proc/<pause pid>/ns/net, the host's: the
+    VM gets the host's network as a VM can have it (NAT), as a runc container in the host
+    namespace has it, and no interface is taken over."""
+    import json
+    from vmm.net.network import Network
+    from vmm.runtime import netns as netns_mod
+    from vmm.runtime.bundle import parse_config
+    from vmm.runtime.sandbox_boot import boot_sandbox
+    from vmm.sandbox import Sandbox
+    assert netns_mod.is_own_namespace(f"/proc/{os.getpid()}/ns/net")
+    assert not netns_mod.is_own_namespace(str(tmp_path / "no-such-namespace"))
+    (tmp_path / "rootfs").mkdir()
+    cfg = {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+           "process": {"args": ["true"], "cwd": "/"},
+           "linux": {"namespaces": [{"type": "network", "path": f"/proc/{os.getpid()}/ns/net"}]}}
+    bundle = parse_config(json.dumps(cfg).encode(), str(tmp_path))
+    assert bundle.network == "join"
+    seen = {}
+    monkeypatch.setattr(netns_mod, "attach", lambda *a, **k: pytest.fail("attach called"))
+    monkeypatch.setattr(netns_mod, "enter", lambda *a, **k: pytest.fail("enter called"))
+    monkeypatch.setattr(Sandbox, "create", classmethod(lambda cls, **kw: seen.update(kw) or "vm"))
+    booted = boot_sandbox(bundle, str(tmp_path), log=None)
+    assert booted.sandbox == "vm" and booted.nic is None
+    assert type(seen["network"]) is Network

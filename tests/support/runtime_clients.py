@@ -69,16 +69,18 @@ class Containerd:
     directory, and, as docs/kubernetes.md says to do on a node, containerd's default config
     with docs/containerd-vmm.toml's lines added (the "vmm" handler, BinaryName = runtime).
     cri: settings of the CRI plugin's config to replace, by key (each key's first line in
-    the default config, e.g. sandbox_image, bin_dir, conf_dir, config_path)."""
+    the default config, e.g. sandbox_image, bin_dir, conf_dir, config_path). netns: a
+    network namespace path to run the daemon in (its CNI bridge then lives there)."""
 
-    def __init__(self, directory: Path, runtime: Path, cri=None, wait=30.0):
+    def __init__(self, directory: Path, runtime: Path, cri=None, netns=None, wait=30.0):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = self.dir / "containerd.sock"
         self.log_path = self.dir / "containerd.log"
         (self.dir / "config.toml").write_text(self._config(runtime, cri or {}))
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(["containerd", "--config", str(self.dir / "config.toml")],
+        prefix = ["nsenter", f"--net={netns}", "--"] if netns else []
+        self.proc = subprocess.Popen(prefix + ["containerd", "--config", str(self.dir / "config.toml")],
                                      stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + wait
         while subprocess.run(self.ctr("default") + ["version"], capture_output=True).returncode:

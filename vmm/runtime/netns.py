@@ -113,9 +113,15 @@ def _open_tap_in(netns: str, name: str) -> int:
     return out["fd"]
 
 
-def _same_namespace(a: str, b: str) -> bool:
-    sa, sb = os.stat(a), os.stat(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+def is_own_namespace(netns: str) -> bool:
+    """Whether netns is the caller's own network namespace: the host's, as the runtime
+    runs in containerd's. A container joining it has the host's network, as with runc;
+    CRI names it for a host-network pod's containers (/proc/<pause pid>/ns/net)."""
+    try:
+        a, b = os.stat(netns), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def enter(netns: str) -> None:
@@ -146,9 +152,9 @@ def attach(netns: str, dns: Optional[str] = None,
     leaves the pod's interface to the container that serves on it."""
     if not os.path.exists(netns):
         raise ConfigError(f"network namespace {netns} does not exist")
-    if _same_namespace(netns, "/proc/self/ns/net"):
-        # The caller's own namespace is the host's (containerd's): taking over its
-        # interface would cut the host off. A container joining it has the host network.
+    if is_own_namespace(netns):
+        # Taking over the host's interface would cut the host off (the caller treats a
+        # container joining the host's namespace as one with the host's network).
         raise ConfigError(f"network namespace {netns} is the runtime's own (the host's): "
                           "the VM does not take over the host's interface")
     if not take_interface:
