@@ -265,6 +265,13 @@ def test_pod_network_from_cni_is_the_guests(cri, node_netns):
                       f"http://{ip}:8080/index.html", check=False)
             time.sleep(0.5)
         assert our_kernel(page), page
+        # A second running container cannot also have the pod's interface: refused, saying so.
+        second = client.create_container(pod, container_config(
+            "second", busybox, ["sleep", "1000"], "second.log", config), config)
+        ids.append(second)
+        with pytest.raises(cri_api.CRIError, match="already another VM's NIC"):
+            client.start_container(second)
+        assert len(monitors_of(web)) == 1 and not monitors_of(second)
         client.stop_pod_sandbox(pod)
         client.remove_pod_sandbox(pod)
         removed = True
