@@ -176,7 +176,7 @@ def wait_gone(ids, timeout=60):
     return processes_naming(*ids)
 
 
-def test_pod_on_host_network_runs_containers_as_microvms(cri):
+def test_pod_on_host_network_runs_containers_as_microvms(cri, node_netns):
     client, d, host = cri
     pause, busybox = f"{host}/vmm-test/pause:1", f"{host}/vmm-test/busybox:1"
     # As the kubelet: the images first (the pause image is the sandbox_image we configured).
@@ -213,6 +213,11 @@ def test_pod_on_host_network_runs_containers_as_microvms(cri):
         assert client.container_status(sleeper).state == cri_api.CONTAINER_RUNNING
         code, out, err = client.exec_sync(sleeper, ["uname", "-r"])
         assert code == 0 and our_kernel(out.decode()), (code, out, err)
+        # Host network as a VM can have it (NAT): a NIC with an address; the node's own
+        # interfaces are not taken over (CRI named the node's namespace, by the pause's pid).
+        code, out, err = client.exec_sync(sleeper, ["busybox", "ip", "-4", "addr", "show", "dev", "eth0"])
+        assert code == 0 and re.search(r"inet \d+\.\d+\.\d+\.\d+/", out.decode()), (out, err)
+        assert "vmmtap0" not in sh("ip", "-n", node_netns, "link", "show")
         code, out, err = client.exec_sync(sleeper, ["sh", "-c", "echo to-err >&2; exit 7"])
         assert (code, out, err) == (7, b"", b"to-err\n")
         # Two microVMs run now: the pause container's and the sleeper's.
