@@ -165,7 +165,10 @@ _POOL.Add(_file_descriptor())
 
 def message(name):
     """The message class runtime.v1.<name>."""
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+    desc = _POOL.FindMessageTypeByName(f"{PACKAGE}.{name}")
+    if hasattr(message_factory, "GetMessageClass"):
+        return message_factory.GetMessageClass(desc)
+    return message_factory.MessageFactory(_POOL).GetPrototype(desc)   # protobuf < 4.22
 
 
 # What the tests accept from the server: ids as containerd makes them (64 hex digits), and
