@@ -15,6 +15,7 @@ APT_PACKAGES=(
   docker-registry skopeo umoci apache2-utils    # image tests and benchmarks
   mmdebstrap                                    # the walkthrough test's image (built once)
   containerd runc podman                        # vmm-runtime: real clients, runc the reference
+  containernetworking-plugins                   # CNI bridge + host-local for the CRI pod test
 )
 
 missing=()

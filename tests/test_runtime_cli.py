@@ -95,12 +95,27 @@ def test_stopped_container_state_kill_start_delete(tmp_path):
     assert (state["status"], state["pid"]) == ("stopped", 0)
     r = runtime("kill", "c1", "KILL", root=tmp_path)
     assert r.returncode == 1 and "container not running" in r.stderr
+    # runc: --all signals whatever is left, and on a stopped container that is nothing
+    r = runtime("kill", "--all", "c1", "KILL", root=tmp_path)
+    assert (r.returncode, r.stderr) == (0, "")
     r = runtime("start", "c1", root=tmp_path)
     assert r.returncode == 1 and "cannot start a container that has stopped" in r.stderr
     r = runtime("list", "--format", "json", root=tmp_path)
     assert [s["id"] for s in json.loads(r.stdout)] == ["c1"]
     assert runtime("delete", "c1", root=tmp_path).returncode == 0
     assert not (tmp_path / "c1").exists()
+
+
+def test_delete_force_of_a_missing_container_succeeds_as_runcs(tmp_path):
+    # containerd's shim deletes --force again when it cleans up after a deleted container
+    r = runtime("delete", "--force", "nope", root=tmp_path)
+    assert (r.returncode, r.stderr) == (0, "")
+    r = runtime("delete", "nope", root=tmp_path)
+    assert r.returncode == 1 and "container does not exist" in r.stderr
+    if shutil.which("runc"):
+        ref = subprocess.run(["runc", "--root", str(tmp_path / "runc"), "delete", "--force", "nope"],
+                             capture_output=True, text=True, timeout=30)
+        assert ref.returncode == 0
 
 
 def test_create_refuses_bad_bundles_and_leaves_nothing(tmp_path):

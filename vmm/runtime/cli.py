@@ -26,8 +26,8 @@ from .bundle import load_bundle
 from .errors import RuntimeFailure
 from .features import features
 from .log import RuntimeLog
-from .state import (CREATED, RUNNING, STOPPED, ContainerState, StateStore, check_id,
-                    now_rfc3339)
+from .state import (CREATED, RUNNING, STOPPED, ContainerNotFound, ContainerState, StateStore,
+                    check_id, now_rfc3339)
 
 CREATE_TIMEOUT_S = 300.0   # a first boot may build the guest kernel's caches
 STOP_WAIT_S = 15.0
@@ -213,6 +213,11 @@ def cmd_kill(store: StateStore, args, log: RuntimeLog) -> int:
     st = store.load(args.id)           # runc names a missing container before a bad signal
     signo = parse_signal(args.signal)
     if st.current_status() not in (CREATED, RUNNING):
+        if args.all:
+            # As runc: --all on a stopped container has nothing left to signal and succeeds.
+            # containerd's shim sends it after the container's process exits when the
+            # container shares a pid namespace (a pod's), and logs our refusal as an error.
+            return 0
         raise RuntimeFailure("container not running")
     try:
         reply = request(store, st.id, {"op": "kill", "signal": signo})
@@ -228,8 +233,15 @@ def cmd_kill(store: StateStore, args, log: RuntimeLog) -> int:
 
 def cmd_delete(store: StateStore, args, log: RuntimeLog) -> int:
     from .monitor import request
-    with store.lock(args.id):
-        st = store.load(args.id)
+    try:
+        with store.lock(args.id):
+            st = store.load(args.id)
+    except ContainerNotFound:
+        if args.force:
+            # As runc: nothing to delete is done. containerd's shim deletes --force once
+            # more when it cleans up after a container already deleted.
+            return 0
+        raise
     status = st.current_status()
     if status == RUNNING and not args.force:
         raise RuntimeFailure(f"cannot delete container {st.id} that is not stopped: running")

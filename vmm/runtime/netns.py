@@ -101,14 +101,7 @@ def _open_tap_in(netns: str, name: str) -> int:
 
     def run():
         try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise ConfigError(f"cannot join the network namespace {netns}: "
-                                      f"{os.strerror(err)}")
-            finally:
-                os.close(fd)
+            enter(netns)
             out["fd"] = _binding.check(_binding.lib.vmm_net_open_tap, name.encode())
         except BaseException as e:  # handed to the caller's thread
             out["error"] = e
@@ -120,13 +113,59 @@ def _open_tap_in(netns: str, name: str) -> int:
     return out["fd"]
 
 
-def attach(netns: str, dns: Optional[str] = None) -> Optional[NamespaceNic]:
-    """The VM's NIC in netns, or None if netns has only loopback (the VM gets none)."""
+def is_own_namespace(netns: str) -> bool:
+    """Whether netns is the caller's own network namespace: the host's, as the runtime
+    runs in containerd's. A container joining it has the host's network, as with runc;
+    CRI names it for a host-network pod's containers (/proc/<pause pid>/ns/net)."""
+    try:
+        a, b = os.stat(netns), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def enter(netns: str) -> None:
+    """Moves the calling thread into netns. The monitor calls it from its main thread, the
+    thread /proc/<pid>/ns/net shows, once the VM has its NIC: the container's pid is then
+    in the container's namespace, as runc's container process is, and containerd's CRI
+    plugin gives a pod's other containers /proc/<pause container's pid>/ns/net as theirs."""
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise ConfigError(f"cannot join the network namespace {netns}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def pod_sandbox(annotations: dict) -> bool:
+    """Whether a bundle is a Kubernetes pod's sandbox (pause) container, by the annotation
+    containerd's CRI plugin (or CRI-O) puts on it."""
+    return (annotations.get("io.kubernetes.cri.container-type") == "sandbox"
+            or annotations.get("io.kubernetes.cri-o.ContainerType") == "sandbox")
+
+
+def attach(netns: str, dns: Optional[str] = None,
+           take_interface: bool = True) -> Optional[NamespaceNic]:
+    """The VM's NIC in netns, or None if netns has only loopback (the VM gets none), or
+    take_interface is False: a pod's pause container, which only holds the namespace,
+    leaves the pod's interface to the container that serves on it."""
     if not os.path.exists(netns):
         raise ConfigError(f"network namespace {netns} does not exist")
+    if is_own_namespace(netns):
+        # Taking over the host's interface would cut the host off (the caller treats a
+        # container joining the host's namespace as one with the host's network).
+        raise ConfigError(f"network namespace {netns} is the runtime's own (the host's): "
+                          "the VM does not take over the host's interface")
+    if not take_interface:
+        return None
     info = namespace_interface(netns)
     if info is None:
         return None
+    if _ns(netns, ["tc", "qdisc", "show", "dev", info["ifname"], "ingress"]).strip():
+        raise ConfigError(f"network namespace {netns}: its interface {info['ifname']} is "
+                          "already another VM's NIC (in a pod, one running container at a "
+                          "time can have the pod's network)")
     fd = _open_tap_in(netns, TAP_NAME)
     nic = NamespaceNic(netns, info["ifname"], TAP_NAME, fd,
                        TapNetwork(fd=fd, address=info["address"], gateway=info["gateway"],
