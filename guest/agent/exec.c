@@ -27,8 +27,6 @@
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_GROUPS 64
 
-enum stage { ST_RLIMIT = 1, ST_USER, ST_CWD, ST_EXEC, ST_TTY };
-
 struct exec_req {
 	char *argv[MAX_ARGS + 1];
 	int argc;
@@ -39,6 +37,7 @@ struct exec_req {
 	unsigned rows, cols;
 	struct rlim_req rl[MAX_RLIMITS];
 	int nrl;
+	struct privs pv; /* groups, umask, no_new_privs, capabilities (privs.c) */
 };
 
 struct cred {
@@ -66,6 +65,9 @@ static void req_free(struct exec_req *r)
 static const char *parse_field(struct exec_req *r, uint16_t tag, const uint8_t *v, uint32_t len)
 {
 	uint64_t u;
+	const char *bad = NULL;
+	if (privs_field(&r->pv, tag, v, len, &bad))
+		return bad;
 	switch (tag) {
 	case G_ARGV:
 	case G_ENV: {
@@ -265,9 +267,20 @@ static void child_setup(struct exec_req *r, const struct cred *cr, int fds[3], i
 		if (setrlimit(q->resource, &lim) < 0)
 			child_fail(errfd, ST_RLIMIT);
 	}
-	if (cr->set && (setgroups((size_t)cr->ngroups, cr->groups) < 0 || setgid(cr->gid) < 0 ||
-			setuid(cr->uid) < 0))
+	int stage = privs_before_user(&r->pv);
+	if (stage)
+		child_fail(errfd, stage);
+	/* GROUPS, when given, is the whole supplementary list (as runc's additionalGids with
+	 * a uid:gid user); else the user's groups from /etc/group */
+	if ((r->pv.has_groups || cr->set) &&
+	    setgroups(r->pv.has_groups ? (size_t)r->pv.ngroups : (size_t)cr->ngroups,
+		      r->pv.has_groups ? (const gid_t *)r->pv.groups : cr->groups) < 0)
 		child_fail(errfd, ST_USER);
+	if (cr->set && (setgid(cr->gid) < 0 || setuid(cr->uid) < 0))
+		child_fail(errfd, ST_USER);
+	stage = privs_after_user(&r->pv);
+	if (stage)
+		child_fail(errfd, stage);
 	const char *cwd = r->cwd ? r->cwd : cfg.workdir ? cfg.workdir : NULL;
 	if (cwd && chdir(cwd) < 0)
 		child_fail(errfd, ST_CWD);
@@ -301,6 +314,10 @@ static const char *failure_kind(int stage, int err)
 		return "bad_rlimit";
 	case ST_TTY:
 		return "tty";
+	case ST_CAPS:
+		return "bad_capabilities";
+	case ST_NNP:
+		return "bad_no_new_privs";
 	}
 	if (err == ENOENT || err == ENOTDIR)
 		return "not_found";
@@ -395,7 +412,11 @@ static void spawn(struct conn *c, uint32_t sid, struct exec_req *r, const struct
 		int e = pid < 0 ? fork_errno : msg[1];
 		const char *kind = pid < 0 ? "resource" : failure_kind(msg[0], e);
 		char why[600];
-		snprintf(why, sizeof(why), "%s: %s", pid < 0 ? "fork" : r->argv[0], strerror(e));
+		/* the new stages name themselves: "true: Operation not permitted" would not say
+		 * that the capability sets were refused */
+		const char *what = pid < 0 ? "fork" : msg[0] == ST_CAPS ? "setting the capabilities"
+			: msg[0] == ST_NNP ? "setting no_new_privs" : r->argv[0];
+		snprintf(why, sizeof(why), "%s: %s", what, strerror(e));
 		if (pid > 0)
 			waitpid(pid, NULL, 0);
 		send_failed(c, sid, e, kind, why);

@@ -25,6 +25,9 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..agent.capabilities import NUMBERS as CAPABILITY_NUMBERS
+from ..agent.capabilities import SETS as CAPABILITY_SETS
+from ..agent.capabilities import Capabilities
 from ..errors import ConfigError
 
 CONFIG_MAX_BYTES = 4 << 20        # containerd's configs are a few KiB; 4 MiB is generous
@@ -37,6 +40,7 @@ MAX_ARGS = 4096
 MAX_ENV = 4096
 MAX_MOUNTS = 256
 MAX_STRING = 64 << 10
+MAX_GROUPS = 1024                 # additionalGids (the guest agent's limit too)
 # Annotations that size the VM, as krun's krun.cpus / krun.ram_mib do for crun.
 ANNOTATION_CPUS = "vmm.cpus"
 ANNOTATION_MEMORY = "vmm.ram_mib"
@@ -85,7 +89,7 @@ class ProcessSpec:
     console_size: Optional[Tuple[int, int]] = None   # (rows, cols)
     rlimits: Tuple[Tuple[int, int, int], ...] = ()    # (resource, soft, hard)
     no_new_privileges: bool = False
-    capabilities: Tuple[str, ...] = ()                # the bounding set, for the record
+    capabilities: Optional[Capabilities] = None       # None: process.capabilities absent
 
     @property
     def env_dict(self) -> Dict[str, str]:
@@ -175,9 +179,6 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
         root_path = os.path.join(bundle_dir, root_path)
     root_path = os.path.normpath(root_path)
     root_readonly = root.get("readonly").boolean(default=False)
-    if root_readonly:
-        notes.append("root.readonly: the guest's root is writable, into a scratch layer that "
-                     "goes with the VM; root.path itself is never written")
 
     process = _process(r.get("process"), notes)
     hostname = r.get("hostname").string()
@@ -245,7 +246,7 @@ def _process(p: "_Reader", notes: List[str]) -> Optional[ProcessSpec]:
     user.is_object()
     uid = user.get("uid").integer(0, 2**32 - 2, default=0)
     gid = user.get("gid").integer(0, 2**32 - 2, default=0)
-    extra = tuple(user.get("additionalGids").integer_list(0, 2**32 - 2, limit=1024))
+    extra = tuple(user.get("additionalGids").integer_list(0, 2**32 - 2, limit=MAX_GROUPS))
     umask = user.get("umask").integer(0, 0o777, default=None)
     if user.get("username").present:
         notes.append("process.user.username: ignored (uid and gid are used)")
@@ -266,24 +267,27 @@ def _process(p: "_Reader", notes: List[str]) -> Optional[ProcessSpec]:
         if soft > hard:
             raise BundleError(f"process.rlimits[{i}]: soft {soft} is above hard {hard}")
         rlimits.append((RLIMITS[name], soft, hard))
-    if extra:
-        notes.append("process.user.additionalGids: not applied (the process gets its uid and gid)")
-    if umask is not None:
-        notes.append("process.user.umask: not applied (the guest's default umask)")
-    if p.get("noNewPrivileges").boolean(default=False):
-        notes.append("process.noNewPrivileges: not applied inside the guest")
-    caps = p.get("capabilities")
-    caps.is_object()
-    bounding = tuple(caps.get("bounding").string_list(limit=64))
-    if caps.present and not caps.empty:
-        notes.append("process.capabilities: the process runs as its uid in the guest with the "
-                     "guest's default capabilities; the sets are recorded, not applied")
     return ProcessSpec(args=tuple(args), env=tuple(env), cwd=cwd, uid=uid, gid=gid,
                        additional_gids=extra, umask=umask,
                        terminal=p.get("terminal").boolean(default=False),
                        console_size=console_size, rlimits=tuple(rlimits),
                        no_new_privileges=p.get("noNewPrivileges").boolean(default=False),
-                       capabilities=bounding)
+                       capabilities=_capabilities(p.get("capabilities")))
+
+
+def _capabilities(caps: "_Reader") -> Optional[Capabilities]:
+    """The five sets by name; an unknown name is an error, as runc makes it."""
+    if not caps.present:
+        return None
+    caps.is_object()
+    sets = {}
+    for name in CAPABILITY_SETS:
+        names = caps.get(name).string_list(limit=len(CAPABILITY_NUMBERS) * 2)
+        for i, cap in enumerate(names):
+            if cap not in CAPABILITY_NUMBERS:
+                raise BundleError(f"process.capabilities.{name}[{i}]: unknown capability {cap[:64]!r}")
+        sets[name] = tuple(names)
+    return Capabilities(**sets)
 
 
 def _size(res: "_Reader", annotations: Dict[str, str], notes: List[str]) -> Tuple[int, int]:
