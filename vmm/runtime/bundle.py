@@ -89,7 +89,7 @@ class ProcessSpec:
     console_size: Optional[Tuple[int, int]] = None   # (rows, cols)
     rlimits: Tuple[Tuple[int, int, int], ...] = ()    # (resource, soft, hard)
     no_new_privileges: bool = False
-    capabilities: Optional[Capabilities] = None       # None: process.capabilities absent
+    capabilities: Optional[Capabilities] = None       # None: the agent's defaults (exec's flags)
 
     @property
     def env_dict(self) -> Dict[str, str]:
@@ -206,9 +206,9 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
                   annotations=tuple(sorted(annotations.items())), unhonoured=tuple(notes))
 
 
-def load_process(path: str) -> ProcessSpec:
+def load_process(path: str, notes: Optional[List[str]] = None) -> ProcessSpec:
     """An OCI process object alone (what `exec --process FILE` reads); BundleError naming
-    the problem."""
+    the problem. What is not applied is added to notes, if given."""
     try:
         with open(path, "rb") as f:
             data = f.read(CONFIG_MAX_BYTES + 1)
@@ -222,7 +222,7 @@ def load_process(path: str) -> ProcessSpec:
         raise BundleError(f"{path} is not valid JSON: {e}") from None
     r = _Reader(raw, "process")
     r.is_object(required=True)
-    return _process(r, [])
+    return _process(r, notes if notes is not None else [])
 
 
 def _process(p: "_Reader", notes: List[str]) -> Optional[ProcessSpec]:
@@ -272,21 +272,23 @@ def _process(p: "_Reader", notes: List[str]) -> Optional[ProcessSpec]:
                        terminal=p.get("terminal").boolean(default=False),
                        console_size=console_size, rlimits=tuple(rlimits),
                        no_new_privileges=p.get("noNewPrivileges").boolean(default=False),
-                       capabilities=_capabilities(p.get("capabilities")))
+                       capabilities=_capabilities(p.get("capabilities"), notes))
 
 
-def _capabilities(caps: "_Reader") -> Optional[Capabilities]:
-    """The five sets by name; an unknown name is an error, as runc makes it."""
-    if not caps.present:
-        return None
+def _capabilities(caps: "_Reader", notes: List[str]) -> Capabilities:
+    """The five sets by name; absent, all five are empty (runc 1.1 gives such a process no
+    capabilities, root or not). A name we do not know is left out of its set, and noted, as
+    runc 1.1 does ("ignoring unknown or unavailable capabilities"): the process gets less,
+    never more, and a bundle written for a newer kernel still runs."""
     caps.is_object()
     sets = {}
     for name in CAPABILITY_SETS:
         names = caps.get(name).string_list(limit=len(CAPABILITY_NUMBERS) * 2)
-        for i, cap in enumerate(names):
-            if cap not in CAPABILITY_NUMBERS:
-                raise BundleError(f"process.capabilities.{name}[{i}]: unknown capability {cap[:64]!r}")
-        sets[name] = tuple(names)
+        unknown = [c for c in names if c not in CAPABILITY_NUMBERS]
+        if unknown:
+            notes.append(f"process.capabilities.{name}: unknown capability "
+                         f"{', '.join(repr(c[:64]) for c in unknown[:8])} ignored (as runc does)")
+        sets[name] = tuple(c for c in names if c in CAPABILITY_NUMBERS)
     return Capabilities(**sets)
 
 

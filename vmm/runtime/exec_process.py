@@ -27,13 +27,14 @@ START_TIMEOUT_S = 60.0
 USER = re.compile(r"([0-9]{1,10})(?::([0-9]{1,10}))?")
 
 
-def exec_spec(args, bundle_dir=None) -> ProcessSpec:
+def exec_spec(args, bundle_dir=None, notes=None) -> ProcessSpec:
     """The process `exec` runs: --process's, or one from the flags on top of the
-    privileges of the container's process (bundle_dir's config.json, if given)."""
+    privileges of the container's process (bundle_dir's config.json, if given). What is
+    not applied goes to notes, if given."""
     from ..errors import ConfigError
     if args.process:
         try:
-            return load_process(args.process)
+            return load_process(args.process, notes)
         except ConfigError as e:
             raise RuntimeFailure(str(e)) from None
     if not args.argv:
@@ -90,7 +91,10 @@ def _privileges(p: ProcessSpec, args, bundle_dir) -> ProcessSpec:
 def run_exec(st: ContainerState, args, log) -> int:
     from .holder import fork_holder, write_pid_file
     from .stdio import ContainerStdio
-    p = exec_spec(args, st.bundle)
+    notes = []
+    p = exec_spec(args, st.bundle, notes)
+    for line in notes:
+        log.warning(f"exec: {line}")
     if p.terminal and args.detach and not args.console_socket:
         raise RuntimeFailure("cannot allocate tty if runc will detach without setting console socket")
     if not p.terminal and args.console_socket:
