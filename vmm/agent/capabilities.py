@@ -11,8 +11,9 @@ ValueError naming it (as runc refuses an unknown capability).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Tuple, Union
+
+from ..record import Record   # not dataclasses: `msb exec` imports this (vmm/record.py)
 
 NAMES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
@@ -55,8 +56,7 @@ def _mask(caps: Iterable[Cap]) -> int:
     return mask
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(Record):
     """The five capability sets of a process (names or numbers); a set left out is empty,
     as in an OCI bundle's process.capabilities."""
     bounding: Tuple[Cap, ...] = ()
@@ -65,12 +65,13 @@ class Capabilities:
     inheritable: Tuple[Cap, ...] = ()
     ambient: Tuple[Cap, ...] = ()
 
-    def __post_init__(self):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         for name in SETS:
             value = getattr(self, name)
             if isinstance(value, (str, bytes)):
                 raise ValueError(f"capabilities.{name} must be a list of names, not {value!r}")
-            object.__setattr__(self, name, tuple(value))
+            setattr(self, name, tuple(value))
         self.masks()   # names checked here, not at the first exec
 
     def masks(self) -> Tuple[int, ...]:

@@ -5,9 +5,9 @@ same bounds again: the host's checks are for a clear ValueError here, not for sa
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from ..record import Record   # not dataclasses: `msb exec` imports this (vmm/record.py)
 from . import protocol as P
 from .capabilities import Capabilities
 from .protocol import G
@@ -15,14 +15,14 @@ from .protocol import G
 MAX_GID = 2**32 - 2      # (gid_t)-1 means "no change" to the kernel, never a group
 
 
-@dataclass(frozen=True)
-class ExecPrivileges:
+class ExecPrivileges(Record):
     groups: Optional[Sequence[int]] = None     # None: the user's groups from /etc/group
     umask: Optional[int] = None                # None: the agent's (022)
     no_new_privileges: bool = False
     capabilities: Optional[Capabilities] = None   # None: the user's defaults
 
-    def __post_init__(self):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if self.groups is not None:
             if isinstance(self.groups, (str, bytes)):
                 raise ValueError(f"groups must be a list of gids, not {self.groups!r}")
@@ -32,7 +32,7 @@ class ExecPrivileges:
             for g in groups:
                 if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= MAX_GID:
                     raise ValueError(f"supplementary group {g!r} is not a gid in 0..{MAX_GID}")
-            object.__setattr__(self, "groups", groups)
+            self.groups = groups
         if self.umask is not None and (isinstance(self.umask, bool) or not isinstance(self.umask, int)
                                        or not 0 <= self.umask <= 0o777):
             raise ValueError(f"umask {self.umask!r} is not in 0..0o777")
