@@ -108,6 +108,23 @@ uint16_t get_le16(const uint8_t *p);
 uint32_t get_le32(const uint8_t *p);
 void set_le32(uint8_t *p, uint32_t v);
 
+/* ---- the exec user (user.c) ----------------------------------------------------------- */
+
+#define MAX_GROUPS 64 /* supplementary groups found in /etc/group for a user name */
+
+struct cred {
+	int set;
+	uid_t uid;
+	gid_t gid;
+	gid_t groups[MAX_GROUPS];
+	int ngroups;
+	char home[256];
+	char name[64];
+};
+
+/* 0, or an errno with why[] saying what was not found */
+int resolve_user(const char *spec, struct cred *cr, char *why, size_t whylen);
+
 /* ---- a process's privileges (privs.c) ------------------------------------------------- */
 
 /* Stages of the exec child, reported back through its error pipe (exec.c). */

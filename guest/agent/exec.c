@@ -25,7 +25,6 @@
 #include "agent.h"
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#define MAX_GROUPS 64
 
 struct exec_req {
 	char *argv[MAX_ARGS + 1];
@@ -38,16 +37,6 @@ struct exec_req {
 	struct rlim_req rl[MAX_RLIMITS];
 	int nrl;
 	struct privs pv; /* groups, umask, no_new_privs, capabilities (privs.c) */
-};
-
-struct cred {
-	int set;
-	uid_t uid;
-	gid_t gid;
-	gid_t groups[MAX_GROUPS];
-	int ngroups;
-	char home[256];
-	char name[64];
 };
 
 static void req_free(struct exec_req *r)
@@ -133,67 +122,6 @@ static const char *parse_exec(struct exec_req *r, const uint8_t *p, uint32_t n)
 	if (r->argc == 0 || r->argv[0][0] == 0)
 		return "no ARGV (or an empty argv[0])";
 	return NULL;
-}
-
-/* ---- users ---------------------------------------------------------------------------- */
-
-static int all_digits(const char *s)
-{
-	if (!*s)
-		return 0;
-	for (; *s; s++)
-		if (*s < '0' || *s > '9')
-			return 0;
-	return 1;
-}
-
-/* "name", "uid", "name:group" or "uid:gid", looked up in the root's /etc/passwd and
- * /etc/group. A numeric uid need not exist (as with Docker: gid 0, HOME /). */
-static int resolve_user(const char *spec, struct cred *cr, char *why, size_t whylen)
-{
-	char user[256], *group = NULL;
-	snprintf(user, sizeof(user), "%s", spec);
-	char *colon = strchr(user, ':');
-	if (colon) {
-		*colon = 0;
-		group = colon + 1;
-	}
-	memset(cr, 0, sizeof(*cr));
-	cr->set = 1;
-	snprintf(cr->home, sizeof(cr->home), "/");
-	struct passwd *pw = all_digits(user) ? getpwuid((uid_t)strtoul(user, NULL, 10))
-					     : getpwnam(user);
-	if (pw) {
-		cr->uid = pw->pw_uid;
-		cr->gid = pw->pw_gid;
-		snprintf(cr->home, sizeof(cr->home), "%s", pw->pw_dir);
-		snprintf(cr->name, sizeof(cr->name), "%s", pw->pw_name);
-	} else if (all_digits(user)) {
-		cr->uid = (uid_t)strtoul(user, NULL, 10);
-	} else {
-		snprintf(why, whylen, "no user %s in /etc/passwd", user);
-		return ENOENT;
-	}
-	if (group && *group) {
-		struct group *gr = all_digits(group) ? getgrgid((gid_t)strtoul(group, NULL, 10))
-						     : getgrnam(group);
-		if (gr)
-			cr->gid = gr->gr_gid;
-		else if (all_digits(group))
-			cr->gid = (gid_t)strtoul(group, NULL, 10);
-		else {
-			snprintf(why, whylen, "no group %s in /etc/group", group);
-			return ENOENT;
-		}
-	}
-	cr->groups[0] = cr->gid;
-	cr->ngroups = 1;
-	if (pw && !group) {
-		int n = MAX_GROUPS;
-		if (getgrouplist(pw->pw_name, cr->gid, cr->groups, &n) >= 0)
-			cr->ngroups = n;
-	}
-	return 0;
 }
 
 /* ---- environment ------------------------------------------------------------------------ */
