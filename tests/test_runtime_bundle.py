@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from vmm.agent import Capabilities
 from vmm.runtime.bundle import (CONFIG_MAX_BYTES, MIN_MEMORY_MIB, BundleError, load_bundle,
                                 parse_config)
 
@@ -50,9 +51,51 @@ def test_runc_spec_maps_onto_a_vm():
     assert b.netns is None
     # what a VM does not apply is listed, never dropped silently
     text = "\n".join(b.unhonoured)
-    for field in ("linux.resources.devices", "linux.maskedPaths", "linux.readonlyPaths",
-                  "process.capabilities", "root.readonly", "process.noNewPrivileges"):
+    for field in ("linux.resources.devices", "linux.maskedPaths", "linux.readonlyPaths"):
         assert field in text
+    # ... and what the guest agent applies is not among them
+    for field in ("process.capabilities", "root.readonly", "process.noNewPrivileges",
+                  "process.user"):
+        assert field not in text
+    assert b.process.no_new_privileges
+    assert b.process.capabilities == Capabilities(bounding=("CAP_KILL",), effective=("CAP_KILL",))
+    assert b.process.capabilities.masks() == (1 << 5, 1 << 5, 0, 0, 0)
+
+
+def test_process_privileges_are_read_and_bounded():
+    cfg = runc_spec()
+    cfg["process"]["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 0o27}
+    cfg["process"]["capabilities"] = {
+        "bounding": ["CAP_NET_BIND_SERVICE", "CAP_CHOWN"], "permitted": ["CAP_NET_BIND_SERVICE"],
+        "effective": ["CAP_NET_BIND_SERVICE"], "inheritable": ["CAP_NET_BIND_SERVICE"],
+        "ambient": ["CAP_NET_BIND_SERVICE"]}
+    p = parse(cfg).process
+    assert (p.additional_gids, p.umask, p.user) == ((10, 20), 0o27, "1000:1000")
+    assert p.capabilities.masks() == (1 << 10 | 1, 1 << 10, 1 << 10, 1 << 10, 1 << 10)
+    del cfg["process"]["capabilities"]
+    assert parse(cfg).process.capabilities.masks() == (0,) * 5   # absent: none, as under runc
+    cfg["process"]["capabilities"] = {}
+    assert parse(cfg).process.capabilities.masks() == (0, 0, 0, 0, 0)   # present: empty sets
+    # a name we do not know is left out and noted, as runc 1.1 ignores it with a warning
+    cfg["process"]["capabilities"] = {"bounding": ["CAP_FLY", "CAP_KILL"], "ambient": ["chown"]}
+    b = parse(cfg)
+    assert b.process.capabilities.masks() == (1 << 5, 0, 0, 0, 0)
+    assert "process.capabilities.bounding: unknown capability 'CAP_FLY' ignored (as runc does)" in b.unhonoured
+    assert "process.capabilities.ambient: unknown capability 'chown' ignored (as runc does)" in b.unhonoured
+    bad = [({"capabilities": {"effective": "CAP_KILL"}}, "process.capabilities.effective: not a list"),
+           ({"capabilities": {"effective": [7]}}, "process.capabilities.effective[0]: not a string"),
+           ({"capabilities": {"permitted": ["CAP_KILL"] * 100}}, "more than 82 entries"),
+           ({"user": {"umask": 0o1000}}, "process.user.umask: 512 is outside 0..511"),
+           ({"user": {"umask": -1}}, "process.user.umask: -1 is outside"),
+           ({"user": {"additionalGids": list(range(1025))}},
+            "process.user.additionalGids: more than 1024 entries"),
+           ({"user": {"additionalGids": [2**32 - 1]}}, "additionalGids[0]: 4294967295 is outside")]
+    for change, msg in bad:
+        c = runc_spec()
+        c["process"].update(change)
+        with pytest.raises(BundleError) as e:
+            parse(c)
+        assert msg in str(e.value), (change, str(e.value))
 
 
 def test_resources_and_annotations_size_the_vm():

@@ -150,3 +150,52 @@ def test_same_exit_code_and_message_as_runc(tmp_path, args):
     assert ours.returncode == ref.returncode
     ref_msg = ref.stderr.split('msg="', 1)[1].rsplit('"', 1)[0].replace('\\"', '"')
     assert ref_msg in ours.stderr
+
+
+def _exec_args(*argv):
+    """What `exec [--cap C] [-g G] [--no-new-privs] ID CMD...` parses into."""
+    from types import SimpleNamespace
+    a = SimpleNamespace(process=None, env=[], user=None, cwd=None, tty=False, cap=[],
+                        additional_gids=[], no_new_privs=False)
+    argv = list(argv)
+    while argv[0].startswith("-"):
+        flag = argv.pop(0)
+        if flag == "--no-new-privs":
+            a.no_new_privs = True
+        else:
+            (a.cap if flag == "--cap" else a.additional_gids).append(argv.pop(0))
+    a.id, a.argv = argv[0], argv[1:]
+    return a
+
+
+def test_exec_takes_the_container_process_privileges_and_its_flags(tmp_path):
+    """As runc exec: without --process the new process has the container process's
+    capabilities, noNewPrivileges, umask and additionalGids; --cap adds one (bounding,
+    effective, permitted, ambient), --additional-gids appends, --no-new-privs sets."""
+    from vmm.runtime.exec_process import exec_spec
+    from vmm.runtime.errors import RuntimeFailure
+    (tmp_path / "config.json").write_text(json.dumps({
+        "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+        "process": {"args": ["sh"], "cwd": "/",
+                    "user": {"uid": 0, "gid": 0, "additionalGids": [5], "umask": 0o27},
+                    "capabilities": {"bounding": ["CAP_KILL"], "permitted": ["CAP_KILL"]}}}))
+    p = exec_spec(_exec_args("c", "id"), str(tmp_path))
+    assert p.capabilities.masks() == (1 << 5, 0, 1 << 5, 0, 0)
+    assert (p.additional_gids, p.umask, p.no_new_privileges) == ((5,), 0o27, False)
+    p = exec_spec(_exec_args("--cap", "CAP_CHOWN", "-g", "7", "--no-new-privs", "c", "id"), str(tmp_path))
+    assert p.capabilities.masks() == (1 << 5 | 1, 1, 1 << 5 | 1, 0, 1)
+    assert (p.additional_gids, p.no_new_privileges) == ((5, 7), True)
+    for bad, msg in ((["--cap", "CAP_FLY"], "--cap: unknown capability 'CAP_FLY'"),
+                     (["-g", "x"], "--additional-gids 'x' is not a gid"),
+                     (["-g", "4294967295"], "is not a gid")):
+        with pytest.raises(RuntimeFailure, match=msg):
+            exec_spec(_exec_args(*bad, "c", "id"), str(tmp_path))
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(RuntimeFailure, match="cannot read the container's process privileges"):
+        exec_spec(_exec_args("c", "id"), str(tmp_path))
+
+
+def test_features_lists_the_capabilities_we_apply():
+    from vmm.runtime.features import features
+    caps = features()["linux"]["capabilities"]
+    assert caps[0] == "CAP_CHOWN" and caps[-1] == "CAP_CHECKPOINT_RESTORE" and len(caps) == 41

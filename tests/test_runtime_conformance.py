@@ -180,3 +180,119 @@ def test_lifecycle_matches_runc(tmp_path, rootfs):
         row(key, o[key], r[key], same_message=key != "create again",
             differs="runc prefixes 'runc create failed: '")
     row("exec in a stopped container", o["exec stopped"], r["exec stopped"])
+
+
+# The process reads back its own privileges; both runtimes run the same bundle.
+SELF_STATUS = ("grep -E '^(Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status; "
+               "echo umask: $(umask); touch /tmp/u; echo mode: $(stat -c %a /tmp/u)")
+ONE_CAP = ["CAP_NET_BIND_SERVICE"]
+
+
+def run_to_exit(cmd, bundle_dir, cid, out):
+    """create (stdio to files), start, collect the exit status as the shim's subreaper does,
+    delete: (exit status, stdout, stderr)."""
+    libc = ctypes.CDLL(None)
+    libc.prctl(36, 1, 0, 0, 0)   # PR_SET_CHILD_SUBREAPER
+    try:
+        rc, err = run(cmd, "create", "-b", str(bundle_dir), "--pid-file", str(out) + ".pid", cid,
+                      stdio=out)
+        if rc != 0:
+            return rc, "", err
+        pid = int(open(str(out) + ".pid").read())
+        run(cmd, "start", cid)
+        deadline, status = time.monotonic() + T, None
+        while time.monotonic() < deadline:
+            got, st = os.waitpid(-1, os.WNOHANG)
+            if got == pid:
+                status = os.waitstatus_to_exitcode(st)
+                break
+            time.sleep(0.05)
+    finally:
+        libc.prctl(36, 0, 0, 0, 0)
+    run(cmd, "delete", "--force", cid)
+    with open(out, errors="replace") as f, open(str(out) + ".err", errors="replace") as e:
+        return status, f.read(), e.read()
+
+
+def fields(text):
+    return {k.strip(): " ".join(v.split()) for k, sep, v in (line.partition(":") for line in text.splitlines()) if sep}
+
+
+PRIVILEGE_CASES = {
+    "uid 1000, one capability": {
+        "user": {"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 0o27},
+        "noNewPrivileges": True,
+        "capabilities": {"bounding": ONE_CAP + ["CAP_CHOWN"], "effective": ONE_CAP,
+                         "permitted": ONE_CAP, "inheritable": ONE_CAP, "ambient": ONE_CAP}},
+    "root, two bounding caps, noNewPrivileges": {
+        "user": {"uid": 0, "gid": 0, "umask": 0o77},
+        "noNewPrivileges": True,
+        "capabilities": {"bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"],
+                         "permitted": ["CAP_KILL"]}},
+    "uid 1000, no capabilities object": {"user": {"uid": 1000, "gid": 1000}},
+}
+
+
+@pytest.mark.parametrize("case", list(PRIVILEGE_CASES))
+def test_process_privileges_match_runc(tmp_path, rootfs, case):
+    """additionalGids, umask, noNewPrivileges and the five capability sets: what the process
+    sees in /proc/self/status under runc and under us, for the same bundle."""
+    ours, ref = both(tmp_path)
+    b = bundle(tmp_path / "b", rootfs, ["sh", "-c", SELF_STATUS])
+    cfg = json.loads((b / "config.json").read_text())
+    cfg["process"].update(PRIVILEGE_CASES[case])
+    cfg["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                          "options": ["mode=1777"]})
+    (b / "config.json").write_text(json.dumps(cfg))
+    r = run_to_exit(ref, b, "privs", tmp_path / "runc-out")
+    o = run_to_exit(ours, b, "privs", tmp_path / "ours-out")
+    assert r[0] == 0, r
+    assert o[0] == 0, o
+    rf, of = fields(r[1]), fields(o[1])
+    for key in ("Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "umask", "mode"):
+        ROWS.append((f"{case}: {key}", rf.get(key), of.get(key), "",
+                     "same" if rf.get(key) == of.get(key) else "DIFFERS"))
+    assert of == rf
+    if case.startswith("uid 1000, one"):   # the bundle is honoured, not just equally ignored
+        assert rf["CapAmb"] == "0000000000000400" and rf["Groups"] == "10 20"
+
+
+def test_unknown_capability_is_ignored_as_by_runc(tmp_path, rootfs):
+    """runc 1.1 leaves a capability it does not know out, with a warning, and runs the
+    process; so do we (the warning goes to our log and not-applied.txt)."""
+    ours, ref = both(tmp_path)
+    b = bundle(tmp_path / "b", rootfs, ["sh", "-c", SELF_STATUS.split(";")[0]])
+    cfg = json.loads((b / "config.json").read_text())
+    cfg["process"]["capabilities"] = {"bounding": ["CAP_FLY", "CAP_KILL"]}
+    (b / "config.json").write_text(json.dumps(cfg))
+    r = run_to_exit(ref, b, "caps", tmp_path / "runc-out")
+    o = run_to_exit(ours, b, "caps", tmp_path / "ours-out")
+    rf, of = fields(r[1]), fields(o[1])
+    ROWS.append(("unknown capability CAP_FLY: exit status", r[0], o[0], "ignoring unknown or unavailable "
+                 "capabilities", "same" if r[0] == o[0] else "DIFFERS"))
+    ROWS.append(("unknown capability CAP_FLY (bounding + CAP_KILL): CapBnd", rf.get("CapBnd"),
+                 of.get("CapBnd"), "", "same" if rf.get("CapBnd") == of.get("CapBnd") else "DIFFERS"))
+    assert r[0] == o[0] == 0, (r, o)
+    assert rf["CapBnd"] == of["CapBnd"] == "0000000000000020"
+
+
+def test_read_only_root_matches_runc(tmp_path, rootfs):
+    ours, ref = both(tmp_path)
+    b = bundle(tmp_path / "b", rootfs, ["sh", "-c", "touch /x; echo touch: $?; "
+                                        "echo ok > /scratch/f && echo tmpfs: 0"])
+    cfg = json.loads((b / "config.json").read_text())
+    cfg["root"]["readonly"] = True
+    cfg["mounts"].append({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                          "options": ["size=1m"]})
+    (b / "config.json").write_text(json.dumps(cfg))
+    r = run_to_exit(ref, b, "ro", tmp_path / "runc-out")
+    o = run_to_exit(ours, b, "ro", tmp_path / "ours-out")
+    rf, of = fields(r[1]), fields(o[1])
+    for key, name in (("touch", "root.readonly: touch /x exit code"),
+                      ("tmpfs", "root.readonly: a tmpfs mount stays writable")):
+        ROWS.append((name, rf.get(key), of.get(key), "", "same" if rf.get(key) == of.get(key) else "DIFFERS"))
+    ROWS.append(("root.readonly: touch's message", r[2].strip(), o[2].strip(), "",
+                 "same" if r[2] == o[2] else "DIFFERS"))
+    assert (r[0], rf) == (0, {"touch": "1", "tmpfs": "0"}), r
+    assert (o[0], of) == (r[0], rf), o
+    assert o[2] == r[2] == "touch: /x: Read-only file system\n"

@@ -52,7 +52,10 @@ def make_bundle(path, rootfs, args, terminal=False, **extra):
 
 
 def rt(root, *args, check=True):
-    r = subprocess.run([sys.executable, "-m", "vmm.runtime", "--root", str(root), *args],
+    glob = []
+    if args and args[0] == "--log":   # a global option: before the command
+        glob, args = list(args[:2]), args[2:]
+    r = subprocess.run([sys.executable, "-m", "vmm.runtime", "--root", str(root), *glob, *args],
                        capture_output=True, text=True, timeout=T, env=env())
     if check:
         assert r.returncode == 0, (args, r.stderr)
@@ -270,3 +273,109 @@ def test_bind_mounts_directory_shared_file_copied_tmpfs_made(tmp_path, rootfs):
     assert (rw / "out").read_text() == "written\n"      # a rw directory bind is live both ways
     assert not (data / "y").exists()
     rt(root, "delete", "c7")
+
+
+# What the process reads about itself in the guest: its ids, groups, capability sets,
+# no_new_privs, umask, and the mode a file it creates gets.
+SELF_STATUS = ("grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' "
+               "/proc/self/status; echo umask=$(umask); touch /tmp/u; echo mode=$(stat -c %a /tmp/u)")
+ONE_CAP = ["CAP_NET_BIND_SERVICE"]
+
+
+def self_status(text: str) -> dict:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.replace("=", ":", 1).partition(":")
+        if sep:
+            out[key.strip()] = " ".join(value.split())
+    return out
+
+
+def test_process_privileges_applied_in_the_guest(tmp_path, rootfs):
+    """additionalGids, umask, noNewPrivileges and the capability sets of a non-root uid,
+    read back from /proc/self/status inside the guest; `exec --process` gets its own."""
+    root = tmp_path / "root"
+    bundle = make_bundle(tmp_path / "b", rootfs, ["sh", "-c", SELF_STATUS + "; sleep 1000"])
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["process"].update({
+        "user": {"uid": 1000, "gid": 1000, "additionalGids": [10, 20], "umask": 0o27},
+        "noNewPrivileges": True,
+        "capabilities": {"bounding": ONE_CAP + ["CAP_CHOWN"], "effective": ONE_CAP,
+                         "permitted": ONE_CAP, "inheritable": ONE_CAP, "ambient": ONE_CAP}})
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    shim = Shim(tmp_path, root, bundle, "p1")
+    try:
+        rt(root, "start", "p1")
+        deadline = time.monotonic() + T
+        while "mode" not in shim.out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        st = self_status(shim.out.read_text())
+        assert st["Uid"] == "1000 1000 1000 1000" and st["Gid"] == "1000 1000 1000 1000", st
+        assert st["Groups"] == "10 20"
+        assert int(st["CapBnd"], 16) == 1 << 10 | 1
+        for key in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+            assert int(st[key], 16) == 1 << 10, (key, st)
+        assert (st["NoNewPrivs"], st["umask"], st["mode"]) == ("1", "0027", "640")
+        # exec --process: that process's own privileges (root, one bounding cap, no groups)
+        proc = tmp_path / "process.json"
+        proc.write_text(json.dumps({"args": ["sh", "-c", SELF_STATUS], "cwd": "/", "env": ["PATH=/bin"],
+                                    "user": {"uid": 0, "gid": 0, "umask": 0o77},
+                                    "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"],
+                                                     "permitted": ["CAP_KILL"]}}))
+        r = rt(root, "exec", "--process", str(proc), "p1")
+        st = self_status(r.stdout)
+        assert st["Groups"] == "" and st["NoNewPrivs"] == "0" and st["umask"] == "0077", st
+        for key in ("CapPrm", "CapEff", "CapBnd"):
+            assert int(st[key], 16) == 1 << 5, (key, st)
+        # exec without --process: the container process's privileges, as runc exec
+        r = rt(root, "exec", "-u", "1000:1000", "p1", "sh", "-c", SELF_STATUS)
+        st = self_status(r.stdout)
+        assert (st["Groups"], st["NoNewPrivs"], st["umask"]) == ("10 20", "1", "0027"), st
+        assert int(st["CapEff"], 16) == 1 << 10
+        # an unknown capability is left out, with a warning in the log (runc 1.1 warns too)
+        proc.write_text(json.dumps({"args": ["sh", "-c", SELF_STATUS], "cwd": "/",
+                                    "capabilities": {"bounding": ["CAP_FLY", "CAP_KILL"]}}))
+        log = tmp_path / "exec.log"
+        r = rt(root, "--log", str(log), "exec", "--process", str(proc), "p1")
+        assert int(self_status(r.stdout)["CapBnd"], 16) == 1 << 5
+        assert "unknown capability 'CAP_FLY' ignored" in log.read_text()
+    finally:
+        rt(root, "delete", "--force", "p1", check=False)
+    assert shim.exit_code() == 128 + 9
+
+
+def test_read_only_root_with_writable_mounts(tmp_path, rootfs):
+    """root.readonly: a write to / fails with EROFS as under runc, while a bundle's rw bind
+    mount, its tmpfs, a copied-in file and the guest's /tmp and /dev/shm stay as they are."""
+    root = tmp_path / "root"
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost from-host\n")
+    script = ("touch /x; echo touch=$?; mkdir /etc/new 2>/dev/null; echo mkdir=$?; "
+              "echo ok > /rw/out && echo rw=0; echo ok > /scratch/f && echo tmpfs=0; "
+              "echo ok > /tmp/f && echo tmp=0; echo ok > /dev/shm/f && echo shm=0; "
+              "grep -c from-host /etc/hosts")
+    bundle = make_bundle(tmp_path / "b", rootfs, ["sh", "-c", script], mounts=[
+        {"destination": "/rw", "type": "bind", "source": str(rw), "options": ["rbind"]},
+        {"destination": "/etc/hosts", "type": "bind", "source": str(hosts), "options": ["bind", "ro"]},
+        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}])
+    shim = Shim(tmp_path, root, bundle, "r1")
+    rt(root, "start", "r1")
+    assert shim.exit_code() == 0, shim.err.read_text()
+    assert shim.out.read_text().split() == ["touch=1", "mkdir=1", "rw=0", "tmpfs=0", "tmp=0",
+                                            "shm=0", "1"]
+    assert "touch: /x: Read-only file system" in shim.err.read_text()
+    assert (rw / "out").read_text() == "ok\n"
+    assert not (rootfs / "x").exists()
+    rt(root, "delete", "r1")
+    # the same bundle with readonly false: the root is writable (into the scratch layer)
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["root"]["readonly"] = False
+    cfg["process"]["args"] = ["sh", "-c", "touch /x && echo touch=$?"]
+    (bundle / "config.json").write_text(json.dumps(cfg))
+    shim = Shim(tmp_path, root, bundle, "r2")
+    rt(root, "start", "r2")
+    assert shim.exit_code() == 0 and shim.out.read_text() == "touch=0\n", shim.err.read_text()
+    assert not (rootfs / "x").exists()
+    rt(root, "delete", "r2")

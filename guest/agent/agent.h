@@ -28,6 +28,8 @@
 #define MAX_SESSIONS 1024           /* per connection */
 #define MAX_ARGS 4096               /* argv or env entries in one request */
 #define MAX_RLIMITS 32
+#define MAX_GROUPS_REQ 1024         /* supplementary groups in one EXEC (GROUPS field) */
+#define CAP_LAST 40                 /* CAP_CHECKPOINT_RESTORE: the last capability known */
 
 enum msg_type {
 	/* guest -> host, session 0 */
@@ -68,7 +70,8 @@ enum tlv_tag {
 	G_BYTES = 26, G_HOSTNAME = 27, G_AGENT_START_NS = 28, G_READY_NS = 29,
 	G_REALTIME_NS = 30, G_VERSION = 31, G_PARENTS = 32, G_RECURSIVE = 33, G_GROUP = 34,
 	G_APPEND = 35, G_CORE = 36, G_PID1 = 37, G_MAX_PAYLOAD = 38, G_WINDOW = 39,
-	G_NOW_NS = 40, G_WORKDIR = 41,
+	G_NOW_NS = 40, G_WORKDIR = 41, G_GROUPS = 42, G_UMASK = 43, G_NO_NEW_PRIVS = 44,
+	G_CAPS = 45, G_READONLY_ROOT = 46,
 };
 
 /* ---- byte buffers and frames (proto.c) ----------------------------------------------- */
@@ -104,6 +107,48 @@ char *tlv_strdup(const uint8_t *val, uint32_t len); /* NULL if it holds a NUL or
 uint16_t get_le16(const uint8_t *p);
 uint32_t get_le32(const uint8_t *p);
 void set_le32(uint8_t *p, uint32_t v);
+
+/* ---- the exec user (user.c) ----------------------------------------------------------- */
+
+#define MAX_GROUPS 64 /* supplementary groups found in /etc/group for a user name */
+
+struct cred {
+	int set;
+	uid_t uid;
+	gid_t gid;
+	gid_t groups[MAX_GROUPS];
+	int ngroups;
+	char home[256];
+	char name[64];
+};
+
+/* 0, or an errno with why[] saying what was not found */
+int resolve_user(const char *spec, struct cred *cr, char *why, size_t whylen);
+
+/* ---- a process's privileges (privs.c) ------------------------------------------------- */
+
+/* Stages of the exec child, reported back through its error pipe (exec.c). */
+enum exec_stage { ST_RLIMIT = 1, ST_USER, ST_CWD, ST_EXEC, ST_TTY, ST_CAPS, ST_NNP };
+enum cap_set { CAPS_BOUNDING, CAPS_EFFECTIVE, CAPS_PERMITTED, CAPS_INHERITABLE, CAPS_AMBIENT,
+	       NCAPSETS };
+
+struct privs {
+	int has_groups;          /* GROUPS given: exactly these supplementary groups */
+	int ngroups;
+	uint32_t groups[MAX_GROUPS_REQ];
+	int has_umask;
+	unsigned umask;
+	int no_new_privs;
+	int has_caps;            /* CAPS given: these five sets, bit n = capability n */
+	uint64_t caps[NCAPSETS];
+};
+
+/* One EXEC field: 1 if tag is a privilege field (then *bad is set when it is malformed),
+ * 0 if it is not one of them. */
+int privs_field(struct privs *pv, uint16_t tag, const uint8_t *v, uint32_t len, const char **bad);
+/* In the child, around the user switch: 0, or the failed stage (errno set). */
+int privs_before_user(const struct privs *pv);
+int privs_after_user(const struct privs *pv);
 
 /* ---- sessions and connections (loop.c, session.c) ------------------------------------ */
 
@@ -210,6 +255,9 @@ void pid1_poweroff(void);
 int pid1_vsock_port(void);
 int pid1_dial_port(void);
 const char *pid1_transport(void);
+/* CONFIG READONLY_ROOT: the root mount becomes read-only; 0 or an errno (EPERM when the
+ * agent is not PID 1: a host process must never remount the host's root) */
+int pid1_root_readonly(void);
 void log_msg(const char *fmt, ...);
 
 /* steps.c: start-up marks on the guest clock, printed with vmm.debug=1 */

@@ -25,9 +25,6 @@
 #include "agent.h"
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#define MAX_GROUPS 64
-
-enum stage { ST_RLIMIT = 1, ST_USER, ST_CWD, ST_EXEC, ST_TTY };
 
 struct exec_req {
 	char *argv[MAX_ARGS + 1];
@@ -39,16 +36,7 @@ struct exec_req {
 	unsigned rows, cols;
 	struct rlim_req rl[MAX_RLIMITS];
 	int nrl;
-};
-
-struct cred {
-	int set;
-	uid_t uid;
-	gid_t gid;
-	gid_t groups[MAX_GROUPS];
-	int ngroups;
-	char home[256];
-	char name[64];
+	struct privs pv; /* groups, umask, no_new_privs, capabilities (privs.c) */
 };
 
 static void req_free(struct exec_req *r)
@@ -66,6 +54,9 @@ static void req_free(struct exec_req *r)
 static const char *parse_field(struct exec_req *r, uint16_t tag, const uint8_t *v, uint32_t len)
 {
 	uint64_t u;
+	const char *bad = NULL;
+	if (privs_field(&r->pv, tag, v, len, &bad))
+		return bad;
 	switch (tag) {
 	case G_ARGV:
 	case G_ENV: {
@@ -131,67 +122,6 @@ static const char *parse_exec(struct exec_req *r, const uint8_t *p, uint32_t n)
 	if (r->argc == 0 || r->argv[0][0] == 0)
 		return "no ARGV (or an empty argv[0])";
 	return NULL;
-}
-
-/* ---- users ---------------------------------------------------------------------------- */
-
-static int all_digits(const char *s)
-{
-	if (!*s)
-		return 0;
-	for (; *s; s++)
-		if (*s < '0' || *s > '9')
-			return 0;
-	return 1;
-}
-
-/* "name", "uid", "name:group" or "uid:gid", looked up in the root's /etc/passwd and
- * /etc/group. A numeric uid need not exist (as with Docker: gid 0, HOME /). */
-static int resolve_user(const char *spec, struct cred *cr, char *why, size_t whylen)
-{
-	char user[256], *group = NULL;
-	snprintf(user, sizeof(user), "%s", spec);
-	char *colon = strchr(user, ':');
-	if (colon) {
-		*colon = 0;
-		group = colon + 1;
-	}
-	memset(cr, 0, sizeof(*cr));
-	cr->set = 1;
-	snprintf(cr->home, sizeof(cr->home), "/");
-	struct passwd *pw = all_digits(user) ? getpwuid((uid_t)strtoul(user, NULL, 10))
-					     : getpwnam(user);
-	if (pw) {
-		cr->uid = pw->pw_uid;
-		cr->gid = pw->pw_gid;
-		snprintf(cr->home, sizeof(cr->home), "%s", pw->pw_dir);
-		snprintf(cr->name, sizeof(cr->name), "%s", pw->pw_name);
-	} else if (all_digits(user)) {
-		cr->uid = (uid_t)strtoul(user, NULL, 10);
-	} else {
-		snprintf(why, whylen, "no user %s in /etc/passwd", user);
-		return ENOENT;
-	}
-	if (group && *group) {
-		struct group *gr = all_digits(group) ? getgrgid((gid_t)strtoul(group, NULL, 10))
-						     : getgrnam(group);
-		if (gr)
-			cr->gid = gr->gr_gid;
-		else if (all_digits(group))
-			cr->gid = (gid_t)strtoul(group, NULL, 10);
-		else {
-			snprintf(why, whylen, "no group %s in /etc/group", group);
-			return ENOENT;
-		}
-	}
-	cr->groups[0] = cr->gid;
-	cr->ngroups = 1;
-	if (pw && !group) {
-		int n = MAX_GROUPS;
-		if (getgrouplist(pw->pw_name, cr->gid, cr->groups, &n) >= 0)
-			cr->ngroups = n;
-	}
-	return 0;
 }
 
 /* ---- environment ------------------------------------------------------------------------ */
@@ -265,9 +195,20 @@ static void child_setup(struct exec_req *r, const struct cred *cr, int fds[3], i
 		if (setrlimit(q->resource, &lim) < 0)
 			child_fail(errfd, ST_RLIMIT);
 	}
-	if (cr->set && (setgroups((size_t)cr->ngroups, cr->groups) < 0 || setgid(cr->gid) < 0 ||
-			setuid(cr->uid) < 0))
+	int stage = privs_before_user(&r->pv);
+	if (stage)
+		child_fail(errfd, stage);
+	/* GROUPS, when given, is the whole supplementary list (as runc's additionalGids with
+	 * a uid:gid user); else the user's groups from /etc/group */
+	if ((r->pv.has_groups || cr->set) &&
+	    setgroups(r->pv.has_groups ? (size_t)r->pv.ngroups : (size_t)cr->ngroups,
+		      r->pv.has_groups ? (const gid_t *)r->pv.groups : cr->groups) < 0)
 		child_fail(errfd, ST_USER);
+	if (cr->set && (setgid(cr->gid) < 0 || setuid(cr->uid) < 0))
+		child_fail(errfd, ST_USER);
+	stage = privs_after_user(&r->pv);
+	if (stage)
+		child_fail(errfd, stage);
 	const char *cwd = r->cwd ? r->cwd : cfg.workdir ? cfg.workdir : NULL;
 	if (cwd && chdir(cwd) < 0)
 		child_fail(errfd, ST_CWD);
@@ -301,6 +242,10 @@ static const char *failure_kind(int stage, int err)
 		return "bad_rlimit";
 	case ST_TTY:
 		return "tty";
+	case ST_CAPS:
+		return "bad_capabilities";
+	case ST_NNP:
+		return "bad_no_new_privs";
 	}
 	if (err == ENOENT || err == ENOTDIR)
 		return "not_found";
@@ -395,7 +340,11 @@ static void spawn(struct conn *c, uint32_t sid, struct exec_req *r, const struct
 		int e = pid < 0 ? fork_errno : msg[1];
 		const char *kind = pid < 0 ? "resource" : failure_kind(msg[0], e);
 		char why[600];
-		snprintf(why, sizeof(why), "%s: %s", pid < 0 ? "fork" : r->argv[0], strerror(e));
+		/* the new stages name themselves: "true: Operation not permitted" would not say
+		 * that the capability sets were refused */
+		const char *what = pid < 0 ? "fork" : msg[0] == ST_CAPS ? "setting the capabilities"
+			: msg[0] == ST_NNP ? "setting no_new_privs" : r->argv[0];
+		snprintf(why, sizeof(why), "%s: %s", what, strerror(e));
 		if (pid > 0)
 			waitpid(pid, NULL, 0);
 		send_failed(c, sid, e, kind, why);

@@ -40,6 +40,7 @@
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -377,6 +378,33 @@ void pid1_setup(void)
 		net_setup(net_spec, hostname, net_files_written);
 	step_mark("net");
 	setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
+}
+
+/* The root mount read-only, for a container whose root.readonly is set: asked for in CONFIG
+ * once the host has written what it must (copied files, made mount points), as runc
+ * remounts the root read-only after its mounts. A bind remount changes this mount only:
+ * /dev, /proc, /sys, /tmp and the volumes and shared dirs on top keep their own modes, and
+ * the overlay's upper layer stays writable underneath for shutdown's sync. The mount's
+ * other flags are carried over, since a remount sets them all. */
+int pid1_root_readonly(void)
+{
+	if (!cfg.pid1)
+		return EPERM;
+	struct statvfs st;
+	if (statvfs("/", &st) < 0)
+		return errno;
+	unsigned long flags = MS_REMOUNT | MS_BIND | MS_RDONLY;
+	static const unsigned long map[][2] = {
+		{ST_NOSUID, MS_NOSUID}, {ST_NODEV, MS_NODEV}, {ST_NOEXEC, MS_NOEXEC},
+		{ST_NOATIME, MS_NOATIME}, {ST_NODIRATIME, MS_NODIRATIME}, {ST_RELATIME, MS_RELATIME}};
+	for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (st.f_flag & map[i][0])
+			flags |= map[i][1];
+	if (mount(NULL, "/", NULL, flags, NULL) < 0)
+		return errno;
+	if (cfg.debug)
+		log_msg("agent: the root is read-only");
+	return 0;
 }
 
 /* ---- the end ------------------------------------------------------------------------------ */

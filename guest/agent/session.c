@@ -180,6 +180,7 @@ static void handle_config(struct conn *c, uint32_t sid, const uint8_t *p, uint32
 	uint32_t len;
 	int rc;
 	const char *bad = NULL;
+	int err = EINVAL;
 	while ((rc = tlv_next(&r, &tag, &v, &len)) > 0 && !bad) {
 		char *s = NULL;
 		if (tag == G_ENV || tag == G_WORKDIR || tag == G_HOSTNAME) {
@@ -212,12 +213,24 @@ static void handle_config(struct conn *c, uint32_t sid, const uint8_t *p, uint32
 			rl->resource = (int)get_le32(v);
 			tlv_u64(v + 4, 8, &rl->soft);
 			tlv_u64(v + 12, 8, &rl->hard);
+		} else if (tag == G_READONLY_ROOT) {
+			uint64_t on;
+			if (tlv_u64(v, len, &on) < 0 || on > 1) {
+				bad = "bad READONLY_ROOT field (0 or 1)";
+				break;
+			}
+			err = on ? pid1_root_readonly() : 0; /* one-way: 0 asks for nothing */
+			if (err) {
+				bad = err == EPERM && !cfg.pid1 ? "a read-only root needs the agent as PID 1"
+								: "remounting the root read-only failed";
+				break;
+			}
 		}
 	}
 	if (rc < 0)
 		bad = "truncated field";
 	if (bad) {
-		send_error(c, sid, EINVAL, "bad_request", bad);
+		send_error(c, sid, err ? err : EINVAL, "bad_request", bad);
 		return;
 	}
 	size_t f = frame_begin(&c->out, sid, T_DONE);

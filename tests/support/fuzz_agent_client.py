@@ -23,7 +23,7 @@ import threading
 import time
 
 from support.fuzz_run import Budget
-from vmm.agent import AgentClient
+from vmm.agent import AgentClient, Capabilities
 from vmm.agent import protocol as P
 from vmm.agent.errors import AgentError
 from vmm.agent.protocol import G, T
@@ -175,11 +175,19 @@ def operation(client, rnd):
             p.write(b"z" * rnd.choice([10, 300 * 1024]), timeout=t)
             p.wait(timeout=t)
 
+    def privileged():   # the EXEC privilege fields, some values the client must refuse
+        caps = rnd.choice([None, Capabilities(), Capabilities(bounding=["CAP_KILL"], ambient=[40])])
+        client.exec(["true"], timeout=t, groups=rnd.choice([None, [], [1, 2], [-1], list(range(1025))]),
+                    umask=rnd.choice([None, 0o22, 0o1000]), no_new_privileges=rnd.random() < 0.5,
+                    capabilities=caps)
+
     return rnd.choice([
         ("exec", lambda: client.exec(["true"], timeout=t, stdin=rnd.choice([None, b"in"]))),
+        ("exec privileged", privileged),
         ("exec_stream", streaming),
         ("ping", lambda: client.ping(timeout=t)),
-        ("configure", lambda: client.configure(env={"A": "b"}, timeout=t)),
+        ("configure", lambda: client.configure(env={"A": "b"}, read_only_root=rnd.random() < 0.3,
+                                                timeout=t)),
         ("fs.read", lambda: client.fs.read(path, timeout=t)),
         ("fs.write", lambda: client.fs.write(path, b"d" * rnd.choice([1, 70000]), timeout=t)),
         ("fs.stat", lambda: client.fs.stat(path, timeout=t)),

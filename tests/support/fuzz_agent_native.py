@@ -101,14 +101,29 @@ class Fuzzer:
         if tag == G.RLIMIT:
             return P.RLIMIT.pack(r.randrange(-2, 20) & 0xFFFFFFFF, r.getrandbits(64), r.getrandbits(64)) \
                 if r.random() < 0.8 else r.randbytes(r.randrange(0, 30))
+        if tag == G.GROUPS:   # u32 gids: sometimes ragged, too many, or (gid_t)-1
+            n = r.choice([0, 1, 3, 1024, 1025])
+            raw = b"".join(P.U64.pack(r.choice([0, 10, 65534, 2**32 - 1, r.getrandbits(32)]))[:4]
+                           for _ in range(n))
+            return raw if r.random() < 0.9 else raw + b"\x01"
+        if tag == G.CAPS:     # five masks: mostly valid bits, sometimes above 40 or short
+            if r.random() < 0.15:
+                return r.randbytes(r.randrange(0, 48))
+            return P.CAPS.pack(*(r.choice([0, 1 << 10, (1 << 41) - 1, r.getrandbits(41),
+                                           r.getrandbits(64)]) for _ in range(5)))
+        if tag in (G.UMASK, G.NO_NEW_PRIVS, G.READONLY_ROOT) and r.random() < 0.9:
+            return P.U64.pack(r.choice([0, 1, 2, 0o22, 0o777, 0o1000, 2**64 - 1]))
         if tag == G.ENV:
             return r.choice([b"A=b", b"noequals", b"=", b"PATH=/bin:/usr/bin", b"X=" + b"y" * 1000])
         return r.choice([b"", b"fuzz", b"root", b"0", b"65534", b"nobody", r.randbytes(r.randrange(1, 20))])
 
     def fields(self, type_):
         r = self.rnd
-        tags = {T.EXEC: [G.ARGV, G.ARGV, G.ENV, G.CWD, G.USER, G.TTY, G.ROWS, G.COLS, G.RLIMIT],
-                T.CONFIG: [G.ENV, G.WORKDIR, G.HOSTNAME, G.RLIMIT],
+        tags = {T.EXEC: [G.ARGV, G.ARGV, G.ENV, G.CWD, G.USER, G.TTY, G.ROWS, G.COLS, G.RLIMIT,
+                         G.GROUPS, G.UMASK, G.NO_NEW_PRIVS, G.CAPS],
+                # READONLY_ROOT: refused, the agent being PID 2 here (and the root is
+                # read-only already)
+                T.CONFIG: [G.ENV, G.WORKDIR, G.HOSTNAME, G.RLIMIT, G.READONLY_ROOT],
                 T.SIGNAL: [G.SIGNAL], T.RESIZE: [G.ROWS, G.COLS], T.CREDIT: [G.BYTES]}.get(
                     type_, [G.PATH, G.OFFSET, G.LENGTH, G.MODE, G.PARENTS, G.RECURSIVE, G.APPEND])
         out = b""

@@ -1,20 +1,22 @@
 """The host side of the guest agent's protocol (guest/agent/PROTOCOL.md).
 
 Layers, each importing only those above it in this list: protocol (the framing), errors,
-results, session (one request's frames and credit windows), connection (the socket and
+capabilities and privileges (what an exec may be given), results, session (one request's frames and credit windows), connection (the socket and
 its reader thread), process and fs (what exec and file sessions mean), handshake (the
 vsock CONNECT), client (AgentClient), aio (AsyncAgentClient).
 """
+from .capabilities import Capabilities
 from .client import DEFAULT_VSOCK_PORT, AgentClient
 from .errors import (AgentError, ExecFailed, FsError, OutputTooLarge, SandboxNotRunning,
                      Timeout)
 from .fs import Fs
 from .handshake import vsock_handshake
+from .privileges import ExecPrivileges
 from .process import DEFAULT_MAX_OUTPUT, Process
 from .results import DirEntry, ExecResult, FileStat, ReadyInfo
 
-__all__ = ["DEFAULT_MAX_OUTPUT", "DEFAULT_VSOCK_PORT", "AgentClient", "AgentError", "AsyncAgentClient", "DirEntry",
-           "ExecFailed", "ExecResult", "FileStat", "Fs", "FsError", "OutputTooLarge", "Process",
+__all__ = ["DEFAULT_MAX_OUTPUT", "DEFAULT_VSOCK_PORT", "AgentClient", "AgentError", "AsyncAgentClient", "Capabilities", "DirEntry",
+           "ExecFailed", "ExecResult", "FileStat", "Fs", "FsError", "OutputTooLarge", "ExecPrivileges", "Process",
            "ReadyInfo",
            "SandboxNotRunning", "Timeout", "vsock_handshake"]
 

@@ -25,6 +25,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union, BinaryIO
 
 from . import protocol as P
 from .connection import Connection
+from .capabilities import Capabilities
+from .privileges import ExecPrivileges
 from .errors import AgentError, ExecFailed, SandboxNotRunning, Timeout, error_from, reply_fields
 from .fs import Fs
 from .handshake import vsock_handshake
@@ -36,8 +38,9 @@ from .session import CONNECTION_LOST, chunks, deadline_after
 DEFAULT_VSOCK_PORT = 1024
 
 
-def _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits) -> bytes:
-    """The EXEC request; over MAX_PAYLOAD is the caller's ValueError, not the agent's."""
+def _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits, privs=None) -> bytes:
+    """The EXEC request; over MAX_PAYLOAD is the caller's ValueError, not the agent's.
+    privs: an ExecPrivileges (groups, umask, no_new_privileges, capabilities) or None."""
     if isinstance(argv, (str, bytes)) or not argv:
         raise ValueError(f"argv must be a non-empty list of strings, not {argv!r}")
     fields = [(G.ARGV, a) for a in argv]
@@ -49,6 +52,8 @@ def _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits) -> bytes:
     if tty:
         fields += [(G.TTY, 1), (G.ROWS, rows), (G.COLS, cols)]
     fields += _rlimit_fields(rlimits)
+    if privs is not None:
+        fields += privs.fields()
     payload = P.encode(fields)
     if len(payload) > P.MAX_PAYLOAD:
         raise ValueError(f"exec request of {len(payload)} bytes is over the {P.MAX_PAYLOAD} limit")
@@ -134,14 +139,24 @@ class AgentClient:
     def exec_stream(self, argv: Sequence[str], *, env: Optional[Dict[str, str]] = None,
                     cwd: Optional[str] = None, user: Optional[str] = None, tty: bool = False,
                     rows: int = 24, cols: int = 80, rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
-                    timeout: Optional[float] = 30.0) -> Process:
+                    timeout: Optional[float] = 30.0, groups: Optional[Sequence[int]] = None,
+                    umask: Optional[int] = None, no_new_privileges: bool = False,
+                    capabilities: Optional[Capabilities] = None) -> Process:
         """Start argv; returns a Process once the agent reports it started.
 
         timeout bounds only the wait for STARTED here (None: session.DEFAULT_WAIT_S).
+        The process's privileges (ExecPrivileges checks them; ValueError if bad):
+        groups: exactly these supplementary gids (None: the user's from the guest's
+        /etc/group; [] for none). umask: 0..0o777 (None: the agent's, 022).
+        no_new_privileges: prctl(PR_SET_NO_NEW_PRIVS) before exec.
+        capabilities: a Capabilities (its five sets; None: the user's defaults, all of
+        them for root); the agent keeps them across the switch to a non-root user.
         Raises ExecFailed if it could
         not start (kind "not_found" -> exit code 127, "permission_denied" -> 126, ...).
         """
-        payload = _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits)
+        privs = ExecPrivileges(groups=groups, umask=umask, no_new_privileges=no_new_privileges,
+                               capabilities=capabilities)
+        payload = _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits, privs)
         s = self._conn.open(T.EXEC, payload)
         deadline = deadline_after(timeout)
         try:
@@ -165,8 +180,12 @@ class AgentClient:
              stdin: Union[None, bytes, BinaryIO] = None, timeout: Optional[float] = None,
              tty: bool = False, rows: int = 24, cols: int = 80,
              rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
-             max_output: Optional[int] = DEFAULT_MAX_OUTPUT) -> ExecResult:
+             max_output: Optional[int] = DEFAULT_MAX_OUTPUT, groups: Optional[Sequence[int]] = None,
+             umask: Optional[int] = None, no_new_privileges: bool = False,
+             capabilities: Optional[Capabilities] = None) -> ExecResult:
         """Run argv to completion and return its ExecResult.
+
+        groups, umask, no_new_privileges, capabilities: as for exec_stream().
 
         On timeout the process group is killed and Timeout is raised with the output so
         far (timeout None: no limit on the run; the start still has DEFAULT_WAIT_S).
@@ -177,7 +196,9 @@ class AgentClient:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         proc = self.exec_stream(argv, env=env, cwd=cwd, user=user, tty=tty, rows=rows,
-                                cols=cols, rlimits=rlimits, timeout=timeout)
+                                cols=cols, rlimits=rlimits, timeout=timeout, groups=groups,
+                                umask=umask, no_new_privileges=no_new_privileges,
+                                capabilities=capabilities)
         feeder = _feed_stdin(proc, stdin, deadline)
         out: List[bytes] = []
         err: List[bytes] = []
@@ -203,14 +224,20 @@ class AgentClient:
     def configure(self, *, env: Optional[Dict[str, str]] = None, workdir: Optional[str] = None,
                   hostname: Optional[str] = None,
                   rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
-                  timeout: Optional[float] = 10.0) -> None:
-        """Sandbox-wide defaults every later exec inherits (CONFIG)."""
+                  read_only_root: bool = False, timeout: Optional[float] = 10.0) -> None:
+        """Sandbox-wide defaults every later exec inherits (CONFIG).
+
+        read_only_root: remount the guest's root read-only from now on (one way: False
+        leaves it as it is); /dev, /proc, /sys, /tmp and volumes keep their own modes.
+        The agent refuses it unless it is PID 1 (AgentError kind bad_request)."""
         fields = [(G.ENV, f"{k}={v}") for k, v in (env or {}).items()]
         if workdir is not None:
             fields.append((G.WORKDIR, workdir))
         if hostname is not None:
             fields.append((G.HOSTNAME, hostname))
         fields += _rlimit_fields(rlimits)
+        if read_only_root:
+            fields.append((G.READONLY_ROOT, 1))
         self._request(T.CONFIG, P.encode(fields), timeout)
 
     def ping(self, timeout: Optional[float] = 10.0) -> int:

@@ -15,6 +15,8 @@ HDR_LEN = HEADER.size
 TLV_HEAD = struct.Struct("<HI")
 U64 = struct.Struct("<Q")
 RLIMIT = struct.Struct("<IQQ")
+CAPS = struct.Struct("<5Q")       # bounding, effective, permitted, inheritable, ambient
+MAX_GROUPS = 1024                 # supplementary gids in one GROUPS field (u32 each)
 VERSION = 1
 MAX_PAYLOAD = 1 << 20
 WINDOW = 256 * 1024
@@ -93,6 +95,11 @@ class G:
     WINDOW = 39
     NOW_NS = 40
     WORKDIR = 41
+    GROUPS = 42
+    UMASK = 43
+    NO_NEW_PRIVS = 44
+    CAPS = 45
+    READONLY_ROOT = 46
 
 
 # Tags whose values are integers (everything else is bytes or a string).
@@ -100,7 +107,7 @@ INT_TAGS = frozenset({G.TTY, G.ROWS, G.COLS, G.PID, G.CODE, G.SIGNAL, G.ERRNO, G
                       G.LENGTH, G.MODE, G.SIZE, G.MTIME_NS, G.UID, G.GID, G.NLINK, G.BYTES,
                       G.AGENT_START_NS, G.READY_NS, G.REALTIME_NS, G.VERSION, G.PARENTS,
                       G.RECURSIVE, G.GROUP, G.APPEND, G.CORE, G.PID1, G.MAX_PAYLOAD,
-                      G.WINDOW, G.NOW_NS})
+                      G.WINDOW, G.NOW_NS, G.UMASK, G.NO_NEW_PRIVS, G.READONLY_ROOT})
 
 
 class ProtocolError(Exception):

@@ -25,6 +25,9 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..agent.capabilities import NUMBERS as CAPABILITY_NUMBERS
+from ..agent.capabilities import SETS as CAPABILITY_SETS
+from ..agent.capabilities import Capabilities
 from ..errors import ConfigError
 
 CONFIG_MAX_BYTES = 4 << 20        # containerd's configs are a few KiB; 4 MiB is generous
@@ -37,6 +40,7 @@ MAX_ARGS = 4096
 MAX_ENV = 4096
 MAX_MOUNTS = 256
 MAX_STRING = 64 << 10
+MAX_GROUPS = 1024                 # additionalGids (the guest agent's limit too)
 # Annotations that size the VM, as krun's krun.cpus / krun.ram_mib do for crun.
 ANNOTATION_CPUS = "vmm.cpus"
 ANNOTATION_MEMORY = "vmm.ram_mib"
@@ -85,7 +89,7 @@ class ProcessSpec:
     console_size: Optional[Tuple[int, int]] = None   # (rows, cols)
     rlimits: Tuple[Tuple[int, int, int], ...] = ()    # (resource, soft, hard)
     no_new_privileges: bool = False
-    capabilities: Tuple[str, ...] = ()                # the bounding set, for the record
+    capabilities: Optional[Capabilities] = None       # None: the agent's defaults (exec's flags)
 
     @property
     def env_dict(self) -> Dict[str, str]:
@@ -175,9 +179,6 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
         root_path = os.path.join(bundle_dir, root_path)
     root_path = os.path.normpath(root_path)
     root_readonly = root.get("readonly").boolean(default=False)
-    if root_readonly:
-        notes.append("root.readonly: the guest's root is writable, into a scratch layer that "
-                     "goes with the VM; root.path itself is never written")
 
     process = _process(r.get("process"), notes)
     hostname = r.get("hostname").string()
@@ -205,9 +206,9 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
                   annotations=tuple(sorted(annotations.items())), unhonoured=tuple(notes))
 
 
-def load_process(path: str) -> ProcessSpec:
+def load_process(path: str, notes: Optional[List[str]] = None) -> ProcessSpec:
     """An OCI process object alone (what `exec --process FILE` reads); BundleError naming
-    the problem."""
+    the problem. What is not applied is added to notes, if given."""
     try:
         with open(path, "rb") as f:
             data = f.read(CONFIG_MAX_BYTES + 1)
@@ -221,7 +222,7 @@ def load_process(path: str) -> ProcessSpec:
         raise BundleError(f"{path} is not valid JSON: {e}") from None
     r = _Reader(raw, "process")
     r.is_object(required=True)
-    return _process(r, [])
+    return _process(r, notes if notes is not None else [])
 
 
 def _process(p: "_Reader", notes: List[str]) -> Optional[ProcessSpec]:
@@ -245,7 +246,7 @@ def _process(p: "_Reader", notes: List[str]) -> Optional[ProcessSpec]:
     user.is_object()
     uid = user.get("uid").integer(0, 2**32 - 2, default=0)
     gid = user.get("gid").integer(0, 2**32 - 2, default=0)
-    extra = tuple(user.get("additionalGids").integer_list(0, 2**32 - 2, limit=1024))
+    extra = tuple(user.get("additionalGids").integer_list(0, 2**32 - 2, limit=MAX_GROUPS))
     umask = user.get("umask").integer(0, 0o777, default=None)
     if user.get("username").present:
         notes.append("process.user.username: ignored (uid and gid are used)")
@@ -266,24 +267,29 @@ def _process(p: "_Reader", notes: List[str]) -> Optional[ProcessSpec]:
         if soft > hard:
             raise BundleError(f"process.rlimits[{i}]: soft {soft} is above hard {hard}")
         rlimits.append((RLIMITS[name], soft, hard))
-    if extra:
-        notes.append("process.user.additionalGids: not applied (the process gets its uid and gid)")
-    if umask is not None:
-        notes.append("process.user.umask: not applied (the guest's default umask)")
-    if p.get("noNewPrivileges").boolean(default=False):
-        notes.append("process.noNewPrivileges: not applied inside the guest")
-    caps = p.get("capabilities")
-    caps.is_object()
-    bounding = tuple(caps.get("bounding").string_list(limit=64))
-    if caps.present and not caps.empty:
-        notes.append("process.capabilities: the process runs as its uid in the guest with the "
-                     "guest's default capabilities; the sets are recorded, not applied")
     return ProcessSpec(args=tuple(args), env=tuple(env), cwd=cwd, uid=uid, gid=gid,
                        additional_gids=extra, umask=umask,
                        terminal=p.get("terminal").boolean(default=False),
                        console_size=console_size, rlimits=tuple(rlimits),
                        no_new_privileges=p.get("noNewPrivileges").boolean(default=False),
-                       capabilities=bounding)
+                       capabilities=_capabilities(p.get("capabilities"), notes))
+
+
+def _capabilities(caps: "_Reader", notes: List[str]) -> Capabilities:
+    """The five sets by name; absent, all five are empty (runc 1.1 gives such a process no
+    capabilities, root or not). A name we do not know is left out of its set, and noted, as
+    runc 1.1 does ("ignoring unknown or unavailable capabilities"): the process gets less,
+    never more, and a bundle written for a newer kernel still runs."""
+    caps.is_object()
+    sets = {}
+    for name in CAPABILITY_SETS:
+        names = caps.get(name).string_list(limit=len(CAPABILITY_NUMBERS) * 2)
+        unknown = [c for c in names if c not in CAPABILITY_NUMBERS]
+        if unknown:
+            notes.append(f"process.capabilities.{name}: unknown capability "
+                         f"{', '.join(repr(c[:64]) for c in unknown[:8])} ignored (as runc does)")
+        sets[name] = tuple(c for c in names if c in CAPABILITY_NUMBERS)
+    return Capabilities(**sets)
 
 
 def _size(res: "_Reader", annotations: Dict[str, str], notes: List[str]) -> Tuple[int, int]:

@@ -7,13 +7,19 @@ Attached, this command relays the process's stdio and exits with its status. Wit
 connection and the stdio, writes that monitor's pid to --pid-file once the process has
 started, and returns; the monitor exits with the process's status, so the shim, a
 subreaper, collects it as it would the process runc started.
+
+Without --process the new process's privileges are the container's process's, as runc
+exec's are (capabilities, noNewPrivileges, umask and additionalGids from the bundle),
+with --cap adding a capability (bounding, effective, permitted, ambient), --no-new-privs
+and --additional-gids on top.
 """
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 
-from .bundle import ProcessSpec, load_process
+from .bundle import BundleError, ProcessSpec, load_bundle, load_process
 from .errors import RuntimeFailure
 from .state import ContainerState
 
@@ -21,11 +27,14 @@ START_TIMEOUT_S = 60.0
 USER = re.compile(r"([0-9]{1,10})(?::([0-9]{1,10}))?")
 
 
-def exec_spec(args) -> ProcessSpec:
+def exec_spec(args, bundle_dir=None, notes=None) -> ProcessSpec:
+    """The process `exec` runs: --process's, or one from the flags on top of the
+    privileges of the container's process (bundle_dir's config.json, if given). What is
+    not applied goes to notes, if given."""
     from ..errors import ConfigError
     if args.process:
         try:
-            return load_process(args.process)
+            return load_process(args.process, notes)
         except ConfigError as e:
             raise RuntimeFailure(str(e)) from None
     if not args.argv:
@@ -45,14 +54,47 @@ def exec_spec(args) -> ProcessSpec:
     cwd = args.cwd or "/"
     if not cwd.startswith("/"):
         raise RuntimeFailure(f"--cwd {cwd!r} is not an absolute path")
-    return ProcessSpec(args=tuple(args.argv), env=tuple(env), cwd=cwd, uid=uid, gid=gid,
-                       terminal=args.tty)
+    p = ProcessSpec(args=tuple(args.argv), env=tuple(env), cwd=cwd, uid=uid, gid=gid,
+                    terminal=args.tty)
+    return _privileges(p, args, bundle_dir)
+
+
+def _privileges(p: ProcessSpec, args, bundle_dir) -> ProcessSpec:
+    base = None
+    if bundle_dir is not None:
+        try:
+            base = load_bundle(bundle_dir).process
+        except BundleError as e:   # never run with weaker privileges than asked for
+            raise RuntimeFailure(f"cannot read the container's process privileges: {e}") from None
+    caps = base.capabilities if base else None
+    gids = list(base.additional_gids if base else ())
+    for g in getattr(args, "additional_gids", None) or []:
+        if not re.fullmatch(r"[0-9]{1,10}", g) or int(g) > 2**32 - 2:
+            raise RuntimeFailure(f"--additional-gids {g!r} is not a gid")
+        gids.append(int(g))
+    added = tuple(getattr(args, "cap", None) or ())
+    if added:
+        from ..agent.capabilities import NAMES, NUMBERS, Capabilities
+        for c in added:
+            if c not in NUMBERS:
+                raise RuntimeFailure(f"--cap: unknown capability {c[:64]!r}")
+        # no process.capabilities: what root has by default, every one but inheritable
+        caps = caps or Capabilities(bounding=NAMES, effective=NAMES, permitted=NAMES)
+        caps = Capabilities(bounding=caps.bounding + added, effective=caps.effective + added,
+                            permitted=caps.permitted + added, inheritable=caps.inheritable,
+                            ambient=caps.ambient + added)
+    nnp = bool(getattr(args, "no_new_privs", False)) or bool(base and base.no_new_privileges)
+    return replace(p, additional_gids=tuple(gids), capabilities=caps, no_new_privileges=nnp,
+                   umask=base.umask if base else None)
 
 
 def run_exec(st: ContainerState, args, log) -> int:
     from .holder import fork_holder, write_pid_file
     from .stdio import ContainerStdio
-    p = exec_spec(args)
+    notes = []
+    p = exec_spec(args, st.bundle, notes)
+    for line in notes:
+        log.warning(f"exec: {line}")
     if p.terminal and args.detach and not args.console_socket:
         raise RuntimeFailure("cannot allocate tty if runc will detach without setting console socket")
     if not p.terminal and args.console_socket:

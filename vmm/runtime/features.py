@@ -2,6 +2,7 @@
 runc's `features` prints), with the limits a VM puts on it named under "annotations"."""
 from __future__ import annotations
 
+from ..agent.capabilities import NAMES as CAPABILITIES
 from .bundle import ANNOTATION_CPUS, ANNOTATION_MEMORY, HOST_ONLY_LINUX, NAMESPACES
 
 MOUNT_OPTIONS = ("bind", "rbind", "ro", "rw", "rro", "rrw", "nosuid", "nodev", "noexec")
@@ -15,7 +16,7 @@ def features() -> dict:
         "mountOptions": list(MOUNT_OPTIONS),
         "linux": {
             "namespaces": list(NAMESPACES),
-            "capabilities": [],
+            "capabilities": list(CAPABILITIES),
             "cgroup": {"v1": False, "v2": False, "systemd": False, "systemdUser": False},
             "seccomp": {"enabled": False},
             "apparmor": {"enabled": False},

@@ -9,6 +9,8 @@ mounts.
   caller before `create`. Changes on either side after that are not seen by the other;
   the runtime logs this once per file.
 - tmpfs mounts are made by the guest agent (a tmpfs of the guest's own memory).
+- root.readonly: once the files are copied in and the mounts made, the agent remounts the
+  guest's root read-only (EROFS, as under runc); the mounts on it keep their own modes.
 """
 from __future__ import annotations
 
@@ -85,6 +87,8 @@ def boot_sandbox(bundle: Bundle, state_dir: str, log) -> Booted:
             _copy_file_in(booted.sandbox, m, log)
         for m in tmpfs:
             _mount_tmpfs(booted.sandbox, m)
+        if bundle.root_readonly:   # last, as runc: after the copies and the mount points
+            booted.sandbox.make_root_read_only()
     except BaseException:
         if booted.sandbox is not None:
             booted.stop()

@@ -84,7 +84,12 @@ class ContainerStdio:
             rows, cols = p.console_size
         return sandbox.exec_stream(list(p.args), env=p.env_dict, cwd=p.cwd, user=p.user,
                                    tty=self.terminal, rows=rows, cols=cols,
-                                   rlimits={r: (soft, hard) for r, soft, hard in p.rlimits} or None)
+                                   rlimits={r: (soft, hard) for r, soft, hard in p.rlimits} or None,
+                                   # runc's: exactly additionalGids (none given: none), so
+                                   # the same bundle gets the same Groups line
+                                   groups=p.additional_gids, umask=p.umask,
+                                   no_new_privileges=p.no_new_privileges,
+                                   capabilities=p.capabilities)
 
     def relay(self, proc) -> int:
         """Copies stdin to the process and its output back until it ends; its exit status."""

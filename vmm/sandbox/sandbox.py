@@ -31,7 +31,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..agent import (DEFAULT_MAX_OUTPUT, DEFAULT_VSOCK_PORT, AgentClient, AgentError,
-                     ExecResult, Process, SandboxNotRunning, Timeout)
+                     Capabilities, ExecResult, Process, SandboxNotRunning, Timeout)
 from ..devices import Disk, Net, SharedDir, Vsock
 from ..errors import ConfigError
 from ..machine import ExitStatus, Machine
@@ -95,7 +95,7 @@ class Sandbox:
                rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
                boot_timeout: float = DEFAULT_BOOT_TIMEOUT, console_log=None,
                extra_cmdline: str = "", network: Optional[Network] = DEFAULT_NETWORK,
-               volumes: Sequence[Mount] = ()) -> "Sandbox":
+               volumes: Sequence[Mount] = (), read_only_root: bool = False) -> "Sandbox":
         """Boot a sandbox and wait until its agent is ready and configured.
 
         image_disk: EROFS or ext4 root file system, attached read-only.
@@ -112,6 +112,9 @@ class Sandbox:
         and HostDirs (host directories, shared over virtio-fs), mounted at their guest
         paths before the first exec; a read-write VolumeMount must not be in use by
         another sandbox, a HostDir's directory must exist.
+        read_only_root: the guest's root is read-only once the sandbox is ready (a write
+        to it fails with EROFS; /tmp, /dev, volumes and host dirs stay as they are); to
+        write files first, create it writable and call make_root_read_only() after.
         Raises BootFailed (with the console tail) if the guest is not ready within
         boot_timeout seconds or ends before that (naming the volume or host directory if
         one could not be mounted); ConfigError for a published host port, a volume in use
@@ -144,11 +147,11 @@ class Sandbox:
             image_disk, writable_disk, console_log=console_log, kernel=kernel, initrd=initrd,
             cpus=cpus, memory_mib=memory_mib, engine=engine, hostname=hostname,
             extra_cmdline=extra_cmdline, boot_timeout=boot_timeout, env=env, workdir=workdir,
-            rlimits=rlimits, network=network, volumes=mounts)
+            rlimits=rlimits, network=network, volumes=mounts, read_only_root=read_only_root)
 
     def _start(self, image_disk, writable_disk: Optional[str], *, console_log, kernel,
                initrd, cpus, memory_mib, engine, hostname, extra_cmdline, boot_timeout, env,
-               workdir, rlimits, network, volumes) -> "Sandbox":
+               workdir, rlimits, network, volumes, read_only_root=False) -> "Sandbox":
         """The second half of create(), on checked arguments: set up, boot, wait for
         READY, configure; on any failure release everything and raise."""
         self._times["sandbox_create"] = time.monotonic_ns()
@@ -168,7 +171,7 @@ class Sandbox:
                        image_disk=image_disk, writable_disk=writable_disk,
                        extra_cmdline=extra_cmdline)
             self._wait_ready(boot_timeout)
-            self._configure(env, workdir, rlimits)  # the hostname went on the command line
+            self._configure(env, workdir, rlimits, read_only_root)  # the hostname went on the command line
         except BaseException:
             self._teardown()
             raise
@@ -320,10 +323,11 @@ class Sandbox:
         if r.ready_ns:
             self._times["agent_ready"] = r.ready_ns + offset
 
-    def _configure(self, env, workdir, rlimits) -> None:
-        if env or workdir is not None or rlimits:
+    def _configure(self, env, workdir, rlimits, read_only_root=False) -> None:
+        if env or workdir is not None or rlimits or read_only_root:
             try:
-                self._client.configure(env=env, workdir=workdir, rlimits=rlimits)
+                self._client.configure(env=env, workdir=workdir, rlimits=rlimits,
+                                       read_only_root=read_only_root)
             except (SandboxNotRunning, Timeout) as e:
                 ended = self.machine.wait(0)
                 self._teardown()
@@ -375,8 +379,18 @@ class Sandbox:
              cwd: Optional[str] = None, user: Optional[str] = None, stdin=None,
              timeout: Optional[float] = None, tty: bool = False, rows: int = 24,
              cols: int = 80, rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
-             max_output: Optional[int] = DEFAULT_MAX_OUTPUT) -> ExecResult:
+             max_output: Optional[int] = DEFAULT_MAX_OUTPUT, groups: Optional[Sequence[int]] = None,
+             umask: Optional[int] = None, no_new_privileges: bool = False,
+             capabilities: Optional[Capabilities] = None) -> ExecResult:
         """Run argv to completion: ExecResult(code, signal, stdout, stderr, exit_code).
+
+        groups: exactly these supplementary gids (default: the user's from the guest's
+        /etc/group). umask: 0..0o777 (default 022). no_new_privileges: the process cannot
+        gain privileges through execve (setuid files, file capabilities).
+        capabilities: a vmm.agent.Capabilities with its five sets (default: the user's,
+        every capability for root); a non-root user keeps those in its ambient set.
+        ValueError for a bad value; ExecFailed kind bad_capabilities if the guest kernel
+        refuses the sets (e.g. an ambient one not also permitted and inheritable).
 
         Raises ExecFailed (errno, kind; exit_code 127 not found, 126 not executable),
         Timeout (the guest process group was killed; output so far attached),
@@ -386,17 +400,31 @@ class Sandbox:
         check_env(env)
         return self._live().exec(argv, env=env, cwd=cwd, user=user, stdin=stdin,
                                  timeout=timeout, tty=tty, rows=rows, cols=cols,
-                                 rlimits=rlimits, max_output=max_output)
+                                 rlimits=rlimits, max_output=max_output, groups=groups,
+                                 umask=umask, no_new_privileges=no_new_privileges,
+                                 capabilities=capabilities)
 
     def exec_stream(self, argv: Sequence[str], *, env: Optional[Dict[str, str]] = None,
                     cwd: Optional[str] = None, user: Optional[str] = None, tty: bool = False,
                     rows: int = 24, cols: int = 80,
-                    rlimits: Optional[Dict[int, Tuple[int, int]]] = None) -> Process:
+                    rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
+                    groups: Optional[Sequence[int]] = None, umask: Optional[int] = None,
+                    no_new_privileges: bool = False,
+                    capabilities: Optional[Capabilities] = None) -> Process:
         """Start argv and return its Process: write()/close_stdin(), iterate
-        ("stdout"|"stderr", bytes) as output arrives, signal(), resize(), wait()."""
+        ("stdout"|"stderr", bytes) as output arrives, signal(), resize(), wait().
+        groups, umask, no_new_privileges, capabilities: as for exec()."""
         check_env(env)
         return self._live().exec_stream(argv, env=env, cwd=cwd, user=user, tty=tty,
-                                        rows=rows, cols=cols, rlimits=rlimits)
+                                        rows=rows, cols=cols, rlimits=rlimits, groups=groups,
+                                        umask=umask, no_new_privileges=no_new_privileges,
+                                        capabilities=capabilities)
+
+    def make_root_read_only(self) -> None:
+        """From now on the guest's root is read-only (EROFS), as an OCI root.readonly
+        container's; /tmp, /dev, /proc, /sys, volumes, host dirs and tmpfs mounts made
+        on it keep their own modes. One way: there is no call to undo it."""
+        self._live().configure(read_only_root=True)
 
     @property
     def fs(self):
