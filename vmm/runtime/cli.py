@@ -78,9 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--env", "-e", action="append", default=[])
     e.add_argument("--cwd", default=None)
     e.add_argument("--user", "-u", default=None)
-    e.add_argument("--additional-gids", "-g", action="append", default=[], help=argparse.SUPPRESS)
-    e.add_argument("--no-new-privs", action="store_true", help=argparse.SUPPRESS)
-    e.add_argument("--cap", "-c", action="append", default=[], help=argparse.SUPPRESS)
+    e.add_argument("--additional-gids", "-g", action="append", default=[],
+                   help="an extra supplementary group id for the process (repeatable)")
+    e.add_argument("--no-new-privs", action="store_true", help="set no_new_privs for the process")
+    e.add_argument("--cap", "-c", action="append", default=[],
+                   help="add a capability (e.g. CAP_NET_ADMIN) to the process's sets (repeatable)")
     e.add_argument("--preserve-fds", type=int, default=0, help=argparse.SUPPRESS)
     e.add_argument("--process-label", default=None, help=argparse.SUPPRESS)
     e.add_argument("--apparmor", default=None, help=argparse.SUPPRESS)
