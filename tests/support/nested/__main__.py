@@ -12,6 +12,7 @@ With --run (repeatable: all run in one L1 boot, in order) each is a command line
 in --out (default: a temporary directory, removed afterwards). The exit code is the
 inner pytest's, or the first failing command's (2 if L1 could not start).
 """
+import os
 import shlex
 import sys
 import tempfile
@@ -38,14 +39,16 @@ def main(argv):
         print("error: give either pytest arguments or --run commands, not both",
               file=sys.stderr)
         return 2
+    # The same bound as the tier's (tests/test_nested.py): long benchmarks need more.
+    timeout = float(os.environ.get("VMM_NESTED_TIMEOUT", "1800"))
     prepare_host_caches()
     with tempfile.TemporaryDirectory(prefix="vmm-nested-") as tmp:
         out = Path(out_dir or tmp)
         try:
             if commands:
-                done = run_commands_in_l1(commands, out, env=env)
+                done = run_commands_in_l1(commands, out, env=env, timeout=timeout)
             else:
-                run = run_in_l1([(args, env)], out)
+                run = run_in_l1([(args, env)], out, timeout=timeout)
         except L1Unavailable as e:
             print(f"error: no L1 here: {e}", file=sys.stderr)
             return 2
