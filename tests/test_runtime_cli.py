@@ -135,3 +135,21 @@ def test_same_exit_code_and_message_as_runc(tmp_path, args):
     assert ours.returncode == ref.returncode
     ref_msg = ref.stderr.split('msg="', 1)[1].rsplit('"', 1)[0].replace('\\"', '"')
     assert ref_msg in ours.stderr
+
+
+def test_monitor_socket_in_a_state_directory_deeper_than_sun_path(tmp_path):
+    """Docker's runtime root is /var/run/docker/runtime-NAME/moby and its ids are 64 hex
+    digits: the monitor's socket path there is longer than a Unix socket address holds,
+    and create failed with "AF_UNIX path too long"."""
+    from types import SimpleNamespace
+    from vmm.runtime.monitor import Monitor, request
+    root = tmp_path / ("runtime-vmm-" + "r" * 40) / "moby"
+    cid = "0123456789abcdef" * 4
+    store = StateStore(str(root))
+    store.create(ContainerState(id=cid, bundle="/b", rootfs="/b/rootfs", created=now_rfc3339()))
+    assert len(store.socket_path(cid)) > 107
+    mon = Monitor(store, cid, None, None, None, boot=lambda: SimpleNamespace(socket_path="agent.sock"))
+    mon.create()
+    assert os.path.exists(store.socket_path(cid))           # bound in the real directory
+    assert request(store, cid, {"op": "ps"}) == {"pids": [os.getpid()]}
+    assert store.load(cid).oci()["status"] == "created"

@@ -26,6 +26,7 @@ from .log import RuntimeLog
 from ..sandbox.state import process_start_time
 from .state import CREATED, RUNNING, STOPPED, StateStore
 from .stdio import ContainerStdio
+from .unix_path import short_unix_path
 
 CONTROL_MAX_LINE = 4096
 CONTROL_TIMEOUT_S = 10.0
@@ -79,7 +80,8 @@ class Monitor:
     def _listen(self) -> None:
         path = self.store.socket_path(self.cid)
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        srv.bind(path)
+        with short_unix_path(path) as p:
+            srv.bind(p)
         os.chmod(path, 0o600)
         srv.listen(8)
         threading.Thread(target=self._serve, args=(srv,), name="vmm-runtime-control",
@@ -144,7 +146,8 @@ def request(store: StateStore, cid: str, req: dict, timeout: float = CONTROL_TIM
     """Sends one control request to a container's monitor and returns its reply."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
         s.settimeout(timeout)
-        s.connect(store.socket_path(cid))
+        with short_unix_path(store.socket_path(cid)) as p:
+            s.connect(p)
         s.sendall(json.dumps(req).encode() + b"\n")
         line = s.makefile("rb").readline(CONTROL_MAX_LINE)
     if not line:
