@@ -124,6 +124,7 @@ def test_features_is_json_naming_what_a_vm_does_not_apply(tmp_path):
     f = json.loads(r.stdout)
     assert f["ociVersionMin"] == "1.0.0" and "namespaces" in f["linux"]
     assert "devices" in f["annotations"]["io.github.vmm.not-applied"]
+    assert f["hooks"] == ["prestart", "createRuntime", "poststart", "poststop"]
 
 
 @pytest.mark.skipif(not shutil.which("runc"), reason="runc not installed (the reference)")
@@ -153,3 +154,74 @@ def test_monitor_socket_in_a_state_directory_deeper_than_sun_path(tmp_path):
     assert os.path.exists(store.socket_path(cid))           # bound in the real directory
     assert request(store, cid, {"op": "ps"}) == {"pids": [os.getpid()]}
     assert store.load(cid).oci()["status"] == "created"
+
+
+# --- hooks (Docker's bridge network is set up by a prestart hook) -------------------------
+def _bundle_with_hooks(hooks):
+    from vmm.runtime.bundle import parse_config
+    cfg = {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+           "process": {"args": ["true"], "cwd": "/"}, "hooks": hooks}
+    return parse_config(json.dumps(cfg).encode(), "/b")
+
+
+def test_hooks_are_read_and_container_side_stages_are_named_not_run():
+    b = _bundle_with_hooks({
+        "prestart": [{"path": "/proc/1/exe", "args": ["libnetwork-setkey", "-exec-root=/x", "id"]}],
+        "createRuntime": [{"path": "/bin/true", "env": ["A=1"], "timeout": 5}],
+        "createContainer": [{"path": "/bin/true"}], "poststop": None})
+    assert [(stage, h.path, h.args) for stage, h in b.hooks] == [
+        ("prestart", "/proc/1/exe", ("libnetwork-setkey", "-exec-root=/x", "id")),
+        ("createRuntime", "/bin/true", ())]
+    assert b.hooks[1][1].env == ("A=1",) and b.hooks[1][1].timeout == 5
+    assert any("hooks.createContainer: not run" in n for n in b.unhonoured)
+    assert not any("prestart" in n for n in b.unhonoured)
+
+
+@pytest.mark.parametrize("hooks, message", [
+    ([], "hooks: not an object"),
+    ({"preStart": []}, "unknown hook stage"),
+    ({"prestart": {}}, "not a list"),
+    ({"prestart": [{"path": "rel"}]}, r"hooks.prestart\[0\].path: not an absolute path"),
+    ({"prestart": [{"path": "/x", "args": [1]}]}, "args: not a list of strings"),
+    ({"poststart": [{"path": "/x", "timeout": 0}]}, "timeout"),
+    ({"poststart": [{"path": "/x", "timeout": True}]}, "timeout"),
+])
+def test_bad_hooks_are_bundle_errors_naming_the_field(hooks, message):
+    from vmm.runtime.bundle import BundleError
+    with pytest.raises(BundleError, match=message):
+        _bundle_with_hooks(hooks)
+
+
+def test_hooks_get_the_state_on_stdin_their_args_and_env_only(tmp_path):
+    from vmm.runtime.hooks import HookError, hook_state, run_hooks
+    from vmm.runtime.log import RuntimeLog
+    out = tmp_path / "seen"
+    # the shell's own /proc cmdline shows the argv it was given (a script's $0 would not)
+    script = f"{{ tr '\\0' ' ' < /proc/$$/cmdline | cut -d' ' -f1; env | sort; cat; }} > {out}"
+    b = _bundle_with_hooks({"prestart": [{"path": "/bin/sh", "args": ["setkey", "-c", script],
+                                          "env": ["ONLY=this"]}],
+                            "poststart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no >&2; exit 3"]}]})
+    state = hook_state("c1", "creating", 4242, "/b", {"k": "v"})
+    log = RuntimeLog(str(tmp_path / "log.json"), "json")
+    run_hooks(b.hooks, "prestart", state, log, must_succeed=True)
+    argv, *env, stdin = out.read_text().splitlines()
+    assert argv == "setkey"                             # args[0] is argv[0], as execv
+    assert "ONLY=this" in env and not any(e.startswith("HOME=") for e in env)
+    assert json.loads(stdin) == {"ociVersion": "1.0.2", "id": "c1", "status": "creating",
+                                 "pid": 4242, "bundle": "/b", "annotations": {"k": "v"}}
+    with pytest.raises(HookError, match=r"poststart hook #0: exit status 3, stdout: , stderr: no"):
+        run_hooks(b.hooks, "poststart", state, log, must_succeed=True)
+    run_hooks(b.hooks, "poststart", state, log, must_succeed=False)   # logged, not raised
+    last = json.loads((tmp_path / "log.json").read_text().splitlines()[-1])
+    assert last["level"] == "warning" and "exit status 3" in last["msg"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace needs root")
+def test_enter_new_namespace_moves_the_process_and_names_its_namespace():
+    code = ("import os\nfrom vmm.runtime.netns import enter_new_namespace\n"
+            "before = os.readlink('/proc/self/ns/net')\npath = enter_new_namespace()\n"
+            "print(before, os.readlink(path), path == f'/proc/{os.getpid()}/ns/net')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    before, after, named_by_pid = r.stdout.split()
+    assert before == os.readlink("/proc/self/ns/net") and after != before and named_by_pid == "True"

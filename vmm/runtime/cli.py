@@ -154,8 +154,9 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
         store.remove(cid)
         raise
     def start():
-        mon = Monitor(store, cid, bundle, stdio, log,
-                      boot=lambda: boot_sandbox(bundle, store.dir(cid), log))
+        booted_bundle = _enter_network(store, cid, bundle, log)
+        mon = Monitor(store, cid, booted_bundle, stdio, log,
+                      boot=lambda: boot_sandbox(booted_bundle, store.dir(cid), log))
         try:
             mon.create()
         except BaseException as e:
@@ -170,6 +171,22 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
     if args.pid_file:
         write_pid_file(args.pid_file, pid)
     return 0
+
+
+def _enter_network(store: StateStore, cid: str, bundle, log: RuntimeLog):
+    """In the monitor, first thing: a new network namespace if the bundle asks for one
+    (the monitor's pid is the container's), then the create-time hooks with that pid, as
+    runc runs them; the VM then takes whatever interface they put in the namespace.
+    Returns the bundle the VM boots from."""
+    from dataclasses import replace
+    from .hooks import hook_state, run_hooks
+    if bundle.network == "none":
+        from .netns import enter_new_namespace
+        bundle = replace(bundle, netns=enter_new_namespace(), network="join")
+    state = hook_state(cid, "creating", os.getpid(), bundle.path, bundle.annotations_dict)
+    for stage in ("prestart", "createRuntime"):
+        run_hooks(bundle.hooks, stage, state, log, must_succeed=True)
+    return bundle
 
 
 def _record_unhonoured(store: StateStore, cid: str, bundle, log: RuntimeLog) -> None:
@@ -198,7 +215,21 @@ def cmd_start(store: StateStore, args, log: RuntimeLog) -> int:
     reply = request(store, st.id, {"op": "start"})
     if "error" in reply:
         raise RuntimeFailure(str(reply["error"]))
+    _run_hooks_of(st, "poststart", RUNNING, st.pid, log)
     return 0
+
+
+def _run_hooks_of(st: ContainerState, stage: str, status: str, pid: int, log: RuntimeLog) -> None:
+    """A stage whose failure is only logged (poststart, poststop), as the spec says; the
+    hooks come from the bundle, which may be gone by then (nothing to run)."""
+    from .hooks import hook_state, run_hooks
+    try:
+        hooks = load_bundle(st.bundle).hooks
+    except VmmError:
+        return
+    if hooks:
+        run_hooks(hooks, stage, hook_state(st.id, status, pid, st.bundle, st.annotations),
+                  log, must_succeed=False)
 
 
 # --- the rest ---------------------------------------------------------------------------
@@ -244,6 +275,7 @@ def cmd_delete(store: StateStore, args, log: RuntimeLog) -> int:
         if st.alive():
             _kill_monitor(st)
     store.remove(st.id)
+    _run_hooks_of(st, "poststop", STOPPED, 0, log)
     return 0
 
 

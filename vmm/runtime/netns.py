@@ -142,3 +142,19 @@ def attach(netns: str, dns: Optional[str] = None) -> Optional[NamespaceNic]:
         nic.close()
         raise
     return nic
+
+
+def enter_new_namespace() -> str:
+    """Moves this process into a new network namespace (loopback up) and returns its path,
+    /proc/PID/ns/net: a container whose config.json asks for a new one (no path) gets it
+    as runc's init does, so a prestart hook given our pid (Docker's libnetwork-setkey)
+    finds the container's namespace there and puts its interface in it. unshare(2) moves
+    only the calling thread: call it before the process starts any thread."""
+    if threading.active_count() != 1:
+        raise ConfigError("internal error: a new network namespace needs a single-threaded process")
+    if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise ConfigError(f"cannot make the container's network namespace: {os.strerror(err)}")
+    path = f"/proc/{os.getpid()}/ns/net"
+    subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True, timeout=CMD_TIMEOUT_S)
+    return path
