@@ -117,7 +117,7 @@ def test_detached_exec_stop_rm(docker):
         r = docker.run("exec", "d-bg", "sh", "-c", "uname -r; exit 4", check=False, timeout=T)
         assert r.returncode == 4 and our_kernel(r.stdout), (r.stdout, r.stderr)
         assert docker.run("inspect", "d-bg", "--format", "{{.State.Status}}").stdout.strip() == "running"
-        assert monitors_of(cid)
+        assert monitors_of(cid) and set(monitors_of(cid)) <= set(docker.tree())  # what close() checks
         docker.run("stop", "-t", "2", "d-bg", timeout=T)
         state = docker.run("inspect", "d-bg", "--format", "{{.State.Status}} {{.State.ExitCode}}")
         status, code = state.stdout.split()
