@@ -225,3 +225,19 @@ def test_enter_new_namespace_moves_the_process_and_names_its_namespace():
                        env=dict(os.environ, PYTHONPATH=ROOT))
     before, after, named_by_pid = r.stdout.split()
     assert before == os.readlink("/proc/self/ns/net") and after != before and named_by_pid == "True"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="ip netns needs root")
+def test_the_runtimes_own_namespace_is_told_from_a_containers():
+    """Docker's --network host names the host's namespace by path: the VM must not take
+    over the host's interface (it gets the host's network through NAT instead)."""
+    import uuid
+    from vmm.runtime.netns import is_own_namespace
+    assert is_own_namespace("/proc/self/ns/net") and is_own_namespace(f"/proc/{os.getpid()}/ns/net")
+    name = f"vmmt-own-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        assert not is_own_namespace(f"/var/run/netns/{name}")
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+    assert not is_own_namespace("/nonexistent/ns")

@@ -180,9 +180,11 @@ def _enter_network(store: StateStore, cid: str, bundle, log: RuntimeLog):
     Returns the bundle the VM boots from."""
     from dataclasses import replace
     from .hooks import hook_state, run_hooks
+    from .netns import enter_new_namespace, is_own_namespace
     if bundle.network == "none":
-        from .netns import enter_new_namespace
         bundle = replace(bundle, netns=enter_new_namespace(), network="join")
+    elif bundle.network == "join" and is_own_namespace(bundle.netns):
+        bundle = replace(bundle, netns=None, network="host")   # the host's: NAT, not a takeover
     state = hook_state(cid, "creating", os.getpid(), bundle.path, bundle.annotations_dict)
     for stage in ("prestart", "createRuntime"):
         run_hooks(bundle.hooks, stage, state, log, must_succeed=True)

@@ -158,3 +158,14 @@ def enter_new_namespace() -> str:
     path = f"/proc/{os.getpid()}/ns/net"
     subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True, timeout=CMD_TIMEOUT_S)
     return path
+
+
+def is_own_namespace(netns: str) -> bool:
+    """Whether netns is the network namespace this process is in: Docker's `--network host`
+    names the host's namespace by a path (its netns/default), and taking over that
+    namespace's interface would take the host's own network away from it."""
+    try:
+        a, b = os.stat(netns), os.stat(f"/proc/{os.getpid()}/ns/net")
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
