@@ -241,3 +241,84 @@ def test_the_runtimes_own_namespace_is_told_from_a_containers():
     finally:
         subprocess.run(["ip", "netns", "del", name], check=True)
     assert not is_own_namespace("/nonexistent/ns")
+
+
+# --- pause, resume, update (docker pause / unpause / update call them) ---------------------
+class _FakeVm:
+    socket_path = "agent.sock"
+
+    def __init__(self):
+        self.calls = []
+
+    def pause(self):
+        self.calls.append("pause")
+
+    def resume(self):
+        self.calls.append("resume")
+
+
+class _FakeProc:
+    ended = False
+
+    def __init__(self):
+        self.signals = []
+
+    def signal(self, signo):
+        self.signals.append(signo)
+
+
+def test_pause_resume_freeze_the_vm_and_a_signal_thaws_it(tmp_path):
+    import signal as signal_mod
+    from vmm.runtime.monitor import Monitor, request
+    store = StateStore(str(tmp_path))
+    store.create(ContainerState(id="c1", bundle="/b", rootfs="/b/rootfs", created=now_rfc3339()))
+    vm = _FakeVm()
+    mon = Monitor(store, "c1", None, None, None, boot=lambda: vm)
+    mon.create()
+    assert request(store, "c1", {"op": "pause"}) == {"error": "container not running"}  # not started
+    mon.proc = _FakeProc()
+    assert request(store, "c1", {"op": "pause"}) == {"ok": True}
+    assert store.load("c1").oci()["status"] == "paused" and store.load("c1").oci()["pid"] == os.getpid()
+    assert "error" in request(store, "c1", {"op": "pause"})
+    assert request(store, "c1", {"op": "resume"}) == {"ok": True}
+    assert request(store, "c1", {"op": "resume"}) == {"error": "container not paused"}
+    assert store.load("c1").oci()["status"] == "running"
+    request(store, "c1", {"op": "pause"})
+    assert request(store, "c1", {"op": "kill", "signal": 15}) == {"ok": True}
+    assert vm.calls == ["pause", "resume", "pause", "resume"]        # thawed to deliver it
+    assert mon.proc.signals == [signal_mod.SIGTERM] and store.load("c1").status == "running"
+
+
+def test_paused_container_refuses_exec_and_delete_without_force(tmp_path):
+    from vmm.runtime.state import PAUSED
+    store = StateStore(str(tmp_path))
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        from vmm.sandbox.state import process_start_time
+        store.create(ContainerState(id="c1", bundle="/b", rootfs="/b/rootfs", created=now_rfc3339(),
+                                    status=PAUSED, pid=child.pid,
+                                    pid_start=process_start_time(child.pid), agent_socket="/x"))
+        assert json.loads(runtime("state", "c1", root=tmp_path).stdout)["status"] == "paused"
+        r = runtime("exec", "c1", "true", root=tmp_path)
+        assert r.returncode == 255 and "cannot exec in a paused container" in r.stderr
+        r = runtime("delete", "c1", root=tmp_path)
+        assert r.returncode == 1 and "cannot delete container c1 that is not stopped: paused" in r.stderr
+    finally:
+        child.kill()
+        child.wait()
+    assert json.loads(runtime("state", "c1", root=tmp_path).stdout)["status"] == "stopped"
+    r = runtime("pause", "c1", root=tmp_path)
+    assert r.returncode == 1 and "container not running" in r.stderr
+    r = runtime("resume", "c1", root=tmp_path)
+    assert r.returncode == 1 and "container not paused" in r.stderr
+
+
+def test_update_is_refused_naming_why(tmp_path):
+    store = StateStore(str(tmp_path))
+    store.create(ContainerState(id="c1", bundle="/b", rootfs="/b/rootfs", created=now_rfc3339()))
+    for args in (["update", "--resources", "-", "c1"], ["update", "--memory", "256M", "c1"]):
+        r = runtime(*args, root=tmp_path)
+        assert r.returncode == 1 and "CPUs and memory are fixed when it boots" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and "usage:" not in r.stderr
+    r = runtime("update", "--resources", "-", "nope", root=tmp_path)
+    assert r.returncode == 1 and "container does not exist" in r.stderr

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from support import dockerd as dockerd_mod
+from support.netns import descendants
 from support.runtime_clients import busybox_archive, runtime_executable
 from support.sandbox_image import have_busybox
 from support.test_engine import ENGINE, engine_marks
@@ -126,6 +127,42 @@ def test_detached_exec_stop_rm(docker):
         docker.run("rm", "-f", "d-bg", check=False)
     assert gone(cid)
     assert docker.run("ps", "-aq", "--filter", "name=d-bg").stdout.strip() == ""
+
+
+def test_pause_freezes_the_vm_and_unpause_thaws_it(docker):
+    cid = docker.run("run", "--runtime", "vmm", "-d", "--name", "d-pause", IMAGE,
+                     "sleep", "1000", timeout=T).stdout.strip()
+    try:
+        docker.run("pause", "d-pause", timeout=T)
+        assert docker.run("inspect", "d-pause", "--format", "{{.State.Status}}").stdout.strip() == "paused"
+        assert [p for p in vm_processes(cid) if p[1] == "T"]     # the VM itself is stopped
+        r = docker.run("exec", "d-pause", "true", check=False, timeout=T)
+        assert r.returncode != 0 and "paused" in r.stderr
+        docker.run("unpause", "d-pause", timeout=T)
+        assert docker.run("inspect", "d-pause", "--format", "{{.State.Status}}").stdout.strip() == "running"
+        assert not [p for p in vm_processes(cid) if p[1] == "T"]
+        r = docker.run("exec", "d-pause", "sh", "-c", "echo thawed", timeout=T)
+        assert r.stdout.strip() == "thawed"
+        r = docker.run("update", "--cpus", "1", "d-pause", check=False, timeout=T)
+        assert r.returncode != 0 and "fixed when it boots" in r.stderr   # said, not ignored
+    finally:
+        docker.run("rm", "-f", "d-pause", check=False)
+    assert gone(cid)
+
+
+def vm_processes(cid: str):
+    """(pid, state) of the QEMU processes under container cid's monitor."""
+    out = []
+    for mon in monitors_of(cid):
+        for pid, comm in descendants(mon):
+            if comm.startswith("qemu-system"):
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        out.append((pid, f.read().rsplit(")", 1)[1].split()[0]))
+                except OSError:
+                    continue
+    assert out, f"no VM process under container {cid}'s monitor"
+    return out
 
 
 def test_default_bridge_reaches_the_guest(docker):

@@ -4,6 +4,7 @@
       create [--bundle DIR] [--console-socket SOCK] [--pid-file FILE] ID
       start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID
       list [--quiet] [--format table|json] | ps [--format table|json] ID | features
+      pause ID | resume ID | update [--resources FILE|-] ... ID   (update: refused, see there)
 
 Errors are printed and logged as runc does (log.py) and exit with status 1; messages
 match runc's where a caller may match them ("container does not exist", "container not
@@ -26,11 +27,17 @@ from .bundle import load_bundle
 from .errors import RuntimeFailure
 from .features import features
 from .log import RuntimeLog
-from .state import (CREATED, RUNNING, STOPPED, ContainerState, StateStore, check_id,
-                    now_rfc3339)
+from .state import (CREATED, LIVE, PAUSED, RUNNING, STOPPED, ContainerState, StateStore,
+                    check_id, now_rfc3339)
 
 CREATE_TIMEOUT_S = 300.0   # a first boot may build the guest kernel's caches
 STOP_WAIT_S = 15.0
+
+
+UPDATE_FLAGS = ("--blkio-weight", "--cpu-period", "--cpu-quota", "--cpu-share", "--cpu-rt-period",
+                "--cpu-rt-runtime", "--cpuset-cpus", "--cpuset-mems", "--kernel-memory",
+                "--kernel-memory-tcp", "--memory", "--memory-reservation", "--memory-swap",
+                "--pids-limit", "--l3-cache-schema", "--mem-bw-schema")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("id")
     e.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
     sub.add_parser("features", help="what this runtime supports, as JSON")
+    for name, text in (("pause", "freeze the container's VM"), ("resume", "thaw a paused VM")):
+        sub.add_parser(name, help=text).add_argument("id")
+    u = sub.add_parser("update", help="change resources (not possible for a VM: an error)")
+    u.add_argument("--resources", "-r", default=None, help="a JSON resources file, - for stdin")
+    for flag in UPDATE_FLAGS:   # runc's, accepted so the refusal names the real reason
+        u.add_argument(flag, default=None, help=argparse.SUPPRESS)
+    u.add_argument("id")
     return p
 
 
@@ -245,7 +259,7 @@ def cmd_kill(store: StateStore, args, log: RuntimeLog) -> int:
     from .monitor import request
     st = store.load(args.id)           # runc names a missing container before a bad signal
     signo = parse_signal(args.signal)
-    if st.current_status() not in (CREATED, RUNNING):
+    if st.current_status() not in LIVE:
         raise RuntimeFailure("container not running")
     try:
         reply = request(store, st.id, {"op": "kill", "signal": signo})
@@ -264,9 +278,9 @@ def cmd_delete(store: StateStore, args, log: RuntimeLog) -> int:
     with store.lock(args.id):
         st = store.load(args.id)
     status = st.current_status()
-    if status == RUNNING and not args.force:
-        raise RuntimeFailure(f"cannot delete container {st.id} that is not stopped: running")
-    if status in (CREATED, RUNNING):
+    if status in (RUNNING, PAUSED) and not args.force:
+        raise RuntimeFailure(f"cannot delete container {st.id} that is not stopped: {status}")
+    if status in LIVE:
         try:
             request(store, st.id, {"op": "kill", "signal": int(signal.SIGKILL)})
         except (OSError, ValueError):
@@ -313,7 +327,7 @@ def cmd_list(store: StateStore, args, log: RuntimeLog) -> int:
 
 def cmd_ps(store: StateStore, args, log: RuntimeLog) -> int:
     st = store.load(args.id)
-    pids = [st.pid] if st.current_status() in (CREATED, RUNNING) else []
+    pids = [st.pid] if st.current_status() in LIVE else []
     if args.format == "json":
         print(json.dumps(pids))
         return 0
@@ -348,6 +362,9 @@ EXEC_FAILED = 255   # runc's status when exec cannot start the process
 def cmd_exec(store: StateStore, args, log: RuntimeLog) -> int:
     from .exec_process import run_exec
     st = store.load(args.id)
+    if st.current_status() == PAUSED:   # its agent is frozen with it
+        log.fatal("exec failed: cannot exec in a paused container")
+        return EXEC_FAILED
     if st.current_status() not in (CREATED, RUNNING) or not st.agent_socket:
         log.fatal("exec failed: cannot exec in a stopped container")
         return EXEC_FAILED
@@ -358,5 +375,28 @@ def cmd_exec(store: StateStore, args, log: RuntimeLog) -> int:
         return EXEC_FAILED
 
 
-COMMANDS = {"create": cmd_create, "exec": cmd_exec, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
+def cmd_pause(store: StateStore, args, log: RuntimeLog) -> int:
+    """pause and resume: the monitor freezes or thaws the whole VM."""
+    from .monitor import request
+    st = store.load(args.id)
+    status = st.current_status()
+    if status not in LIVE:
+        raise RuntimeFailure("container not running" if args.command == "pause" else "container not paused")
+    reply = request(store, st.id, {"op": args.command})
+    if "error" in reply:
+        raise RuntimeFailure(str(reply["error"]))
+    return 0
+
+
+def cmd_update(store: StateStore, args, log: RuntimeLog) -> int:
+    """A VM's CPUs and memory are fixed when it boots, so an update is refused, naming the
+    container (a missing one first, as runc), never accepted and silently not applied."""
+    st = store.load(args.id)
+    if args.resources == "-":
+        sys.stdin.buffer.read(1 << 20)   # the caller writes it before it reads our answer
+    raise RuntimeFailure(f"cannot update container {st.id}: a VM's CPUs and memory are fixed "
+                         "when it boots (vmm-runtime); recreate it with the new limits")
+
+
+COMMANDS = {"pause": cmd_pause, "resume": cmd_pause, "update": cmd_update, "create": cmd_create, "exec": cmd_exec, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
             "delete": cmd_delete, "list": cmd_list, "ps": cmd_ps, "features": cmd_features}

@@ -24,7 +24,7 @@ from typing import Optional
 from .bundle import Bundle
 from .log import RuntimeLog
 from ..sandbox.state import process_start_time
-from .state import CREATED, RUNNING, STOPPED, StateStore
+from .state import CREATED, PAUSED, RUNNING, STOPPED, StateStore
 from .stdio import ContainerStdio
 from .unix_path import short_unix_path
 
@@ -41,6 +41,7 @@ class Monitor:
         self.proc = None
         self._start = threading.Event()
         self._end_signal: Optional[int] = None  # killed before start
+        self._paused = False
         self._lock = threading.Lock()
 
     # --- phases ----------------------------------------------------------------------------
@@ -117,6 +118,8 @@ class Monitor:
                 return self._do_kill(int(req["signal"]))
             if op == "ps":
                 return {"pids": [os.getpid()]}
+            if op in ("pause", "resume"):
+                return self._do_pause(op == "pause")
         return {"error": f"unknown control request {op!r}"}
 
     def _do_start(self) -> dict:
@@ -130,10 +133,24 @@ class Monitor:
         self._start.set()
         return {"ok": True}
 
+    def _do_pause(self, pause: bool) -> dict:
+        """Freezes or thaws the whole VM (runc freezes the container's cgroup)."""
+        if self.proc is None or self.proc.ended:
+            return {"error": "container not running"}
+        if pause == self._paused:
+            return {"error": "container not running or created: paused" if pause
+                    else "container not paused"}
+        (self.sandbox.pause if pause else self.sandbox.resume)()
+        self._paused = pause
+        self.store.update(self.cid, status=PAUSED if pause else RUNNING)
+        return {"ok": True}
+
     def _do_kill(self, signo: int) -> dict:
         if self.proc is not None:
             if self.proc.ended:
                 return {"error": "container not running"}
+            if self._paused:   # the guest's agent delivers signals: it must run to do so
+                self._do_pause(False)
             self.proc.signal(signo)
             return {"ok": True}
         # Not started: as runc kills the waiting init, the container ends with the signal.
