@@ -100,6 +100,16 @@ def test_run_prints_our_kernel_and_passes_the_exit_status(docker, tmp_path):
     assert gone(cidfile.read_text().strip())
 
 
+def test_piped_stdin_and_the_vm_sized_by_docker(docker):
+    r = docker.run("run", "--runtime", "vmm", "--rm", "-i", "-m", "300m", "--cpus", "2", IMAGE,
+                   "sh", "-c", "cat; nproc; grep MemTotal /proc/meminfo; exit 3",
+                   input="piped-in\n", check=False, timeout=T)
+    assert r.returncode == 3, r.stderr
+    echoed, cpus, _, mem_kib, _ = r.stdout.split()
+    assert echoed == "piped-in" and cpus == "2"
+    assert 200 << 10 < int(mem_kib) <= 300 << 10          # -m 300m is the guest's RAM
+
+
 def test_interactive_terminal(docker, tmp_path):
     cidfile = tmp_path / "cid"
     argv = docker.docker("run", "--runtime", "vmm", "--rm", "-it", "--cidfile", str(cidfile),
@@ -113,8 +123,14 @@ def test_interactive_terminal(docker, tmp_path):
 
 def test_detached_exec_stop_rm(docker):
     cid = docker.run("run", "--runtime", "vmm", "-d", "--name", "d-bg", IMAGE,
-                     "sleep", "1000", timeout=T).stdout.strip()
+                     "sh", "-c", "echo started; echo to-stderr >&2; exec sleep 1000",
+                     timeout=T).stdout.strip()
     try:
+        deadline = time.monotonic() + 30
+        while "started" not in docker.run("logs", "d-bg").stdout and time.monotonic() < deadline:
+            time.sleep(0.3)
+        logs = docker.run("logs", "d-bg")
+        assert logs.stdout.strip() == "started" and logs.stderr.strip() == "to-stderr"
         r = docker.run("exec", "d-bg", "sh", "-c", "uname -r; exit 4", check=False, timeout=T)
         assert r.returncode == 4 and our_kernel(r.stdout), (r.stdout, r.stderr)
         assert docker.run("inspect", "d-bg", "--format", "{{.State.Status}}").stdout.strip() == "running"
@@ -197,6 +213,22 @@ def test_default_bridge_reaches_the_guest(docker):
         assert r.returncode == 0, (r.stdout, r.stderr)
     finally:
         docker.run("rm", "-f", "d-net", check=False)
+    assert gone(cid)
+
+
+def test_host_network_is_nat_not_the_hosts_interface(docker):
+    """--network host names dockerd's own namespace by path: the guest gets the host's
+    network through NAT, and the namespace's interfaces are left as they were."""
+    before = docker.in_netns(["tc", "qdisc", "show"]).stdout
+    cid = docker.run("run", "--runtime", "vmm", "-d", "--network", "host", "--name", "d-host",
+                     IMAGE, "sleep", "1000", timeout=T).stdout.strip()
+    try:
+        assert docker.run("exec", "d-host", "echo", "up", timeout=T).stdout.strip() == "up"
+        assert "vmmtap0" not in docker.in_netns(["ip", "-o", "link", "show"]).stdout
+        assert docker.in_netns(["tc", "qdisc", "show"]).stdout == before   # no redirects
+        assert "ingress" not in before
+    finally:
+        docker.run("rm", "-f", "d-host", check=False)
     assert gone(cid)
 
 
