@@ -9,6 +9,7 @@ The daemon is the test's own (support/dockerd.py): its own data and exec roots, 
 containerd, in network and mount namespaces of its own (the bridge reaches nothing
 outside them; no iptables). The image is loaded from a local `docker save` file, as the
 ctr and podman tests import theirs: no registry, no internet."""
+import json
 import os
 import pty
 import select
@@ -219,16 +220,21 @@ def test_default_bridge_reaches_the_guest(docker):
 def test_host_network_is_nat_not_the_hosts_interface(docker):
     """--network host names dockerd's own namespace by path: the guest gets the host's
     network through NAT, and the namespace's interfaces are left as they were."""
+    # a default route, as a host has: what a takeover would pick is then docker0
+    bridge = json.loads(docker.in_netns(["ip", "-j", "-4", "addr", "show", "docker0"]).stdout)
+    via = bridge[0]["addr_info"][0]["local"].rsplit(".", 1)[0] + ".254"
+    docker.in_netns(["ip", "route", "add", "default", "via", via, "dev", "docker0"], check=True)
     before = docker.in_netns(["tc", "qdisc", "show"]).stdout
-    cid = docker.run("run", "--runtime", "vmm", "-d", "--network", "host", "--name", "d-host",
-                     IMAGE, "sleep", "1000", timeout=T).stdout.strip()
     try:
+        cid = docker.run("run", "--runtime", "vmm", "-d", "--network", "host", "--name", "d-host",
+                         IMAGE, "sleep", "1000", timeout=T).stdout.strip()
         assert docker.run("exec", "d-host", "echo", "up", timeout=T).stdout.strip() == "up"
         assert "vmmtap0" not in docker.in_netns(["ip", "-o", "link", "show"]).stdout
         assert docker.in_netns(["tc", "qdisc", "show"]).stdout == before   # no redirects
         assert "ingress" not in before
     finally:
         docker.run("rm", "-f", "d-host", check=False)
+        docker.in_netns(["ip", "route", "del", "default"])
     assert gone(cid)
 
 
