@@ -79,7 +79,7 @@ class PrivateDockerd:
     def _start(self, driver: str) -> None:
         log = open(self.log_path, "ab")
         argv = ["unshare", "--net", "--mount", "--propagation", "private", DOCKERD,
-                "--data-root", str(self.dir / "data"), "--exec-root", str(self.dir / "exec"),
+                "--data-root", str(self.dir / f"data-{driver}"), "--exec-root", str(self.dir / "exec"),
                 "--pidfile", str(self.dir / "dockerd.pid"), "-H", f"unix://{self.socket}",
                 "--storage-driver", driver, "--iptables=false", "--ip-masq=false",
                 "--ip-forward=false", "--exec-opt", "native.cgroupdriver=cgroupfs",

@@ -398,5 +398,6 @@ def cmd_update(store: StateStore, args, log: RuntimeLog) -> int:
                          "when it boots (vmm-runtime); recreate it with the new limits")
 
 
-COMMANDS = {"pause": cmd_pause, "resume": cmd_pause, "update": cmd_update, "create": cmd_create, "exec": cmd_exec, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
-            "delete": cmd_delete, "list": cmd_list, "ps": cmd_ps, "features": cmd_features}
+COMMANDS = {"create": cmd_create, "exec": cmd_exec, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
+            "delete": cmd_delete, "list": cmd_list, "ps": cmd_ps, "features": cmd_features,
+            "pause": cmd_pause, "resume": cmd_pause, "update": cmd_update}

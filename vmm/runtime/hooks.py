@@ -17,7 +17,6 @@ the container's not-applied notes.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -101,7 +100,7 @@ def run_hooks(hooks, stage: str, state: Dict[str, Any], log, must_succeed: bool)
     """Runs the hooks of one stage in order with state on stdin. A failure raises
     HookError when must_succeed (create's stages), else is logged and the rest still run."""
     data = json.dumps(state).encode()
-    for n, (s, hook) in enumerate(h for h in hooks if h[0] == stage):
+    for n, hook in enumerate(h for s, h in hooks if s == stage):
         try:
             _run_one(hook, data)
         except HookError as e:
