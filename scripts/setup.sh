@@ -17,6 +17,7 @@ APT_PACKAGES=(
   containerd runc podman                        # vmm-runtime: real clients, runc the reference
   docker.io                                     # vmm-runtime under `docker --runtime` (/usr/bin/docker;
                                                 # on a systemd host apt starts its dockerd, the tests run their own)
+  containernetworking-plugins                   # CNI bridge + host-local for the CRI pod test
 )
 
 missing=()

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from support.runtime_clients import busybox_archive, runtime_executable
+from support.runtime_clients import (Containerd, busybox_archive, monitors_of, our_kernel,
+                                     runtime_executable)
 from support.sandbox_image import have_busybox
 from support.test_engine import ENGINE
 
@@ -39,25 +40,6 @@ def work(tmp_path_factory):
     busybox_archive(d, IMAGE)
     runtime_executable(d, ENGINE)
     return d
-
-
-def our_kernel(release: str) -> bool:
-    return release.strip().endswith("-vmm") and release.strip() != os.uname().release
-
-
-def monitors_of(cid: str):
-    """Our monitor processes (and exec monitors) still holding container cid."""
-    found = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    cmd = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"vmm.runtime" in cmd and cid.encode() in cmd:
-                found.append(int(d))
-    return found
 
 
 def run_in_pty(argv, script: bytes, expect: bytes, env=None, delay=0.0):
@@ -93,33 +75,11 @@ def run_in_pty(argv, script: bytes, expect: bytes, env=None, delay=0.0):
 def containerd(work):
     if not shutil.which("containerd") or not shutil.which("ctr"):
         pytest.skip("no containerd (apt-get install containerd)")
-    d = work / "containerd"
-    d.mkdir()
-    sock = d / "containerd.sock"
-    # As docs/kubernetes.md says: containerd's default config with our handler's lines added.
-    import re
-    base = subprocess.run(["containerd", "config", "default"], capture_output=True, text=True,
-                          check=True).stdout
-    base = re.sub(r'(?m)^root = .*$', f'root = "{d}/root"', base)
-    base = re.sub(r'(?m)^state = .*$', f'state = "{d}/state"', base)
-    base = re.sub(r'(?m)^(\[grpc\]\n(?:.*\n)*?\s*)address = .*$', rf'\g<1>address = "{sock}"', base, count=1)
-    base = re.sub(r'(?m)^(\[ttrpc\]\n(?:.*\n)*?\s*)address = .*$', rf'\g<1>address = "{sock}.ttrpc"', base, count=1)
-    snippet = (ROOT / "docs" / "containerd-vmm.toml").read_text().split("\n", 1)[1]
-    (d / "config.toml").write_text(base + snippet.replace("/usr/local/bin/vmm-runtime",
-                                                          str(work / "vmm-runtime")))
-    log = open(d / "containerd.log", "wb")
-    proc = subprocess.Popen(["containerd", "--config", str(d / "config.toml")], stdout=log, stderr=log)
-    ns = f"vmm-test-{uuid.uuid4().hex[:8]}"
-    ctr = ["ctr", "--address", str(sock), "--namespace", ns]
-    deadline = time.monotonic() + 30
-    while subprocess.run(ctr + ["version"], capture_output=True).returncode != 0:
-        assert proc.poll() is None and time.monotonic() < deadline, (d / "containerd.log").read_text()[-3000:]
-        time.sleep(0.2)
+    daemon = Containerd(work / "containerd", work / "vmm-runtime")
+    ctr = daemon.ctr(f"vmm-test-{uuid.uuid4().hex[:8]}")
     subprocess.run(ctr + ["image", "import", str(work / "busybox.tar")], check=True, capture_output=True)
     yield ctr
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    daemon.stop()
 
 
 def ctr_run(ctr, work, *args, check=True):

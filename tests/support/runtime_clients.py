@@ -1,7 +1,12 @@
 """What the vmm-runtime client tests and benchmarks share: the busybox image as a
-`docker save` tarball (what `ctr image import` and `podman load` take, no registry), and
-the runtime as the executable path a client is given."""
+`docker save` tarball (what `ctr image import` and `podman load` take, no registry), the
+runtime as the executable path a client is given, and a private containerd daemon running
+with docs/containerd-vmm.toml's handler merged into its default config."""
+import os
+import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from support.oci_fixtures import LAYER_MT, Image, Layer, sha256, write_docker_save
@@ -26,3 +31,94 @@ def runtime_executable(directory: Path, engine: str) -> Path:
                     f"exec {sys.executable} -m vmm.runtime \"$@\"\n")
     path.chmod(0o755)
     return path
+
+
+def our_kernel(release: str) -> bool:
+    """Whether a `uname -r` is our guest kernel's, not the host's."""
+    return release.strip().endswith("-vmm") and release.strip() != os.uname().release
+
+
+def _cmdlines():
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    yield int(d), f.read().split(b"\0")
+            except OSError:
+                continue
+
+
+def monitors_of(cid: str):
+    """Our monitor processes (and exec monitors) still holding container cid."""
+    return [pid for pid, cmd in _cmdlines() if b"vmm.runtime" in cmd and cid.encode() in cmd]
+
+
+def processes_naming(*ids: str):
+    """{pid: argv[0]} of every process whose command line names one of ids: a container's
+    monitor, its shim (-id), and what the monitor started under the container's state
+    directory (the VM, virtiofsd)."""
+    found = {}
+    for pid, cmd in _cmdlines():
+        if any(i.encode() in arg for arg in cmd for i in ids):
+            found[pid] = cmd[0].decode(errors="replace")
+    return found
+
+
+class Containerd:
+    """containerd as a private daemon of a test: its own root, state and sockets under
+    directory, and, as docs/kubernetes.md says to do on a node, containerd's default config
+    with docs/containerd-vmm.toml's lines added (the "vmm" handler, BinaryName = runtime).
+    cri: settings of the CRI plugin's config to replace, by key (each key's first line in
+    the default config, e.g. sandbox_image, bin_dir, conf_dir, config_path). netns: a
+    network namespace path to run the daemon in (its CNI bridge then lives there)."""
+
+    def __init__(self, directory: Path, runtime: Path, cri=None, netns=None, wait=30.0):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "containerd.sock"
+        self.log_path = self.dir / "containerd.log"
+        (self.dir / "config.toml").write_text(self._config(runtime, cri or {}))
+        self._log = open(self.log_path, "wb")
+        prefix = ["nsenter", f"--net={netns}", "--"] if netns else []
+        self.proc = subprocess.Popen(prefix + ["containerd", "--config", str(self.dir / "config.toml")],
+                                     stdout=self._log, stderr=self._log)
+        deadline = time.monotonic() + wait
+        while subprocess.run(self.ctr("default") + ["version"], capture_output=True).returncode:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("containerd did not start: " + self.log()[-3000:])
+            time.sleep(0.2)
+
+    def _config(self, runtime, cri):
+        base = subprocess.run(["containerd", "config", "default"], capture_output=True,
+                              text=True, check=True).stdout
+        d, sock = self.dir, self.socket
+        base = re.sub(r'(?m)^root = .*$', f'root = "{d}/root"', base)
+        base = re.sub(r'(?m)^state = .*$', f'state = "{d}/state"', base)
+        base = re.sub(r'(?m)^(\[grpc\]\n(?:.*\n)*?\s*)address = .*$', rf'\g<1>address = "{sock}"',
+                      base, count=1)
+        base = re.sub(r'(?m)^(\[ttrpc\]\n(?:.*\n)*?\s*)address = .*$',
+                      rf'\g<1>address = "{sock}.ttrpc"', base, count=1)
+        for key, value in cri.items():
+            base, n = re.subn(rf'(?m)^(\s*){key} = .*$', lambda m: f'{m.group(1)}{key} = {value}',
+                              base, count=1)
+            assert n == 1, f"containerd's default config has no {key}"
+        snippet = (ROOT / "docs" / "containerd-vmm.toml").read_text().split("\n", 1)[1]
+        return base + snippet.replace("/usr/local/bin/vmm-runtime", str(runtime))
+
+    def ctr(self, namespace):
+        """ctr's argv for this daemon, in namespace."""
+        return ["ctr", "--address", str(self.socket), "--namespace", namespace]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()

@@ -27,8 +27,8 @@ from .bundle import load_bundle
 from .errors import RuntimeFailure
 from .features import features
 from .log import RuntimeLog
-from .state import (CREATED, LIVE, PAUSED, RUNNING, STOPPED, ContainerState, StateStore,
-                    check_id, now_rfc3339)
+from .state import (CREATED, LIVE, PAUSED, RUNNING, STOPPED, ContainerNotFound, ContainerState,
+                    StateStore, check_id, now_rfc3339)
 
 CREATE_TIMEOUT_S = 300.0   # a first boot may build the guest kernel's caches
 STOP_WAIT_S = 15.0
@@ -188,20 +188,24 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
 
 
 def _enter_network(store: StateStore, cid: str, bundle, log: RuntimeLog):
-    """In the monitor, first thing: a new network namespace if the bundle asks for one
-    (the monitor's pid is the container's), then the create-time hooks with that pid, as
-    runc runs them; the VM then takes whatever interface they put in the namespace.
-    Returns the bundle the VM boots from."""
+    """In the monitor, first thing: a new network namespace if the bundle asks for one, with
+    the monitor (the container's pid) in it while the create-time hooks run, as runc runs
+    them; the VM then takes over whatever interface they put there, as it does a CNI
+    namespace's. Returns the bundle the VM boots from."""
     from dataclasses import replace
     from .hooks import hook_state, run_hooks
-    from .netns import enter_new_namespace, is_own_namespace
+    from .netns import leave, new_namespace
+    back = None
     if bundle.network == "none":
-        bundle = replace(bundle, netns=enter_new_namespace(), network="join")
-    elif bundle.network == "join" and is_own_namespace(bundle.netns):
-        bundle = replace(bundle, netns=None, network="host")   # the host's: NAT, not a takeover
-    state = hook_state(cid, "creating", os.getpid(), bundle.path, bundle.annotations_dict)
-    for stage in ("prestart", "createRuntime"):
-        run_hooks(bundle.hooks, stage, state, log, must_succeed=True)
+        held, back = new_namespace()
+        bundle = replace(bundle, netns=held, network="join")
+    try:
+        state = hook_state(cid, "creating", os.getpid(), bundle.path, bundle.annotations_dict)
+        for stage in ("prestart", "createRuntime"):
+            run_hooks(bundle.hooks, stage, state, log, must_succeed=True)
+    finally:
+        if back is not None:
+            leave(back)
     return bundle
 
 
@@ -260,6 +264,11 @@ def cmd_kill(store: StateStore, args, log: RuntimeLog) -> int:
     st = store.load(args.id)           # runc names a missing container before a bad signal
     signo = parse_signal(args.signal)
     if st.current_status() not in LIVE:
+        if args.all:
+            # As runc: --all on a stopped container has nothing left to signal and succeeds.
+            # containerd's shim sends it after the container's process exits when the
+            # container shares a pid namespace (a pod's), and logs our refusal as an error.
+            return 0
         raise RuntimeFailure("container not running")
     try:
         reply = request(store, st.id, {"op": "kill", "signal": signo})
@@ -275,8 +284,15 @@ def cmd_kill(store: StateStore, args, log: RuntimeLog) -> int:
 
 def cmd_delete(store: StateStore, args, log: RuntimeLog) -> int:
     from .monitor import request
-    with store.lock(args.id):
-        st = store.load(args.id)
+    try:
+        with store.lock(args.id):
+            st = store.load(args.id)
+    except ContainerNotFound:
+        if args.force:
+            # As runc: nothing to delete is done. containerd's shim deletes --force once
+            # more when it cleans up after a container already deleted.
+            return 0
+        raise
     status = st.current_status()
     if status in (RUNNING, PAUSED) and not args.force:
         raise RuntimeFailure(f"cannot delete container {st.id} that is not stopped: {status}")

@@ -22,7 +22,7 @@ import os
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ..errors import ConfigError
 from ..net.network import TapNetwork
@@ -101,14 +101,7 @@ def _open_tap_in(netns: str, name: str) -> int:
 
     def run():
         try:
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise ConfigError(f"cannot join the network namespace {netns}: "
-                                      f"{os.strerror(err)}")
-            finally:
-                os.close(fd)
+            enter(netns)
             out["fd"] = _binding.check(_binding.lib.vmm_net_open_tap, name.encode())
         except BaseException as e:  # handed to the caller's thread
             out["error"] = e
@@ -120,13 +113,59 @@ def _open_tap_in(netns: str, name: str) -> int:
     return out["fd"]
 
 
-def attach(netns: str, dns: Optional[str] = None) -> Optional[NamespaceNic]:
-    """The VM's NIC in netns, or None if netns has only loopback (the VM gets none)."""
+def is_own_namespace(netns: str) -> bool:
+    """Whether netns is the caller's own network namespace: the host's, as the runtime
+    runs in containerd's. A container joining it has the host's network, as with runc;
+    CRI names it for a host-network pod's containers (/proc/<pause pid>/ns/net)."""
+    try:
+        a, b = os.stat(netns), os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def enter(netns: str) -> None:
+    """Moves the calling thread into netns. The monitor calls it from its main thread, the
+    thread /proc/<pid>/ns/net shows, once the VM has its NIC: the container's pid is then
+    in the container's namespace, as runc's container process is, and containerd's CRI
+    plugin gives a pod's other containers /proc/<pause container's pid>/ns/net as theirs."""
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise ConfigError(f"cannot join the network namespace {netns}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def pod_sandbox(annotations: dict) -> bool:
+    """Whether a bundle is a Kubernetes pod's sandbox (pause) container, by the annotation
+    containerd's CRI plugin (or CRI-O) puts on it."""
+    return (annotations.get("io.kubernetes.cri.container-type") == "sandbox"
+            or annotations.get("io.kubernetes.cri-o.ContainerType") == "sandbox")
+
+
+def attach(netns: str, dns: Optional[str] = None,
+           take_interface: bool = True) -> Optional[NamespaceNic]:
+    """The VM's NIC in netns, or None if netns has only loopback (the VM gets none), or
+    take_interface is False: a pod's pause container, which only holds the namespace,
+    leaves the pod's interface to the container that serves on it."""
     if not os.path.exists(netns):
         raise ConfigError(f"network namespace {netns} does not exist")
+    if is_own_namespace(netns):
+        # Taking over the host's interface would cut the host off (the caller treats a
+        # container joining the host's namespace as one with the host's network).
+        raise ConfigError(f"network namespace {netns} is the runtime's own (the host's): "
+                          "the VM does not take over the host's interface")
+    if not take_interface:
+        return None
     info = namespace_interface(netns)
     if info is None:
         return None
+    if _ns(netns, ["tc", "qdisc", "show", "dev", info["ifname"], "ingress"]).strip():
+        raise ConfigError(f"network namespace {netns}: its interface {info['ifname']} is "
+                          "already another VM's NIC (in a pod, one running container at a "
+                          "time can have the pod's network)")
     fd = _open_tap_in(netns, TAP_NAME)
     nic = NamespaceNic(netns, info["ifname"], TAP_NAME, fd,
                        TapNetwork(fd=fd, address=info["address"], gateway=info["gateway"],
@@ -144,28 +183,32 @@ def attach(netns: str, dns: Optional[str] = None) -> Optional[NamespaceNic]:
     return nic
 
 
-def enter_new_namespace() -> str:
-    """Moves this process into a new network namespace (loopback up) and returns its path,
-    /proc/PID/ns/net: a container whose config.json asks for a new one (no path) gets it
-    as runc's init does, so a prestart hook given our pid (Docker's libnetwork-setkey)
-    finds the container's namespace there and puts its interface in it. unshare(2) moves
-    only the calling thread: call it before the process starts any thread."""
+
+def new_namespace() -> Tuple[str, int]:
+    """Moves this process into a new network namespace (loopback up) for the create-time
+    hooks, as runc's init is in the container's new namespace when they run: a prestart
+    hook given our pid (Docker's libnetwork-setkey) finds it at /proc/PID/ns/net and puts
+    the container's interface there. Returns a path that names the new namespace whatever
+    namespace this process is in later (/proc/PID/fd/N, an fd of ours holding it), and an
+    fd of the namespace we came from for leave(): back there, the new namespace is one the
+    VM joins like any other (boot_sandbox attaches to it, then enters it again).
+    unshare(2) moves only the calling thread, and /proc/PID/ns/net shows the main one:
+    call it from the main thread before the process starts any other."""
     if threading.active_count() != 1:
         raise ConfigError("internal error: a new network namespace needs a single-threaded process")
+    back = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
+        os.close(back)
         raise ConfigError(f"cannot make the container's network namespace: {os.strerror(err)}")
-    path = f"/proc/{os.getpid()}/ns/net"
+    held = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True, timeout=CMD_TIMEOUT_S)
-    return path
+    return f"/proc/{os.getpid()}/fd/{held}", back
 
 
-def is_own_namespace(netns: str) -> bool:
-    """Whether netns is the network namespace this process is in: Docker's `--network host`
-    names the host's namespace by a path (its netns/default), and taking over that
-    namespace's interface would take the host's own network away from it."""
+def leave(back: int) -> None:
+    """Back to the namespace new_namespace() came from (its fd, closed here)."""
     try:
-        a, b = os.stat(netns), os.stat(f"/proc/{os.getpid()}/ns/net")
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        enter(f"/proc/self/fd/{back}")
+    finally:
+        os.close(back)

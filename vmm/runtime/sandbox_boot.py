@@ -70,12 +70,15 @@ def boot_sandbox(bundle: Bundle, state_dir: str, log) -> Booted:
         else:
             raise ConfigError(f"mount {m.destination}: source {m.source} is neither a directory "
                               "nor a regular file")
+    from .netns import is_own_namespace
     nic, network = None, None
-    if bundle.network == "join":
-        from .netns import attach
-        nic = attach(bundle.netns, dns=_nameserver(files))
+    if bundle.network == "join" and not is_own_namespace(bundle.netns):
+        from .netns import attach, enter, pod_sandbox
+        nic = attach(bundle.netns, dns=_nameserver(files),
+                     take_interface=not pod_sandbox(bundle.annotations_dict))
+        enter(bundle.netns)     # the monitor (the container's pid) in it, as runc's process
         network = nic.network if nic is not None else None
-    elif bundle.network == "host":
+    elif bundle.network in ("host", "join"):   # join: the host's own namespace
         from ..net.network import Network
         network = Network()      # the host's network as a VM can have it: NAT through passt
     booted = Booted(None, nic)
