@@ -217,6 +217,39 @@ def test_default_bridge_reaches_the_guest(docker):
     assert gone(cid)
 
 
+@pytest.fixture(scope="module")
+def registry_image(docker, tmp_path_factory):
+    """The busybox image in a registry the test runs on this namespace's loopback, reached
+    from dockerd's namespace at the same 127.0.0.1 address (a forwarder there): Docker
+    takes 127.0.0.0/8 registries without TLS."""
+    from support import regserver
+    from support.netns_forward import NamespaceForward
+    from support.oci_fixtures import LAYER_MT, Image, Layer, sha256, write_layout
+    from support.sandbox_image import busybox_layer
+    if not regserver.REGISTRY_BIN or not regserver.SKOPEO:
+        pytest.skip("no docker-registry or skopeo")
+    d = tmp_path_factory.mktemp("docker-registry")
+    reg = regserver.Registry(d / "registry")
+    forward = None
+    try:
+        raw = busybox_layer(d / "layer.tar").read_bytes()
+        write_layout(d / "busybox", [Image(layers=[Layer(raw, sha256(raw), LAYER_MT["none"])],
+                                           cmd=["/bin/sh"])], ref_name="1")
+        reg.push(d / "busybox", "vmm-test/busybox:1", layout_ref="1")
+        forward = NamespaceForward(docker.netns, "127.0.0.1", reg.port)
+        yield f"127.0.0.1:{reg.port}/vmm-test/busybox:1"
+    finally:
+        if forward is not None:
+            forward.close()
+        reg.stop()
+
+
+def test_image_pulled_from_a_local_registry_runs_in_our_kernel(docker, registry_image):
+    docker.run("pull", registry_image, timeout=T)
+    r = docker.run("run", "--runtime", "vmm", "--rm", registry_image, "uname", "-r", timeout=T)
+    assert our_kernel(r.stdout)
+
+
 def test_host_network_is_nat_not_the_hosts_interface(docker):
     """--network host names dockerd's own namespace by path: the guest gets the host's
     network through NAT, and the namespace's interfaces are left as they were."""
