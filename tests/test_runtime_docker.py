@@ -8,7 +8,8 @@ bridge's host side. Afterwards nothing is left running.
 The daemon is the test's own (support/dockerd.py): its own data and exec roots, its own
 containerd, in network and mount namespaces of its own (the bridge reaches nothing
 outside them; no iptables). The image is loaded from a local `docker save` file, as the
-ctr and podman tests import theirs: no registry, no internet."""
+ctr and podman tests import theirs, and once pulled from a registry the test runs on
+loopback: no internet."""
 import json
 import os
 import pty
