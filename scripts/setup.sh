@@ -15,6 +15,8 @@ APT_PACKAGES=(
   docker-registry skopeo umoci apache2-utils    # image tests and benchmarks
   mmdebstrap                                    # the walkthrough test's image (built once)
   containerd runc podman                        # vmm-runtime: real clients, runc the reference
+  docker.io                                     # vmm-runtime under `docker --runtime` (/usr/bin/docker;
+                                                # on a systemd host apt starts its dockerd, the tests run their own)
   containernetworking-plugins                   # CNI bridge + host-local for the CRI pod test
 )
 

@@ -139,6 +139,7 @@ def test_features_is_json_naming_what_a_vm_does_not_apply(tmp_path):
     f = json.loads(r.stdout)
     assert f["ociVersionMin"] == "1.0.0" and "namespaces" in f["linux"]
     assert "devices" in f["annotations"]["io.github.vmm.not-applied"]
+    assert f["hooks"] == ["prestart", "createRuntime", "poststart", "poststop"]
 
 
 @pytest.mark.skipif(not shutil.which("runc"), reason="runc not installed (the reference)")
@@ -199,3 +200,175 @@ def test_features_lists_the_capabilities_we_apply():
     from vmm.runtime.features import features
     caps = features()["linux"]["capabilities"]
     assert caps[0] == "CAP_CHOWN" and caps[-1] == "CAP_CHECKPOINT_RESTORE" and len(caps) == 41
+
+def test_monitor_socket_in_a_state_directory_deeper_than_sun_path(tmp_path):
+    """Docker's runtime root is /var/run/docker/runtime-NAME/moby and its ids are 64 hex
+    digits: the monitor's socket path there is longer than a Unix socket address holds,
+    and create failed with "AF_UNIX path too long"."""
+    from types import SimpleNamespace
+    from vmm.runtime.monitor import Monitor, request
+    root = tmp_path / ("runtime-vmm-" + "r" * 40) / "moby"
+    cid = "0123456789abcdef" * 4
+    store = StateStore(str(root))
+    store.create(ContainerState(id=cid, bundle="/b", rootfs="/b/rootfs", created=now_rfc3339()))
+    assert len(store.socket_path(cid)) > 107
+    mon = Monitor(store, cid, None, None, None, boot=lambda: SimpleNamespace(socket_path="agent.sock"))
+    mon.create()
+    assert os.path.exists(store.socket_path(cid))           # bound in the real directory
+    assert request(store, cid, {"op": "ps"}) == {"pids": [os.getpid()]}
+    assert store.load(cid).oci()["status"] == "created"
+
+
+# --- hooks (Docker's bridge network is set up by a prestart hook) -------------------------
+def _bundle_with_hooks(hooks):
+    from vmm.runtime.bundle import parse_config
+    cfg = {"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+           "process": {"args": ["true"], "cwd": "/"}, "hooks": hooks}
+    return parse_config(json.dumps(cfg).encode(), "/b")
+
+
+def test_hooks_are_read_and_container_side_stages_are_named_not_run():
+    b = _bundle_with_hooks({
+        "prestart": [{"path": "/proc/1/exe", "args": ["libnetwork-setkey", "-exec-root=/x", "id"]}],
+        "createRuntime": [{"path": "/bin/true", "env": ["A=1"], "timeout": 5}],
+        "createContainer": [{"path": "/bin/true"}], "poststop": None})
+    assert [(stage, h.path, h.args) for stage, h in b.hooks] == [
+        ("prestart", "/proc/1/exe", ("libnetwork-setkey", "-exec-root=/x", "id")),
+        ("createRuntime", "/bin/true", ())]
+    assert b.hooks[1][1].env == ("A=1",) and b.hooks[1][1].timeout == 5
+    assert any("hooks.createContainer: not run" in n for n in b.unhonoured)
+    assert not any("prestart" in n for n in b.unhonoured)
+
+
+@pytest.mark.parametrize("hooks, message", [
+    ([], "hooks: not an object"),
+    ({"preStart": []}, "unknown hook stage"),
+    ({"prestart": {}}, "not a list"),
+    ({"prestart": [{"path": "rel"}]}, r"hooks.prestart\[0\].path: not an absolute path"),
+    ({"prestart": [{"path": "/x", "args": [1]}]}, "args: not a list of strings"),
+    ({"poststart": [{"path": "/x", "timeout": 0}]}, "timeout"),
+    ({"poststart": [{"path": "/x", "timeout": True}]}, "timeout"),
+])
+def test_bad_hooks_are_bundle_errors_naming_the_field(hooks, message):
+    from vmm.runtime.bundle import BundleError
+    with pytest.raises(BundleError, match=message):
+        _bundle_with_hooks(hooks)
+
+
+def test_hooks_get_the_state_on_stdin_their_args_and_env_only(tmp_path):
+    from vmm.runtime.hooks import HookError, hook_state, run_hooks
+    from vmm.runtime.log import RuntimeLog
+    out = tmp_path / "seen"
+    # the shell's own /proc cmdline shows the argv it was given (a script's $0 would not)
+    script = f"{{ tr '\\0' ' ' < /proc/$$/cmdline | cut -d' ' -f1; env | sort; cat; }} > {out}"
+    b = _bundle_with_hooks({"prestart": [{"path": "/bin/sh", "args": ["setkey", "-c", script],
+                                          "env": ["ONLY=this"]}],
+                            "poststart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no >&2; exit 3"]}]})
+    state = hook_state("c1", "creating", 4242, "/b", {"k": "v"})
+    log = RuntimeLog(str(tmp_path / "log.json"), "json")
+    run_hooks(b.hooks, "prestart", state, log, must_succeed=True)
+    argv, *env, stdin = out.read_text().splitlines()
+    assert argv == "setkey"                             # args[0] is argv[0], as execv
+    assert "ONLY=this" in env and not any(e.startswith("HOME=") for e in env)
+    assert json.loads(stdin) == {"ociVersion": "1.0.2", "id": "c1", "status": "creating",
+                                 "pid": 4242, "bundle": "/b", "annotations": {"k": "v"}}
+    with pytest.raises(HookError, match=r"poststart hook #0: exit status 3, stdout: , stderr: no"):
+        run_hooks(b.hooks, "poststart", state, log, must_succeed=True)
+    run_hooks(b.hooks, "poststart", state, log, must_succeed=False)   # logged, not raised
+    last = json.loads((tmp_path / "log.json").read_text().splitlines()[-1])
+    assert last["level"] == "warning" and "exit status 3" in last["msg"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace needs root")
+def test_new_namespace_is_ours_for_the_hooks_and_named_after_we_leave():
+    code = ("import os\nfrom vmm.runtime.netns import is_own_namespace, leave, new_namespace\n"
+            "before = os.readlink('/proc/self/ns/net')\nheld, back = new_namespace()\n"
+            "during = os.readlink(f'/proc/{os.getpid()}/ns/net')\nleave(back)\n"
+            "print(before, during, os.readlink(held), os.readlink('/proc/self/ns/net'),"
+            " is_own_namespace(held))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    before, during, held, after, own = r.stdout.split()
+    assert before == os.readlink("/proc/self/ns/net") and during != before   # the hooks' pid
+    assert held == during and after == before and own == "False"            # then joined as any
+
+
+# --- pause, resume, update (docker pause / unpause / update call them) ---------------------
+class _FakeVm:
+    socket_path = "agent.sock"
+
+    def __init__(self):
+        self.calls = []
+
+    def pause(self):
+        self.calls.append("pause")
+
+    def resume(self):
+        self.calls.append("resume")
+
+
+class _FakeProc:
+    ended = False
+
+    def __init__(self):
+        self.signals = []
+
+    def signal(self, signo):
+        self.signals.append(signo)
+
+
+def test_pause_resume_freeze_the_vm_and_a_signal_thaws_it(tmp_path):
+    import signal as signal_mod
+    from vmm.runtime.monitor import Monitor, request
+    store = StateStore(str(tmp_path))
+    store.create(ContainerState(id="c1", bundle="/b", rootfs="/b/rootfs", created=now_rfc3339()))
+    vm = _FakeVm()
+    mon = Monitor(store, "c1", None, None, None, boot=lambda: vm)
+    mon.create()
+    assert request(store, "c1", {"op": "pause"}) == {"error": "container not running"}  # not started
+    mon.proc = _FakeProc()
+    assert request(store, "c1", {"op": "pause"}) == {"ok": True}
+    assert store.load("c1").oci()["status"] == "paused" and store.load("c1").oci()["pid"] == os.getpid()
+    assert "error" in request(store, "c1", {"op": "pause"})
+    assert request(store, "c1", {"op": "resume"}) == {"ok": True}
+    assert request(store, "c1", {"op": "resume"}) == {"error": "container not paused"}
+    assert store.load("c1").oci()["status"] == "running"
+    request(store, "c1", {"op": "pause"})
+    assert request(store, "c1", {"op": "kill", "signal": 15}) == {"ok": True}
+    assert vm.calls == ["pause", "resume", "pause", "resume"]        # thawed to deliver it
+    assert mon.proc.signals == [signal_mod.SIGTERM] and store.load("c1").status == "running"
+
+
+def test_paused_container_refuses_exec_and_delete_without_force(tmp_path):
+    from vmm.runtime.state import PAUSED
+    store = StateStore(str(tmp_path))
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        from vmm.sandbox.state import process_start_time
+        store.create(ContainerState(id="c1", bundle="/b", rootfs="/b/rootfs", created=now_rfc3339(),
+                                    status=PAUSED, pid=child.pid,
+                                    pid_start=process_start_time(child.pid), agent_socket="/x"))
+        assert json.loads(runtime("state", "c1", root=tmp_path).stdout)["status"] == "paused"
+        r = runtime("exec", "c1", "true", root=tmp_path)
+        assert r.returncode == 255 and "cannot exec in a paused container" in r.stderr
+        r = runtime("delete", "c1", root=tmp_path)
+        assert r.returncode == 1 and "cannot delete container c1 that is not stopped: paused" in r.stderr
+    finally:
+        child.kill()
+        child.wait()
+    assert json.loads(runtime("state", "c1", root=tmp_path).stdout)["status"] == "stopped"
+    r = runtime("pause", "c1", root=tmp_path)
+    assert r.returncode == 1 and "container not running" in r.stderr
+    r = runtime("resume", "c1", root=tmp_path)
+    assert r.returncode == 1 and "container not paused" in r.stderr
+
+
+def test_update_is_refused_naming_why(tmp_path):
+    store = StateStore(str(tmp_path))
+    store.create(ContainerState(id="c1", bundle="/b", rootfs="/b/rootfs", created=now_rfc3339()))
+    for args in (["update", "--resources", "-", "c1"], ["update", "--memory", "256M", "c1"]):
+        r = runtime(*args, root=tmp_path)
+        assert r.returncode == 1 and "CPUs and memory are fixed when it boots" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and "usage:" not in r.stderr
+    r = runtime("update", "--resources", "-", "nope", root=tmp_path)
+    assert r.returncode == 1 and "container does not exist" in r.stderr

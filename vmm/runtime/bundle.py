@@ -29,6 +29,7 @@ from ..agent.capabilities import NUMBERS as CAPABILITY_NUMBERS
 from ..agent.capabilities import SETS as CAPABILITY_SETS
 from ..agent.capabilities import Capabilities
 from ..errors import ConfigError
+from .hooks import Hook, HookError, parse_hooks
 
 CONFIG_MAX_BYTES = 4 << 20        # containerd's configs are a few KiB; 4 MiB is generous
 OCI_VERSION = re.compile(r"1\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?")
@@ -134,6 +135,7 @@ class Bundle:
     engine: Optional[str]          # from the vmm.engine annotation; None: the runtime's default
     annotations: Tuple[Tuple[str, str], ...]
     unhonoured: Tuple[str, ...] = field(default=())
+    hooks: Tuple[Tuple[str, Hook], ...] = field(default=())   # (stage, hook), hooks.py
 
     @property
     def annotations_dict(self) -> Dict[str, str]:
@@ -193,9 +195,10 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
     for key in ("apparmorProfile", "selinuxLabel", "oomScoreAdj"):
         if r.get("process").get(key).present:
             notes.append(f"process.{key}: not applied in the guest")
-    hooks = r.get("hooks")
-    if hooks.present and not hooks.empty:
-        notes.append("hooks: not run")
+    try:
+        hooks = parse_hooks(cfg.get("hooks"), notes)
+    except HookError as e:
+        raise BundleError(str(e)) from None
     mounts = _mounts(r.get("mounts"), notes)
     engine = annotations.get(ANNOTATION_ENGINE)
     if engine is not None and engine not in ENGINES:
@@ -203,7 +206,8 @@ def parse_config(data: bytes, bundle_dir: str) -> Bundle:
     return Bundle(path=bundle_dir, oci_version=oci_version, root=root_path,
                   root_readonly=root_readonly, process=process, hostname=hostname,
                   mounts=tuple(mounts), cpus=cpus, memory_mib=memory_mib, netns=netns, network=network, engine=engine,
-                  annotations=tuple(sorted(annotations.items())), unhonoured=tuple(notes))
+                  annotations=tuple(sorted(annotations.items())), unhonoured=tuple(notes),
+                  hooks=hooks)
 
 
 def load_process(path: str, notes: Optional[List[str]] = None) -> ProcessSpec:

@@ -4,6 +4,7 @@
       create [--bundle DIR] [--console-socket SOCK] [--pid-file FILE] ID
       start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID
       list [--quiet] [--format table|json] | ps [--format table|json] ID | features
+      pause ID | resume ID | update [--resources FILE|-] ... ID   (update: refused, see there)
 
 Errors are printed and logged as runc does (log.py) and exit with status 1; messages
 match runc's where a caller may match them ("container does not exist", "container not
@@ -26,11 +27,17 @@ from .bundle import load_bundle
 from .errors import RuntimeFailure
 from .features import features
 from .log import RuntimeLog
-from .state import (CREATED, RUNNING, STOPPED, ContainerNotFound, ContainerState, StateStore,
-                    check_id, now_rfc3339)
+from .state import (CREATED, LIVE, PAUSED, RUNNING, STOPPED, ContainerNotFound, ContainerState,
+                    StateStore, check_id, now_rfc3339)
 
 CREATE_TIMEOUT_S = 300.0   # a first boot may build the guest kernel's caches
 STOP_WAIT_S = 15.0
+
+
+UPDATE_FLAGS = ("--blkio-weight", "--cpu-period", "--cpu-quota", "--cpu-share", "--cpu-rt-period",
+                "--cpu-rt-runtime", "--cpuset-cpus", "--cpuset-mems", "--kernel-memory",
+                "--kernel-memory-tcp", "--memory", "--memory-reservation", "--memory-swap",
+                "--pids-limit", "--l3-cache-schema", "--mem-bw-schema")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("id")
     e.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
     sub.add_parser("features", help="what this runtime supports, as JSON")
+    for name, text in (("pause", "freeze the container's VM"), ("resume", "thaw a paused VM")):
+        sub.add_parser(name, help=text).add_argument("id")
+    u = sub.add_parser("update", help="change resources (not possible for a VM: an error)")
+    u.add_argument("--resources", "-r", default=None, help="a JSON resources file, - for stdin")
+    for flag in UPDATE_FLAGS:   # runc's, accepted so the refusal names the real reason
+        u.add_argument(flag, default=None, help=argparse.SUPPRESS)
+    u.add_argument("id")
     return p
 
 
@@ -156,8 +170,9 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
         store.remove(cid)
         raise
     def start():
-        mon = Monitor(store, cid, bundle, stdio, log,
-                      boot=lambda: boot_sandbox(bundle, store.dir(cid), log))
+        booted_bundle = _enter_network(store, cid, bundle, log)
+        mon = Monitor(store, cid, booted_bundle, stdio, log,
+                      boot=lambda: boot_sandbox(booted_bundle, store.dir(cid), log))
         try:
             mon.create()
         except BaseException as e:
@@ -172,6 +187,28 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
     if args.pid_file:
         write_pid_file(args.pid_file, pid)
     return 0
+
+
+def _enter_network(store: StateStore, cid: str, bundle, log: RuntimeLog):
+    """In the monitor, first thing: a new network namespace if the bundle asks for one, with
+    the monitor (the container's pid) in it while the create-time hooks run, as runc runs
+    them; the VM then takes over whatever interface they put there, as it does a CNI
+    namespace's. Returns the bundle the VM boots from."""
+    from dataclasses import replace
+    from .hooks import hook_state, run_hooks
+    from .netns import leave, new_namespace
+    back = None
+    if bundle.network == "none":
+        held, back = new_namespace()
+        bundle = replace(bundle, netns=held, network="join")
+    try:
+        state = hook_state(cid, "creating", os.getpid(), bundle.path, bundle.annotations_dict)
+        for stage in ("prestart", "createRuntime"):
+            run_hooks(bundle.hooks, stage, state, log, must_succeed=True)
+    finally:
+        if back is not None:
+            leave(back)
+    return bundle
 
 
 def _record_unhonoured(store: StateStore, cid: str, bundle, log: RuntimeLog) -> None:
@@ -200,7 +237,21 @@ def cmd_start(store: StateStore, args, log: RuntimeLog) -> int:
     reply = request(store, st.id, {"op": "start"})
     if "error" in reply:
         raise RuntimeFailure(str(reply["error"]))
+    _run_hooks_of(st, "poststart", RUNNING, st.pid, log)
     return 0
+
+
+def _run_hooks_of(st: ContainerState, stage: str, status: str, pid: int, log: RuntimeLog) -> None:
+    """A stage whose failure is only logged (poststart, poststop), as the spec says; the
+    hooks come from the bundle, which may be gone by then (nothing to run)."""
+    from .hooks import hook_state, run_hooks
+    try:
+        hooks = load_bundle(st.bundle).hooks
+    except VmmError:
+        return
+    if hooks:
+        run_hooks(hooks, stage, hook_state(st.id, status, pid, st.bundle, st.annotations),
+                  log, must_succeed=False)
 
 
 # --- the rest ---------------------------------------------------------------------------
@@ -214,7 +265,7 @@ def cmd_kill(store: StateStore, args, log: RuntimeLog) -> int:
     from .monitor import request
     st = store.load(args.id)           # runc names a missing container before a bad signal
     signo = parse_signal(args.signal)
-    if st.current_status() not in (CREATED, RUNNING):
+    if st.current_status() not in LIVE:
         if args.all:
             # As runc: --all on a stopped container has nothing left to signal and succeeds.
             # containerd's shim sends it after the container's process exits when the
@@ -245,9 +296,9 @@ def cmd_delete(store: StateStore, args, log: RuntimeLog) -> int:
             return 0
         raise
     status = st.current_status()
-    if status == RUNNING and not args.force:
-        raise RuntimeFailure(f"cannot delete container {st.id} that is not stopped: running")
-    if status in (CREATED, RUNNING):
+    if status in (RUNNING, PAUSED) and not args.force:
+        raise RuntimeFailure(f"cannot delete container {st.id} that is not stopped: {status}")
+    if status in LIVE:
         try:
             request(store, st.id, {"op": "kill", "signal": int(signal.SIGKILL)})
         except (OSError, ValueError):
@@ -258,6 +309,7 @@ def cmd_delete(store: StateStore, args, log: RuntimeLog) -> int:
         if st.alive():
             _kill_monitor(st)
     store.remove(st.id)
+    _run_hooks_of(st, "poststop", STOPPED, 0, log)
     return 0
 
 
@@ -293,7 +345,7 @@ def cmd_list(store: StateStore, args, log: RuntimeLog) -> int:
 
 def cmd_ps(store: StateStore, args, log: RuntimeLog) -> int:
     st = store.load(args.id)
-    pids = [st.pid] if st.current_status() in (CREATED, RUNNING) else []
+    pids = [st.pid] if st.current_status() in LIVE else []
     if args.format == "json":
         print(json.dumps(pids))
         return 0
@@ -328,6 +380,9 @@ EXEC_FAILED = 255   # runc's status when exec cannot start the process
 def cmd_exec(store: StateStore, args, log: RuntimeLog) -> int:
     from .exec_process import run_exec
     st = store.load(args.id)
+    if st.current_status() == PAUSED:   # its agent is frozen with it
+        log.fatal("exec failed: cannot exec in a paused container")
+        return EXEC_FAILED
     if st.current_status() not in (CREATED, RUNNING) or not st.agent_socket:
         log.fatal("exec failed: cannot exec in a stopped container")
         return EXEC_FAILED
@@ -338,5 +393,29 @@ def cmd_exec(store: StateStore, args, log: RuntimeLog) -> int:
         return EXEC_FAILED
 
 
+def cmd_pause(store: StateStore, args, log: RuntimeLog) -> int:
+    """pause and resume: the monitor freezes or thaws the whole VM."""
+    from .monitor import request
+    st = store.load(args.id)
+    status = st.current_status()
+    if status not in LIVE:
+        raise RuntimeFailure("container not running" if args.command == "pause" else "container not paused")
+    reply = request(store, st.id, {"op": args.command})
+    if "error" in reply:
+        raise RuntimeFailure(str(reply["error"]))
+    return 0
+
+
+def cmd_update(store: StateStore, args, log: RuntimeLog) -> int:
+    """A VM's CPUs and memory are fixed when it boots, so an update is refused, naming the
+    container (a missing one first, as runc), never accepted and silently not applied."""
+    st = store.load(args.id)
+    if args.resources == "-":
+        sys.stdin.buffer.read(1 << 20)   # the caller writes it before it reads our answer
+    raise RuntimeFailure(f"cannot update container {st.id}: a VM's CPUs and memory are fixed "
+                         "when it boots (vmm-runtime); recreate it with the new limits")
+
+
 COMMANDS = {"create": cmd_create, "exec": cmd_exec, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
-            "delete": cmd_delete, "list": cmd_list, "ps": cmd_ps, "features": cmd_features}
+            "delete": cmd_delete, "list": cmd_list, "ps": cmd_ps, "features": cmd_features,
+            "pause": cmd_pause, "resume": cmd_pause, "update": cmd_update}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..agent.capabilities import NAMES as CAPABILITIES
 from .bundle import ANNOTATION_CPUS, ANNOTATION_MEMORY, HOST_ONLY_LINUX, NAMESPACES
+from .hooks import RUNTIME_STAGES
 
 MOUNT_OPTIONS = ("bind", "rbind", "ro", "rw", "rro", "rrw", "nosuid", "nodev", "noexec")
 
@@ -12,7 +13,7 @@ def features() -> dict:
     return {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.0.2",
-        "hooks": [],
+        "hooks": list(RUNTIME_STAGES),   # createContainer/startContainer: not run (hooks.py)
         "mountOptions": list(MOUNT_OPTIONS),
         "linux": {
             "namespaces": list(NAMESPACES),

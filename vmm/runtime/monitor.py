@@ -24,8 +24,9 @@ from typing import Optional
 from .bundle import Bundle
 from .log import RuntimeLog
 from ..sandbox.state import process_start_time
-from .state import CREATED, RUNNING, STOPPED, StateStore
+from .state import CREATED, PAUSED, RUNNING, STOPPED, StateStore
 from .stdio import ContainerStdio
+from .unix_path import short_unix_path
 
 CONTROL_MAX_LINE = 4096
 CONTROL_TIMEOUT_S = 10.0
@@ -40,6 +41,7 @@ class Monitor:
         self.proc = None
         self._start = threading.Event()
         self._end_signal: Optional[int] = None  # killed before start
+        self._paused = False
         self._lock = threading.Lock()
 
     # --- phases ----------------------------------------------------------------------------
@@ -79,7 +81,8 @@ class Monitor:
     def _listen(self) -> None:
         path = self.store.socket_path(self.cid)
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        srv.bind(path)
+        with short_unix_path(path) as p:
+            srv.bind(p)
         os.chmod(path, 0o600)
         srv.listen(8)
         threading.Thread(target=self._serve, args=(srv,), name="vmm-runtime-control",
@@ -115,6 +118,8 @@ class Monitor:
                 return self._do_kill(int(req["signal"]))
             if op == "ps":
                 return {"pids": [os.getpid()]}
+            if op in ("pause", "resume"):
+                return self._do_pause(op == "pause")
         return {"error": f"unknown control request {op!r}"}
 
     def _do_start(self) -> dict:
@@ -128,10 +133,24 @@ class Monitor:
         self._start.set()
         return {"ok": True}
 
+    def _do_pause(self, pause: bool) -> dict:
+        """Freezes or thaws the whole VM (runc freezes the container's cgroup)."""
+        if self.proc is None or self.proc.ended:
+            return {"error": "container not running"}
+        if pause == self._paused:
+            return {"error": "container not running or created: paused" if pause
+                    else "container not paused"}
+        (self.sandbox.pause if pause else self.sandbox.resume)()
+        self._paused = pause
+        self.store.update(self.cid, status=PAUSED if pause else RUNNING)
+        return {"ok": True}
+
     def _do_kill(self, signo: int) -> dict:
         if self.proc is not None:
             if self.proc.ended:
                 return {"error": "container not running"}
+            if self._paused:   # the guest's agent delivers signals: it must run to do so
+                self._do_pause(False)
             self.proc.signal(signo)
             return {"ok": True}
         # Not started: as runc kills the waiting init, the container ends with the signal.
@@ -144,7 +163,8 @@ def request(store: StateStore, cid: str, req: dict, timeout: float = CONTROL_TIM
     """Sends one control request to a container's monitor and returns its reply."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
         s.settimeout(timeout)
-        s.connect(store.socket_path(cid))
+        with short_unix_path(store.socket_path(cid)) as p:
+            s.connect(p)
         s.sendall(json.dumps(req).encode() + b"\n")
         line = s.makefile("rb").readline(CONTROL_MAX_LINE)
     if not line:

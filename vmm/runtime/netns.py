@@ -22,7 +22,7 @@ import os
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ..errors import ConfigError
 from ..net.network import TapNetwork
@@ -181,3 +181,34 @@ def attach(netns: str, dns: Optional[str] = None,
         nic.close()
         raise
     return nic
+
+
+
+def new_namespace() -> Tuple[str, int]:
+    """Moves this process into a new network namespace (loopback up) for the create-time
+    hooks, as runc's init is in the container's new namespace when they run: a prestart
+    hook given our pid (Docker's libnetwork-setkey) finds it at /proc/PID/ns/net and puts
+    the container's interface there. Returns a path that names the new namespace whatever
+    namespace this process is in later (/proc/PID/fd/N, an fd of ours holding it), and an
+    fd of the namespace we came from for leave(): back there, the new namespace is one the
+    VM joins like any other (boot_sandbox attaches to it, then enters it again).
+    unshare(2) moves only the calling thread, and /proc/PID/ns/net shows the main one:
+    call it from the main thread before the process starts any other."""
+    if threading.active_count() != 1:
+        raise ConfigError("internal error: a new network namespace needs a single-threaded process")
+    back = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        os.close(back)
+        raise ConfigError(f"cannot make the container's network namespace: {os.strerror(err)}")
+    held = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True, timeout=CMD_TIMEOUT_S)
+    return f"/proc/{os.getpid()}/fd/{held}", back
+
+
+def leave(back: int) -> None:
+    """Back to the namespace new_namespace() came from (its fd, closed here)."""
+    try:
+        enter(f"/proc/self/fd/{back}")
+    finally:
+        os.close(back)

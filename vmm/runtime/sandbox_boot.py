@@ -38,6 +38,12 @@ class Booted:
     def exec_stream(self, *args, **kwargs):
         return self.sandbox.exec_stream(*args, **kwargs)
 
+    def pause(self) -> None:
+        self.sandbox.machine.pause()
+
+    def resume(self) -> None:
+        self.sandbox.machine.resume()
+
     def stop(self) -> None:
         try:
             self.sandbox.stop()

@@ -6,6 +6,7 @@ A container's life, as runc's `state` reports it:
     creating  `create` is booting the VM
     created   the VM is up and the process waits for `start`
     running   the process runs in the guest
+    paused    the VM is frozen (`pause`; `resume` thaws it)
     stopped   the process ended (or the monitor that owned the VM is gone)
 
 The monitor process (monitor.py) owns the VM and writes its phase here; `state` derives
@@ -35,6 +36,8 @@ OCI_VERSION = "1.0.2"
 ID = re.compile(r"[\w+.-]{1,1024}", re.ASCII)
 STATE_MAX_BYTES = 1 << 20
 CREATING, CREATED, RUNNING, STOPPED = "creating", "created", "running", "stopped"
+PAUSED = "paused"                    # the VM is frozen (pause); resume thaws it
+LIVE = (CREATED, RUNNING, PAUSED)    # a monitor holds the VM
 
 
 class ContainerNotFound(ConfigError):
@@ -87,7 +90,7 @@ class ContainerState:
 
     def current_status(self) -> str:
         """The status, with a monitor that died counted as stopped."""
-        if self.status in (CREATING, CREATED, RUNNING) and self.pid and not self.alive():
+        if self.status in (CREATING,) + LIVE and self.pid and not self.alive():
             return STOPPED
         return self.status
 
@@ -95,7 +98,7 @@ class ContainerState:
         """The state as runc's `state` prints it."""
         status = self.current_status()
         out = {"ociVersion": OCI_VERSION, "id": self.id,
-               "pid": self.pid if status in (CREATED, RUNNING) else 0,
+               "pid": self.pid if status in LIVE else 0,
                "status": status, "bundle": self.bundle, "rootfs": self.rootfs,
                "created": self.created, "owner": self.owner}
         if self.annotations:
