@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what vmm needs on a Debian 12 machine: apt packages (only the missing ones, so a
-# second run is quick), the pinned passt (built once into the cache), and the package
+# second run is quick; `--tests` adds what only the tests need), the pinned passt (built once into the cache), and the package
 # itself, editable, with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,10 @@ APT_PACKAGES=(
   musl-tools busybox-static                     # guest init and test guests
   e2fsprogs erofs-utils                         # disks
   passt socat curl                              # networking (Debian's passt: the fallback)
+)
+# Only for the tests (`scripts/test.sh` passes --tests): a user who runs sandboxes gets no
+# container engines, and no dockerd that apt would start on a systemd host.
+TEST_PACKAGES=(
   docker-registry skopeo umoci apache2-utils    # image tests and benchmarks
   mmdebstrap                                    # the walkthrough test's image (built once)
   containerd runc podman                        # vmm-runtime: real clients, runc the reference
@@ -19,6 +23,9 @@ APT_PACKAGES=(
                                                 # on a systemd host apt starts its dockerd, the tests run their own)
   containernetworking-plugins                   # CNI bridge + host-local for the CRI pod test
 )
+if [ "${1:-}" = "--tests" ]; then
+  APT_PACKAGES+=("${TEST_PACKAGES[@]}")
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -3,6 +3,6 @@
 # Pass pytest arguments to narrow it, e.g. `scripts/test.sh -m "not slow"` for the fast tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --tests
 python3 -c "from vmm.guest import kernel; kernel.guest_kernel(); kernel.test_initramfs()"
 exec python3 -m pytest "$@"
