@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from support.proctable import vm_engine, with_command_line
 from support.runtime_clients import busybox_archive, runtime_executable
 from support.sandbox_image import have_busybox
 from support.test_engine import ENGINE
@@ -47,17 +48,7 @@ def our_kernel(release: str) -> bool:
 
 def monitors_of(cid: str):
     """Our monitor processes (and exec monitors) still holding container cid."""
-    found = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    cmd = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"vmm.runtime" in cmd and cid.encode() in cmd:
-                found.append(int(d))
-    return found
+    return with_command_line("vmm.runtime", cid)
 
 
 def run_in_pty(argv, script: bytes, expect: bytes, env=None, delay=0.0):
@@ -151,6 +142,8 @@ def test_ctr_run_interactive_shell(containerd, work):
 def test_ctr_detached_exec_kill_delete(containerd, work):
     ctr_run(containerd, work, "-d", IMAGE, "c-bg", "sleep", "1000")
     try:
+        # the container's monitor runs its VM on the engine this run tests
+        assert ENGINE in [vm_engine(p) for p in monitors_of("c-bg")]
         r = subprocess.run(containerd + ["task", "exec", "--exec-id", "e1", "c-bg", "sh", "-c",
                                          "uname -r; exit 4"], capture_output=True, text=True, timeout=T)
         assert r.returncode == 4 and our_kernel(r.stdout), (r.stdout, r.stderr)
@@ -209,6 +202,8 @@ def test_podman_exec_stop_rm(podman):
     subprocess.run(podman + ["run", "-d", "--network", "none", "--name", "p-bg", IMAGE, "sleep", "1000"],
                    check=True, capture_output=True, timeout=T)
     try:
+        [cid] = _podman_ids(podman, "p-bg")
+        assert ENGINE in [vm_engine(p) for p in monitors_of(cid)]
         r = subprocess.run(podman + ["exec", "p-bg", "sh", "-c", "uname -r; exit 6"],
                            capture_output=True, text=True, timeout=T)
         assert r.returncode == 6 and our_kernel(r.stdout), r.stderr
