@@ -25,6 +25,7 @@ import time
 
 import pytest
 
+from sandbox_timing import sandbox_boot_seconds
 from support.rootfs_dir import unpack_busybox_rootfs
 from support.sandbox_image import have_busybox
 
@@ -46,14 +47,8 @@ def rootfs(tmp_path_factory):
 
 
 def _boot(kernel_path, first_exec: bool, **root) -> float:
-    t0 = time.perf_counter()
-    sb = vmm.Sandbox.create(engine=ENGINE, memory_mib=MEMORY_MIB, kernel=kernel_path, **root)
-    try:
-        if first_exec:
-            assert sb.exec(["true"], timeout=30).code == 0
-        return time.perf_counter() - t0
-    finally:
-        sb.stop()
+    return sandbox_boot_seconds(first_exec, engine=ENGINE, memory_mib=MEMORY_MIB,
+                                kernel=kernel_path, **root)
 
 
 def test_root_dir_create_to_ready(benchmark, alternate, image, rootfs, guest_kernel):

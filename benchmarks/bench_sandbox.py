@@ -31,6 +31,7 @@ from support.sandbox_image import have_busybox  # noqa: E402
 import vmm  # noqa: E402
 from vmm.guest import kernel  # noqa: E402
 from support.ready_boot import boot_to_ready  # noqa: E402
+from sandbox_timing import sandbox_boot_seconds  # noqa: E402
 
 pytestmark = [pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="no qemu-system-x86_64"),
               pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)")]
@@ -47,14 +48,8 @@ def _plain_boot_to_ready(kernel_path: str) -> float:
 
 
 def _sandbox_boot(image, kernel_path, first_exec: bool) -> float:
-    t0 = time.perf_counter()
-    sb = vmm.Sandbox.create(image, engine=ENGINE, memory_mib=MEMORY_MIB, kernel=kernel_path)
-    try:
-        if first_exec:
-            assert sb.exec(["true"], timeout=30).code == 0
-        return time.perf_counter() - t0
-    finally:
-        sb.stop()
+    return sandbox_boot_seconds(first_exec, image, engine=ENGINE, memory_mib=MEMORY_MIB,
+                                kernel=kernel_path)
 
 
 def test_sandbox_create_to_ready(benchmark, alternate, image, guest_kernel):

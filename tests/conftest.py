@@ -1,4 +1,8 @@
-"""Fixtures the real-guest test modules share: the guest kernel and the busybox image."""
+"""Fixtures the real-guest test modules share: the guest kernel, the busybox image, and a
+private base for the sandboxes' runtime dirs."""
+import shutil
+import tempfile
+
 import pytest
 
 from support.guest_kernel import built_guest_kernel
@@ -17,3 +21,18 @@ def kernel_path():
 def image(tmp_path_factory):
     """A busybox root disk (EROFS), built once per run."""
     return build_busybox_image(tmp_path_factory.getbasetemp() / "sandbox-image")
+
+
+@pytest.fixture(scope="module")
+def private_runtime_base():
+    """The runtime dirs of a module's sandboxes in a short base of its own (a module takes
+    it with pytest.mark.usefixtures): its checks see only its own sandboxes' files, not
+    another run's in /tmp, and the agent's and vhost-user sockets' paths fit a
+    sockaddr_un (runtime_base() ignores a base too long for them)."""
+    from vmm.sandbox.runtime_dir import runtime_base
+    base = tempfile.mkdtemp(prefix="vmm-rt-")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_RUNTIME_DIR", base)
+        assert runtime_base() == base
+        yield base
+    shutil.rmtree(base, ignore_errors=True)

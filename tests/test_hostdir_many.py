@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from support.hostdir_sandbox import hostdir_sandbox, mounts_of
+from support.proctable import children, named, processes
 from support.sandbox_image import have_busybox
 from support.test_engine import ENGINE, engine_marks
 
@@ -26,27 +27,9 @@ MEMORY_MIB = 256      # 16 guests' RAM is touched lazily; this keeps the worst c
 BOOTERS = 4           # boots in parallel: two cores, and the rest of the suite on them
 
 
-def processes():
-    """{pid: (comm, parent pid)} of every process still running: a zombie has ended (a
-    sandboxed worker whose virtiofsd is gone waits for init, not us, to reap it)."""
-    out = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    comm, rest = f.read().split("(", 1)[1].rsplit(")", 1)
-            except OSError:
-                continue
-            state, ppid = rest.split()[:2]
-            if state != "Z":
-                out[int(d)] = (comm, int(ppid))
-    return out
-
-
 def virtiofsd_children():
     """pids of the virtiofsd processes whose parent is this process."""
-    return [p for p, (comm, ppid) in processes().items()
-            if comm == "virtiofsd" and ppid == os.getpid()]
+    return named(children(os.getpid()), "virtiofsd")
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +124,7 @@ def test_virtiofsd_ends_with_its_sandbox(boxes):
     mine = set(virtiofsd_children()) - before
     assert len(mine) == N
     # and their sandboxed workers (children of each virtiofsd, in a pid namespace)
-    mine |= {p for p, (_, ppid) in processes().items() if ppid in mine}
+    mine |= {worker for pid in mine for worker in children(pid)}
     for sb in sbs[:4]:
         sb.stop()
     assert len(set(virtiofsd_children()) - before) == N - 4

@@ -19,10 +19,10 @@ import termios
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from support.oci_fixtures import LAYER_MT, Image, Layer, sha256, write_layout
+from support.proctable import children, named, wait_gone
 from support.sandbox_image import MARKER, busybox_layer, have_busybox
 from support.test_engine import ENGINE, engine_marks
 
@@ -178,12 +178,12 @@ def test_named_sandbox_lifecycle(home):
     assert row.agent_socket.startswith(row.runtime_dir + "/")
     if ENGINE == "qemu":
         assert list(Path(row.runtime_dir).glob("vmm-vhost-*/vda.sock"))
-    children = psutil.Process(row.pid).children(recursive=True)
-    assert any("qemu" in c.name() for c in children) or ENGINE != "qemu"
+    kids = children(row.pid, recursive=True)
+    assert named(kids, "qemu") or ENGINE != "qemu"
     os.kill(row.pid, signal.SIGKILL)
     wait_until(lambda: status_of(home, "box") == "crashed", 10, "crashed")
-    _, alive = psutil.wait_procs(children, timeout=5)
-    assert not alive, f"left running after the supervisor died: {alive}"
+    left = wait_gone(kids, timeout=5)
+    assert not left, f"left running after the supervisor died: {left}"
     assert not Path(row.runtime_dir).exists()
     r = m("start", "box")
     assert r.returncode == 0, r.stderr
@@ -313,12 +313,11 @@ def test_max_duration_and_forced_stop(home):
     assert r2.returncode == 0, r2.stderr
     try:
         row = row_of(home, "forced")
-        children = psutil.Process(row.pid).children(recursive=True)
+        kids = children(row.pid, recursive=True)
         r = msb_in(home, "stop", "-f", "forced")
         assert r.returncode == 0, r.stderr
         assert status_of(home, "forced") == "stopped"
-        _, alive = psutil.wait_procs(children, timeout=5)
-        assert not alive
+        assert not wait_gone(kids, timeout=5)
         assert msb_in(home, "exec", "-q", "forced", "--", "true").returncode == 0  # boots again
         wait_until(lambda: status_of(home, "short") == "stopped", 30, "the --max-duration stop")
         log = (Home(home).sandbox_logs("short") / "sandbox.jsonl").read_text()

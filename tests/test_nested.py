@@ -23,7 +23,13 @@ RUNS = [
     (["tests/test_machine_devices.py", "tests/test_sandbox_vm.py", "tests/test_sandbox_net.py",
       "tests/test_sandbox_volumes.py", "tests/test_sandbox_net_domains.py",
       "tests/test_sandbox_net_ns.py", "tests/test_msb_lifecycle.py",
-      "tests/test_vhost_user_front_linux.py"],
+      "tests/test_vhost_user_front_linux.py",
+      # vmm-runtime on the kvm engine: driven as a shim drives it, in a container's network
+      # namespace, and once through containerd's runc shim (run, exec, kill, delete; its
+      # monitor's VM checked to be KVM's). The other client tests (ctr's --rm and
+      # terminal, podman's) would add ~80 s of nested TCG for the same engine path.
+      "tests/test_runtime_vm.py", "tests/test_runtime_net.py",
+      "tests/test_runtime_clients.py::test_ctr_detached_exec_kill_delete"],
      {"VMM_TEST_ENGINE": "kvm"}),
     # Host directories and root directories through the kvm engine's vhost-user front end
     # (the 10,000-file trees stay on the qemu engine: minutes under nested TCG).

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from support.proctable import vm_engine
 from support.runtime_clients import (Containerd, busybox_archive, monitors_of, our_kernel,
                                      runtime_executable)
 from support.sandbox_image import have_busybox
@@ -111,6 +112,8 @@ def test_ctr_run_interactive_shell(containerd, work):
 def test_ctr_detached_exec_kill_delete(containerd, work):
     ctr_run(containerd, work, "-d", IMAGE, "c-bg", "sleep", "1000")
     try:
+        # the container's monitor runs its VM on the engine this run tests
+        assert ENGINE in [vm_engine(p) for p in monitors_of("c-bg")]
         r = subprocess.run(containerd + ["task", "exec", "--exec-id", "e1", "c-bg", "sh", "-c",
                                          "uname -r; exit 4"], capture_output=True, text=True, timeout=T)
         assert r.returncode == 4 and our_kernel(r.stdout), (r.stdout, r.stderr)
@@ -169,6 +172,8 @@ def test_podman_exec_stop_rm(podman):
     subprocess.run(podman + ["run", "-d", "--network", "none", "--name", "p-bg", IMAGE, "sleep", "1000"],
                    check=True, capture_output=True, timeout=T)
     try:
+        [cid] = _podman_ids(podman, "p-bg")
+        assert ENGINE in [vm_engine(p) for p in monitors_of(cid)]
         r = subprocess.run(podman + ["exec", "p-bg", "sh", "-c", "uname -r; exit 6"],
                            capture_output=True, text=True, timeout=T)
         assert r.returncode == 6 and our_kernel(r.stdout), r.stderr

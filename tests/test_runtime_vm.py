@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from support.proctable import vm_engine
 from support.rootfs_dir import unpack_busybox_rootfs
 from support.sandbox_image import have_busybox
 from support.test_engine import ENGINE
@@ -83,25 +84,6 @@ def state(root, cid):
     return json.loads(rt(root, "state", cid).stdout)
 
 
-def children_named(pid, names):
-    """Processes below pid (any depth) whose command is one of names."""
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    with open(f"/proc/{d}/stat") as f:
-                        comm, rest = f.read().split("(", 1)[1].rsplit(")", 1)
-                except OSError:
-                    continue
-                if int(rest.split()[1]) == p:
-                    todo.append(int(d))
-                    if any(comm.startswith(n) for n in names):
-                        found.append(int(d))
-    return found
-
-
 def test_run_to_exit_in_our_kernel(tmp_path, rootfs):
     root = tmp_path / "root"
     bundle = make_bundle(tmp_path / "b", rootfs,
@@ -109,7 +91,7 @@ def test_run_to_exit_in_our_kernel(tmp_path, rootfs):
     shim = Shim(tmp_path, root, bundle, "c1")
     st = state(root, "c1")
     assert (st["status"], st["pid"], st["rootfs"]) == ("created", shim.pid, str(bundle / "rootfs"))
-    assert children_named(shim.pid, ["qemu-system"])   # the VM is up and the monitor owns it
+    assert vm_engine(shim.pid) == ENGINE   # the VM is up, on our engine, and the monitor owns it
     rt(root, "start", "c1")
     assert shim.exit_code() == 7
     out = shim.out.read_text().split()

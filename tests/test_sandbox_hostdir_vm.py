@@ -21,9 +21,9 @@ from vmm.home import Home
 from vmm.sandbox.volume_store import VolumeStore
 from vmm.sandbox.volumes import HostDir
 
-from test_sandbox_volumes import T, _hostile_image, boot, mounts_of, private_runtime_base  # noqa: F401
+from test_sandbox_volumes import T, _hostile_image, boot, mounts_of
 
-pytestmark = [pytest.mark.slow, *engine_marks(),
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_runtime_base"), *engine_marks(),
               pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)"),
               pytest.mark.skipif(not shutil.which("musl-gcc"), reason="no musl-gcc (musl-tools)")]
 

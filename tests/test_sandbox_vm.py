@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,25 +29,14 @@ from vmm.sandbox.runtime_dir import PREFIX as RUNTIME_DIR_PREFIX, runtime_base  
 
 # qemu by default; VMM_TEST_ENGINE=kvm runs the same tests where a Linux guest can boot
 # under /dev/kvm (the nested tier does, inside L1).
-pytestmark = [pytest.mark.slow, *engine_marks(),
+# Its sandboxes' runtime dirs in a base of the module's own (conftest.py): the leak checks
+# below see only ours, not those of another run sharing /tmp.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_runtime_base"), *engine_marks(),
               pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)"),
               pytest.mark.skipif(not shutil.which("musl-gcc"), reason="no musl-gcc (musl-tools)")]
 
 BOOT_TIMEOUT = 60
 T = 30  # per-command timeout: generous for a loaded host running TCG
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_runtime_base():
-    """Sandboxes of this module make their runtime dirs in a directory of its own, so the
-    leak checks below see only ours, not those of another run sharing /tmp. Short: the
-    agent socket's path must fit a sockaddr_un, and runtime_base() ignores long bases."""
-    base = tempfile.mkdtemp(prefix="vmm-rt-")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_RUNTIME_DIR", base)
-        assert runtime_base() == base
-        yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import io
 import shutil
 import subprocess
 import tarfile
-import tempfile
 
 import pytest
 
@@ -22,27 +21,15 @@ import vmm  # noqa: E402
 from vmm.agent import AgentError  # noqa: E402
 from vmm.errors import ConfigError  # noqa: E402
 from vmm.home import Home  # noqa: E402
-from vmm.sandbox.runtime_dir import runtime_base  # noqa: E402
 from vmm.sandbox.volume_store import VolumeStore, lock_state  # noqa: E402
 from vmm.sandbox.volumes import VolumeMount  # noqa: E402
 
-pytestmark = [pytest.mark.slow, *engine_marks(),
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_runtime_base"), *engine_marks(),
               pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)"),
               pytest.mark.skipif(not shutil.which("musl-gcc"), reason="no musl-gcc (musl-tools)")]
 
 BOOT_TIMEOUT = 60
 T = 30
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_runtime_base():
-    """Runtime dirs of this module's sandboxes in a short private base (socket paths)."""
-    base = tempfile.mkdtemp(prefix="vmm-rt-")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_RUNTIME_DIR", base)
-        assert runtime_base() == base
-        yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

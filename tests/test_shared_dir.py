@@ -26,6 +26,8 @@ from vmm.engines.virtiofsd import SharedDirServers, Virtiofsd, VirtiofsdError, v
 from vmm.errors import ConfigError, EngineUnavailable
 from vmm.machine import MachineSpec
 
+from support.proctable import alive, children, wait_gone
+
 HAVE_VIRTIOFSD = os.access(vfs.DEFAULT_BINARY, os.X_OK)
 needs_virtiofsd = pytest.mark.skipif(not HAVE_VIRTIOFSD, reason="no /usr/lib/qemu/virtiofsd")
 REPO = Path(__file__).resolve().parent.parent
@@ -159,28 +161,13 @@ def test_a_missing_virtiofsd_is_a_clear_error(tmp_path, monkeypatch):
 
 
 # --- real virtiofsd processes -----------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_gone(pids, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.02)
-    return [p for p in pids if _alive(p)]
-
-
 def _worker_of(pid: int, timeout=10.0) -> int:
     """virtiofsd's sandboxed worker, forked once a front end connected."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        kids = children(pid)
         if kids:
-            return int(kids[0])
+            return kids[0]
         time.sleep(0.01)
     raise AssertionError("virtiofsd forked no worker")
 
@@ -210,10 +197,10 @@ def test_virtiofsd_listens_when_start_returns_and_stop_ends_it_and_its_worker(tm
         conn = _connect(sock)   # no retry: it listens already
         worker = _worker_of(fsd.pid)
         _worker_ready(fsd)
-        assert fsd.alive() and _alive(worker)
+        assert fsd.alive() and alive(worker)
     finally:
         fsd.stop()
-    assert _wait_gone([fsd.pid, worker], 0) == []
+    assert wait_gone([fsd.pid, worker], 0) == []
     assert not sock.exists()
     assert "Waiting for vhost-user socket connection" in (tmp_path / "fsd.log").read_text()
     fsd.stop()   # idempotent
@@ -282,7 +269,7 @@ def test_servers_start_all_or_none_and_remove_their_directory(tmp_path):
                                                    os.path.join(run_dir, "virtiofsd-fs1.log")]
     pids = [s.pid for s in servers.servers]
     servers.stop()
-    assert _wait_gone(pids, 0) == [] and not os.path.exists(run_dir)
+    assert wait_gone(pids, 0) == [] and not os.path.exists(run_dir)
 
 
 OWNER = """
@@ -309,23 +296,28 @@ def _run_owner(tmp_path, ro=False, connect=True, prefix=()):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@needs_virtiofsd
-@pytest.mark.parametrize("ro, connect", [(False, False), (True, False), (False, True), (True, True)])
-def test_nothing_outlives_an_owner_killed_with_sigkill(tmp_path, ro, connect):
-    """Unconnected, virtiofsd waits in accept() on a socket it holds itself: only its
-    death signal ends it. Connected (the owner holds the front end's end), its worker
-    runs too: a user namespace (ro=True as root takes none) must not lose the signal."""
-    owner = _run_owner(tmp_path, ro, connect)
+def _kill_owner_and_check(owner: subprocess.Popen, connect: bool) -> None:
+    """SIGKILL the owner once its virtiofsd (and, connected, its worker) runs: none of
+    them may outlive it."""
     try:
         pid = int(owner.stdout.readline() or 0)
         assert pid, owner.stderr.read()
         pids = [pid, _worker_of(pid)] if connect else [pid]
         owner.send_signal(signal.SIGKILL)
         owner.wait()
-        assert _wait_gone(pids) == [], "virtiofsd outlived its owner"
+        assert wait_gone(pids) == [], "virtiofsd outlived its owner"
     finally:
         owner.kill()
         owner.wait()
+
+
+@needs_virtiofsd
+@pytest.mark.parametrize("ro, connect", [(False, False), (True, False), (False, True), (True, True)])
+def test_nothing_outlives_an_owner_killed_with_sigkill(tmp_path, ro, connect):
+    """Unconnected, virtiofsd waits in accept() on a socket it holds itself: only its
+    death signal ends it. Connected (the owner holds the front end's end), its worker
+    runs too: a user namespace (ro=True as root takes none) must not lose the signal."""
+    _kill_owner_and_check(_run_owner(tmp_path, ro, connect), connect)
 
 
 def _setpriv_works() -> bool:
@@ -396,18 +388,8 @@ def test_an_ordinary_users_virtiofsd_ends_with_its_owner(connect):
     base = Path(tempfile.mkdtemp(prefix="vmm-fs-user-"))
     try:
         os.chmod(base, 0o777)
-        owner = _run_owner(base, False, connect, prefix=(
-            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"))
-        try:
-            pid = int(owner.stdout.readline() or 0)
-            assert pid, owner.stderr.read()
-            pids = [pid, _worker_of(pid)] if connect else [pid]
-            owner.send_signal(signal.SIGKILL)
-            owner.wait()
-            assert _wait_gone(pids) == [], "virtiofsd outlived its owner"
-        finally:
-            owner.kill()
-            owner.wait()
+        _kill_owner_and_check(_run_owner(base, False, connect, prefix=(
+            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")), connect)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -441,7 +423,7 @@ def test_the_log_is_capped_like_a_console_file(tmp_path, monkeypatch):
     rotated = Path(str(log) + ".1")
     assert rotated.exists() and log.stat().st_size <= 64 << 10 and rotated.stat().st_size <= 64 << 10
     assert log.read_text().endswith("the last line\n")
-    assert not _alive(fsd.pid)
+    assert not alive(fsd.pid)
 
 
 def test_a_virtiofsd_that_never_gets_ready_is_ended_with_an_error(tmp_path, monkeypatch):
@@ -553,4 +535,4 @@ def test_a_qemu_that_fails_at_start_is_reported_and_its_virtiofsd_ended(fake_ker
     status = m.wait(30)
     assert status is not None and status.kind == "error" and "no-such-option" in status.message
     m.stop()
-    assert _wait_gone([pid], 0) == []
+    assert wait_gone([pid], 0) == []

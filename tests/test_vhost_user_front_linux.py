@@ -8,7 +8,6 @@ qemu by default; VMM_TEST_ENGINE=kvm runs it where a Linux guest boots under /de
 Sandbox adds the SharedDir to its Machine and the agent mounts the tag before READY.
 """
 import shutil
-import tempfile
 
 import pytest
 
@@ -16,10 +15,9 @@ from support.sandbox_image import have_busybox
 from support.test_engine import ENGINE, engine_marks
 
 import vmm
-from vmm.sandbox.runtime_dir import runtime_base
 from vmm.sandbox.volumes import HostDir
 
-pytestmark = [pytest.mark.slow, *engine_marks(),
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_runtime_base"), *engine_marks(),
               pytest.mark.skipif(not have_busybox(), reason="no /bin/busybox (busybox-static)"),
               pytest.mark.skipif(not shutil.which("musl-gcc"), reason="no musl-gcc (musl-tools)"),
               pytest.mark.skipif(not shutil.os.access("/usr/lib/qemu/virtiofsd", shutil.os.X_OK),
@@ -27,16 +25,6 @@ pytestmark = [pytest.mark.slow, *engine_marks(),
 
 BOOT_TIMEOUT = 90
 T = 60
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_runtime_base():
-    base = tempfile.mkdtemp(prefix="vmm-rt-")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_RUNTIME_DIR", base)
-        assert runtime_base() == base
-        yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def sh(sb, script):

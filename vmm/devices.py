@@ -91,19 +91,25 @@ def check_tag(tag) -> None:
                           "NUL, comma, colon or whitespace")
 
 
-def check_shared_source(path: str, tag: str) -> str:
-    """The directory a SharedDir shares, resolved (virtiofsd refuses a symlink as its
-    source); ConfigError if it is missing or not a directory. Checked when a Machine is
-    made and again when virtiofsd starts."""
+def existing_directory(path: str, what: str) -> str:
+    """path resolved (symlinks followed: virtiofsd refuses a symlink as its source, and a
+    later relinking must not change what is served); ConfigError, its message starting
+    with what ("root directory"), if path is missing, unreachable or not a directory."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise ConfigError(f"shared dir {tag!r}: the host directory {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except OSError as e:
-        raise ConfigError(f"shared dir {tag!r}: cannot reach {path}: {e.strerror}") from None
+        raise ConfigError(f"{what} {path} cannot be reached: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"shared dir {tag!r}: {path} is not a directory")
+        raise ConfigError(f"{what} {path} is not a directory")
     return os.path.realpath(path)
+
+
+def check_shared_source(path: str, tag: str) -> str:
+    """The directory a SharedDir shares, resolved (existing_directory). Checked when a
+    Machine is made and again when virtiofsd starts."""
+    return existing_directory(path, f"shared dir {tag!r}: the host directory")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from support.proctable import with_command_line
 from support.oci_fixtures import LAYER_MT, Image, Layer, sha256, write_docker_save
 from support.sandbox_image import busybox_layer
 
@@ -50,7 +51,7 @@ def _cmdlines():
 
 def monitors_of(cid: str):
     """Our monitor processes (and exec monitors) still holding container cid."""
-    return [pid for pid, cmd in _cmdlines() if b"vmm.runtime" in cmd and cid.encode() in cmd]
+    return with_command_line("vmm.runtime", cid)
 
 
 def processes_naming(*ids: str):

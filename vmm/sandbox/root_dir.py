@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from typing import Optional
 
+from ..devices import existing_directory
 from ..errors import ConfigError
 
 
@@ -44,15 +44,7 @@ def check_root_dir(path) -> str:
         path = os.fsdecode(path)
     if not path:
         raise ConfigError("root_dir is empty: give the directory holding the guest's root")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ConfigError(f"root directory {path} does not exist") from None
-    except OSError as e:
-        raise ConfigError(f"root directory {path} cannot be reached: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"root directory {path} is not a directory")
-    real = os.path.realpath(path)
+    real = existing_directory(path, "root directory")
     if real == "/":
         raise ConfigError(f"root directory {path} is the host's own /: give a directory "
                           "holding the guest's root file system")

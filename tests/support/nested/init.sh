@@ -35,6 +35,9 @@ mount -t sysfs sys /newroot/sys
 # KVM's own per-VM counters (exits handled inside KVM, by reason) live in debugfs; the
 # benchmarks read them. Harmless if it fails.
 mount -t debugfs debugfs /newroot/sys/kernel/debug 2>/dev/null || true
+# cgroup v2, as a systemd host mounts it: podman and containerd's runc shim put their
+# processes (conmon, the shim) into cgroups under it.
+mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup || say "cgroup2 mount failed"
 mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts

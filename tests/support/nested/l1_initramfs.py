@@ -23,7 +23,9 @@ from .l1_kernel import L1Kernel, L1Unavailable
 # root and the results directory, overlay for a writable root on top, virtio-net so passt
 # inside L1 has an interface with a default route to take its addresses from.
 WANTED_MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_net",
-                  "veth", "dummy")  # veth, dummy: the network tests build namespaces
+                  "veth", "dummy",  # veth, dummy: the network tests build namespaces
+                  # vmm-runtime in a container's namespace: a tap mirrored to its veth by tc
+                  "tun", "sch_ingress", "cls_u32", "act_mirred")
 INIT = Path(__file__).with_name("init.sh")
 BUSYBOX = "/bin/busybox"
 
