@@ -7,8 +7,6 @@ containerd runs as a private daemon of the test (its own root, state and socket 
 test's directory); podman with its own --root/--runroot and `--network none` (the
 container's network namespace is not joined yet)."""
 import os
-import pty
-import select
 import shutil
 import subprocess
 import time
@@ -19,7 +17,7 @@ import pytest
 
 from support.proctable import vm_engine
 from support.runtime_clients import (Containerd, busybox_archive, monitors_of, our_kernel,
-                                     runtime_executable)
+                                     run_in_pty, runtime_executable)
 from support.sandbox_image import have_busybox
 from support.test_engine import ENGINE
 
@@ -41,34 +39,6 @@ def work(tmp_path_factory):
     busybox_archive(d, IMAGE)
     runtime_executable(d, ENGINE)
     return d
-
-
-def run_in_pty(argv, script: bytes, expect: bytes, env=None, delay=0.0):
-    """argv on a new PTY; type script once the process runs; returns (output, status)."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        try:
-            os.execvpe(argv[0], argv, env or os.environ)
-        finally:
-            os._exit(127)
-    out, sent, deadline = b"", False, time.monotonic() + T
-    while time.monotonic() < deadline:
-        if not sent and (b"# " in out or time.monotonic() > deadline - T + delay + 20):
-            os.write(fd, script)
-            sent = True
-        r, _, _ = select.select([fd], [], [], 1)
-        if r:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    assert expect in out, out[-2000:]
-    return out, os.waitstatus_to_exitcode(status)
 
 
 # --- containerd ---------------------------------------------------------------------------

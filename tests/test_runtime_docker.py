@@ -12,8 +12,6 @@ ctr and podman tests import theirs, and once pulled from a registry the test run
 loopback: no internet."""
 import json
 import os
-import pty
-import select
 import shutil
 import sys
 import time
@@ -22,7 +20,8 @@ import pytest
 
 from support import dockerd as dockerd_mod
 from support.netns import descendants
-from support.runtime_clients import busybox_archive, runtime_executable
+from support.runtime_clients import (busybox_archive, monitors_of, our_kernel, run_in_pty,
+                                     runtime_executable)
 from support.sandbox_image import have_busybox
 from support.test_engine import ENGINE, engine_marks
 
@@ -62,27 +61,6 @@ def docker(tmp_path_factory):
 
 def _only_empty_dirs(path):
     return all(not files for _, _, files in os.walk(path))
-
-
-def our_kernel(release: str) -> bool:
-    return release.strip().endswith("-vmm") and release.strip() != os.uname().release
-
-
-def monitors_of(cid: str):
-    """Our monitor processes (and exec monitors) still holding container cid."""
-    found = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    cmd = f.read().split(b"\0")
-                with open(f"/proc/{d}/stat") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z" and b"vmm.runtime" in cmd and cid.encode() in cmd:
-                found.append(int(d))
-    return found
 
 
 def gone(cid: str, within: float = 30) -> bool:
@@ -270,37 +248,3 @@ def test_host_network_is_nat_not_the_hosts_interface(docker):
         docker.run("rm", "-f", "d-host", check=False)
         docker.in_netns(["ip", "route", "del", "default"])
     assert gone(cid)
-
-
-def run_in_pty(argv, script: bytes, expect: bytes, env=None):
-    """argv on a new PTY; types script once a shell prompt shows; (output, exit status)."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        try:
-            os.execve(argv[0], argv, env or os.environ)
-        finally:
-            os._exit(127)
-    out, sent, deadline = b"", False, time.monotonic() + T
-    while time.monotonic() < deadline:
-        if not sent and b"# " in out:
-            os.write(fd, script)
-            sent = True
-        r, _, _ = select.select([fd], [], [], 1)
-        if r:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    done, status, until = 0, 0, time.monotonic() + 30   # its terminal closed: it is ending
-    while done == 0 and time.monotonic() < until:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05 if done == 0 else 0)
-    if done == 0:   # still running: a hang, not a slow exit
-        os.kill(pid, 9)
-        _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    assert expect in out, out[-2000:]
-    return out, os.waitstatus_to_exitcode(status)

@@ -3,7 +3,9 @@
 runtime as the executable path a client is given, and a private containerd daemon running
 with docs/containerd-vmm.toml's handler merged into its default config."""
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
 import time
@@ -52,6 +54,45 @@ def _cmdlines():
 def monitors_of(cid: str):
     """Our monitor processes (and exec monitors) still holding container cid."""
     return with_command_line("vmm.runtime", cid)
+
+
+def run_in_pty(argv, script: bytes, expect: bytes, env=None, timeout: float = 180,
+               send_after: float = 20.0):
+    """argv (a client: ctr, podman, docker) on a new PTY, as a user at a terminal: types
+    script once a shell prompt ("# ") shows, or send_after seconds after the start when none
+    does (a guest shell may print its prompt before the client wires the terminal up);
+    (output, exit status). Asserts expect is in the output."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execvpe(argv[0], argv, env or os.environ)
+        finally:
+            os._exit(127)
+    start = time.monotonic()
+    out, sent = b"", False
+    while time.monotonic() < start + timeout:
+        if not sent and (b"# " in out or time.monotonic() > start + send_after):
+            os.write(fd, script)
+            sent = True
+        r, _, _ = select.select([fd], [], [], 1)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    done, status, until = 0, 0, time.monotonic() + 30   # its terminal closed: it is ending
+    while done == 0 and time.monotonic() < until:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05 if done == 0 else 0)
+    if done == 0:   # still running: a hang, not a slow exit
+        os.kill(pid, 9)
+        _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert expect in out, out[-2000:]
+    return out, os.waitstatus_to_exitcode(status)
 
 
 def processes_naming(*ids: str):
