@@ -28,6 +28,18 @@ T = 120
 ROWS = []
 
 
+
+def reap_orphan(pid: int):
+    """The exit status of pid, reparented to us (the subreaper) when its parent ended; None
+    if it has not ended within T seconds."""
+    deadline = time.monotonic() + T
+    while time.monotonic() < deadline:
+        got, st = os.waitpid(-1, os.WNOHANG)
+        if got == pid:
+            return os.waitstatus_to_exitcode(st)
+        time.sleep(0.05)
+    return None
+
 def ours_cmd(root):
     return [sys.executable, "-m", "vmm.runtime", "--root", str(root)]
 
@@ -139,15 +151,7 @@ def lifecycle(cmd, bundle_dir, cid, out):
     steps["kill bad signal"] = run(cmd, "kill", cid, "NOPE")
     steps["kill TERM"] = run(cmd, "kill", cid, "TERM")
     # the monitor (ours) or init (runc) was reparented to us, the subreaper: collect it
-    deadline = time.monotonic() + T
-    status = None
-    while time.monotonic() < deadline:
-        got, st = os.waitpid(-1, os.WNOHANG)
-        if got == pid:
-            status = os.waitstatus_to_exitcode(st)
-            break
-        time.sleep(0.05)
-    steps["exit status"] = status
+    steps["exit status"] = reap_orphan(pid)
     steps["state3"] = json.loads(run(cmd, "state", cid)[1])
     steps["kill stopped"] = run(cmd, "kill", cid, "KILL")
     steps["start stopped"] = run(cmd, "start", cid)
@@ -200,13 +204,7 @@ def run_to_exit(cmd, bundle_dir, cid, out):
             return rc, "", err
         pid = int(open(str(out) + ".pid").read())
         run(cmd, "start", cid)
-        deadline, status = time.monotonic() + T, None
-        while time.monotonic() < deadline:
-            got, st = os.waitpid(-1, os.WNOHANG)
-            if got == pid:
-                status = os.waitstatus_to_exitcode(st)
-                break
-            time.sleep(0.05)
+        status = reap_orphan(pid)
     finally:
         libc.prctl(36, 0, 0, 0, 0)
     run(cmd, "delete", "--force", cid)
