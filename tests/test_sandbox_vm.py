@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from support import proctable  # noqa: E402
 from support.sandbox_image import MARKER, have_busybox  # noqa: E402
 from support.test_engine import ENGINE, engine_marks  # noqa: E402
 
@@ -314,18 +315,7 @@ def _initramfs_with(tmp_path: Path, c_source: str) -> Path:
 
 
 def _our_children():
-    me = str(os.getpid())
-    kids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1] == me and fields[0] != "Z":
-                kids.append(d)
-    return kids
+    return proctable.children(os.getpid())
 
 
 def _sandbox_dirs():

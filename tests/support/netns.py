@@ -32,6 +32,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Optional
 
+from support import proctable
+
 LINK = "vmmtest0"
 PEER = "vmmtest1"
 NS_ADDRESS = "192.0.2.1"
@@ -90,22 +92,8 @@ def links() -> list:
 
 def descendants(pid: int) -> list:
     """(pid, comm) of every live process below pid."""
-    children = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        comm, rest = stat.split("(", 1)[1].rsplit(")", 1)
-        children.setdefault(int(rest.split()[1]), []).append((int(d), comm))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child[0])
-    return out
+    table = proctable.processes()
+    return [(p, table[p].comm) for p in proctable.children(pid, recursive=True) if p in table]
 
 
 def unavailable() -> Optional[str]:

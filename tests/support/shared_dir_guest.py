@@ -2,8 +2,8 @@
 dirs, for the shared-directory tests (tests/test_shared_dir_vm.py). No pytest here: the
 tests also run it as another uid, under a Python that has only the standard library."""
 import os
-import time
-from pathlib import Path
+
+from support import proctable
 
 import vmm
 from vmm.devices import Disk, Vsock
@@ -53,29 +53,15 @@ def boot(kernel, image, shared_dirs, run_dir, initrd=None, options=None) -> Gues
 
 
 def processes_alive(pids):
-    alive = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    alive.append(pid)
-        except FileNotFoundError:
-            pass
-    return alive
+    return [pid for pid in pids if proctable.alive(pid)]
 
 
 def wait_gone(pids, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while processes_alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return processes_alive(pids)
+    return proctable.wait_gone(pids, timeout)
 
 
 def children(pid):
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
+    return proctable.children(pid)
 
 
 def virtiofsd_pids(info):
