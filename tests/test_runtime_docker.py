@@ -178,13 +178,7 @@ def test_default_bridge_reaches_the_guest(docker):
         assert mac in link, link
         docker.run("exec", "-d", "d-net", "sh", "-c",
                    "echo served-from-the-guest > /tmp/r; nc -l -p 8080 < /tmp/r", timeout=T)
-        probe = ("import socket, sys\ntry:\n s = socket.create_connection((sys.argv[1], 8080), 3)\n"
-                 " print(s.recv(100).decode())\nexcept OSError as e:\n print('error', e)")
-        reply, deadline = "", time.monotonic() + 30
-        while "served-from-the-guest" not in reply and time.monotonic() < deadline:
-            reply = docker.in_netns([sys.executable, "-c", probe, ip]).stdout
-            time.sleep(0.5)
-        assert "served-from-the-guest" in reply
+        assert "served-from-the-guest" in reply_from(docker, ip, 8080, "served-from-the-guest")
         # and the other way: the guest reaches the bridge's host side (its gateway)
         gateway = docker.run("inspect", "d-net", "--format",
                              "{{.NetworkSettings.Gateway}}").stdout.strip()
@@ -193,6 +187,34 @@ def test_default_bridge_reaches_the_guest(docker):
         assert r.returncode == 0, (r.stdout, r.stderr)
     finally:
         docker.run("rm", "-f", "d-net", check=False)
+    assert gone(cid)
+
+
+def reply_from(docker, host: str, port: int, expect: str, within: float = 30) -> str:
+    """What a TCP server at host:port sends, read from dockerd's namespace (the host side);
+    tries until expect shows or within seconds pass (the guest's server may start late)."""
+    probe = ("import socket, sys\ntry:\n s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)\n"
+             " print(s.recv(100).decode())\nexcept OSError as e:\n print('error', e)")
+    reply, deadline = "", time.monotonic() + within
+    while expect not in reply and time.monotonic() < deadline:
+        reply = docker.in_netns([sys.executable, "-c", probe, host, str(port)]).stdout
+        time.sleep(0.5)
+    return reply
+
+
+def test_published_port_reaches_the_guest(docker):
+    """`-p 127.0.0.1:HOST:GUEST`: Docker's port publishing (its userland proxy; this dockerd
+    runs without iptables) forwards the host's port to the container's address, which is the
+    guest's eth0."""
+    cid = docker.run("run", "--runtime", "vmm", "-d", "--name", "d-port", "-p", "127.0.0.1:18080:8080",
+                     IMAGE, "sh", "-c", "echo published-port > /tmp/r; nc -l -p 8080 < /tmp/r",
+                     timeout=T).stdout.strip()
+    try:
+        mapped = docker.run("port", "d-port", "8080").stdout
+        assert "127.0.0.1:18080" in mapped, mapped
+        assert "published-port" in reply_from(docker, "127.0.0.1", 18080, "published-port")
+    finally:
+        docker.run("rm", "-f", "d-port", check=False)
     assert gone(cid)
 
 
