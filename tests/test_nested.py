@@ -23,7 +23,7 @@ RUNS = [
     (["tests/test_machine_devices.py", "tests/test_sandbox_vm.py", "tests/test_sandbox_net.py",
       "tests/test_sandbox_volumes.py", "tests/test_sandbox_net_domains.py",
       "tests/test_sandbox_net_ns.py", "tests/test_msb_lifecycle.py",
-      "tests/test_vhost_user_front_linux.py",
+      "tests/test_vhost_user_front_linux.py", "tests/test_sandbox_privileges.py",
       # vmm-runtime on the kvm engine: driven as a shim drives it, in a container's network
       # namespace, and once through containerd's runc shim (run, exec, kill, delete; its
       # monitor's VM checked to be KVM's). The other client tests (ctr's --rm and
