@@ -31,8 +31,8 @@ The kvm engine (its vhost-user front end) vs QEMU -accel kvm, inside the nested 
 (one TCG vCPU, load ~1-7; 3 rounds for r/w, 1 for tar): 0.997 write, 0.902 read, 0.763 tar x
 of 10,000 files (0.735 with VMM_BENCH_VIRTIOFS_TAR_FILES=2000); the tar run alone takes
 ~40 min there:
-    PYTHONPATH=$PWD:$PWD/tests VMM_NESTED_TIMEOUT=3600 python3 -m support.nested \
-        benchmarks/bench_virtiofs.py --benchmark-only -s --env VMM_TEST_ENGINE=kvm \
+    PYTHONPATH=$PWD:$PWD/tests VMM_NESTED_TIMEOUT=3600 python3 -m support.nested
+        benchmarks/bench_virtiofs.py --benchmark-only -s --env VMM_TEST_ENGINE=kvm
         --env VMM_BENCH_VIRTIOFS_ROUNDS=3 --env VMM_BENCH_VIRTIOFS_TAR_ROUNDS=1
 """
 import io
