@@ -11,6 +11,7 @@ process's stat line is what links them.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
@@ -121,3 +122,16 @@ def vm_engine(pid: int) -> Optional[str]:
         except OSError:
             continue
     return "qemu" if named(children(pid, recursive=True), "qemu-system") else None
+
+
+def end(proc, grace: float = 5.0) -> None:
+    """Ends a subprocess.Popen a test started: SIGTERM, then SIGKILL if it is still there
+    after grace seconds; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -17,6 +17,8 @@ import warnings
 
 import pytest
 
+from support import proctable
+
 REGISTRY_BIN = shutil.which("docker-registry")
 SKOPEO = shutil.which("skopeo")
 
@@ -105,13 +107,7 @@ class Registry:
         return (self.storage / "docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        proctable.end(self.proc, 5)
         self.log.close()
 
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from support.proctable import with_command_line
+from support import proctable
 from support.oci_fixtures import LAYER_MT, Image, Layer, sha256, write_docker_save
 from support.sandbox_image import busybox_layer
 
@@ -53,7 +53,7 @@ def _cmdlines():
 
 def monitors_of(cid: str):
     """Our monitor processes (and exec monitors) still holding container cid."""
-    return with_command_line("vmm.runtime", cid)
+    return proctable.with_command_line("vmm.runtime", cid)
 
 
 def run_in_pty(argv, script: bytes, expect: bytes, env=None, timeout: float = 180,
@@ -156,11 +156,5 @@ class Containerd:
         return self.log_path.read_text(errors="replace")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        proctable.end(self.proc, 30)
         self._log.close()

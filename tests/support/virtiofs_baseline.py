@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from support import proctable
 from vmm.guest import initramfs, kernel
 
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -120,13 +121,8 @@ class VirtiofsdByHand:
         return self
 
     def __exit__(self, *exc):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            proctable.end(self.proc, 5)
 
 
 class BaselineGuest:
