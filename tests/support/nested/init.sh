@@ -48,6 +48,9 @@ mount -t tmpfs run /newroot/run
 # A NIC with a default route, reaching nothing (QEMU's user network with restrict=on):
 # passt inside L1 takes its addresses from it.
 ip link set lo up
+# A machine has a name: Docker gives a --network host container the host's, and "(none)",
+# the kernel's default, is not a valid one.
+hostname l1
 if ip link set eth0 up 2>/dev/null; then
     ip addr add 10.0.2.15/24 dev eth0
     ip route add default via 10.0.2.2

@@ -25,7 +25,9 @@ from .l1_kernel import L1Kernel, L1Unavailable
 WANTED_MODULES = ("kvm_amd", "virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_net",
                   "veth", "dummy",  # veth, dummy: the network tests build namespaces
                   # vmm-runtime in a container's namespace: a tap mirrored to its veth by tc
-                  "tun", "sch_ingress", "cls_u32", "act_mirred")
+                  "tun", "sch_ingress", "cls_u32", "act_mirred",
+                  # Docker's default network and CNI's bridge plugin make a Linux bridge
+                  "bridge")
 INIT = Path(__file__).with_name("init.sh")
 BUSYBOX = "/bin/busybox"
 
