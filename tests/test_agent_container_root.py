@@ -63,8 +63,17 @@ def host_mounts_under(path: Path):
 
 @pytest.fixture(autouse=True)
 def no_mounts_left(tmp_path):
-    yield
-    assert host_mounts_under(tmp_path) == [], "a child's mount is visible on the host"
+    """tmp_path (the rootfs and the bind sources are in it) is made a shared mount, as the
+    runtime's pod directory is: a child that let its mounts propagate back would show them
+    here."""
+    subprocess.run(["mount", "--bind", str(tmp_path), str(tmp_path)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(tmp_path)], check=True)
+        yield
+        assert host_mounts_under(tmp_path) == [str(tmp_path)], \
+            "a child's mount is visible on the host"
+    finally:
+        subprocess.run(["umount", "-R", "-l", str(tmp_path)], check=True)
 
 
 def sh(client, script, **kw):
