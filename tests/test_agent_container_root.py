@@ -109,8 +109,9 @@ def test_the_fields_encode_and_none_sends_todays_bytes():
     ({"root": ContainerRoot("/r", mounts=("/a",))}, "must be a RootMount"),
     ({"root": "/r"}, "must be a vmm.agent.ContainerRoot"),
     ({"root": ContainerRoot("/r"), "join_pid": 5}, "exclude each other"),
-    ({"join_pid": 1}, "above 1"),
-    ({"join_pid": True}, "above 1"),
+    ({"join_pid": 1}, "in 2..4194304"),
+    ({"join_pid": 4194305}, "in 2..4194304"),
+    ({"join_pid": True}, "in 2..4194304"),
 ])
 def test_the_host_refuses_bad_roots(kw, msg):
     with pytest.raises(ValueError, match=msg):
