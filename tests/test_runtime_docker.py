@@ -79,6 +79,16 @@ def test_run_prints_our_kernel_and_passes_the_exit_status(docker, tmp_path):
     assert gone(cidfile.read_text().strip())
 
 
+def test_init_runs_dockers_init_as_the_containers_first_process(docker):
+    """--init binds the host's docker-init (tini) into the container and runs the command
+    under it (the command's parent; the guest's PID 1 is our agent): a file bind, so it is
+    copied into the guest, and it must stay executable."""
+    r = docker.run("run", "--runtime", "vmm", "--rm", "--init", IMAGE, "sh", "-c",
+                   "tr '\\0' ' ' < /proc/$PPID/cmdline; exit 4", check=False, timeout=T)
+    assert r.returncode == 4, r.stderr
+    assert r.stdout.split()[:3] == ["/sbin/docker-init", "--", "sh"], r.stdout
+
+
 def test_piped_stdin_and_the_vm_sized_by_docker(docker):
     # Docker refuses --cpus above the host's count (the nested tier's L1 has one CPU).
     cpus = min(2, os.cpu_count() or 1)

@@ -105,6 +105,20 @@ def test_run_to_exit_in_our_kernel(tmp_path, rootfs):
     assert rt(root, "list", "-q").stdout == ""
 
 
+def test_start_that_cannot_exec_stops_the_container(tmp_path, rootfs):
+    """As runc's init exits when its exec fails: start reports why, the container is
+    stopped and its VM gone (Docker then removes it; before, the VM stayed up for good)."""
+    root = tmp_path / "root"
+    bundle = make_bundle(tmp_path / "b", rootfs, ["/etc/passwd"])   # there, not executable
+    shim = Shim(tmp_path, root, bundle, "c9")
+    r = rt(root, "start", "c9", check=False)
+    assert r.returncode == 1 and "Permission denied" in r.stderr, r.stderr
+    assert shim.exit_code() == 255
+    assert state(root, "c9")["status"] == "stopped"
+    assert not os.path.exists(f"/proc/{shim.pid}")
+    rt(root, "delete", "c9")
+
+
 def test_kill_running_then_delete_leaves_nothing(tmp_path, rootfs):
     root = tmp_path / "root"
     bundle = make_bundle(tmp_path / "b", rootfs, ["sleep", "1000"])

@@ -30,6 +30,7 @@ from .unix_path import short_unix_path
 
 CONTROL_MAX_LINE = 4096
 CONTROL_TIMEOUT_S = 10.0
+START_FAILED = 255       # the container's status when its process could not be started
 
 
 class Monitor:
@@ -41,6 +42,7 @@ class Monitor:
         self.proc = None
         self._start = threading.Event()
         self._end_signal: Optional[int] = None  # killed before start
+        self._end_code: Optional[int] = None    # the process could not be started
         self._paused = False
         self._lock = threading.Lock()
 
@@ -56,6 +58,8 @@ class Monitor:
     def run(self) -> int:
         """After create(): waits for start (or a kill), runs the process, returns the status."""
         self._start.wait()
+        if self._end_code is not None:
+            return self._finish(self._end_code)
         if self._end_signal is not None:
             return self._finish(128 + self._end_signal)
         try:
@@ -128,7 +132,14 @@ class Monitor:
         if self._end_signal is not None:
             return {"error": "cannot start a container that has stopped"}
         p = self.bundle.process
-        self.proc = self.stdio.spawn(self.sandbox, p)   # raises ExecFailed with the reason
+        try:
+            self.proc = self.stdio.spawn(self.sandbox, p)   # raises ExecFailed with the reason
+        except BaseException:
+            # As runc's init, which exits when its exec fails: the container is stopped and
+            # its VM goes, rather than waiting for a start that can never succeed.
+            self._end_code = START_FAILED
+            self._start.set()
+            raise
         self.store.update(self.cid, status=RUNNING)
         self._start.set()
         return {"ok": True}

@@ -129,13 +129,16 @@ def _copy_file_in(sb, m, log) -> None:
     from ..errors import ConfigError
     fd = os.open(m.source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
+        # The file's own permission bits (Docker's --init binds an executable), without
+        # the write bits when the bind is read-only.
+        mode = os.fstat(f.fileno()).st_mode & 0o777
         data = f.read(FILE_BIND_MAX + 1)
     if len(data) > FILE_BIND_MAX:
         raise ConfigError(f"mount {m.destination}: the file {m.source} is larger than 1 MiB")
     parent = os.path.dirname(m.destination)
     if parent != "/":
         sb.fs.mkdir(parent, parents=True)
-    sb.fs.write(m.destination, data, mode=0o444 if m.read_only else 0o644)
+    sb.fs.write(m.destination, data, mode=mode & ~0o222 if m.read_only else mode)
     log.debug(f"mount {m.destination}: {m.source} copied in (a file bind is not live in a VM)")
 
 
