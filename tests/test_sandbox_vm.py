@@ -404,8 +404,11 @@ def test_guest_wall_clock_is_the_hosts(sb):
     after = time.time()
     assert r.exit_code == 0, r
     guest = int(r.stdout)
-    # `date +%s` truncates to whole seconds: allow that, and 1 s of skew.
-    assert int(before) - 1 <= guest <= after + 1, (before, guest, after)
+    # Behind by up to 3 s: `date +%s` truncates to whole seconds (1), the CMOS RTC the
+    # qemu engine's guest reads at boot has whole seconds too (1), and under TCG on a
+    # loaded host the guest's clock lags a little while the module's sandbox lives (1; it
+    # failed once at load 5-7 with the old 1 s). Never ahead by more than 1 s.
+    assert int(before) - 3 <= guest <= after + 1, (before, guest, after)
 
 
 def test_async_sandboxes_at_once(kernel_path, image):
