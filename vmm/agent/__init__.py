@@ -1,7 +1,7 @@
 """The host side of the guest agent's protocol (guest/agent/PROTOCOL.md).
 
 Layers, each importing only those above it in this list: protocol (the framing), errors,
-capabilities and privileges (what an exec may be given), results, session (one request's frames and credit windows), connection (the socket and
+capabilities, privileges and container_root (what an exec may be given), results, session (one request's frames and credit windows), connection (the socket and
 its reader thread), process and fs (what exec and file sessions mean), handshake (the
 vsock CONNECT), client (AgentClient), aio (AsyncAgentClient).
 """
@@ -15,9 +15,9 @@ from .privileges import ExecPrivileges
 from .process import DEFAULT_MAX_OUTPUT, Process
 from .results import DirEntry, ExecResult, FileStat, ReadyInfo
 
-__all__ = ["DEFAULT_MAX_OUTPUT", "DEFAULT_VSOCK_PORT", "AgentClient", "AgentError", "AsyncAgentClient", "Capabilities", "DirEntry",
+__all__ = ["DEFAULT_MAX_OUTPUT", "DEFAULT_VSOCK_PORT", "AgentClient", "AgentError", "AsyncAgentClient", "Capabilities", "ContainerRoot", "DirEntry",
            "ExecFailed", "ExecResult", "FileStat", "Fs", "FsError", "OutputTooLarge", "ExecPrivileges", "Process",
-           "ReadyInfo",
+           "ReadyInfo", "RootMount",
            "SandboxNotRunning", "Timeout", "vsock_handshake"]
 
 
@@ -26,4 +26,8 @@ def __getattr__(name):
     if name == "AsyncAgentClient":
         from .aio import AsyncAgentClient
         return AsyncAgentClient
+    # and dataclasses only for a process with its own root (a pod member's)
+    if name in ("ContainerRoot", "RootMount"):
+        from . import container_root
+        return getattr(container_root, name)
     raise AttributeError(f"module 'vmm.agent' has no attribute {name!r}")

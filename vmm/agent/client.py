@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple, Union, BinaryIO
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union, BinaryIO
 
 from . import protocol as P
 from .connection import Connection
@@ -35,12 +35,17 @@ from .protocol import G, T
 from .results import ExecResult, ReadyInfo
 from .session import CONNECTION_LOST, chunks, deadline_after
 
+if TYPE_CHECKING:
+    from .container_root import ContainerRoot
+
 DEFAULT_VSOCK_PORT = 1024
 
 
-def _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits, privs=None) -> bytes:
+def _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits, privs=None, root=None,
+                 join_pid=None) -> bytes:
     """The EXEC request; over MAX_PAYLOAD is the caller's ValueError, not the agent's.
-    privs: an ExecPrivileges (groups, umask, no_new_privileges, capabilities) or None."""
+    privs: an ExecPrivileges (groups, umask, no_new_privileges, capabilities) or None.
+    root: a container_root.ContainerRoot or None; join_pid: a guest pid or None."""
     if isinstance(argv, (str, bytes)) or not argv:
         raise ValueError(f"argv must be a non-empty list of strings, not {argv!r}")
     fields = [(G.ARGV, a) for a in argv]
@@ -54,10 +59,29 @@ def _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits, privs=None) -> 
     fields += _rlimit_fields(rlimits)
     if privs is not None:
         fields += privs.fields()
+    fields += _root_fields(root, join_pid)
     payload = P.encode(fields)
     if len(payload) > P.MAX_PAYLOAD:
         raise ValueError(f"exec request of {len(payload)} bytes is over the {P.MAX_PAYLOAD} limit")
     return payload
+
+
+def _root_fields(root, join_pid) -> List[Tuple[int, object]]:
+    """ROOT, MOUNT*, ROOT_READONLY or JOIN; nothing for None, None (today's bytes)."""
+    if root is not None and join_pid is not None:
+        raise ValueError("root and join_pid exclude each other: a joined process has "
+                         "its root from the process it joins")
+    if join_pid is not None:
+        if isinstance(join_pid, bool) or not isinstance(join_pid, int) or not 1 < join_pid < 2**63:
+            raise ValueError(f"join_pid must be a guest pid above 1, not {join_pid!r}")
+        return [(G.JOIN, join_pid)]
+    if root is None:
+        return []
+    # imported here: an exec without a root (every `msb exec`) never loads dataclasses
+    from .container_root import ContainerRoot
+    if not isinstance(root, ContainerRoot):
+        raise ValueError(f"root must be a vmm.agent.ContainerRoot, not {root!r}")
+    return root.fields()
 
 
 def _rlimit_fields(rlimits: Optional[Dict[int, Tuple[int, int]]]):
@@ -141,7 +165,9 @@ class AgentClient:
                     rows: int = 24, cols: int = 80, rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
                     timeout: Optional[float] = 30.0, groups: Optional[Sequence[int]] = None,
                     umask: Optional[int] = None, no_new_privileges: bool = False,
-                    capabilities: Optional[Capabilities] = None) -> Process:
+                    capabilities: Optional[Capabilities] = None,
+                    root: Optional["ContainerRoot"] = None,
+                    join_pid: Optional[int] = None) -> Process:
         """Start argv; returns a Process once the agent reports it started.
 
         timeout bounds only the wait for STARTED here (None: session.DEFAULT_WAIT_S).
@@ -151,12 +177,18 @@ class AgentClient:
         no_new_privileges: prctl(PR_SET_NO_NEW_PRIVS) before exec.
         capabilities: a Capabilities (its five sets; None: the user's defaults, all of
         them for root); the agent keeps them across the switch to a non-root user.
+        root: a ContainerRoot: the process runs in its own mount namespace with that
+        guest directory as `/` and its mounts inside (ExecFailed kind "bad_root" when the
+        guest cannot set it up). join_pid: the process enters the mount namespace (so the
+        root and mounts) of that guest process, e.g. a root= process's Process.pid.
+        Not both (ValueError).
         Raises ExecFailed if it could
         not start (kind "not_found" -> exit code 127, "permission_denied" -> 126, ...).
         """
         privs = ExecPrivileges(groups=groups, umask=umask, no_new_privileges=no_new_privileges,
                                capabilities=capabilities)
-        payload = _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits, privs)
+        payload = _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits, privs, root,
+                               join_pid)
         s = self._conn.open(T.EXEC, payload)
         deadline = deadline_after(timeout)
         try:
@@ -182,10 +214,12 @@ class AgentClient:
              rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
              max_output: Optional[int] = DEFAULT_MAX_OUTPUT, groups: Optional[Sequence[int]] = None,
              umask: Optional[int] = None, no_new_privileges: bool = False,
-             capabilities: Optional[Capabilities] = None) -> ExecResult:
+             capabilities: Optional[Capabilities] = None,
+             root: Optional["ContainerRoot"] = None, join_pid: Optional[int] = None) -> ExecResult:
         """Run argv to completion and return its ExecResult.
 
-        groups, umask, no_new_privileges, capabilities: as for exec_stream().
+        groups, umask, no_new_privileges, capabilities, root, join_pid: as for
+        exec_stream().
 
         On timeout the process group is killed and Timeout is raised with the output so
         far (timeout None: no limit on the run; the start still has DEFAULT_WAIT_S).
@@ -198,7 +232,7 @@ class AgentClient:
         proc = self.exec_stream(argv, env=env, cwd=cwd, user=user, tty=tty, rows=rows,
                                 cols=cols, rlimits=rlimits, timeout=timeout, groups=groups,
                                 umask=umask, no_new_privileges=no_new_privileges,
-                                capabilities=capabilities)
+                                capabilities=capabilities, root=root, join_pid=join_pid)
         feeder = _feed_stdin(proc, stdin, deadline)
         out: List[bytes] = []
         err: List[bytes] = []

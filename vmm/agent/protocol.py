@@ -100,6 +100,10 @@ class G:
     NO_NEW_PRIVS = 44
     CAPS = 45
     READONLY_ROOT = 46
+    ROOT = 47            # EXEC: a guest directory that becomes the process's /
+    MOUNT = 48           # EXEC, repeated: u32 flags, SOURCE, NUL, DESTINATION
+    ROOT_READONLY = 49   # EXEC: the new root read-only (int 0/1)
+    JOIN = 50            # EXEC: enter this guest pid's mount namespace (int > 1)
 
 
 # Tags whose values are integers (everything else is bytes or a string).
@@ -107,7 +111,8 @@ INT_TAGS = frozenset({G.TTY, G.ROWS, G.COLS, G.PID, G.CODE, G.SIGNAL, G.ERRNO, G
                       G.LENGTH, G.MODE, G.SIZE, G.MTIME_NS, G.UID, G.GID, G.NLINK, G.BYTES,
                       G.AGENT_START_NS, G.READY_NS, G.REALTIME_NS, G.VERSION, G.PARENTS,
                       G.RECURSIVE, G.GROUP, G.APPEND, G.CORE, G.PID1, G.MAX_PAYLOAD,
-                      G.WINDOW, G.NOW_NS, G.UMASK, G.NO_NEW_PRIVS, G.READONLY_ROOT})
+                      G.WINDOW, G.NOW_NS, G.UMASK, G.NO_NEW_PRIVS, G.READONLY_ROOT,
+                      G.ROOT_READONLY, G.JOIN})
 
 
 class ProtocolError(Exception):

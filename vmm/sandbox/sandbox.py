@@ -28,7 +28,7 @@ import os
 import shutil
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from ..agent import (DEFAULT_MAX_OUTPUT, DEFAULT_VSOCK_PORT, AgentClient, AgentError,
                      Capabilities, ExecResult, Process, SandboxNotRunning, Timeout)
@@ -48,6 +48,9 @@ from .root_dir import check_root_dir, root_failure
 from .runtime_dir import make_runtime_dir
 from .volumes import Mount, attach, check_mounts, lock_mounts, mount_failure
 from .writable_disk import format_writable_disk
+
+if TYPE_CHECKING:
+    from ..agent.container_root import ContainerRoot
 
 DEFAULT_BOOT_TIMEOUT = 60.0   # TCG boots in seconds; a loaded host needs headroom
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -381,7 +384,8 @@ class Sandbox:
              cols: int = 80, rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
              max_output: Optional[int] = DEFAULT_MAX_OUTPUT, groups: Optional[Sequence[int]] = None,
              umask: Optional[int] = None, no_new_privileges: bool = False,
-             capabilities: Optional[Capabilities] = None) -> ExecResult:
+             capabilities: Optional[Capabilities] = None, root: Optional["ContainerRoot"] = None,
+             join_pid: Optional[int] = None) -> ExecResult:
         """Run argv to completion: ExecResult(code, signal, stdout, stderr, exit_code).
 
         groups: exactly these supplementary gids (default: the user's from the guest's
@@ -391,6 +395,10 @@ class Sandbox:
         every capability for root); a non-root user keeps those in its ambient set.
         ValueError for a bad value; ExecFailed kind bad_capabilities if the guest kernel
         refuses the sets (e.g. an ambient one not also permitted and inheritable).
+        root: a vmm.agent.ContainerRoot: a guest directory as the process's `/`, with
+        mounts inside it, in a mount namespace of its own (ExecFailed kind bad_root if
+        the guest cannot set it up); join_pid: run in the mount namespace of that guest
+        process (e.g. a root= process's pid). Not both.
 
         Raises ExecFailed (errno, kind; exit_code 127 not found, 126 not executable),
         Timeout (the guest process group was killed; output so far attached),
@@ -402,7 +410,7 @@ class Sandbox:
                                  timeout=timeout, tty=tty, rows=rows, cols=cols,
                                  rlimits=rlimits, max_output=max_output, groups=groups,
                                  umask=umask, no_new_privileges=no_new_privileges,
-                                 capabilities=capabilities)
+                                 capabilities=capabilities, root=root, join_pid=join_pid)
 
     def exec_stream(self, argv: Sequence[str], *, env: Optional[Dict[str, str]] = None,
                     cwd: Optional[str] = None, user: Optional[str] = None, tty: bool = False,
@@ -410,15 +418,18 @@ class Sandbox:
                     rlimits: Optional[Dict[int, Tuple[int, int]]] = None,
                     groups: Optional[Sequence[int]] = None, umask: Optional[int] = None,
                     no_new_privileges: bool = False,
-                    capabilities: Optional[Capabilities] = None) -> Process:
+                    capabilities: Optional[Capabilities] = None,
+                    root: Optional["ContainerRoot"] = None,
+                    join_pid: Optional[int] = None) -> Process:
         """Start argv and return its Process: write()/close_stdin(), iterate
         ("stdout"|"stderr", bytes) as output arrives, signal(), resize(), wait().
-        groups, umask, no_new_privileges, capabilities: as for exec()."""
+        groups, umask, no_new_privileges, capabilities, root, join_pid: as for exec()."""
         check_env(env)
         return self._live().exec_stream(argv, env=env, cwd=cwd, user=user, tty=tty,
                                         rows=rows, cols=cols, rlimits=rlimits, groups=groups,
                                         umask=umask, no_new_privileges=no_new_privileges,
-                                        capabilities=capabilities)
+                                        capabilities=capabilities, root=root,
+                                        join_pid=join_pid)
 
     def make_root_read_only(self) -> None:
         """From now on the guest's root is read-only (EROFS), as an OCI root.readonly
