@@ -71,7 +71,8 @@ enum tlv_tag {
 	G_REALTIME_NS = 30, G_VERSION = 31, G_PARENTS = 32, G_RECURSIVE = 33, G_GROUP = 34,
 	G_APPEND = 35, G_CORE = 36, G_PID1 = 37, G_MAX_PAYLOAD = 38, G_WINDOW = 39,
 	G_NOW_NS = 40, G_WORKDIR = 41, G_GROUPS = 42, G_UMASK = 43, G_NO_NEW_PRIVS = 44,
-	G_CAPS = 45, G_READONLY_ROOT = 46,
+	G_CAPS = 45, G_READONLY_ROOT = 46, G_ROOT = 47, G_MOUNT = 48, G_ROOT_READONLY = 49,
+	G_JOIN = 50,
 };
 
 /* ---- byte buffers and frames (proto.c) ----------------------------------------------- */
@@ -128,7 +129,7 @@ int resolve_user(const char *spec, struct cred *cr, char *why, size_t whylen);
 /* ---- a process's privileges (privs.c) ------------------------------------------------- */
 
 /* Stages of the exec child, reported back through its error pipe (exec.c). */
-enum exec_stage { ST_RLIMIT = 1, ST_USER, ST_CWD, ST_EXEC, ST_TTY, ST_CAPS, ST_NNP };
+enum exec_stage { ST_RLIMIT = 1, ST_USER, ST_CWD, ST_EXEC, ST_TTY, ST_CAPS, ST_NNP, ST_ROOT };
 enum cap_set { CAPS_BOUNDING, CAPS_EFFECTIVE, CAPS_PERMITTED, CAPS_INHERITABLE, CAPS_AMBIENT,
 	       NCAPSETS };
 
@@ -149,6 +150,37 @@ int privs_field(struct privs *pv, uint16_t tag, const uint8_t *v, uint32_t len, 
 /* In the child, around the user switch: 0, or the failed stage (errno set). */
 int privs_before_user(const struct privs *pv);
 int privs_after_user(const struct privs *pv);
+
+/* ---- a process's own root (container_root.c) ------------------------------------------ */
+
+#define MAX_ROOT_MOUNTS 64
+#define MAX_ROOT_PATH 4096
+#define MOUNT_RO 1    /* MOUNT flags */
+#define MOUNT_TMPFS 2
+
+struct root_mount {
+	uint32_t flags;
+	char *source; /* a guest path for a bind; tmpfs data ("" for none) */
+	char *dest;   /* absolute, resolved inside the new root */
+};
+
+struct exec_root {
+	char *root;   /* ROOT: the guest directory that becomes / (NULL: none) */
+	struct root_mount mounts[MAX_ROOT_MOUNTS];
+	int nmounts;
+	int read_only; /* ROOT_READONLY */
+	pid_t join;    /* JOIN: enter this pid's mount namespace (0: none) */
+};
+
+/* One EXEC field: 1 if tag is ROOT, MOUNT, ROOT_READONLY or JOIN (then *bad is set when it
+ * is malformed), 0 if it is not one of them. */
+int root_field(struct exec_root *er, uint16_t tag, const uint8_t *v, uint32_t len,
+	       const char **bad);
+const char *root_check(const struct exec_root *er); /* fields that exclude each other */
+void root_free(struct exec_root *er);
+/* In the child, before rlimits and the user switch: 0, or -1 with errno set and msg
+ * saying the step and path ("mount /etc/hosts: No such file or directory"). */
+int root_enter(const struct exec_root *er, char *msg, size_t len);
 
 /* ---- sessions and connections (loop.c, session.c) ------------------------------------ */
 

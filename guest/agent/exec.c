@@ -37,7 +37,15 @@ struct exec_req {
 	struct rlim_req rl[MAX_RLIMITS];
 	int nrl;
 	struct privs pv; /* groups, umask, no_new_privs, capabilities (privs.c) */
+	struct exec_root root; /* ROOT, MOUNT*, ROOT_READONLY, JOIN (container_root.c) */
 };
+
+/* With its own root (or a joined one) the user is looked up and the environment made in
+ * the child, once it sees that root's /etc/passwd. */
+static int own_root(const struct exec_req *r)
+{
+	return r->root.root || r->root.join;
+}
 
 static void req_free(struct exec_req *r)
 {
@@ -47,6 +55,7 @@ static void req_free(struct exec_req *r)
 		free(r->env[i]);
 	free(r->cwd);
 	free(r->user);
+	root_free(&r->root);
 }
 
 /* ---- parsing the request -------------------------------------------------------------- */
@@ -55,7 +64,7 @@ static const char *parse_field(struct exec_req *r, uint16_t tag, const uint8_t *
 {
 	uint64_t u;
 	const char *bad = NULL;
-	if (privs_field(&r->pv, tag, v, len, &bad))
+	if (privs_field(&r->pv, tag, v, len, &bad) || root_field(&r->root, tag, v, len, &bad))
 		return bad;
 	switch (tag) {
 	case G_ARGV:
@@ -121,7 +130,7 @@ static const char *parse_exec(struct exec_req *r, const uint8_t *p, uint32_t n)
 		return "truncated field";
 	if (r->argc == 0 || r->argv[0][0] == 0)
 		return "no ARGV (or an empty argv[0])";
-	return NULL;
+	return root_check(&r->root);
 }
 
 /* ---- environment ------------------------------------------------------------------------ */
@@ -169,15 +178,28 @@ static void build_env(struct exec_req *r, const struct cred *cr)
 
 /* ---- the child ------------------------------------------------------------------------- */
 
-static void child_fail(int errfd, int stage)
+/* What the child sends back when it cannot exec: one write, under PIPE_BUF (atomic). */
+struct child_error {
+	int stage, err;
+	char msg[480]; /* the whole message when not empty (root set-up, user lookup) */
+};
+
+static void child_fail_msg(int errfd, int stage, const char *msg)
 {
-	int msg[2] = {stage, errno};
-	ssize_t w = write(errfd, msg, sizeof(msg));
+	struct child_error ce = {stage, errno, ""};
+	if (msg)
+		snprintf(ce.msg, sizeof(ce.msg), "%s", msg);
+	ssize_t w = write(errfd, &ce, sizeof(ce));
 	(void)w;
 	_exit(127);
 }
 
-static void child_setup(struct exec_req *r, const struct cred *cr, int fds[3], int errfd)
+static void child_fail(int errfd, int stage)
+{
+	child_fail_msg(errfd, stage, NULL);
+}
+
+static void child_setup(struct exec_req *r, struct cred *cr, int fds[3], int errfd)
 {
 	sigset_t none;
 	sigemptyset(&none);
@@ -189,6 +211,19 @@ static void child_setup(struct exec_req *r, const struct cred *cr, int fds[3], i
 	for (int i = 0; i < 3; i++)
 		if (dup2(fds[i], i) < 0)
 			child_fail(errfd, ST_TTY);
+	char why[480];
+	if (root_enter(&r->root, why, sizeof(why)) < 0)
+		child_fail_msg(errfd, ST_ROOT, why);
+	if (own_root(r)) {
+		if (r->user && r->user[0]) {
+			int e = resolve_user(r->user, cr, why, sizeof(why));
+			if (e) {
+				errno = e;
+				child_fail_msg(errfd, ST_USER, why);
+			}
+		}
+		build_env(r, cr);
+	}
 	for (int i = 0; i < cfg.nrlimits + r->nrl; i++) {
 		const struct rlim_req *q = i < cfg.nrlimits ? &cfg.rlimits[i] : &r->rl[i - cfg.nrlimits];
 		struct rlimit lim = {(rlim_t)q->soft, (rlim_t)q->hard};
@@ -209,7 +244,8 @@ static void child_setup(struct exec_req *r, const struct cred *cr, int fds[3], i
 	stage = privs_after_user(&r->pv);
 	if (stage)
 		child_fail(errfd, stage);
-	const char *cwd = r->cwd ? r->cwd : cfg.workdir ? cfg.workdir : NULL;
+	/* CONFIG's WORKDIR is a place in the guest's root, not in a process's own */
+	const char *cwd = r->cwd ? r->cwd : cfg.workdir && !own_root(r) ? cfg.workdir : NULL;
 	if (cwd && chdir(cwd) < 0)
 		child_fail(errfd, ST_CWD);
 	if (!cwd && cr->set && chdir(cr->home) < 0 && chdir("/") < 0)
@@ -246,6 +282,8 @@ static const char *failure_kind(int stage, int err)
 		return "bad_capabilities";
 	case ST_NNP:
 		return "bad_no_new_privs";
+	case ST_ROOT:
+		return "bad_root";
 	}
 	if (err == ENOENT || err == ENOTDIR)
 		return "not_found";
@@ -306,7 +344,7 @@ static void close_child_fds(int fds[3])
 }
 
 /* Fork and exec; on success the session joins the connection. */
-static void spawn(struct conn *c, uint32_t sid, struct exec_req *r, const struct cred *cr)
+static void spawn(struct conn *c, uint32_t sid, struct exec_req *r, struct cred *cr)
 {
 	struct session *s = session_new(c, sid, S_EXEC);
 	int fds[3], ep[2];
@@ -331,20 +369,24 @@ static void spawn(struct conn *c, uint32_t sid, struct exec_req *r, const struct
 	int fork_errno = errno;
 	close(ep[1]);
 	close_child_fds(fds);
-	int msg[2] = {0, 0};
-	ssize_t got = pid > 0 ? read(ep[0], msg, sizeof(msg)) : 0;
+	struct child_error ce = {0, 0, ""};
+	ssize_t got = pid > 0 ? read(ep[0], &ce, sizeof(ce)) : 0;
 	while (got < 0 && errno == EINTR)
-		got = read(ep[0], msg, sizeof(msg));
+		got = read(ep[0], &ce, sizeof(ce));
 	close(ep[0]);
-	if (pid < 0 || got == (ssize_t)sizeof(msg)) {
-		int e = pid < 0 ? fork_errno : msg[1];
-		const char *kind = pid < 0 ? "resource" : failure_kind(msg[0], e);
+	if (pid < 0 || got == (ssize_t)sizeof(ce)) {
+		int e = pid < 0 ? fork_errno : ce.err;
+		const char *kind = pid < 0 ? "resource" : failure_kind(ce.stage, e);
 		char why[600];
 		/* the new stages name themselves: "true: Operation not permitted" would not say
 		 * that the capability sets were refused */
-		const char *what = pid < 0 ? "fork" : msg[0] == ST_CAPS ? "setting the capabilities"
-			: msg[0] == ST_NNP ? "setting no_new_privs" : r->argv[0];
-		snprintf(why, sizeof(why), "%s: %s", what, strerror(e));
+		const char *what = pid < 0 ? "fork" : ce.stage == ST_CAPS ? "setting the capabilities"
+			: ce.stage == ST_NNP ? "setting no_new_privs" : r->argv[0];
+		ce.msg[sizeof(ce.msg) - 1] = 0;
+		if (pid > 0 && ce.msg[0])
+			snprintf(why, sizeof(why), "%s", ce.msg);
+		else
+			snprintf(why, sizeof(why), "%s: %s", what, strerror(e));
 		if (pid > 0)
 			waitpid(pid, NULL, 0);
 		send_failed(c, sid, e, kind, why);
@@ -374,7 +416,7 @@ void exec_start(struct conn *c, uint32_t sid, const uint8_t *p, uint32_t n)
 	}
 	struct cred cr = {0};
 	char why[300];
-	if (r->user && r->user[0]) {
+	if (r->user && r->user[0] && !own_root(r)) {
 		int e = resolve_user(r->user, &cr, why, sizeof(why));
 		if (e) {
 			send_failed(c, sid, e, "bad_user", why);
@@ -382,7 +424,8 @@ void exec_start(struct conn *c, uint32_t sid, const uint8_t *p, uint32_t n)
 			return;
 		}
 	}
-	build_env(r, &cr);
+	if (!own_root(r))
+		build_env(r, &cr);
 	r->argv[r->argc] = NULL;
 	spawn(c, sid, r, &cr);
 	req_free(r);

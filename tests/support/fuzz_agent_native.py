@@ -7,7 +7,9 @@ Usage: python -m support.fuzz_agent_native SECONDS ROUNDS SEED DIR
 The agent runs as root here, so it is confined: new mount, UTS, network and PID namespaces
 (it is PID 2 there: no PID-1 duties), every mount remounted read-only except DIR/work (its
 cwd) and DIR/run (its socket), and the requests name only paths under DIR/work and
-harmless programs (true, cat).
+harmless programs (true, cat); EXEC's ROOT names DIR/work or a root under it whose links
+lead out of it, and its MOUNTs and JOINs are sent whole, misshapen and hostile (a child's
+mounts are its own namespace's, a slave of the confined one).
 What must hold: no sanitizer report and no crash, every frame the agent sends is well
 formed, and after the run a clean connection still gets an answer to PING, and SHUTDOWN
 (which no random frame may be: it ends the agent) a DONE and a clean exit.
@@ -111,7 +113,23 @@ class Fuzzer:
                 return r.randbytes(r.randrange(0, 48))
             return P.CAPS.pack(*(r.choice([0, 1 << 10, (1 << 41) - 1, r.getrandbits(41),
                                            r.getrandbits(64)]) for _ in range(5)))
-        if tag in (G.UMASK, G.NO_NEW_PRIVS, G.READONLY_ROOT) and r.random() < 0.9:
+        if tag == G.ROOT:     # a process's own root: mostly real dirs (one with hostile links)
+            return r.choice([str(self.dir / "root"), str(self.dir), str(self.dir / "f"),
+                             str(self.dir / "nonexistent"), "relative", "", "/a\x00b",
+                             "/" + "x" * 4100]).encode()
+        if tag == G.MOUNT:    # u32 flags, SOURCE, NUL, DESTINATION: sometimes misshapen
+            raw = P.U64.pack(r.choice([0, 1, 2, 3, 4, r.getrandbits(32)]))[:4]
+            raw += r.choice([b"", b"size=1m,mode=700", b"nr_inodes=x", str(self.dir).encode(),
+                             str(self.dir / "f").encode(), b"/nonexistent", b"relative",
+                             b"x" * 5000])
+            if r.random() < 0.9:
+                raw += b"\0" + r.choice([b"/m", b"/up/m", b"/etc/m", b"/../../m", b"/etc",
+                                          b"/", b"/a/b/c/../../d", b"", b"rel", b"/d\0e",
+                                          b"/" + b"y" * 5000])
+            return raw if r.random() < 0.9 else raw[:r.randrange(0, 6)]
+        if tag == G.JOIN and r.random() < 0.9:   # pids of this PID namespace, and nonsense
+            return P.U64.pack(r.choice([0, 1, 2, 3, 4, 5, 2**22, 2**22 + 1, 2**64 - 1]))
+        if tag in (G.UMASK, G.NO_NEW_PRIVS, G.READONLY_ROOT, G.ROOT_READONLY) and r.random() < 0.9:
             return P.U64.pack(r.choice([0, 1, 2, 0o22, 0o777, 0o1000, 2**64 - 1]))
         if tag == G.ENV:
             return r.choice([b"A=b", b"noequals", b"=", b"PATH=/bin:/usr/bin", b"X=" + b"y" * 1000])
@@ -120,7 +138,8 @@ class Fuzzer:
     def fields(self, type_):
         r = self.rnd
         tags = {T.EXEC: [G.ARGV, G.ARGV, G.ENV, G.CWD, G.USER, G.TTY, G.ROWS, G.COLS, G.RLIMIT,
-                         G.GROUPS, G.UMASK, G.NO_NEW_PRIVS, G.CAPS],
+                         G.GROUPS, G.UMASK, G.NO_NEW_PRIVS, G.CAPS, G.ROOT, G.MOUNT, G.MOUNT,
+                         G.ROOT_READONLY, G.JOIN],
                 # READONLY_ROOT: refused, the agent being PID 2 here (and the root is
                 # read-only already)
                 T.CONFIG: [G.ENV, G.WORKDIR, G.HOSTNAME, G.RLIMIT, G.READONLY_ROOT],
@@ -220,6 +239,10 @@ def main(budget, seed, d):
     work, run = d / "work", d / "run"
     work.mkdir()
     run.mkdir()
+    # a root for EXEC's ROOT with links that lead out of it (the child's mounts must not)
+    (work / "root" / "dir").mkdir(parents=True)
+    os.symlink("/", work / "root" / "etc")
+    os.symlink("../../../..", work / "root" / "up")
     agent = build()
     log = open(d / "agent.log", "w+")
     proc = subprocess.Popen(["unshare", "-m", "-u", "-n", "-p", "-f", "--mount-proc", "sh", "-c", CONFINE,
