@@ -6,16 +6,23 @@ of the sandbox while a member still runs, leaves a bound host directory whole an
 nothing mounted (tests/test_runtime_cri.py runs the same model under containerd)."""
 import json
 import os
+import shutil
 import time
 
 import pytest
 
 from support.proctable import alive
 from support.test_engine import ENGINE
-from test_runtime_vm import Shim, make_bundle, pytestmark, rootfs, rt, state  # noqa: F401  (rootfs: the fixture)
+from support.rootfs_dir import unpack_busybox_rootfs
+from test_runtime_vm import Shim, make_bundle, pytestmark, rt, state
 
 pytestmark = pytestmark + [pytest.mark.skipif(os.geteuid() != 0,
                                               reason="a pod VM's binds need root")]
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory):
+    return unpack_busybox_rootfs(tmp_path_factory.mktemp("pod-rootfs"))
+
 
 SANDBOX = {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "sb"}
 
@@ -37,7 +44,6 @@ def bundle_for(tmp_path, rootfs, name, args, annotations, **extra):
 
 def own_rootfs(tmp_path, rootfs, name):
     """A copy of the busybox tree for one member (its root is written through)."""
-    import shutil
     d = tmp_path / f"{name}-rootfs"
     shutil.copytree(rootfs, d, symlinks=True)
     return d

@@ -3,10 +3,8 @@ members of a pod and of which sandbox, when a member may join its pod VM, the st
 member keeps, and the host mounts a member is made of: bound where the pod VM's file
 server sees them, and taken away without ever losing a file of a user's directory bound
 in (scenarios in tests/support/pod_mounts.py, as root in a private mount namespace)."""
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
