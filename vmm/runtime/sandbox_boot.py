@@ -11,6 +11,8 @@ mounts.
 - tmpfs mounts are made by the guest agent (a tmpfs of the guest's own memory).
 - root.readonly: once the files are copied in and the mounts made, the agent remounts the
   guest's root read-only (EROFS, as under runc); the mounts on it keep their own modes.
+- A Kubernetes pod's sandbox container boots the pod VM: it also gets the pod share
+  (pod.py), and takes over the pod's interface. (A pod's other containers boot nothing.)
 """
 from __future__ import annotations
 
