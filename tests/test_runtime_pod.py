@@ -96,6 +96,7 @@ def test_members_share_the_pod_vm_and_leave_a_users_files(tmp_path, rootfs):
         assert rt(root, "exec", "m1", "cat", "/data/keep.txt").stdout == "keep\n"
         assert rt(root, "exec", "m2", "test", "-e", "/data/keep.txt", check=False).returncode == 1
         assert rt(root, "exec", "m1", "sh", "-c", "grep -c ' /scratch tmpfs' /proc/mounts").stdout == "1\n"
+        assert "the pod sandbox's" in (root / "m1" / "not-applied.txt").read_text()
         st = json.loads((root / "m1" / "state.json").read_text())
         assert st["pod_sandbox"] == "sb" and st["guest_pid"] > 1
         # Pausing one member would freeze the pod: refused, saying so.

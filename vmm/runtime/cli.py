@@ -167,6 +167,10 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
                                 created=now_rfc3339(), annotations=bundle.annotations_dict,
                                 pod_sandbox=pod_vm.id if pod_vm else None,
                                 pod_dir=pod_vm.pod_dir if pod_vm else None))
+    if pod_vm is not None:
+        from dataclasses import replace
+        from .pod import MEMBER_NOTE
+        bundle = replace(bundle, unhonoured=bundle.unhonoured + (MEMBER_NOTE,))
     _record_unhonoured(store, cid, bundle, log)
     try:
         stdio = ContainerStdio.with_console(args.console_socket) if bundle.process.terminal \

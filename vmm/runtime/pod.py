@@ -48,6 +48,9 @@ MEMBER_ANNOTATIONS = (
 SANDBOX_TYPES = (("io.kubernetes.cri.container-type", "sandbox"),
                  ("io.kubernetes.cri-o.ContainerType", "sandbox"))
 TMPFS_OPTIONS = ("size=", "mode=", "nr_inodes=")
+# What a member's bundle asks that its pod VM, booted by the sandbox, decides instead.
+MEMBER_NOTE = ("linux.resources, vmm.* annotations, hostname: the container runs in its pod's "
+               "VM, whose size and hostname are the pod sandbox's (a VM cannot grow)")
 
 
 def is_pod_sandbox(annotations: dict) -> bool:
