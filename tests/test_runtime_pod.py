@@ -104,6 +104,20 @@ def test_members_share_the_pod_vm_and_leave_a_users_files(tmp_path, rootfs):
         assert r.returncode == 1 and "every container of the pod" in r.stderr, r.stderr
         assert state(root, "m1")["status"] == "running"
 
+        # A member whose monitor is killed outright: its process goes from the pod VM too.
+        m3 = Shim(tmp_path, root, bundle_for(tmp_path, rootfs, "m3-bundle", ["sleep", "4242"],
+                                             member_annotations(engine)), "m3")
+        rt(root, "start", "m3")
+        assert "sleep 4242" in rt(root, "exec", "m2", "ps").stdout   # one pid namespace
+        os.kill(m3.pid, 9)
+        assert m3.exit_code() == 128 + 9
+        deadline = time.monotonic() + 30
+        while "sleep 4242" in rt(root, "exec", "m2", "ps").stdout:
+            assert time.monotonic() < deadline, "the killed member's process lives on"
+            time.sleep(0.2)
+        rt(root, "delete", "m3")
+        assert not (root / "sb" / "pod" / "m3").exists()
+
         # A forced delete of the running member with the user's directory bound in.
         rt(root, "delete", "--force", "m1")
         assert members["m1"].exit_code() == 128 + 9
@@ -117,7 +131,7 @@ def test_members_share_the_pod_vm_and_leave_a_users_files(tmp_path, rootfs):
         assert members["m2"].exit_code() == 255      # its VM went away under it
         rt(root, "delete", "m2")
     finally:
-        for name in ("m1", "m2", "sb"):
+        for name in ("m1", "m2", "m3", "sb"):
             rt(root, "delete", "--force", name, check=False)
     assert mounted_under(root) == [] and rt(root, "list", "-q").stdout == ""
     assert not any(alive(s.pid) for s in [sb, *members.values()])
