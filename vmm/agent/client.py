@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .container_root import ContainerRoot
 
 DEFAULT_VSOCK_PORT = 1024
+MAX_PID = 4194304   # PID_MAX_LIMIT: the agent refuses a larger JOIN
 
 
 def _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits, privs=None, root=None,
@@ -72,8 +73,9 @@ def _root_fields(root, join_pid) -> List[Tuple[int, object]]:
         raise ValueError("root and join_pid exclude each other: a joined process has "
                          "its root from the process it joins")
     if join_pid is not None:
-        if isinstance(join_pid, bool) or not isinstance(join_pid, int) or not 1 < join_pid < 2**63:
-            raise ValueError(f"join_pid must be a guest pid above 1, not {join_pid!r}")
+        if isinstance(join_pid, bool) or not isinstance(join_pid, int) or \
+                not 1 < join_pid <= MAX_PID:
+            raise ValueError(f"join_pid must be a guest pid in 2..{MAX_PID}, not {join_pid!r}")
         return [(G.JOIN, join_pid)]
     if root is None:
         return []
