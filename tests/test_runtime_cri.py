@@ -317,6 +317,10 @@ def test_pod_network_from_cni_is_the_guests(cri, node_netns, tmp_path):
             config, mounts=[(shared, "/data")]), config)
         ids.append(side)
         client.start_container(side)
+        # Its pid (its monitor) is in the pod's network namespace, as runc's process is.
+        side_pid = runtime_state(side)["pid"]
+        assert os.stat(f"/proc/{side_pid}/ns/net").st_ino == \
+            os.stat(f"/proc/{runtime_state(pod)['pid']}/ns/net").st_ino
         # One VM: one boot id, our kernel, sized by the pod's annotation (512 MiB without).
         boot_id = run(web, "cat /proc/sys/kernel/random/boot_id")
         assert boot_id.strip() and run(side, "cat /proc/sys/kernel/random/boot_id") == boot_id

@@ -205,11 +205,15 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
 def _join_pod_vm(store: StateStore, cid: str, bundle, pod_vm):
     """A pod member's boot: its root and binds under the pod share, a connection to the
     pod VM's agent (pod.py). Its binds go again if it cannot join."""
+    from .netns import enter, is_own_namespace
     from .pod import MemberVm, bind_member, container_root, unbind_member
     spec = bind_member(pod_vm.pod_dir, cid, bundle)
     try:
         store.update(cid, pod_root=spec)
-        return MemberVm(pod_vm, container_root(spec))
+        member = MemberVm(pod_vm, container_root(spec))
+        if bundle.network == "join" and not is_own_namespace(bundle.netns):
+            enter(bundle.netns)   # the pod's: /proc/<pid>/ns/net names it, as runc's would
+        return member
     except BaseException:
         unbind_member(pod_vm.pod_dir, cid)
         raise
