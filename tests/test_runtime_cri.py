@@ -3,10 +3,12 @@ kubelet drives it (tests/support/cri_client.py), with pods whose RuntimeClass ha
 "vmm" from docs/containerd-vmm.toml. Images, the pod's pause image included, come from a
 registry the test starts on loopback (no internet).
 
-Each container of a pod is a microVM of its own, the pause container too: the test counts
-the monitors, checks from inside that a container runs under our guest kernel, and that
-after StopPodSandbox + RemovePodSandbox nothing of the pod is left running (no monitor,
-shim, VM or virtiofsd)."""
+A pod is one microVM (vmm/runtime/pod.py): its sandbox (pause) container boots it, and each
+of the pod's containers runs in it with a root of its own. The tests check from inside
+that the containers run under our guest kernel, in one VM (one boot id), each in its own
+root, sharing localhost and the pod IP; and that after StopPodSandbox + RemovePodSandbox
+nothing of the pod is left: no monitor, shim, VM or virtiofsd, no mount, no state
+directory, and a host directory bound into a container keeps all its files."""
 import json
 import os
 import re
@@ -122,7 +124,7 @@ def cri(tmp_path_factory, registry, node_netns):
         forward.close()
 
 
-def sandbox_config(name, log_dir: Path, network=cri_api.NODE):
+def sandbox_config(name, log_dir: Path, network=cri_api.NODE, annotations=None):
     """A pod's PodSandboxConfig as the kubelet fills it for a pod of one namespace: each
     container its own pid namespace, the pod's ipc namespace shared."""
     uid = uuid.uuid4().hex
@@ -131,18 +133,20 @@ def sandbox_config(name, log_dir: Path, network=cri_api.NODE):
     return message("PodSandboxConfig")(
         metadata=message("PodSandboxMetadata")(name=name, uid=uid, namespace="default"),
         hostname=name, log_directory=str(log_dir),
-        labels={"app": name, "io.kubernetes.pod.name": name},
+        labels={"app": name, "io.kubernetes.pod.name": name}, annotations=annotations or {},
         linux=message("LinuxPodSandboxConfig")(
             security_context=message("LinuxSandboxSecurityContext")(namespace_options=ns)))
 
 
-def container_config(name, image, command, log_path, sandbox):
+def container_config(name, image, command, log_path, sandbox, mounts=()):
     """A ContainerConfig as the kubelet fills it: the pod's namespace options repeated in
-    the container's security context (containerd reads the container's own)."""
+    the container's security context (containerd reads the container's own). mounts:
+    (host path, container path) pairs, bound read-write."""
     ns = sandbox.linux.security_context.namespace_options
     return message("ContainerConfig")(
         metadata=message("ContainerMetadata")(name=name), image=message("ImageSpec")(image=image),
         command=command, log_path=log_path,
+        mounts=[message("Mount")(host_path=str(h), container_path=c) for h, c in mounts],
         envs=[message("KeyValue")(key="FROM_POD", value="hello")],
         labels={"io.kubernetes.container.name": name},
         linux=message("LinuxContainerConfig")(
@@ -176,6 +180,23 @@ def wait_gone(ids, timeout=60):
     return processes_naming(*ids)
 
 
+# Where containerd's runc shim keeps the runtime's state (--root) for CRI's namespace.
+RUNTIME_ROOT = Path("/run/containerd/runc/k8s.io")
+
+
+def runtime_state(cid):
+    """The runtime's state.json of a container (vmm/runtime/state.py)."""
+    return json.loads((RUNTIME_ROOT / cid / "state.json").read_text())
+
+
+def left_on_host(ids):
+    """What the containers ids still hold on the host: mounts naming them (the pod share,
+    a member's binds; containerd shares this mount namespace) and state directories."""
+    mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+              if any(i in line for i in ids)]
+    return mounts + [str(RUNTIME_ROOT / i) for i in ids if (RUNTIME_ROOT / i).exists()]
+
+
 def test_pod_on_host_network_runs_containers_as_microvms(cri, node_netns):
     client, d, host = cri
     pause, busybox = f"{host}/vmm-test/pause:1", f"{host}/vmm-test/busybox:1"
@@ -188,18 +209,19 @@ def test_pod_on_host_network_runs_containers_as_microvms(cri, node_netns):
         status = client.pod_sandbox_status(pod)
         assert status.state == cri_api.SANDBOX_READY and status.runtime_handler == "vmm"
         assert [p.id for p in client.list_pod_sandbox(pod)] == [pod]
-        # The pause container is a microVM of its own: one monitor holds the pod's id.
+        # The pause container boots the pod VM: one monitor holds the pod's id.
         assert len(monitors_of(pod)) == 1
 
         # A command to its exit: its output and exit code come back through CRI.
         once = client.create_container(pod, container_config(
-            "once", busybox, ["sh", "-c", "uname -r; echo $FROM_POD; hostname; exit 3"],
+            "once", busybox, ["sh", "-c", "uname -r; echo $FROM_POD; hostname; "
+                              "cat /proc/sys/kernel/random/boot_id; exit 3"],
             "once.log", config), config)
         ids.append(once)
         client.start_container(once)
         st = wait_exited(client, once)
         assert st.exit_code == 3, (st.reason, st.message)
-        release, env, hostname = log_lines(d / "pods" / "pod-host" / "once.log")
+        release, env, hostname, boot_id = log_lines(d / "pods" / "pod-host" / "once.log")
         assert our_kernel(release), release
         assert env == "hello"
         assert hostname   # a host-network pod gets the node's hostname, as with runc
@@ -220,7 +242,11 @@ def test_pod_on_host_network_runs_containers_as_microvms(cri, node_netns):
         assert "vmmtap0" not in sh("ip", "-n", node_netns, "link", "show")
         code, out, err = client.exec_sync(sleeper, ["sh", "-c", "echo to-err >&2; exit 7"])
         assert (code, out, err) == (7, b"", b"to-err\n")
-        # Two microVMs run now: the pause container's and the sleeper's.
+        # One VM runs: the pod's. Both containers ran in it (one boot id), as members.
+        code, out, err = client.exec_sync(sleeper, ["cat", "/proc/sys/kernel/random/boot_id"])
+        assert (code, out.decode().strip()) == (0, boot_id), (out, err)
+        assert runtime_state(sleeper)["pod_sandbox"] == pod
+        assert runtime_state(sleeper)["agent_socket"] == runtime_state(pod)["agent_socket"]
         assert len(monitors_of(pod)) == 1 and len(monitors_of(sleeper)) == 1
 
         client.stop_container(sleeper, timeout=2)
@@ -236,21 +262,35 @@ def test_pod_on_host_network_runs_containers_as_microvms(cri, node_netns):
         if not removed:   # a failed test still takes its pod away
             client.stop_pod_sandbox(pod)
             client.remove_pod_sandbox(pod)
-    # Nothing of the pod is left: no monitor, shim, VM or virtiofsd.
+    # Nothing of the pod is left: no monitor, shim, VM or virtiofsd, mount or state.
     assert wait_gone(ids) == {}
+    assert left_on_host(ids) == []
 
 
 @pytest.mark.skipif(not CNI_BIN, reason="no CNI plugins (apt-get install containernetworking-plugins)")
-def test_pod_network_from_cni_is_the_guests(cri, node_netns):
-    """A pod with its own network: CNI's address (PodSandboxStatus) is the guest's eth0
-    address, and a server in the guest is reached at it from the node's side of the pod
-    network (the bridge)."""
+def test_pod_network_from_cni_is_the_guests(cri, node_netns, tmp_path):
+    """A pod with its own network, as one microVM: CNI's address (PodSandboxStatus) is the
+    guest's eth0 address, and a server in the guest is reached at it from the node's side
+    of the pod network (the bridge). A sidecar runs in the same VM (one boot id) with a
+    root of its own, reaches the server over localhost, and a host directory bound into it
+    keeps all its files after the pod goes. The pod's vmm.ram_mib annotation (passed
+    through by docs/containerd-vmm.toml's pod_annotations) sizes the pod VM."""
     client, d, host = cri
     busybox = f"{host}/vmm-test/busybox:1"
     client.pull_image(busybox)
-    config = sandbox_config("pod-net", d / "pods" / "pod-net", network=cri_api.POD)
+    shared = tmp_path / "shared"
+    (shared / "sub").mkdir(parents=True)
+    (shared / "keep.txt").write_text("host file\n")
+    (shared / "sub" / "deep.txt").write_text("deep\n")
+    config = sandbox_config("pod-net", d / "pods" / "pod-net", network=cri_api.POD,
+                            annotations={"vmm.ram_mib": "320"})
     pod = client.run_pod_sandbox(config, "vmm")
     ids, removed = [pod], False
+
+    def run(cid, script):
+        code, out, err = client.exec_sync(cid, ["sh", "-c", script])
+        assert code == 0, (cid, script, out, err)
+        return out.decode()
     try:
         ip = client.pod_sandbox_status(pod).network.ip
         assert re.fullmatch(rf"{re.escape(POD_SUBNET)}\.\d+", ip), ip
@@ -262,7 +302,7 @@ def test_pod_network_from_cni_is_the_guests(cri, node_netns):
         code, out, err = client.exec_sync(web, ["busybox", "ip", "-4", "addr", "show", "dev", "eth0"])
         assert code == 0, (out, err)
         assert re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", out.decode()) == [ip], out
-        # The pause container holds the namespace; the web container's VM has the NIC.
+        # The pause container's VM, the pod VM, has the NIC; the web container runs in it.
         assert len(monitors_of(pod)) == 1 and len(monitors_of(web)) == 1
         page, deadline = "", time.monotonic() + 60
         while not our_kernel(page) and time.monotonic() < deadline:
@@ -270,13 +310,42 @@ def test_pod_network_from_cni_is_the_guests(cri, node_netns):
                       f"http://{ip}:8080/index.html", check=False)
             time.sleep(0.5)
         assert our_kernel(page), page
-        # A second running container cannot also have the pod's interface: refused, saying so.
-        second = client.create_container(pod, container_config(
-            "second", busybox, ["sleep", "1000"], "second.log", config), config)
-        ids.append(second)
-        with pytest.raises(cri_api.CRIError, match="already another VM's NIC"):
-            client.start_container(second)
-        assert len(monitors_of(web)) == 1 and not monitors_of(second)
+
+        # A sidecar, with a host directory bound in: a second running container of the pod.
+        side = client.create_container(pod, container_config(
+            "side", busybox, ["sh", "-c", "echo side > /side-root; exec sleep 1000"], "side.log",
+            config, mounts=[(shared, "/data")]), config)
+        ids.append(side)
+        client.start_container(side)
+        # Its pid (its monitor) is in the pod's network namespace, as runc's process is.
+        side_pid = runtime_state(side)["pid"]
+        assert os.stat(f"/proc/{side_pid}/ns/net").st_ino == \
+            os.stat(f"/proc/{runtime_state(pod)['pid']}/ns/net").st_ino
+        # One VM: one boot id, our kernel, sized by the pod's annotation (512 MiB without).
+        boot_id = run(web, "cat /proc/sys/kernel/random/boot_id")
+        assert boot_id.strip() and run(side, "cat /proc/sys/kernel/random/boot_id") == boot_id
+        assert our_kernel(run(side, "uname -r"))
+        mem_kib = int(re.search(r"MemTotal:\s+(\d+) kB", run(side, "cat /proc/meminfo")).group(1))
+        assert 200 << 10 < mem_kib <= 320 << 10, mem_kib
+        # Shared localhost: the sidecar reaches the web server at 127.0.0.1.
+        assert our_kernel(run(side, "busybox wget -q -O - http://127.0.0.1:8080/index.html"))
+        # Each its own root: ExecSync runs in the sidecar's (its command's file is there),
+        # and neither sees a file of the other's.
+        assert run(side, "cat /side-root") == "side\n"
+        assert client.exec_sync(web, ["test", "-e", "/side-root"])[0] == 1
+        assert client.exec_sync(side, ["test", "-e", "/tmp/index.html"])[0] == 1
+        assert client.exec_sync(web, ["test", "-e", "/data/keep.txt"])[0] == 1
+        # The host directory is the sidecar's, live both ways.
+        assert run(side, "cat /data/keep.txt /data/sub/deep.txt; echo new > /data/new.txt") == \
+            "host file\ndeep\n"
+        assert (shared / "new.txt").read_text() == "new\n"
+        (shared / "late.txt").write_text("late\n")
+        assert run(side, "cat /data/late.txt") == "late\n"
+
+        for cid in (side, web):   # as the kubelet: the containers, then the pod
+            client.stop_container(cid, timeout=2)
+            client.remove_container(cid)
+        assert left_on_host([side, web]) == []
         client.stop_pod_sandbox(pod)
         client.remove_pod_sandbox(pod)
         removed = True
@@ -285,5 +354,11 @@ def test_pod_network_from_cni_is_the_guests(cri, node_netns):
             client.stop_pod_sandbox(pod)
             client.remove_pod_sandbox(pod)
     assert wait_gone(ids) == {}
+    assert left_on_host(ids) == []
+    # The user's directory lost nothing through the pod's binds and their removal.
+    assert sorted(str(p.relative_to(shared)) for p in shared.rglob("*")) == \
+        ["keep.txt", "late.txt", "new.txt", "sub", "sub/deep.txt"]
+    assert (shared / "keep.txt").read_text() == "host file\n"
+    assert (shared / "sub" / "deep.txt").read_text() == "deep\n"
     # CNI took its veth back: nothing of the pod is left on the node's bridge.
     assert "veth" not in sh("ip", "-n", node_netns, "link", "show", "type", "veth")

@@ -1,7 +1,6 @@
 """vmm-runtime's network namespace rules that a Kubernetes pod depends on, without a VM:
 the runtime never takes over the host's own interface (a path naming its own namespace),
-a pod's pause container leaves the pod's interface to the containers, an interface
-another VM already holds is refused by name, and the monitor's thread can join the
+an interface another VM already holds is refused by name, and the monitor's thread can join the
 namespace (so /proc/<container pid>/ns/net is the container's, as with runc)."""
 import os
 import subprocess
@@ -11,7 +10,7 @@ import uuid
 import pytest
 
 from vmm.errors import ConfigError
-from vmm.runtime.netns import attach, enter, pod_sandbox
+from vmm.runtime.netns import attach, enter
 
 root_only = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/sbin/tc")
                                and not os.path.exists("/sbin/tc"),
@@ -37,31 +36,13 @@ def pod_netns():
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def test_pod_sandbox_is_told_by_the_cri_annotation():
-    assert pod_sandbox({"io.kubernetes.cri.container-type": "sandbox"})
-    assert pod_sandbox({"io.kubernetes.cri-o.ContainerType": "sandbox"})
-    assert not pod_sandbox({"io.kubernetes.cri.container-type": "container"})
-    assert not pod_sandbox({})
-
-
 def test_the_runtimes_own_namespace_is_never_taken_over():
     # CRI names a pod's namespace as /proc/<pause pid>/ns/net; were that the host's, the
     # VM would take the host's interface. Refused, naming why.
     with pytest.raises(ConfigError, match="runtime's own"):
         attach("/proc/self/ns/net")
     with pytest.raises(ConfigError, match="runtime's own"):
-        attach(f"/proc/{os.getpid()}/ns/net", take_interface=False)
-
-
-@root_only
-def test_pause_container_leaves_the_pod_interface(pod_netns):
-    assert attach(pod_netns, take_interface=False) is None
-    name = os.path.basename(pod_netns)
-    qdiscs = subprocess.run(["ip", "netns", "exec", name, "tc", "qdisc", "show", "dev", "eth0",
-                             "ingress"], capture_output=True, text=True, check=True).stdout
-    links = subprocess.run(["ip", "-n", name, "link", "show"], capture_output=True, text=True,
-                           check=True).stdout
-    assert qdiscs.strip() == "" and "vmmtap0" not in links   # untouched
+        attach(f"/proc/{os.getpid()}/ns/net")
 
 
 @root_only

@@ -160,8 +160,17 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
         raise RuntimeFailure("cannot allocate tty if runc will detach without setting console socket")
     if not bundle.process.terminal and args.console_socket:
         raise RuntimeFailure("cannot use console socket if runc will not detach or allocate tty")
+    from .pod import member_sandbox, pod_vm_of
+    sid = member_sandbox(bundle.annotations_dict, cid)
+    pod_vm = pod_vm_of(store, sid) if sid else None   # None: a VM of its own
     store.create(ContainerState(id=cid, bundle=bundle.path, rootfs=bundle.root,
-                                created=now_rfc3339(), annotations=bundle.annotations_dict))
+                                created=now_rfc3339(), annotations=bundle.annotations_dict,
+                                pod_sandbox=pod_vm.id if pod_vm else None,
+                                pod_dir=pod_vm.pod_dir if pod_vm else None))
+    if pod_vm is not None:
+        from dataclasses import replace
+        from .pod import MEMBER_NOTE
+        bundle = replace(bundle, unhonoured=bundle.unhonoured + (MEMBER_NOTE,))
     _record_unhonoured(store, cid, bundle, log)
     try:
         stdio = ContainerStdio.with_console(args.console_socket) if bundle.process.terminal \
@@ -171,8 +180,11 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
         raise
     def start():
         booted_bundle = _enter_network(store, cid, bundle, log)
-        mon = Monitor(store, cid, booted_bundle, stdio, log,
-                      boot=lambda: boot_sandbox(booted_bundle, store.dir(cid), log))
+        if pod_vm is None:
+            boot = lambda: boot_sandbox(booted_bundle, store.dir(cid), log)   # noqa: E731
+        else:
+            boot = lambda: _join_pod_vm(store, cid, booted_bundle, pod_vm)    # noqa: E731
+        mon = Monitor(store, cid, booted_bundle, stdio, log, boot=boot)
         try:
             mon.create()
         except BaseException as e:
@@ -180,13 +192,42 @@ def cmd_create(store: StateStore, args, log: RuntimeLog) -> int:
             raise RuntimeFailure(_message(e) or type(e).__name__) from None
         return mon.run
     try:
-        pid = fork_holder(stdio, log, start, CREATE_TIMEOUT_S, "starting the VM")
+        pid = fork_holder(stdio, log, start, CREATE_TIMEOUT_S,
+                          "starting the VM" if pod_vm is None else "joining the pod VM")
     except RuntimeFailure:
-        store.remove(cid)
+        _remove(store, store.load(cid))
         raise
     if args.pid_file:
         write_pid_file(args.pid_file, pid)
     return 0
+
+
+def _join_pod_vm(store: StateStore, cid: str, bundle, pod_vm):
+    """A pod member's boot: its root and binds under the pod share, a connection to the
+    pod VM's agent (pod.py). Its binds go again if it cannot join."""
+    from .netns import enter, is_own_namespace
+    from .pod import MemberVm, bind_member, container_root, unbind_member
+    spec = bind_member(pod_vm.pod_dir, cid, bundle)
+    try:
+        store.update(cid, pod_root=spec)
+        member = MemberVm(pod_vm, container_root(spec))
+        if bundle.network == "join" and not is_own_namespace(bundle.netns):
+            enter(bundle.netns)   # the pod's: /proc/<pid>/ns/net names it, as runc's would
+        return member
+    except BaseException:
+        unbind_member(pod_vm.pod_dir, cid)
+        raise
+
+
+def _remove(store: StateStore, st: ContainerState) -> None:
+    """The container's state and what it holds on the host: a member's binds under its
+    pod's share, a sandbox's share (every member's binds), unmounted first."""
+    from .pod import release_pod_dir, unbind_member
+    if st.pod_sandbox and st.pod_dir:
+        unbind_member(st.pod_dir, st.id)
+    elif st.pod_dir:
+        release_pod_dir(st.pod_dir)
+    store.remove(st.id)
 
 
 def _enter_network(store: StateStore, cid: str, bundle, log: RuntimeLog):
@@ -308,7 +349,7 @@ def cmd_delete(store: StateStore, args, log: RuntimeLog) -> int:
             time.sleep(0.05)
         if st.alive():
             _kill_monitor(st)
-    store.remove(st.id)
+    _remove(store, st)
     _run_hooks_of(st, "poststop", STOPPED, 0, log)
     return 0
 
@@ -396,10 +437,13 @@ def cmd_exec(store: StateStore, args, log: RuntimeLog) -> int:
 def cmd_pause(store: StateStore, args, log: RuntimeLog) -> int:
     """pause and resume: the monitor freezes or thaws the whole VM."""
     from .monitor import request
+    from .pod import refuse_pause
     st = store.load(args.id)
     status = st.current_status()
     if status not in LIVE:
         raise RuntimeFailure("container not running" if args.command == "pause" else "container not paused")
+    if st.pod_sandbox:
+        raise RuntimeFailure(f"cannot {args.command} container {st.id}: {refuse_pause(st.pod_sandbox)}")
     reply = request(store, st.id, {"op": args.command})
     if "error" in reply:
         raise RuntimeFailure(str(reply["error"]))

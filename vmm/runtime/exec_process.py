@@ -134,8 +134,17 @@ def _start(st: ContainerState, stdio, p: ProcessSpec):
         client.wait_ready(10)
     except (OSError, AgentError) as e:
         raise RuntimeFailure(f"cannot reach the container's VM: {e}") from None
+    target = client
+    if st.pod_sandbox:   # a pod's container: its own root in the pod VM (pod.py)
+        from .pod import JoinedClient, container_root
+        try:
+            target = JoinedClient(client, st.guest_pid,
+                                  None if st.guest_pid else container_root(st.pod_root or {}))
+        except (KeyError, ValueError) as e:
+            client.close()
+            raise RuntimeFailure(f"the container's root in its pod VM is unreadable: {e}") from None
     try:
-        return client, stdio.spawn(client, p)
+        return client, stdio.spawn(target, p)
     except ExecFailed as e:
         client.close()
         raise RuntimeFailure(f'unable to start container process: exec: "{p.args[0]}": {e}') from None

@@ -28,5 +28,8 @@ def features() -> dict:
             "io.github.vmm.sizing": f"{ANNOTATION_CPUS}, {ANNOTATION_MEMORY} (annotations); "
                                     "linux.resources.cpu and .memory size the VM",
             "io.github.vmm.not-applied": "; ".join(sorted(HOST_ONLY_LINUX)),
+            "io.github.vmm.pod": "one VM per pod: the CRI sandbox container boots it, the "
+                                 "pod's containers run in it (io.kubernetes.cri.* or "
+                                 "io.kubernetes.cri-o.* annotations), each in its own root",
         },
     }

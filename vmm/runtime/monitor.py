@@ -53,7 +53,8 @@ class Monitor:
         self._listen()
         self.store.update(self.cid, status=CREATED, pid=os.getpid(),
                           pid_start=process_start_time(os.getpid()),
-                          agent_socket=self.sandbox.socket_path)
+                          agent_socket=self.sandbox.socket_path,
+                          pod_dir=getattr(self.sandbox, "pod_dir", None))
 
     def run(self) -> int:
         """After create(): waits for start (or a kill), runs the process, returns the status."""
@@ -140,7 +141,8 @@ class Monitor:
             self._end_code = START_FAILED
             self._start.set()
             raise
-        self.store.update(self.cid, status=RUNNING)
+        # guest_pid: where `exec` into a pod's container joins its mount namespace
+        self.store.update(self.cid, status=RUNNING, guest_pid=getattr(self.proc, "pid", None))
         self._start.set()
         return {"ok": True}
 

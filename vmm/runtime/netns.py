@@ -138,18 +138,9 @@ def enter(netns: str) -> None:
         os.close(fd)
 
 
-def pod_sandbox(annotations: dict) -> bool:
-    """Whether a bundle is a Kubernetes pod's sandbox (pause) container, by the annotation
-    containerd's CRI plugin (or CRI-O) puts on it."""
-    return (annotations.get("io.kubernetes.cri.container-type") == "sandbox"
-            or annotations.get("io.kubernetes.cri-o.ContainerType") == "sandbox")
-
-
-def attach(netns: str, dns: Optional[str] = None,
-           take_interface: bool = True) -> Optional[NamespaceNic]:
-    """The VM's NIC in netns, or None if netns has only loopback (the VM gets none), or
-    take_interface is False: a pod's pause container, which only holds the namespace,
-    leaves the pod's interface to the container that serves on it."""
+def attach(netns: str, dns: Optional[str] = None) -> Optional[NamespaceNic]:
+    """The VM's NIC in netns, or None if netns has only loopback (the VM gets none). In a
+    Kubernetes pod the sandbox (pause) container's VM, the pod VM, takes it (pod.py)."""
     if not os.path.exists(netns):
         raise ConfigError(f"network namespace {netns} does not exist")
     if is_own_namespace(netns):
@@ -157,15 +148,13 @@ def attach(netns: str, dns: Optional[str] = None,
         # container joining the host's namespace as one with the host's network).
         raise ConfigError(f"network namespace {netns} is the runtime's own (the host's): "
                           "the VM does not take over the host's interface")
-    if not take_interface:
-        return None
     info = namespace_interface(netns)
     if info is None:
         return None
     if _ns(netns, ["tc", "qdisc", "show", "dev", info["ifname"], "ingress"]).strip():
         raise ConfigError(f"network namespace {netns}: its interface {info['ifname']} is "
-                          "already another VM's NIC (in a pod, one running container at a "
-                          "time can have the pod's network)")
+                          "already another VM's NIC (one VM holds a network namespace's "
+                          "interface; a Kubernetes pod's containers share its pod VM)")
     fd = _open_tap_in(netns, TAP_NAME)
     nic = NamespaceNic(netns, info["ifname"], TAP_NAME, fd,
                        TapNetwork(fd=fd, address=info["address"], gateway=info["gateway"],

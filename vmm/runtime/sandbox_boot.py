@@ -11,6 +11,8 @@ mounts.
 - tmpfs mounts are made by the guest agent (a tmpfs of the guest's own memory).
 - root.readonly: once the files are copied in and the mounts made, the agent remounts the
   guest's root read-only (EROFS, as under runc); the mounts on it keep their own modes.
+- A Kubernetes pod's sandbox container boots the pod VM: it also gets the pod share
+  (pod.py), and takes over the pod's interface. (A pod's other containers boot nothing.)
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ class Booted:
     """The running sandbox and what else the container holds until it ends (the NIC in
     its network namespace)."""
 
-    def __init__(self, sandbox, nic=None):
+    def __init__(self, sandbox, nic=None, pod_dir=None):
         self.sandbox, self.nic = sandbox, nic
+        self.pod_dir = pod_dir   # a pod sandbox's share (pod.py), unmounted at its delete
 
     @property
     def socket_path(self) -> str:
@@ -72,18 +75,18 @@ def boot_sandbox(bundle: Bundle, state_dir: str, log) -> Booted:
         else:
             raise ConfigError(f"mount {m.destination}: source {m.source} is neither a directory "
                               "nor a regular file")
+    pod_dir = _pod_share(bundle, state_dir, volumes)
     from .netns import is_own_namespace
     nic, network = None, None
     if bundle.network == "join" and not is_own_namespace(bundle.netns):
-        from .netns import attach, enter, pod_sandbox
-        nic = attach(bundle.netns, dns=_nameserver(files),
-                     take_interface=not pod_sandbox(bundle.annotations_dict))
+        from .netns import attach, enter
+        nic = attach(bundle.netns, dns=_nameserver(files))   # a pod's: its pod VM's NIC
         enter(bundle.netns)     # the monitor (the container's pid) in it, as runc's process
         network = nic.network if nic is not None else None
     elif bundle.network in ("host", "join"):   # join: the host's own namespace
         from ..net.network import Network
         network = Network()      # the host's network as a VM can have it: NAT through passt
-    booted = Booted(None, nic)
+    booted = Booted(None, nic, pod_dir)
     try:
         booted.sandbox = Sandbox.create(
             root_dir=bundle.root, engine=bundle.engine or os.environ.get(ENGINE_ENV) or "auto",
@@ -102,6 +105,19 @@ def boot_sandbox(bundle: Bundle, state_dir: str, log) -> Booted:
             nic.close()
         raise
     return booted
+
+
+def _pod_share(bundle: Bundle, state_dir: str, volumes: list) -> Optional[str]:
+    """A pod sandbox's share of its members' roots (pod.py), added to volumes; None for
+    any other container, or when not root (bind mounts need it: the pod's containers
+    are then refused, saying so)."""
+    from .pod import GUEST_POD_DIR, POD_DIR_NAME, is_pod_sandbox, prepare_pod_dir
+    if not is_pod_sandbox(bundle.annotations_dict) or os.geteuid() != 0:
+        return None
+    from ..sandbox.volumes import HostDir
+    pod_dir = prepare_pod_dir(os.path.join(state_dir, POD_DIR_NAME))
+    volumes.append(HostDir(pod_dir, GUEST_POD_DIR))
+    return pod_dir
 
 
 def _nameserver(files) -> Optional[str]:

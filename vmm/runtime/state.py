@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
@@ -31,6 +30,7 @@ from ..errors import ConfigError
 # One reading of /proc/PID/stat for every "is this still the same process" check (it
 # also counts a zombie as dead: a monitor its shim has not reaped yet has ended).
 from ..sandbox.state import process_start_time
+from .host_mounts import detach_under, remove_tree
 
 OCI_VERSION = "1.0.2"
 ID = re.compile(r"[\w+.-]{1,1024}", re.ASCII)
@@ -83,6 +83,12 @@ class ContainerState:
     annotations: Dict[str, str] = field(default_factory=dict)
     error: Optional[str] = None   # why create failed, if it did
     agent_socket: Optional[str] = None  # where `exec` reaches the guest agent
+    guest_pid: Optional[int] = None     # the process's pid in the guest, once started
+    # A pod (pod.py): a sandbox's pod share (host path); a member's sandbox id, the share
+    # its binds are under, and its guest root (what pod.container_root() reads).
+    pod_dir: Optional[str] = None
+    pod_sandbox: Optional[str] = None
+    pod_root: Optional[dict] = None
 
     def alive(self) -> bool:
         return self.pid > 0 and self.pid_start is not None and \
@@ -159,7 +165,19 @@ class StateStore:
             return st
 
     def remove(self, cid: str) -> None:
-        shutil.rmtree(self.dir(cid), ignore_errors=True)
+        """Removes the container's directory; whatever is mounted below it (a pod sandbox's
+        share, with a member's binds of a user's directories) is unmounted first, and the
+        removal never goes into a mount point: OSError if one is left."""
+        d = self.dir(cid)
+        detach_under(d)
+        for attempt in range(2):
+            try:
+                return remove_tree(d)
+            except OSError as e:
+                # A monitor ending meanwhile may add a file (its last state): once more,
+                # then leave what stays, as before; a mount point left is an error.
+                if e.errno == errno.EBUSY:
+                    raise
 
     def ids(self) -> List[str]:
         try:
