@@ -117,6 +117,18 @@ def _check_bound(pod: Path, user: Path, spec: dict, observer) -> None:
     seen = Path(f"/proc/{observer.pid}/root") / str(pod).lstrip("/") / "c1" / "mounts" / "0" / "keep.txt"
     assert seen.read_text() == "the user's data\n"
     assert len(_mounted_under(pod / "c1")) == 3
+    # A read-only bind is read-only on the host, in the copy too: the guest (root in its
+    # VM) reaches the share's files, so only the host's file server can keep it so.
+    import errno
+    for view in (pod / "c1" / "mounts" / "1",
+                 Path(f"/proc/{observer.pid}/root") / str(pod).lstrip("/") / "c1" / "mounts" / "1"):
+        try:
+            with open(view, "a") as f:
+                f.write("written through a read-only bind\n")
+        except OSError as e:
+            assert e.errno == errno.EROFS, (view, e)
+        else:
+            raise AssertionError(f"{view}: a read-only bind is writable")
 
 
 def _check_safe(d: Path, pod: Path, user: Path, before: dict, observer) -> None:

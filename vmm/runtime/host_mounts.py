@@ -11,7 +11,13 @@ delete their files. So:
   EBUSY, nothing below removed) to go into a directory that is one, never crossing into
   another file system;
 - bind(), make_shared() and make_slave() are mount(2) as `mount --rbind`,
-  `--make-shared`, `--make-rslave` do them, through libc (no process per mount).
+  `--make-shared`, `--make-rslave` do them, through libc (no process per mount);
+- bind_read_only() binds a tree read-only in a way that reaches the copies of a shared
+  mount (virtiofsd's): read-only is a flag of each mount, and a remount of a mount already
+  propagated changes only ours, so the tree is made read-only at a staging point first and
+  then bound where it is shared (a bind copies the flags, propagated copies too). A guest
+  that is root in the pod VM reaches the share's files; the host's file server refusing
+  writes is what keeps a read-only bind read-only.
 
 Everything here acts in the caller's mount namespace: the runtime's commands and monitors
 share the one their caller (containerd's shim) runs in, as runc's do.
@@ -24,6 +30,11 @@ import os
 import stat
 from typing import List, Set
 
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 1 << 19
@@ -44,6 +55,24 @@ def bind(source: str, target: str) -> None:
     """Bind-mounts source (a directory with what is mounted below it, or a file) on target."""
     _check(_libc.mount(os.fsencode(source), os.fsencode(target), None, MS_BIND | MS_REC, None),
            f"bind-mounting {source}", target)
+
+
+def bind_read_only(source: str, target: str, stage: str) -> None:
+    """Binds source (and what is mounted below it) on target with every mount read-only;
+    stage is an empty directory outside any shared mount, used and left empty."""
+    bind(source, stage)
+    try:
+        for point in mounts_under(stage):
+            st = os.statvfs(point)
+            keep = ((MS_NOSUID if st.f_flag & os.ST_NOSUID else 0)
+                    | (MS_NODEV if st.f_flag & os.ST_NODEV else 0)
+                    | (MS_NOEXEC if st.f_flag & os.ST_NOEXEC else 0))
+            _check(_libc.mount(None, os.fsencode(point), None,
+                               MS_REMOUNT | MS_BIND | MS_RDONLY | keep, None),
+                   "making read-only", point)
+        bind(stage, target)
+    finally:
+        detach_under(stage)
 
 
 def make_shared(path: str) -> None:

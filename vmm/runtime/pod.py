@@ -35,7 +35,7 @@ from typing import Optional
 
 from .bundle import Bundle
 from .errors import RuntimeFailure
-from .host_mounts import bind, detach_under, make_shared, make_slave, remove_tree
+from .host_mounts import bind, bind_read_only, detach_under, make_shared, make_slave, remove_tree
 from .state import LIVE, ContainerNotFound, ContainerState, StateStore
 
 GUEST_POD_DIR = "/run/vmm-pod"
@@ -135,7 +135,10 @@ def bind_member(pod_dir: str, cid: str, bundle: Bundle) -> dict:
                 continue
             target = os.path.join(here, "mounts", str(n))
             _make_mount_point(m.source, m.destination, target)
-            _bind_private(m.source, target)
+            if m.read_only:   # read-only on the host: the guest cannot be trusted to keep it
+                _bind_read_only(pod_dir, m.source, target)
+            else:
+                _bind_private(m.source, target)
             mounts.append({"destination": m.destination, "source": f"{guest}/mounts/{n}",
                            "tmpfs": False, "read_only": m.read_only})
     except BaseException:
@@ -151,6 +154,20 @@ def _bind_private(source: str, target: str) -> None:
     except OSError:
         detach_under(target)
         raise
+
+
+def _bind_read_only(pod_dir: str, source: str, target: str) -> None:
+    """The staging point sits beside the pod directory, outside its shared mount."""
+    stage = os.path.join(os.path.dirname(pod_dir), f".stage-{os.getpid()}")
+    _make_mount_point(source, target, stage)
+    try:
+        bind_read_only(source, target, stage)
+        make_slave(target)
+    except BaseException:
+        detach_under(target)
+        raise
+    finally:
+        (os.rmdir if os.path.isdir(stage) else os.unlink)(stage)
 
 
 def _make_mount_point(source: str, destination: str, target: str) -> None:
