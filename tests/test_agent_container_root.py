@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from support.agent_harness import agent, client, needs_musl  # noqa: F401
+from support.agent_harness import agent, client, first_frame, needs_musl  # noqa: F401
 from vmm.agent import ContainerRoot, ExecFailed, RootMount
 from vmm.agent import protocol as P
-from vmm.agent.client import _exec_fields
+from vmm.agent.client import exec_request
 from vmm.agent.container_root import MAX_MOUNTS
 from vmm.agent.protocol import G, T
 
@@ -83,15 +83,15 @@ def sh(client, script, **kw):
 # ---- the host's encoding ---------------------------------------------------------------
 
 def test_the_fields_encode_and_none_sends_todays_bytes():
-    base = _exec_fields(["true"], None, None, None, False, 24, 80, None)
-    assert _exec_fields(["true"], None, None, None, False, 24, 80, None, None, None, None) == base
+    base = exec_request(["true"], None, None, None, False, 24, 80, None)
+    assert exec_request(["true"], None, None, None, False, 24, 80, None, None, None, None) == base
     root = ContainerRoot("/r", mounts=(RootMount("/etc/hosts", "/src/hosts", read_only=True),
                                        RootMount("/tmp", "size=1m", tmpfs=True)), read_only=True)
-    got = list(P.iter_fields(_exec_fields(["true"], None, None, None, False, 24, 80, None,
+    got = list(P.iter_fields(exec_request(["true"], None, None, None, False, 24, 80, None,
                                           None, root)))
     assert got[1:] == [(G.ROOT, b"/r"), (G.MOUNT, b"\x01\x00\x00\x00/src/hosts\x00/etc/hosts"),
                        (G.MOUNT, b"\x02\x00\x00\x00size=1m\x00/tmp"), (G.ROOT_READONLY, 1)]
-    got = list(P.iter_fields(_exec_fields(["true"], None, None, None, False, 24, 80, None,
+    got = list(P.iter_fields(exec_request(["true"], None, None, None, False, 24, 80, None,
                                           None, None, 77)))
     assert got[1:] == [(G.JOIN, 77)]
 
@@ -115,7 +115,7 @@ def test_the_fields_encode_and_none_sends_todays_bytes():
 ])
 def test_the_host_refuses_bad_roots(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        _exec_fields(["true"], None, None, None, False, 24, 80, None, None,
+        exec_request(["true"], None, None, None, False, 24, 80, None, None,
                      kw.get("root"), kw.get("join_pid"))
 
 
@@ -273,19 +273,6 @@ def test_a_missing_bind_source_fails_naming_it(client, rootfs, tmp_path):
 
 # ---- hostile requests: bad_request naming the field, nothing started ----------------------
 
-def _reply(sock, sid):
-    buf = b""
-    while True:
-        while len(buf) < P.HDR_LEN or len(buf) < P.HDR_LEN + P.HEADER.unpack_from(buf)[0]:
-            more = sock.recv(65536)
-            assert more, "the agent closed the connection"
-            buf += more
-        length, got_sid, type_, _ = P.HEADER.unpack_from(buf)
-        payload, buf = buf[P.HDR_LEN:P.HDR_LEN + length], buf[P.HDR_LEN + length:]
-        if got_sid == sid:
-            return type_, P.decode(payload)
-
-
 def _mount(flags, src, dest):
     return (G.MOUNT, flags.to_bytes(4, "little") + src + b"\0" + dest)
 
@@ -322,11 +309,11 @@ def test_the_agent_refuses_hostile_fields(agent, fields, msg):
     sock = agent.raw()
     try:
         sock.sendall(P.frame(3, T.EXEC, P.encode([(G.ARGV, "true")] + fields)))
-        t, got = _reply(sock, 3)
+        t, got = first_frame(sock, 3)
         assert t == T.ERROR and P.text(got[G.KIND]) == "bad_request", (t, got)
         assert msg in P.text(got[G.MESSAGE]), got
         sock.sendall(P.frame(4, T.EXEC, P.encode([(G.ARGV, "true")])))
-        assert _reply(sock, 4)[0] == T.STARTED     # the agent goes on
+        assert first_frame(sock, 4)[0] == T.STARTED     # the agent goes on
     finally:
         sock.close()
     assert agent.alive()

@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from support.agent_harness import agent, client, needs_musl  # noqa: F401
+from support.agent_harness import agent, client, first_frame, needs_musl  # noqa: F401
 from vmm.agent import AgentError, Capabilities, ExecFailed, ExecPrivileges
 from vmm.agent import protocol as P
 from vmm.agent.capabilities import LAST_CAP, NAMES, cap_number
@@ -137,20 +137,6 @@ def test_an_ambient_cap_outside_permitted_fails_naming_the_stage(client):
     assert client.exec(["true"]).code == 0
 
 
-def _reply(sock, sid):
-    """The first frame for session sid (READY and others skipped)."""
-    buf = b""
-    while True:
-        while len(buf) < P.HDR_LEN or len(buf) < P.HDR_LEN + P.HEADER.unpack_from(buf)[0]:
-            more = sock.recv(65536)
-            assert more, "the agent closed the connection"
-            buf += more
-        length, got_sid, type_, _ = P.HEADER.unpack_from(buf)
-        payload, buf = buf[P.HDR_LEN:P.HDR_LEN + length], buf[P.HDR_LEN + length:]
-        if got_sid == sid:
-            return type_, P.decode(payload)
-
-
 @needs_musl
 @pytest.mark.parametrize("tag, value, msg", [
     (G.GROUPS, b"\x01\x00\x00", "bad GROUPS field"),
@@ -171,12 +157,12 @@ def test_the_agent_refuses_hostile_fields(agent, tag, value, msg):
     try:
         payload = P.encode([(G.ARGV, "true")]) + P.TLV_HEAD.pack(tag, len(value)) + value
         sock.sendall(P.frame(3, T.EXEC, payload))
-        t, fields = _reply(sock, 3)
+        t, fields = first_frame(sock, 3)
         assert t == T.ERROR and P.text(fields[G.KIND]) == "bad_request", (t, fields)
         assert msg in P.text(fields[G.MESSAGE])
         sock.sendall(P.frame(4, T.EXEC, P.encode([(G.ARGV, "true"), (G.UMASK, 0o777),
                                                   (G.GROUPS, b""), (G.NO_NEW_PRIVS, 1)])))
-        assert _reply(sock, 4)[0] == T.STARTED     # good values still start
+        assert first_frame(sock, 4)[0] == T.STARTED     # good values still start
     finally:
         sock.close()
     assert agent.alive()

@@ -154,3 +154,20 @@ def wait_until(condition, timeout: float = 10.0, what: str = "condition") -> Non
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not true within {timeout}s")
         time.sleep(0.01)
+
+
+def first_frame(sock: socket.socket, sid: int):
+    """(type, fields) of the first frame the agent sends for session sid over a raw
+    socket (READY and other sessions' frames skipped): hostile-request tests send bytes
+    the client would refuse to encode."""
+    from vmm.agent import protocol as P
+    buf = b""
+    while True:
+        while len(buf) < P.HDR_LEN or len(buf) < P.HDR_LEN + P.HEADER.unpack_from(buf)[0]:
+            more = sock.recv(65536)
+            assert more, "the agent closed the connection"
+            buf += more
+        length, got_sid, type_, _ = P.HEADER.unpack_from(buf)
+        payload, buf = buf[P.HDR_LEN:P.HDR_LEN + length], buf[P.HDR_LEN + length:]
+        if got_sid == sid:
+            return type_, P.decode(payload)

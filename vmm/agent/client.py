@@ -42,7 +42,7 @@ DEFAULT_VSOCK_PORT = 1024
 MAX_PID = 4194304   # PID_MAX_LIMIT: the agent refuses a larger JOIN
 
 
-def _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits, privs=None, root=None,
+def exec_request(argv, env, cwd, user, tty, rows, cols, rlimits, privs=None, root=None,
                  join_pid=None) -> bytes:
     """The EXEC request; over MAX_PAYLOAD is the caller's ValueError, not the agent's.
     privs: an ExecPrivileges (groups, umask, no_new_privileges, capabilities) or None.
@@ -189,7 +189,7 @@ class AgentClient:
         """
         privs = ExecPrivileges(groups=groups, umask=umask, no_new_privileges=no_new_privileges,
                                capabilities=capabilities)
-        payload = _exec_fields(argv, env, cwd, user, tty, rows, cols, rlimits, privs, root,
+        payload = exec_request(argv, env, cwd, user, tty, rows, cols, rlimits, privs, root,
                                join_pid)
         s = self._conn.open(T.EXEC, payload)
         deadline = deadline_after(timeout)
