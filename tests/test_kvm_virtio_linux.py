@@ -52,7 +52,12 @@ def test_linux_finds_our_virtio_blk_disk(tmp_path):
             pytest.skip(f"PVM stopped the kernel before drivers probe: {status.message[:120]}")
         assert found, f"no [vda] line within {BUDGET} s ({status}): {console[-3000:]!r}"
         assert int(found.group(1)) == DISK_SECTORS
+        # The partition scan reads the disk after the driver prints its [vda] line (it
+        # once found no request yet inside the nested tier's slow L1): wait for it.
         [stats] = m.device_stats
-        assert stats["requests"] > 0 and stats["bytes_read"] > 0  # the partition scan
+        while not (stats["requests"] > 0 and stats["bytes_read"] > 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            [stats] = m.device_stats
+        assert stats["requests"] > 0 and stats["bytes_read"] > 0, stats  # the partition scan
     finally:
         m.stop()
